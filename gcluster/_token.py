@@ -1,0 +1,63 @@
+"""The bot token, kept out of every repr, log line and error message.
+
+A token that leaks into a log or a crash report lets anyone run the bot, so the
+library never holds it as a bare string: `Token` shows itself redacted, and
+the two places that need the secret (the IDENTIFY/RESUME payload and the REST
+Authorization header) ask for it by name.
+"""
+
+from __future__ import annotations
+
+from typing import Final, NoReturn
+
+__all__ = ["Token"]
+
+_PREFIX: Final = "Bot "
+
+
+class Token:
+    """A bot token with or without the "Bot " prefix; never printed."""
+
+    __slots__ = ("_raw",)
+    _raw: str
+
+    def __init__(self, token: str | Token) -> None:
+        if isinstance(token, Token):
+            token = token._raw
+        if not isinstance(token, str):
+            raise TypeError(f"the token must be a str, not {type(token).__name__}")
+        token = token.strip()
+        if token.startswith(_PREFIX):
+            token = token[len(_PREFIX) :].strip()
+        if not token:
+            raise ValueError("the token is empty")
+        self._raw = token
+
+    @property
+    def authorization(self) -> str:
+        """The value of the REST Authorization header: "Bot <token>"."""
+        return _PREFIX + self._raw
+
+    @property
+    def secret(self) -> str:
+        """The bare token, as IDENTIFY and RESUME carry it."""
+        return self._raw
+
+    def redact(self, text: str) -> str:
+        """`text` with every occurrence of the token replaced."""
+        return text.replace(self._raw, "<token>") if self._raw in text else text
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Token) and other._raw == self._raw
+
+    def __hash__(self) -> int:
+        return hash(self._raw)
+
+    def __repr__(self) -> str:
+        return "Token('<redacted>')"
+
+    __str__ = __repr__
+
+    def __reduce__(self) -> NoReturn:
+        # Pickling would write the secret somewhere the caller did not choose.
+        raise TypeError("a Token cannot be pickled")

@@ -1,0 +1,225 @@
+"""The exceptions gcluster raises.
+
+Everything derives from one root so a caller can catch the library as a whole;
+lower-level exceptions (websocket-client, requests, OSError, redis) are caught
+in the one module that calls them and re-raised from here with the cause kept.
+
+    GClusterError
+    ├── ClusterStartError                 kind: ClusterStartErrorType
+    ├── ClusterCommandError               kind: ClusterCommandErrorType
+    │   ├── ShardNonexistent              SHARD_NONEXISTENT
+    │   └── CommandSendingError           SENDING
+    ├── InvalidCommand (also ValueError)  a command that fails validation
+    │   └── PayloadTooLarge               over the gateway's 4096 bytes
+    ├── ShardSchemeError (also ValueError)
+    ├── ConfigError (also ValueError)
+    ├── ConnectionFailed                  a socket or handshake that failed
+    ├── GatewayClosedError                the gateway closed for good; .code
+    │   ├── AuthenticationFailed          4004
+    │   ├── InvalidShard                  4010
+    │   ├── ShardingRequired              4011
+    │   ├── InvalidApiVersion             4012
+    │   ├── InvalidIntents                4013
+    │   └── DisallowedIntents             4014
+    └── QueueError                        an identify queue could not grant a slot
+        └── SessionStartLimitExhausted    the daily IDENTIFY budget is spent
+
+Messages never contain the bot token: code that formats one passes it through
+`gcluster._redact.redact` first.
+"""
+
+from __future__ import annotations
+
+import enum
+
+__all__ = [
+    "AuthenticationFailed",
+    "ClusterCommandError",
+    "ClusterCommandErrorType",
+    "ClusterStartError",
+    "ClusterStartErrorType",
+    "CommandSendingError",
+    "ConfigError",
+    "ConnectionFailed",
+    "DisallowedIntents",
+    "GClusterError",
+    "GatewayClosedError",
+    "InvalidApiVersion",
+    "InvalidCommand",
+    "InvalidIntents",
+    "InvalidShard",
+    "PayloadTooLarge",
+    "QueueError",
+    "SessionStartLimitExhausted",
+    "ShardNonexistent",
+    "ShardSchemeError",
+    "ShardingRequired",
+    "closed_error",
+]
+
+
+class GClusterError(Exception):
+    """Root of every exception gcluster raises."""
+
+
+class ClusterStartErrorType(enum.Enum):
+    RETRIEVING_GATEWAY_INFO = "retrieving_gateway_info"
+    SHARD_START = "shard_start"
+    TIMEOUT = "timeout"
+
+
+class ClusterStartError(GClusterError):
+    """The cluster could not start.
+
+    Attributes:
+        kind: why, as a `ClusterStartErrorType`.
+    """
+
+    def __init__(self, message: str, *, kind: ClusterStartErrorType) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class ClusterCommandErrorType(enum.Enum):
+    SHARD_NONEXISTENT = "shard_nonexistent"
+    SENDING = "sending"
+
+
+class ClusterCommandError(GClusterError):
+    """A command or message could not be sent through the cluster."""
+
+    kind: ClusterCommandErrorType
+
+    def __init__(self, message: str, *, shard_id: int) -> None:
+        super().__init__(message)
+        self.shard_id = shard_id
+
+
+class ShardNonexistent(ClusterCommandError):
+    """The cluster holds no shard with that id."""
+
+    kind = ClusterCommandErrorType.SHARD_NONEXISTENT
+
+    def __init__(self, shard_id: int) -> None:
+        super().__init__(f"shard {shard_id} is not part of this cluster", shard_id=shard_id)
+
+
+class CommandSendingError(ClusterCommandError):
+    """The shard exists but the payload could not be sent (not connected, timed out, ...)."""
+
+    kind = ClusterCommandErrorType.SENDING
+
+
+class InvalidCommand(GClusterError, ValueError):
+    """A gateway command's fields do not satisfy Discord's rules."""
+
+
+class PayloadTooLarge(InvalidCommand):
+    """A payload over the gateway's 4096-byte limit; Discord would close with 4002."""
+
+    def __init__(self, size: int, limit: int = 4096) -> None:
+        super().__init__(f"payload is {size} bytes, over the gateway limit of {limit}")
+        self.size = size
+        self.limit = limit
+
+
+class ShardSchemeError(GClusterError, ValueError):
+    """A shard scheme whose ids or totals make no sense."""
+
+
+class ConfigError(GClusterError, ValueError):
+    """A cluster option outside what Discord accepts."""
+
+
+class ConnectionFailed(GClusterError):
+    """Connecting to the gateway (TCP, TLS or the websocket handshake) failed."""
+
+
+class GatewayClosedError(GClusterError):
+    """The gateway closed a shard with a code that forbids reconnecting.
+
+    Attributes:
+        shard_id: the shard that was closed (None for a token refused over REST).
+        code: the websocket close code.
+        reason: the close reason the gateway gave.
+    """
+
+    code: int = 0
+
+    def __init__(self, shard_id: int | None, code: int | None = None, reason: str = "") -> None:
+        if code is not None:
+            self.code = code
+        self.shard_id = shard_id
+        self.reason = reason
+        detail = f": {reason}" if reason else ""
+        # shard_id is None when REST refused the token before any shard connected.
+        who = f"shard {shard_id} closed by the gateway" if shard_id is not None else "refused"
+        super().__init__(f"{who} with {self.code}{detail}")
+
+
+class AuthenticationFailed(GatewayClosedError):
+    code = 4004
+
+
+class InvalidShard(GatewayClosedError):
+    code = 4010
+
+
+class ShardingRequired(GatewayClosedError):
+    code = 4011
+
+
+class InvalidApiVersion(GatewayClosedError):
+    code = 4012
+
+
+class InvalidIntents(GatewayClosedError):
+    code = 4013
+
+
+class DisallowedIntents(GatewayClosedError):
+    code = 4014
+
+
+_BY_CODE: dict[int, type[GatewayClosedError]] = {
+    cls.code: cls
+    for cls in (
+        AuthenticationFailed,
+        InvalidShard,
+        ShardingRequired,
+        InvalidApiVersion,
+        InvalidIntents,
+        DisallowedIntents,
+    )
+}
+
+
+def closed_error(shard_id: int, code: int, reason: str = "") -> GatewayClosedError:
+    """The exception for a fatal close code (the generic one for unknown codes)."""
+    cls = _BY_CODE.get(code)
+    if cls is None:
+        return GatewayClosedError(shard_id, code, reason)
+    return cls(shard_id, reason=reason)
+
+
+class QueueError(GClusterError):
+    """An identify queue could not grant a slot; the shard did not identify."""
+
+
+class SessionStartLimitExhausted(QueueError):
+    """Too few of the day's session starts remain to identify the shards.
+
+    Attributes:
+        remaining: session starts left today.
+        needed: how many the shards would have spent.
+        reset_after: seconds until Discord refills the budget.
+    """
+
+    def __init__(self, remaining: int, needed: int, reset_after: float) -> None:
+        super().__init__(
+            f"only {remaining} session starts remain today but {needed} are needed; "
+            f"the budget resets in {reset_after:.0f} s"
+        )
+        self.remaining = remaining
+        self.needed = needed
+        self.reset_after = reset_after
