@@ -1,0 +1,564 @@
+"""The shard's gateway state machine, without sockets, greenlets or clocks.
+
+Everything Discord's gateway rules decide lives here, so it can be read in one
+place and tested with plain dicts: which stage a shard is in, whether it
+IDENTIFYs or RESUMEs, what each opcode and close code means, when a connection
+is a zombie. The driver (`shard.py`) feeds it decoded server messages, close
+codes and the current time, and carries out the actions it returns:
+
+    Send        write this payload to the websocket
+    Deliver     hand this event to the application
+    Heartbeat   start the heartbeat timer (first beat after `first_delay`)
+    Identify    wait for the identify queue, then call `identify()`
+    Reconnect   close the socket with `code` and connect again
+    Fail        a fatal close: stop the shard and surface `error`
+"""
+
+from __future__ import annotations
+
+import enum
+import platform
+import random
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import ujson
+
+from gcluster._token import Token
+from gcluster.errors import GatewayClosedError, closed_error
+from gcluster.events import Event, EventType, EventTypeFlags, event_type, flag_for
+
+__all__ = [
+    "API_VERSION",
+    "CloseCode",
+    "Deliver",
+    "Fail",
+    "Heartbeat",
+    "Identify",
+    "Latency",
+    "Opcode",
+    "ReconnectAction",
+    "ResumeSession",
+    "Send",
+    "ShardProtocol",
+    "Stage",
+    "classify_close",
+]
+
+API_VERSION: Final = 10
+
+
+class Opcode(enum.IntEnum):
+    DISPATCH = 0
+    HEARTBEAT = 1
+    IDENTIFY = 2
+    PRESENCE_UPDATE = 3
+    VOICE_STATE_UPDATE = 4
+    RESUME = 6
+    RECONNECT = 7
+    REQUEST_GUILD_MEMBERS = 8
+    INVALID_SESSION = 9
+    HELLO = 10
+    HEARTBEAT_ACK = 11
+    REQUEST_SOUNDBOARD_SOUNDS = 31
+
+
+class Stage(enum.Enum):
+    """Where a shard is in its connection's life."""
+
+    DISCONNECTED = "disconnected"
+    CONNECTING = "connecting"  # socket opening, or waiting for HELLO
+    IDENTIFYING = "identifying"  # HELLO received, IDENTIFY pending or sent
+    RESUMING = "resuming"  # RESUME sent, replay not finished
+    CONNECTED = "connected"  # READY or RESUMED received
+    FATALLY_CLOSED = "fatally_closed"  # a close code that forbids retrying
+
+
+class CloseCode(enum.IntEnum):
+    """Close codes the client sends."""
+
+    NORMAL = 1000  # ends the session: the next connection must IDENTIFY
+    GOING_AWAY = 1001  # also ends the session
+    # Any code other than 1000/1001 keeps the session resumable; 4000 is the
+    # gateway's own "unknown error, try resuming" and says so in its logs.
+    RESUMABLE = 4000
+
+
+class CloseVerdict(enum.Enum):
+    RESUME = "resume"
+    REIDENTIFY = "reidentify"
+    FATAL = "fatal"
+
+
+_FATAL_CODES: Final = frozenset({4004, 4010, 4011, 4012, 4013, 4014})
+_NEW_SESSION_CODES: Final = frozenset({4007, 4009})
+
+
+def classify_close(code: int | None) -> CloseVerdict:
+    """What a close code from the gateway means for the session.
+
+    None stands for a connection that dropped without a close frame, which
+    keeps the session like any non-fatal code.
+    """
+    if code in _FATAL_CODES:
+        return CloseVerdict.FATAL
+    if code in _NEW_SESSION_CODES:
+        return CloseVerdict.REIDENTIFY
+    return CloseVerdict.RESUME
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeSession:
+    """What a shard needs to RESUME: hand it to a new cluster to pick up where one stopped.
+
+    Attributes:
+        session_id: the session READY gave.
+        sequence: the last dispatch sequence handled.
+        resume_url: READY's resume_gateway_url; None means the default gateway.
+    """
+
+    session_id: str
+    sequence: int
+    resume_url: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "session_id": self.session_id,
+            "sequence": self.sequence,
+            "resume_url": self.resume_url,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ResumeSession:
+        """Rebuild a session saved with `to_dict()` (e.g. after a JSON round trip).
+
+        Raises:
+            ValueError: a field is missing or of the wrong type.
+        """
+        try:
+            session_id = data["session_id"]
+            sequence = data["sequence"]
+        except KeyError as err:
+            raise ValueError(f"a resume session needs {err.args[0]!r}") from None
+        resume_url = data.get("resume_url")
+        if not isinstance(session_id, str) or not session_id:
+            raise ValueError("session_id must be a non-empty string")
+        if isinstance(sequence, bool) or not isinstance(sequence, int) or sequence < 0:
+            raise ValueError("sequence must be a non-negative integer")
+        if resume_url is not None and not isinstance(resume_url, str):
+            raise ValueError("resume_url must be a string or None")
+        return cls(session_id, sequence, resume_url)
+
+
+@dataclass(frozen=True, slots=True)
+class Latency:
+    """Heartbeat round trips of the current connection, in seconds.
+
+    Attributes:
+        average: mean of every round trip so far, None before the first ACK.
+        heartbeats: how many heartbeats were acknowledged.
+        recent: the last five round trips, oldest first.
+        sent: monotonic time of the last heartbeat sent, or None.
+        received: monotonic time of the last ACK, or None.
+    """
+
+    average: float | None = None
+    heartbeats: int = 0
+    recent: tuple[float, ...] = ()
+    sent: float | None = None
+    received: float | None = None
+
+
+# --- actions -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    payload: bytes
+    # Heartbeats use the slots the rate limiter keeps for them.
+    heartbeat: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Deliver:
+    event: Event
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    interval: float
+    first_delay: float
+
+
+@dataclass(frozen=True, slots=True)
+class Identify:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class ReconnectAction:
+    resume: bool
+    code: int
+    reason: str
+    delay: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Fail:
+    error: GatewayClosedError
+
+
+Action = Send | Deliver | Heartbeat | Identify | ReconnectAction | Fail
+
+
+def default_properties() -> dict[str, str]:
+    return {
+        "os": platform.system().lower() or "unknown",
+        "browser": "gcluster",
+        "device": "gcluster",
+    }
+
+
+@dataclass(slots=True)
+class _Heartbeats:
+    """Heartbeat state of one connection."""
+
+    interval: float = 0.0
+    awaiting_ack: bool = False
+    last_sent: float | None = None
+    last_ack: float | None = None
+    count: int = 0
+    total: float = 0.0
+    recent: deque[float] = field(default_factory=lambda: deque(maxlen=5))
+
+
+class ShardProtocol:
+    """The rules of one shard's gateway connection.
+
+    Args:
+        shard_id, total: the shard and the bot's shard count.
+        token: the bot token.
+        intents: the intents bits to IDENTIFY with.
+        event_types: which events to deliver.
+        session: a session to RESUME instead of identifying.
+        properties: IDENTIFY's connection properties.
+        large_threshold: IDENTIFY's large_threshold.
+        presence: IDENTIFY's presence (an UpdatePresence's `d`), or None.
+        compression: ask for zlib-stream transport compression.
+        rng: source of the heartbeat jitter and the op 9 wait (injectable for tests).
+    """
+
+    def __init__(
+        self,
+        shard_id: int,
+        total: int,
+        token: Token,
+        intents: int,
+        *,
+        event_types: EventTypeFlags = EventTypeFlags.ALL,
+        session: ResumeSession | None = None,
+        properties: Mapping[str, str] | None = None,
+        large_threshold: int = 50,
+        presence: Mapping[str, Any] | None = None,
+        compression: bool = True,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self.shard_id = shard_id
+        self.total = total
+        self._token = token
+        self.intents = int(intents)
+        self.event_types = event_types
+        self.properties = dict(properties) if properties is not None else default_properties()
+        self.large_threshold = large_threshold
+        self.presence = dict(presence) if presence is not None else None
+        self.compression = compression
+        self._rng = rng
+
+        self.stage = Stage.DISCONNECTED
+        self.session_id: str | None = session.session_id if session else None
+        self.sequence: int | None = session.sequence if session else None
+        self.resume_url: str | None = session.resume_url if session else None
+        self.error: GatewayClosedError | None = None
+        self._identified = False  # IDENTIFY or RESUME sent on this connection
+        self._heartbeats = _Heartbeats()
+
+    # --- what the driver asks ------------------------------------------------
+
+    @property
+    def session(self) -> ResumeSession | None:
+        """The session to resume, or None when the next connection must IDENTIFY."""
+        if self.session_id is None or self.sequence is None:
+            return None
+        return ResumeSession(self.session_id, self.sequence, self.resume_url)
+
+    def url(self, gateway_url: str) -> str:
+        """Where to connect: the resume URL when resuming, else `gateway_url`."""
+        base = self.resume_url if self.session is not None and self.resume_url else gateway_url
+        query = f"v={API_VERSION}&encoding=json"
+        if self.compression:
+            query += "&compress=zlib-stream"
+        return f"{base.rstrip('/')}/?{query}"
+
+    @property
+    def latency(self) -> Latency:
+        hb = self._heartbeats
+        return Latency(
+            average=hb.total / hb.count if hb.count else None,
+            heartbeats=hb.count,
+            recent=tuple(hb.recent),
+            sent=hb.last_sent,
+            received=hb.last_ack,
+        )
+
+    @property
+    def identified(self) -> bool:
+        """IDENTIFY or RESUME has been sent on the current connection."""
+        return self._identified
+
+    def wants(self, kind: EventType) -> bool:
+        return bool(self.event_types & flag_for(kind))
+
+    # --- connection life -----------------------------------------------------
+
+    def connecting(self, url: str) -> list[Action]:
+        """A new connection is being opened to `url`."""
+        self.stage = Stage.CONNECTING
+        self._identified = False
+        self._heartbeats = _Heartbeats()
+        return self._lifecycle(EventType.SHARD_CONNECTING, {"url": url})
+
+    def receive(self, message: Mapping[str, Any], now: float) -> list[Action]:
+        """Handle one decoded message from the gateway.
+
+        Raises:
+            ValueError: the message is not a gateway payload; the driver
+                reconnects (Discord would never send it on a healthy connection).
+        """
+        try:
+            op = message["op"]
+        except (KeyError, TypeError):
+            raise ValueError("gateway message without an opcode") from None
+        if op == Opcode.DISPATCH:
+            return self._dispatch(message)
+        if op == Opcode.HEARTBEAT_ACK:
+            return self._heartbeat_ack(now)
+        if op == Opcode.HEARTBEAT:
+            # The gateway asks for a beat now; it does not replace the timer.
+            return [self._heartbeat_payload(now), *self._lifecycle(EventType.GATEWAY_HEARTBEAT)]
+        if op == Opcode.HELLO:
+            return self._hello(message.get("d") or {})
+        if op == Opcode.RECONNECT:
+            return [
+                *self._lifecycle(EventType.GATEWAY_RECONNECT),
+                self._reconnect(resume=True, code=CloseCode.RESUMABLE, reason="op 7 RECONNECT"),
+            ]
+        if op == Opcode.INVALID_SESSION:
+            return self._invalid_session(bool(message.get("d")))
+        # Opcodes added after API v10 must not take the shard down.
+        return self._unknown_opcode(op)
+
+    def skip_dispatch(self, sequence: int | None) -> None:
+        """Account for a dispatch the driver dropped unread (filtered out by type).
+
+        Its sequence still counts: a RESUME must not ask for it again.
+        """
+        if sequence is not None:
+            self.sequence = sequence
+
+    def identify(self) -> list[Action]:
+        """The identify queue granted a slot: send IDENTIFY."""
+        self.stage = Stage.IDENTIFYING
+        self._identified = True
+        d: dict[str, Any] = {
+            "token": self._token.secret,
+            "intents": self.intents,
+            "properties": self.properties,
+            "shard": [self.shard_id, self.total],
+            "large_threshold": self.large_threshold,
+            "compress": False,  # transport compression instead, when asked
+        }
+        if self.presence is not None:
+            d["presence"] = self.presence
+        return [Send(_encode(Opcode.IDENTIFY, d))]
+
+    def heartbeat(self, now: float) -> list[Action]:
+        """The heartbeat timer fired: beat, or declare the connection a zombie.
+
+        A beat that got no ACK before the next is due means the connection is
+        dead on the server's side even if the socket looks open. Half an
+        interval is the floor so that a beat the gateway asked for (op 1) just
+        before the timer does not count as missed.
+        """
+        hb = self._heartbeats
+        if hb.awaiting_ack and hb.last_sent is not None and now - hb.last_sent >= hb.interval / 2:
+            return [
+                self._reconnect(
+                    resume=True,
+                    code=CloseCode.RESUMABLE,
+                    reason=f"zombie connection: no heartbeat ACK in {now - hb.last_sent:.1f} s",
+                )
+            ]
+        return [self._heartbeat_payload(now)]
+
+    def closed(
+        self, code: int | None, reason: str = "", *, by_client: bool = False
+    ) -> list[Action]:
+        """The connection ended.
+
+        Args:
+            code: the close code, None when the socket dropped without one.
+            reason: the close frame's reason.
+            by_client: this side sent the close (e.g. `send(Message.close(...))`);
+                a client close with 1000/1001 ends the session.
+        """
+        self._identified = False
+        if by_client:
+            if code in (CloseCode.NORMAL, CloseCode.GOING_AWAY):
+                self._forget_session()
+            verdict = CloseVerdict.RESUME
+        else:
+            verdict = classify_close(code)
+        fatal = verdict is CloseVerdict.FATAL
+        events = self._lifecycle(
+            EventType.SHARD_DISCONNECTED, {"code": code, "reason": reason, "fatal": fatal}
+        )
+        if fatal:
+            assert code is not None
+            self.stage = Stage.FATALLY_CLOSED
+            self.error = closed_error(self.shard_id, code, reason)
+            return [*events, Fail(self.error)]
+        self.stage = Stage.DISCONNECTED
+        if verdict is CloseVerdict.REIDENTIFY:
+            self._forget_session()
+        return events
+
+    def shutting_down(self, *, resumable: bool) -> int:
+        """The application stops the shard; returns the close code to send."""
+        self.stage = Stage.DISCONNECTED
+        if resumable:
+            return int(CloseCode.RESUMABLE)
+        self._forget_session()
+        return int(CloseCode.NORMAL)
+
+    def reconnecting(self) -> list[Action]:
+        return self._lifecycle(EventType.SHARD_RECONNECTING)
+
+    # --- opcode handlers -----------------------------------------------------
+
+    def _hello(self, d: Mapping[str, Any]) -> list[Action]:
+        interval = float(d.get("heartbeat_interval", 41250)) / 1000.0
+        self._heartbeats.interval = interval
+        actions: list[Action] = [
+            *self._lifecycle(EventType.GATEWAY_HELLO, {"heartbeat_interval": interval}),
+            # Jittered so that thousands of shards started together do not beat together.
+            Heartbeat(interval=interval, first_delay=interval * self._rng()),
+        ]
+        session = self.session
+        if session is None:
+            self.stage = Stage.IDENTIFYING
+            actions += self._lifecycle(EventType.SHARD_IDENTIFYING)
+            actions.append(Identify())
+            return actions
+        self.stage = Stage.RESUMING
+        self._identified = True
+        actions += self._lifecycle(
+            EventType.SHARD_RESUMING,
+            {"session_id": session.session_id, "sequence": session.sequence},
+        )
+        payload = {
+            "token": self._token.secret,
+            "session_id": session.session_id,
+            "seq": session.sequence,
+        }
+        actions.append(Send(_encode(Opcode.RESUME, payload)))
+        return actions
+
+    def _dispatch(self, message: Mapping[str, Any]) -> list[Action]:
+        sequence = message.get("s")
+        if sequence is not None:
+            self.sequence = sequence
+        name = message.get("t") or ""
+        data = message.get("d")
+        kind = event_type(name)
+        connected: list[Action] = []
+        if kind is EventType.READY:
+            if not isinstance(data, dict) or not isinstance(data.get("session_id"), str):
+                raise ValueError("READY without a session_id")
+            self.session_id = data["session_id"]
+            self.resume_url = data.get("resume_gateway_url")
+            self.stage = Stage.CONNECTED
+            connected = self._lifecycle(EventType.SHARD_CONNECTED, {"resumed": False})
+        elif kind is EventType.RESUMED:
+            self.stage = Stage.CONNECTED
+            connected = self._lifecycle(EventType.SHARD_CONNECTED, {"resumed": True})
+        actions: list[Action] = []
+        if self.event_types & flag_for(kind):
+            actions.append(Deliver(Event(kind, name, self.shard_id, sequence, data)))
+        return actions + connected
+
+    def _heartbeat_ack(self, now: float) -> list[Action]:
+        hb = self._heartbeats
+        if hb.awaiting_ack and hb.last_sent is not None:
+            rtt = now - hb.last_sent
+            hb.count += 1
+            hb.total += rtt
+            hb.recent.append(rtt)
+        hb.awaiting_ack = False
+        hb.last_ack = now
+        return self._lifecycle(EventType.GATEWAY_HEARTBEAT_ACK)
+
+    def _invalid_session(self, resumable: bool) -> list[Action]:
+        events = self._lifecycle(EventType.GATEWAY_INVALIDATE_SESSION, {"resumable": resumable})
+        if resumable and self.session is not None:
+            return [
+                *events,
+                self._reconnect(resume=True, code=CloseCode.RESUMABLE, reason="op 9 resumable"),
+            ]
+        # Discord asks for a random wait of 1-5 s before identifying again.
+        self._forget_session()
+        return [
+            *events,
+            self._reconnect(
+                resume=False,
+                code=CloseCode.NORMAL,
+                reason="op 9 INVALID_SESSION",
+                delay=1.0 + 4.0 * self._rng(),
+            ),
+        ]
+
+    def _unknown_opcode(self, op: Any) -> list[Action]:
+        return self._lifecycle(EventType.UNKNOWN, {"op": op})
+
+    # --- helpers -------------------------------------------------------------
+
+    def _heartbeat_payload(self, now: float) -> Send:
+        hb = self._heartbeats
+        hb.awaiting_ack = True
+        hb.last_sent = now
+        return Send(_encode(Opcode.HEARTBEAT, self.sequence), heartbeat=True)
+
+    def _reconnect(
+        self, *, resume: bool, code: int, reason: str, delay: float = 0.0
+    ) -> ReconnectAction:
+        self.stage = Stage.DISCONNECTED
+        if not resume:
+            self._forget_session()
+        return ReconnectAction(
+            resume=resume and self.session is not None, code=code, reason=reason, delay=delay
+        )
+
+    def _forget_session(self) -> None:
+        self.session_id = None
+        self.sequence = None
+        self.resume_url = None
+
+    def _lifecycle(self, kind: EventType, data: dict[str, Any] | None = None) -> list[Action]:
+        if not self.event_types & flag_for(kind):
+            return []
+        return [Deliver(Event(kind, kind.value, self.shard_id, None, data))]
+
+
+def _encode(op: Opcode, d: Any) -> bytes:
+    return ujson.dumps({"op": int(op), "d": d}, ensure_ascii=False).encode()

@@ -1,0 +1,352 @@
+"""The gateway rules of `ShardProtocol`, driven with plain dicts: no sockets, no clock."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import ujson
+
+from gcluster._token import Token
+from gcluster.errors import AuthenticationFailed, DisallowedIntents, GatewayClosedError
+from gcluster.events import EventType, EventTypeFlags
+from gcluster.protocol import (
+    CloseVerdict,
+    Deliver,
+    Fail,
+    Heartbeat,
+    Identify,
+    Latency,
+    ReconnectAction,
+    ResumeSession,
+    Send,
+    ShardProtocol,
+    Stage,
+    classify_close,
+)
+
+TOKEN = Token("Bot secret-token-value")
+
+
+def make(**kwargs: Any) -> ShardProtocol:
+    kwargs.setdefault("rng", lambda: 0.5)
+    return ShardProtocol(3, 8, TOKEN, 513, **kwargs)
+
+
+def hello(interval_ms: int = 40000) -> dict[str, Any]:
+    return {"op": 10, "d": {"heartbeat_interval": interval_ms}, "s": None, "t": None}
+
+
+def dispatch(name: str, seq: int, data: Any = None) -> dict[str, Any]:
+    return {"op": 0, "t": name, "s": seq, "d": data if data is not None else {}}
+
+
+def ready(seq: int = 1, session_id: str = "abc") -> dict[str, Any]:
+    return dispatch(
+        "READY", seq, {"session_id": session_id, "resume_gateway_url": "wss://resume.example"}
+    )
+
+
+def sent(actions: list[Any]) -> list[dict[str, Any]]:
+    return [ujson.loads(a.payload) for a in actions if isinstance(a, Send)]
+
+
+def kinds(actions: list[Any]) -> list[EventType]:
+    return [a.event.kind for a in actions if isinstance(a, Deliver)]
+
+
+def of(actions: list[Any], cls: type) -> list[Any]:
+    return [a for a in actions if isinstance(a, cls)]
+
+
+def connected(proto: ShardProtocol) -> ShardProtocol:
+    proto.connecting("wss://gateway")
+    proto.receive(hello(), 0.0)
+    proto.identify()
+    proto.receive(ready(), 0.1)
+    return proto
+
+
+# --- identify or resume -----------------------------------------------------
+
+
+def test_hello_without_session_asks_for_an_identify_slot() -> None:
+    proto = make()
+    proto.connecting("wss://gateway")
+    actions = proto.receive(hello(40000), 0.0)
+    assert of(actions, Identify)
+    assert of(actions, Heartbeat) == [Heartbeat(interval=40.0, first_delay=20.0)]
+    assert sent(actions) == []  # nothing until the queue grants the slot
+    assert proto.stage is Stage.IDENTIFYING
+    assert EventType.GATEWAY_HELLO in kinds(actions)
+
+
+def test_identify_payload_carries_shard_intents_and_bare_token() -> None:
+    proto = make(
+        large_threshold=120,
+        presence={"status": "idle", "activities": [], "afk": False, "since": None},
+    )
+    proto.connecting("wss://gateway")
+    proto.receive(hello(), 0.0)
+    (payload,) = sent(proto.identify())
+    assert payload["op"] == 2
+    d = payload["d"]
+    assert d["token"] == "secret-token-value"
+    assert d["shard"] == [3, 8]
+    assert d["intents"] == 513
+    assert d["large_threshold"] == 120
+    assert d["presence"]["status"] == "idle"
+    assert set(d["properties"]) == {"os", "browser", "device"}
+    assert proto.identified
+
+
+def test_hello_with_session_resumes_at_once() -> None:
+    proto = make(session=ResumeSession("sess", 41, "wss://resume.example"))
+    assert (
+        proto.url("wss://gateway")
+        == "wss://resume.example/?v=10&encoding=json&compress=zlib-stream"
+    )
+    proto.connecting(proto.url("wss://gateway"))
+    actions = proto.receive(hello(), 0.0)
+    assert not of(actions, Identify)
+    (payload,) = sent(actions)
+    assert payload == {
+        "op": 6,
+        "d": {"token": "secret-token-value", "session_id": "sess", "seq": 41},
+    }
+    assert proto.stage is Stage.RESUMING
+    actions = proto.receive(dispatch("MESSAGE_CREATE", 42), 0.0)
+    actions += proto.receive(dispatch("RESUMED", 43), 0.0)
+    assert kinds(actions) == [
+        EventType.MESSAGE_CREATE,
+        EventType.RESUMED,
+        EventType.SHARD_CONNECTED,
+    ]
+    assert proto.stage is Stage.CONNECTED
+    assert proto.sequence == 43
+
+
+def test_url_without_session_or_compression() -> None:
+    assert make(compression=False).url("ws://host:1/") == "ws://host:1/?v=10&encoding=json"
+
+
+def test_ready_records_the_session() -> None:
+    proto = connected(make())
+    assert proto.stage is Stage.CONNECTED
+    assert proto.session == ResumeSession("abc", 1, "wss://resume.example")
+
+
+# --- dispatches ---------------------------------------------------------------
+
+
+def test_dispatch_becomes_an_event_with_its_sequence() -> None:
+    proto = connected(make())
+    (deliver,) = of(proto.receive(dispatch("MESSAGE_CREATE", 2, {"id": "1"}), 0.0), Deliver)
+    event = deliver.event
+    assert (event.kind, event.name, event.shard_id, event.sequence, event.data) == (
+        EventType.MESSAGE_CREATE,
+        "MESSAGE_CREATE",
+        3,
+        2,
+        {"id": "1"},
+    )
+
+
+def test_unknown_dispatch_arrives_as_unknown_with_its_name() -> None:
+    proto = connected(make())
+    (deliver,) = of(proto.receive(dispatch("SOMETHING_NEW", 2), 0.0), Deliver)
+    assert deliver.event.kind is EventType.UNKNOWN
+    assert deliver.event.name == "SOMETHING_NEW"
+
+
+def test_filtered_dispatch_still_advances_the_sequence() -> None:
+    proto = connected(make(event_types=EventTypeFlags.MESSAGE_DELETE))
+    assert of(proto.receive(dispatch("MESSAGE_CREATE", 2), 0.0), Deliver) == []
+    proto.skip_dispatch(3)
+    assert proto.sequence == 3
+
+
+def test_filtered_ready_still_sets_up_the_session() -> None:
+    proto = connected(make(event_types=EventTypeFlags.MESSAGE_CREATE))
+    assert proto.session_id == "abc"
+
+
+def test_unknown_opcode_is_not_an_error() -> None:
+    proto = connected(make())
+    actions = proto.receive({"op": 99, "d": None}, 0.0)
+    assert kinds(actions) == [EventType.UNKNOWN]
+    assert proto.stage is Stage.CONNECTED
+
+
+def test_message_without_opcode_is_refused() -> None:
+    with pytest.raises(ValueError):
+        make().receive({"t": "X"}, 0.0)
+
+
+# --- heartbeats ---------------------------------------------------------------
+
+
+def test_heartbeat_carries_the_last_sequence_and_ack_records_latency() -> None:
+    proto = connected(make())
+    proto.receive(dispatch("MESSAGE_CREATE", 7), 0.0)
+    (beat,) = proto.heartbeat(10.0)
+    assert isinstance(beat, Send) and beat.heartbeat
+    assert ujson.loads(beat.payload) == {"op": 1, "d": 7}
+    proto.receive({"op": 11}, 10.25)
+    assert proto.latency == Latency(
+        average=0.25, heartbeats=1, recent=(0.25,), sent=10.0, received=10.25
+    )
+
+
+def test_missing_ack_by_the_next_beat_is_a_zombie_that_resumes() -> None:
+    proto = connected(make())
+    proto.heartbeat(10.0)
+    (action,) = proto.heartbeat(50.0)
+    assert isinstance(action, ReconnectAction)
+    assert action.resume and action.code not in (1000, 1001)
+    assert "zombie" in action.reason
+
+
+def test_acked_heartbeats_never_make_a_zombie() -> None:
+    proto = connected(make())
+    for n in range(10):
+        proto.heartbeat(n * 40.0)
+        proto.receive({"op": 11}, n * 40.0 + 0.05)
+    assert sent(proto.heartbeat(400.0))[0]["op"] == 1
+    assert proto.latency.heartbeats == 10
+    assert len(proto.latency.recent) == 5
+
+
+def test_server_heartbeat_request_beats_at_once_without_false_zombie() -> None:
+    proto = connected(make())
+    actions = proto.receive({"op": 1, "d": None}, 5.0)
+    assert sent(actions) == [{"op": 1, "d": 1}]
+    # The regular timer fires right after, before the ACK: not a zombie.
+    assert sent(proto.heartbeat(5.01))[0]["op"] == 1
+
+
+# --- op 7 / op 9 ----------------------------------------------------------------
+
+
+def test_reconnect_opcode_resumes() -> None:
+    proto = connected(make())
+    actions = proto.receive({"op": 7, "d": None}, 0.0)
+    (action,) = of(actions, ReconnectAction)
+    assert action.resume and action.code == 4000
+    assert EventType.GATEWAY_RECONNECT in kinds(actions)
+    assert proto.session is not None
+
+
+def test_invalid_session_resumable_resumes() -> None:
+    proto = connected(make())
+    (action,) = of(proto.receive({"op": 9, "d": True}, 0.0), ReconnectAction)
+    assert action.resume and action.delay == 0
+
+
+def test_invalid_session_not_resumable_waits_then_identifies() -> None:
+    proto = connected(make(rng=lambda: 0.25))
+    actions = proto.receive({"op": 9, "d": False}, 0.0)
+    (action,) = of(actions, ReconnectAction)
+    assert not action.resume
+    assert action.delay == pytest.approx(2.0)  # 1 + 4 * 0.25: within Discord's 1-5 s
+    assert proto.session is None
+    assert EventType.GATEWAY_INVALIDATE_SESSION in kinds(actions)
+
+
+# --- close codes ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("code", "verdict"),
+    [
+        (None, CloseVerdict.RESUME),
+        (1000, CloseVerdict.RESUME),
+        (1001, CloseVerdict.RESUME),
+        (4000, CloseVerdict.RESUME),
+        (4001, CloseVerdict.RESUME),
+        (4002, CloseVerdict.RESUME),
+        (4003, CloseVerdict.RESUME),
+        (4005, CloseVerdict.RESUME),
+        (4008, CloseVerdict.RESUME),
+        (4007, CloseVerdict.REIDENTIFY),
+        (4009, CloseVerdict.REIDENTIFY),
+        (4004, CloseVerdict.FATAL),
+        (4010, CloseVerdict.FATAL),
+        (4011, CloseVerdict.FATAL),
+        (4012, CloseVerdict.FATAL),
+        (4013, CloseVerdict.FATAL),
+        (4014, CloseVerdict.FATAL),
+    ],
+)
+def test_close_code_table(code: int | None, verdict: CloseVerdict) -> None:
+    assert classify_close(code) is verdict
+
+
+def test_resumable_close_keeps_session() -> None:
+    proto = connected(make())
+    actions = proto.closed(4000, "whatever")
+    assert proto.session is not None and proto.stage is Stage.DISCONNECTED
+    (deliver,) = of(actions, Deliver)
+    assert deliver.event.data == {"code": 4000, "reason": "whatever", "fatal": False}
+
+
+def test_session_codes_force_a_new_identify() -> None:
+    proto = connected(make())
+    proto.closed(4009, "timed out")
+    assert proto.session is None
+
+
+@pytest.mark.parametrize(
+    ("code", "error"), [(4004, AuthenticationFailed), (4014, DisallowedIntents)]
+)
+def test_fatal_close_fails_the_shard(code: int, error: type[GatewayClosedError]) -> None:
+    proto = connected(make())
+    actions = proto.closed(code, "no")
+    (fail,) = of(actions, Fail)
+    assert isinstance(fail.error, error) and fail.error.code == code and fail.error.shard_id == 3
+    assert proto.stage is Stage.FATALLY_CLOSED and proto.error is fail.error
+    (deliver,) = of(actions, Deliver)
+    assert deliver.event.kind is EventType.SHARD_DISCONNECTED and deliver.event.data["fatal"]
+
+
+def test_client_close_1000_ends_session_other_codes_keep_it() -> None:
+    proto = connected(make())
+    proto.closed(4000, by_client=True)
+    assert proto.session is not None
+    proto.closed(1000, by_client=True)
+    assert proto.session is None
+
+
+def test_shutdown_codes() -> None:
+    proto = connected(make())
+    assert proto.shutting_down(resumable=True) == 4000
+    assert proto.session is not None
+    assert proto.shutting_down(resumable=False) == 1000
+    assert proto.session is None
+
+
+# --- resume sessions ------------------------------------------------------------
+
+
+def test_resume_session_round_trips_through_json() -> None:
+    session = ResumeSession("sess", 99, "wss://resume.example")
+    assert ResumeSession.from_dict(ujson.loads(ujson.dumps(session.to_dict()))) == session
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {},
+        {"session_id": "", "sequence": 1},
+        {"session_id": "a", "sequence": -1},
+        {"session_id": "a", "sequence": "1"},
+    ],
+)
+def test_resume_session_rejects_bad_dicts(data: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        ResumeSession.from_dict(data)
+
+
+def test_token_never_in_repr_of_protocol_state() -> None:
+    proto = connected(make())
+    assert "secret-token-value" not in repr(proto.__dict__)

@@ -1,0 +1,133 @@
+"""Pure tests of the receive path's pieces: frame parsing, zlib-stream, peeking."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+import pytest
+
+from gcluster.frames import (
+    OP_BINARY,
+    OP_CLOSE,
+    OP_PING,
+    OP_TEXT,
+    FrameError,
+    FrameParser,
+    parse_close,
+)
+from gcluster.inflate import ZlibStreamInflater
+from gcluster.peek import peek_dispatch
+
+
+def frame(
+    payload: bytes, opcode: int = OP_TEXT, *, fin: bool = True, mask: bytes | None = None
+) -> bytes:
+    b0 = (0x80 if fin else 0) | opcode
+    n = len(payload)
+    mask_bit = 0x80 if mask else 0
+    if n < 126:
+        header = bytes([b0, mask_bit | n])
+    elif n < 1 << 16:
+        header = bytes([b0, mask_bit | 126]) + struct.pack("!H", n)
+    else:
+        header = bytes([b0, mask_bit | 127]) + struct.pack("!Q", n)
+    if mask:
+        payload = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        header += mask
+    return header + payload
+
+
+@pytest.mark.parametrize("size", [0, 5, 125, 126, 65535, 65536, 300_000])
+def test_every_length_encoding(size: int) -> None:
+    payload = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    assert FrameParser().feed(frame(payload, OP_BINARY)) == [(OP_BINARY, payload)]
+
+
+def test_many_frames_in_one_read_and_split_across_reads() -> None:
+    stream = b"".join(frame(f"message {n}".encode()) for n in range(50))
+    parser = FrameParser()
+    got = []
+    # Feed in awkward chunk sizes so headers and payloads split everywhere.
+    for start in range(0, len(stream), 7):
+        got += parser.feed(stream[start : start + 7])
+    assert got == [(OP_TEXT, f"message {n}".encode()) for n in range(50)]
+    assert parser.pending == 0
+
+
+def test_fragments_join_and_control_frames_pass_between_them() -> None:
+    data = frame(b"hel", OP_TEXT, fin=False) + frame(b"ping", OP_PING) + frame(b"lo", 0x0)
+    assert FrameParser().feed(data) == [(OP_PING, b"ping"), (OP_TEXT, b"hello")]
+
+
+def test_masked_frames_are_unmasked() -> None:
+    assert FrameParser().feed(frame(b"abcdef", mask=b"\x01\x02\x03\x04")) == [(OP_TEXT, b"abcdef")]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        bytes([0x80 | 0x40 | OP_TEXT, 0]),  # RSV1 without permessage-deflate
+        bytes([0x80 | 0x3, 0]),  # reserved opcode
+        bytes([OP_PING, 0]),  # fragmented control frame
+        frame(b"x", 0x0),  # continuation of nothing
+        frame(b"a", OP_TEXT, fin=False) + frame(b"b", OP_TEXT),  # new message mid-fragment
+    ],
+)
+def test_framing_violations(data: bytes) -> None:
+    with pytest.raises(FrameError):
+        FrameParser().feed(data)
+
+
+def test_oversized_message_refused_before_buffering() -> None:
+    with pytest.raises(FrameError):
+        FrameParser(max_message=1000).feed(frame(b"x" * 1001, OP_BINARY)[:20])
+
+
+def test_close_payload() -> None:
+    ((opcode, payload),) = FrameParser().feed(
+        frame(struct.pack("!H", 4004) + b"bad token", OP_CLOSE)
+    )
+    assert opcode == OP_CLOSE
+    assert parse_close(payload) == (4004, "bad token")
+    assert parse_close(b"") == (None, "")
+
+
+def compressed_stream(messages: list[bytes]) -> list[bytes]:
+    compressor = zlib.compressobj()
+    return [compressor.compress(m) + compressor.flush(zlib.Z_SYNC_FLUSH) for m in messages]
+
+
+def test_inflater_decodes_a_stream_of_messages() -> None:
+    messages = [b'{"op":%d,"d":"%s"}' % (n, b"x" * n) for n in range(100)]
+    inflater = ZlibStreamInflater()
+    assert [inflater.feed(chunk) for chunk in compressed_stream(messages)] == messages
+
+
+def test_inflater_buffers_a_message_split_over_frames() -> None:
+    (chunk,) = compressed_stream([b"y" * 10_000 + bytes(range(256)) * 40])
+    inflater = ZlibStreamInflater()
+    pieces = [chunk[i : i + 100] for i in range(0, len(chunk), 100)]
+    results = [inflater.feed(p) for p in pieces]
+    assert results[:-1] == [None] * (len(pieces) - 1)
+    assert results[-1] == b"y" * 10_000 + bytes(range(256)) * 40
+    assert inflater.pending == 0
+
+
+def test_inflater_rejects_a_corrupt_stream() -> None:
+    with pytest.raises(zlib.error):
+        ZlibStreamInflater().feed(b"not zlib at all\x00\x00\xff\xff")
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (b'{"t":"MESSAGE_CREATE","s":42,"op":0,"d":{"t":"x"}}', ("MESSAGE_CREATE", 42)),
+        (b'{"t":"NEW_THING","s":7,"op":0,"d":null}', ("NEW_THING", 7)),
+        (b'{"t":null,"s":null,"op":11,"d":null}', None),
+        (b'{"op":0,"t":"MESSAGE_CREATE","s":1,"d":{}}', None),  # other layout: decode fully
+        (b'{"t":"READY","op":0,"s":1}', None),
+    ],
+)
+def test_peek(raw: bytes, expected: tuple[str, int] | None) -> None:
+    assert peek_dispatch(raw) == expected
