@@ -1,0 +1,518 @@
+"""A shard: the greenlets that keep one gateway connection alive.
+
+`ShardProtocol` decides; this module does the I/O it asks for. Each shard runs
+one greenlet for its connection's life (connect, read, reconnect), which is
+the only one that reads the socket, plus a heartbeat greenlet per connection
+that only sends, and a short-lived one that waits for the identify queue so
+the reader never stops reading (a reader blocked on the queue would leave
+heartbeat ACKs unread and call a healthy connection a zombie).
+
+Received messages go: socket → frames → zlib-stream inflater → peek at the
+dispatch name (events filtered out are dropped undecoded) → ujson → protocol
+→ the event queue the shard was given.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+import zlib
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import gevent
+import ujson
+from gevent.event import Event as Flag
+from gevent.queue import Queue as EventQueue
+
+from gcluster._token import Token
+from gcluster.backoff import Backoff
+from gcluster.commands import Command, encode
+from gcluster.errors import CommandSendingError, ConnectionFailed, GatewayClosedError
+from gcluster.events import Event, EventType, EventTypeFlags, event_type
+from gcluster.frames import OP_BINARY, OP_TEXT
+from gcluster.inflate import ZlibStreamInflater
+from gcluster.message import Message, MessageKind
+from gcluster.peek import peek_dispatch
+from gcluster.protocol import (
+    Action,
+    CloseCode,
+    Deliver,
+    Fail,
+    Heartbeat,
+    Identify,
+    Latency,
+    ReconnectAction,
+    ResumeSession,
+    Send,
+    ShardProtocol,
+    Stage,
+)
+from gcluster.queue import NoOpQueue, Queue
+from gcluster.ratelimit import CommandRatelimiter
+from gcluster.transport import Connection, ConnectionClosed
+
+__all__ = ["Information", "Shard"]
+
+log = logging.getLogger(__name__)
+
+# Dispatches the protocol must read even when the application filters them out.
+_SESSION_DISPATCHES = frozenset({"READY", "RESUMED"})
+# A connection that stayed up this long resets the reconnect backoff.
+_STABLE_AFTER = 30.0
+# End of the event stream of a shard that owns its queue.
+_END = object()
+# Every dispatch kind (UNKNOWN included): when all of them are wanted there is
+# nothing to filter and the reader skips the peek.
+_DISPATCHES = EventTypeFlags.ALL & ~(
+    EventTypeFlags.SHARD_LIFECYCLE | EventTypeFlags.GATEWAY_LIFECYCLE
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Information:
+    """A snapshot of one shard, as `Cluster.info()` returns it.
+
+    Attributes:
+        id: the shard id.
+        stage: where its connection is.
+        latency: heartbeat round trips of the current connection.
+        session_id, sequence, resume_url: the session it would resume.
+        ratelimit: `(commands left, seconds until refilled)`, None when unlimited.
+        error: the fatal close error once stage is FATALLY_CLOSED.
+    """
+
+    id: int
+    stage: Stage
+    latency: Latency
+    session_id: str | None
+    sequence: int | None
+    resume_url: str | None
+    ratelimit: tuple[int, float] | None
+    error: GatewayClosedError | None
+
+
+class Shard:
+    """One gateway connection and its reconnects.
+
+    Events are put as `(shard_id, Event)` into `events` (a gevent queue shared
+    by a cluster); a shard built without one owns its queue and `events()`
+    iterates it.
+
+    Args:
+        shard_id, total: which shard of how many.
+        token: the bot token.
+        intents: gateway intents.
+        gateway_url: from GET /gateway/bot (e.g. "wss://gateway.discord.gg").
+        event_types: which events to deliver.
+        session: resume this session instead of identifying.
+        queue: the identify queue; NoOpQueue when None.
+        events: where to put events.
+        compression: zlib-stream transport compression.
+        connect_timeout: seconds for TCP + TLS + handshake.
+        ssl_context: a gevent SSL context for wss (verifying by default).
+        on_fatal: called with the shard once it is fatally closed.
+        ratelimit_payloads: hold commands to 120 per 60 s per connection.
+        protocol_options: passed to `ShardProtocol` (properties, large_threshold, presence).
+    """
+
+    def __init__(
+        self,
+        shard_id: int,
+        total: int,
+        token: str | Token,
+        intents: int,
+        *,
+        gateway_url: str,
+        event_types: EventTypeFlags = EventTypeFlags.ALL,
+        session: ResumeSession | None = None,
+        queue: Queue | None = None,
+        events: EventQueue | None = None,
+        compression: bool = True,
+        connect_timeout: float = 10.0,
+        ssl_context: Any = None,
+        on_fatal: Callable[[Shard], None] | None = None,
+        ratelimit_payloads: bool = True,
+        rng: Callable[[], float] = random.random,
+        **protocol_options: Any,
+    ) -> None:
+        self.id = shard_id
+        self.total = total
+        self._token = Token(token)
+        self._gateway_url = gateway_url
+        self._queue: Queue = queue if queue is not None else NoOpQueue()
+        self._owns_events = events is None
+        self._events: EventQueue = events if events is not None else EventQueue()
+        self._connect_timeout = connect_timeout
+        self._ssl_context = ssl_context
+        self._on_fatal = on_fatal
+        self._ratelimiter = CommandRatelimiter() if ratelimit_payloads else None
+        self._rng = rng
+        self._protocol = ShardProtocol(
+            shard_id,
+            total,
+            self._token,
+            intents,
+            event_types=event_types,
+            session=session,
+            compression=compression,
+            rng=rng,
+            **protocol_options,
+        )
+        self._wants_payload = bool(event_types & EventTypeFlags.SHARD_PAYLOAD)
+        self._filters_dispatches = (event_types & _DISPATCHES) != _DISPATCHES
+
+        self._runner: gevent.Greenlet | None = None
+        self._helpers: list[gevent.Greenlet] = []
+        self._conn: Connection | None = None
+        # (code, reason) of a close this side sent; tells the reader why it ended.
+        self._client_close: tuple[int, str] | None = None
+        self._reconnect_delay = 0.0
+        self._stop = Flag()  # down() was called or the shard failed
+        self._started = Flag()  # IDENTIFY or RESUME sent (or the shard failed)
+        self._ready = Flag()  # READY or RESUMED received (or the shard failed)
+        self._stopped = Flag()
+
+    def __repr__(self) -> str:
+        return f"<Shard {self.id}/{self.total} {self._protocol.stage.value}>"
+
+    # --- life ----------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start connecting in the background; returns at once."""
+        if self._runner is None:
+            self._runner = gevent.spawn(self._run)
+            self._runner.name = f"gcluster-shard-{self.id}"
+
+    def wait_until_started(self, timeout: float | None = None) -> bool:
+        """Wait until IDENTIFY or RESUME was sent, or the shard failed."""
+        return bool(self._started.wait(timeout))
+
+    def wait_until_ready(self, timeout: float | None = None) -> bool:
+        """Wait for READY or RESUMED; False on timeout or when the shard failed."""
+        return bool(self._ready.wait(timeout)) and self._protocol.stage is Stage.CONNECTED
+
+    def down(self, *, resumable: bool = False, timeout: float = 5.0) -> ResumeSession | None:
+        """Close the connection and stop the shard's greenlets.
+
+        Args:
+            resumable: close with a code that keeps the session, and return it.
+            timeout: seconds to wait for the greenlets to finish before killing them.
+
+        Returns:
+            the session to resume later, when `resumable` and the shard had one.
+        """
+        if self._stop.is_set() and self._stopped.is_set():
+            return self._protocol.session if resumable else None
+        self._stop.set()
+        session = self._protocol.session if resumable else None
+        code = self._protocol.shutting_down(resumable=resumable)
+        runner = self._runner
+        if self._conn is not None:
+            # Let the reader see the close, so SHARD_DISCONNECTED is delivered.
+            self._close_connection(code, "shard stopped")
+            if runner is not None:
+                runner.join(timeout)
+        # Not connected (connecting, backing off, waiting): nothing to lose.
+        if runner is not None and not runner.dead:
+            runner.kill(block=True, timeout=timeout)
+        self._kill_helpers()
+        self._finish()
+        return session
+
+    @property
+    def error(self) -> GatewayClosedError | None:
+        return self._protocol.error
+
+    @property
+    def stage(self) -> Stage:
+        return self._protocol.stage
+
+    @property
+    def session(self) -> ResumeSession | None:
+        return self._protocol.session
+
+    def info(self) -> Information:
+        p = self._protocol
+        return Information(
+            id=self.id,
+            stage=p.stage,
+            latency=p.latency,
+            session_id=p.session_id,
+            sequence=p.sequence,
+            resume_url=p.resume_url,
+            ratelimit=(
+                (self._ratelimiter.remaining(), self._ratelimiter.refill_in())
+                if self._ratelimiter is not None
+                else None
+            ),
+            error=p.error,
+        )
+
+    def events(self) -> Iterator[tuple[int, Event]]:
+        """Iterate this shard's events (only for a shard that owns its queue)."""
+        if not self._owns_events:
+            raise RuntimeError("this shard's events go to a shared queue; read that instead")
+        for item in self._events:
+            if item is _END:
+                return
+            yield item
+
+    # --- sending ---------------------------------------------------------------
+
+    def command(
+        self, command: Command | Mapping[str, Any], *, timeout: float | None = None
+    ) -> None:
+        """Send a gateway command (validated, at most 4096 bytes).
+
+        Waits cooperatively for a rate-limit slot first.
+
+        Args:
+            timeout: seconds to wait for a slot; None waits as long as it takes.
+
+        Raises:
+            InvalidCommand / PayloadTooLarge: the command is not valid.
+            CommandSendingError: not connected, no slot within `timeout`, or the send failed.
+        """
+        self._send_raw(encode(command), timeout)
+
+    def command_raw(self, payload: bytes | str, *, timeout: float | None = None) -> None:
+        self._send_raw(payload.encode() if isinstance(payload, str) else bytes(payload), timeout)
+
+    def send(self, message: Message) -> None:
+        """Send a raw websocket message; a close frame makes the shard reconnect."""
+        if message.kind is MessageKind.CLOSE:
+            assert message.code is not None
+            if self._conn is None:
+                raise CommandSendingError(f"shard {self.id} is not connected", shard_id=self.id)
+            self._close_connection(message.code, message.reason)
+            return
+        conn = self._connection_for_send()
+        try:
+            if message.kind is MessageKind.TEXT:
+                conn.send(message.payload)
+            else:
+                conn.send_binary(message.payload)
+        except ConnectionClosed as err:
+            raise CommandSendingError(f"shard {self.id}: {err}", shard_id=self.id) from err
+
+    def _send_raw(self, payload: bytes, timeout: float | None) -> None:
+        self._connection_for_send()
+        limiter = self._ratelimiter
+        if limiter is not None and not limiter.acquire(timeout):
+            raise CommandSendingError(
+                f"shard {self.id}: no rate-limit slot within {timeout} s", shard_id=self.id
+            )
+        # The wait may have outlived the connection: look again.
+        conn = self._connection_for_send()
+        try:
+            conn.send(payload)
+        except ConnectionClosed as err:
+            raise CommandSendingError(f"shard {self.id}: {err}", shard_id=self.id) from err
+
+    def _connection_for_send(self) -> Connection:
+        conn = self._conn
+        stage = self._protocol.stage
+        if conn is None or conn.closed or stage is not Stage.CONNECTED:
+            raise CommandSendingError(
+                f"shard {self.id} is not connected (stage {stage.value})", shard_id=self.id
+            )
+        return conn
+
+    # --- the connection loop -------------------------------------------------
+
+    def _run(self) -> None:
+        backoff = Backoff()
+        try:
+            while not self._stop.is_set():
+                url = self._protocol.url(self._gateway_url)
+                self._handle(self._protocol.connecting(url))
+                try:
+                    conn = Connection.open(
+                        url, timeout=self._connect_timeout, ssl_context=self._ssl_context
+                    )
+                except ConnectionFailed as err:
+                    log.warning(
+                        "shard %d: connect failed: %s", self.id, self._token.redact(str(err))
+                    )
+                    self._handle(self._protocol.closed(None, "connect failed"))
+                    backoff = backoff.increment()
+                    self._pause(backoff.delay(self._rng))
+                    continue
+                if self._stop.is_set():
+                    conn.close(CloseCode.NORMAL, "shard stopped")
+                    break
+                self._conn = conn
+                if self._ratelimiter is not None:
+                    self._ratelimiter.reset()
+                self._client_close = None
+                self._reconnect_delay = 0.0
+                opened = time.monotonic()
+                code, reason, by_client = self._read(conn)
+                self._kill_helpers()
+                self._conn = None
+                log.info(
+                    "shard %d: connection closed code=%s by=%s reason=%s",
+                    self.id,
+                    code,
+                    "client" if by_client else "gateway",
+                    reason,
+                )
+                self._handle(self._protocol.closed(code, reason, by_client=by_client))
+                if self._protocol.stage is Stage.FATALLY_CLOSED or self._stop.is_set():
+                    break
+                if time.monotonic() - opened >= _STABLE_AFTER:
+                    backoff = backoff.reset()
+                delay = max(self._reconnect_delay, backoff.delay(self._rng))
+                backoff = backoff.increment()
+                self._handle(self._protocol.reconnecting())
+                self._pause(delay)
+        finally:
+            self._conn = None
+            self._kill_helpers()
+            self._started.set()
+            self._ready.set()
+            if self._protocol.stage is Stage.FATALLY_CLOSED:
+                self._finish()
+                if self._on_fatal is not None:
+                    self._on_fatal(self)
+
+    def _pause(self, seconds: float) -> None:
+        if seconds > 0 and not self._stop.is_set():
+            gevent.sleep(seconds)
+
+    def _read(self, conn: Connection) -> tuple[int | None, str, bool]:
+        """Read until the connection ends; return its close code, reason and who closed."""
+        inflater = ZlibStreamInflater() if self._protocol.compression else None
+        while True:
+            try:
+                messages = conn.receive()
+            except ConnectionClosed as closed:
+                if self._client_close is not None:
+                    return self._client_close[0], self._client_close[1], True
+                return closed.code, closed.reason, False
+            now = time.monotonic()
+            for opcode, payload in messages:
+                if opcode == OP_BINARY and inflater is not None:
+                    try:
+                        whole = inflater.feed(payload)
+                    except zlib.error as err:
+                        self._undecodable(f"zlib-stream error: {err}")
+                        break
+                    if whole is None:
+                        continue
+                    payload = whole
+                elif opcode not in (OP_TEXT, OP_BINARY):
+                    continue
+                self._process(payload, now)
+
+    def _process(self, payload: bytes, now: float) -> None:
+        if self._filters_dispatches:
+            peeked = peek_dispatch(payload)
+            if peeked is not None:
+                name, sequence = peeked
+                if name not in _SESSION_DISPATCHES and not self._protocol.wants(event_type(name)):
+                    self._protocol.skip_dispatch(sequence)
+                    return
+        if self._wants_payload:
+            self._put(Event(EventType.SHARD_PAYLOAD, "SHARD_PAYLOAD", self.id, None, payload))
+        try:
+            message = ujson.loads(payload)
+            actions = self._protocol.receive(message, now)
+        except (ValueError, TypeError, KeyError) as err:
+            self._undecodable(f"undecodable gateway message: {err}")
+            return
+        self._handle(actions)
+
+    def _undecodable(self, reason: str) -> None:
+        # The stream can't be trusted past this point; resuming replays what was lost.
+        log.warning("shard %d: %s; reconnecting", self.id, reason)
+        self._close_connection(CloseCode.RESUMABLE, "undecodable payload")
+
+    # --- carrying out the protocol's actions ---------------------------------
+
+    def _handle(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Deliver):
+                self._put(action.event)
+            elif isinstance(action, Send):
+                if action.heartbeat and self._ratelimiter is not None:
+                    self._ratelimiter.heartbeat()
+                self._send_protocol(action.payload)
+            elif isinstance(action, Heartbeat):
+                if self._ratelimiter is not None:
+                    self._ratelimiter.set_heartbeat_interval(action.interval)
+                self._spawn_helper(self._heartbeat, action.interval, action.first_delay)
+            elif isinstance(action, Identify):
+                self._spawn_helper(self._identify)
+            elif isinstance(action, ReconnectAction):
+                log.info("shard %d: reconnecting (%s)", self.id, action.reason)
+                self._reconnect_delay = action.delay
+                self._close_connection(action.code, action.reason)
+            elif isinstance(action, Fail):
+                log.error("shard %d: fatally closed: %s", self.id, action.error)
+                self._stop.set()
+                self._started.set()
+                self._ready.set()
+        stage = self._protocol.stage
+        if stage is Stage.RESUMING or (stage is Stage.IDENTIFYING and self._protocol.identified):
+            self._started.set()
+        elif stage is Stage.CONNECTED:
+            self._started.set()
+            self._ready.set()
+
+    def _put(self, event: Event) -> None:
+        self._events.put((self.id, event))
+
+    def _send_protocol(self, payload: bytes) -> None:
+        conn = self._conn
+        if conn is None:
+            return
+        try:
+            conn.send(payload)
+        except ConnectionClosed as err:
+            # The reader sees the same failure and reconnects; nothing to add here.
+            log.debug("shard %d: send failed: %s", self.id, err)
+
+    def _heartbeat(self, interval: float, first_delay: float) -> None:
+        gevent.sleep(first_delay)
+        while True:
+            self._handle(self._protocol.heartbeat(time.monotonic()))
+            gevent.sleep(interval)
+
+    def _identify(self) -> None:
+        self._queue.request(self.id, self.total)
+        if self._conn is not None and not self._stop.is_set():
+            self._handle(self._protocol.identify())
+
+    def _spawn_helper(self, func: Callable[..., None], *args: Any) -> None:
+        if func == self._heartbeat:
+            # A new HELLO replaces the old timer.
+            for helper in self._helpers:
+                if getattr(helper, "is_heartbeat", False):
+                    helper.kill(block=False)
+        greenlet = gevent.spawn(func, *args)
+        greenlet.is_heartbeat = func == self._heartbeat
+        self._helpers = [g for g in self._helpers if not g.dead] + [greenlet]
+
+    def _kill_helpers(self) -> None:
+        helpers, self._helpers = self._helpers, []
+        current = gevent.getcurrent()
+        others = [g for g in helpers if g is not current]
+        if others:
+            gevent.killall(others, block=False)
+
+    def _close_connection(self, code: int, reason: str) -> None:
+        conn = self._conn
+        if conn is None or conn.closed:
+            return
+        self._client_close = (code, reason)
+        conn.close(code, reason)
+
+    def _finish(self) -> None:
+        if not self._stopped.is_set():
+            self._stopped.set()
+            if self._owns_events:
+                self._events.put(_END)
