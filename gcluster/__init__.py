@@ -1,0 +1,110 @@
+"""gcluster: Discord gateway shards for synchronous Python, on gevent.
+
+The twilight-gateway `Cluster` API with greenlets in place of async tasks:
+
+    cluster = Cluster(token, Intents.GUILD_MESSAGES)
+    cluster.up()
+    for shard_id, event in cluster.events():
+        ...
+"""
+
+from __future__ import annotations
+
+import logging
+
+from gcluster.cluster import Cluster, ClusterBuilder, ClusterConfig
+from gcluster.commands import (
+    Activity,
+    ActivityType,
+    Command,
+    RequestGuildMembers,
+    RequestSoundboardSounds,
+    Status,
+    UpdatePresence,
+    UpdateVoiceState,
+    shard_for_guild,
+)
+from gcluster.errors import (
+    AuthenticationFailed,
+    ClusterCommandError,
+    ClusterCommandErrorType,
+    ClusterStartError,
+    ClusterStartErrorType,
+    CommandSendingError,
+    ConfigError,
+    ConnectionFailed,
+    DisallowedIntents,
+    GatewayClosedError,
+    GClusterError,
+    InvalidApiVersion,
+    InvalidCommand,
+    InvalidIntents,
+    InvalidShard,
+    PayloadTooLarge,
+    QueueError,
+    SessionStartLimitExhausted,
+    ShardingRequired,
+    ShardNonexistent,
+    ShardSchemeError,
+)
+from gcluster.events import Event, EventType, EventTypeFlags
+from gcluster.intents import Intents
+from gcluster.message import Message
+from gcluster.protocol import Latency, ResumeSession, Stage
+from gcluster.queue import LocalQueue, NoOpQueue, Queue
+from gcluster.scheme import ShardScheme
+from gcluster.shard import Information, Shard
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Activity",
+    "ActivityType",
+    "AuthenticationFailed",
+    "Cluster",
+    "ClusterBuilder",
+    "ClusterCommandError",
+    "ClusterCommandErrorType",
+    "ClusterConfig",
+    "ClusterStartError",
+    "ClusterStartErrorType",
+    "Command",
+    "CommandSendingError",
+    "ConfigError",
+    "ConnectionFailed",
+    "DisallowedIntents",
+    "Event",
+    "EventType",
+    "EventTypeFlags",
+    "GClusterError",
+    "GatewayClosedError",
+    "Information",
+    "Intents",
+    "InvalidApiVersion",
+    "InvalidCommand",
+    "InvalidIntents",
+    "InvalidShard",
+    "Latency",
+    "LocalQueue",
+    "Message",
+    "NoOpQueue",
+    "PayloadTooLarge",
+    "Queue",
+    "QueueError",
+    "RequestGuildMembers",
+    "RequestSoundboardSounds",
+    "ResumeSession",
+    "SessionStartLimitExhausted",
+    "Shard",
+    "ShardNonexistent",
+    "ShardScheme",
+    "ShardSchemeError",
+    "ShardingRequired",
+    "Stage",
+    "Status",
+    "UpdatePresence",
+    "UpdateVoiceState",
+    "shard_for_guild",
+]
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())

@@ -1,0 +1,437 @@
+"""The cluster: many shards of one bot, managed together, with one event stream.
+
+The twilight-gateway `Cluster` API in synchronous Python. The cluster resolves
+the shard scheme (asking GET /gateway/bot when it must), builds the shards,
+starts them through the identify queue, merges their events into one gevent
+queue and answers for them: `info()`, `command()`, `send()`, `down()`.
+
+    cluster = Cluster(token, Intents.GUILD_MESSAGES)
+    cluster.up()
+    for shard_id, event in cluster.events():
+        ...
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, fields
+from types import TracebackType
+from typing import Any, Final
+
+import gevent
+from gevent.queue import Queue as EventQueue
+
+from gcluster._token import Token
+from gcluster.commands import Command, UpdatePresence
+from gcluster.errors import (
+    ClusterStartError,
+    ClusterStartErrorType,
+    ConfigError,
+    GatewayClosedError,
+    ShardNonexistent,
+)
+from gcluster.events import Event, EventTypeFlags
+from gcluster.http import DEFAULT_API_BASE, GatewayBot, get_gateway_bot
+from gcluster.message import Message
+from gcluster.protocol import ResumeSession, default_properties
+from gcluster.queue import LocalQueue, Queue
+from gcluster.scheme import ShardScheme
+from gcluster.shard import Information, Shard
+
+__all__ = ["Cluster", "ClusterBuilder", "ClusterConfig"]
+
+log = logging.getLogger(__name__)
+
+_END: Final = object()  # down() was called: the iterator ends once the queue is drained
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    """A cluster's options, checked and frozen (`Cluster.config()` returns it).
+
+    See `Cluster` for what each option means.
+    """
+
+    token: Token = field(repr=False)
+    intents: int
+    event_types: EventTypeFlags = EventTypeFlags.ALL
+    shard_scheme: ShardScheme = field(default_factory=ShardScheme.auto)
+    gateway_url: str | None = None
+    api_base: str = DEFAULT_API_BASE
+    large_threshold: int = 50
+    presence: UpdatePresence | None = None
+    shard_presence: Callable[[int], UpdatePresence | None] | None = None
+    identify_properties: Mapping[str, str] = field(default_factory=default_properties)
+    queue: Queue | None = None
+    resume_sessions: Mapping[int, ResumeSession] = field(default_factory=dict)
+    ratelimit_payloads: bool = True
+    compression: bool = True
+    connect_timeout: float = 10.0
+    ssl_context: Any = None
+
+    def __post_init__(self) -> None:
+        if not 50 <= self.large_threshold <= 250:
+            raise ConfigError(f"large_threshold must be within 50..250, not {self.large_threshold}")
+        if not isinstance(self.shard_scheme, ShardScheme):
+            raise ConfigError("shard_scheme must be a ShardScheme")
+        if self.queue is not None and not isinstance(self.queue, Queue):
+            raise ConfigError("queue must have a request(shard_id, total) method")
+        if self.presence is not None and not isinstance(self.presence, UpdatePresence):
+            raise ConfigError("presence must be an UpdatePresence")
+        if self.connect_timeout <= 0:
+            raise ConfigError("connect_timeout must be positive")
+        for shard_id, session in self.resume_sessions.items():
+            if not isinstance(session, ResumeSession):
+                raise ConfigError(f"resume_sessions[{shard_id}] must be a ResumeSession")
+        for url_option in ("gateway_url", "api_base"):
+            url = getattr(self, url_option)
+            if url is not None and "://" not in url:
+                raise ConfigError(f"{url_option} must be an absolute URL, not {url!r}")
+
+
+_OPTIONS: Final = frozenset(f.name for f in fields(ClusterConfig)) - {"token", "intents"}
+
+
+def _config(token: str | Token, intents: int, options: Mapping[str, Any]) -> ClusterConfig:
+    unknown = set(options) - _OPTIONS
+    if unknown:
+        raise ConfigError(f"unknown cluster option(s): {', '.join(sorted(unknown))}")
+    try:
+        secret = Token(token)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"bad token: {err}") from None
+    if isinstance(intents, bool) or not isinstance(intents, int) or intents < 0:
+        raise ConfigError(f"intents must be Intents or a non-negative int, not {intents!r}")
+    values = dict(options)
+    if "resume_sessions" in values:
+        values["resume_sessions"] = dict(values["resume_sessions"] or {})
+    return ClusterConfig(token=secret, intents=int(intents), **values)
+
+
+class Cluster:
+    """Many shards of one bot, and their events as one stream.
+
+    Args:
+        token: the bot token, with or without "Bot ".
+        intents: `Intents` (or their int value) to identify with.
+        event_types: `EventTypeFlags` of the events to deliver; the rest are
+            dropped before their JSON is decoded. Default: all but SHARD_PAYLOAD.
+        shard_scheme: which shards to run; default `ShardScheme.auto()`.
+        gateway_url: skip GET /gateway/bot and connect here.
+        api_base: the REST base URL (default Discord's v10).
+        large_threshold: IDENTIFY's large_threshold, 50..250.
+        presence: an `UpdatePresence` sent in every IDENTIFY.
+        shard_presence: `f(shard_id) -> UpdatePresence | None`, overriding `presence`.
+        identify_properties: IDENTIFY's properties (os, browser, device).
+        queue: the identify queue; default a `LocalQueue` sized by /gateway/bot.
+        resume_sessions: `{shard_id: ResumeSession}`; those shards RESUME.
+        ratelimit_payloads: keep commands within Discord's 120 per 60 s.
+        compression: zlib-stream transport compression.
+        connect_timeout: seconds for one connection attempt (TCP, TLS, handshake).
+        ssl_context: a gevent SSL context for wss; default verifies certificates.
+
+    Raises:
+        ConfigError: an option is out of range or unknown.
+    """
+
+    def __init__(self, token: str | Token, intents: int, **options: Any) -> None:
+        self._config = _config(token, intents, options)
+        self._events: EventQueue = EventQueue()
+        self._shards: dict[int, Shard] = {}
+        self._gateway: GatewayBot | None = None
+        self._started = False
+        self._stopped = False
+
+    @classmethod
+    def new(cls, token: str | Token, intents: int, **options: Any) -> Cluster:
+        """Same as `Cluster(token, intents, **options)`, as twilight spells it."""
+        return cls(token, intents, **options)
+
+    @classmethod
+    def builder(cls, token: str | Token, intents: int) -> ClusterBuilder:
+        """A builder taking one option per method call: `.event_types(...).build()`."""
+        return ClusterBuilder(token, intents)
+
+    def __repr__(self) -> str:
+        state = "stopped" if self._stopped else "up" if self._started else "new"
+        return f"<Cluster {state} shards={sorted(self._shards)}>"
+
+    def config(self) -> ClusterConfig:
+        return self._config
+
+    # --- life ----------------------------------------------------------------
+
+    def up(self, block: bool = True, timeout: float | None = None) -> None:
+        """Start every shard through the identify queue.
+
+        Args:
+            block: wait until every shard has sent IDENTIFY or RESUME.
+            timeout: seconds to wait for that; None waits as long as the queue needs.
+
+        Raises:
+            ClusterStartError: GET /gateway/bot failed (kind RETRIEVING_GATEWAY_INFO)
+                or the shards did not start within `timeout` (kind TIMEOUT).
+            AuthenticationFailed, DisallowedIntents, ...: a shard was closed
+                fatally while starting.
+        """
+        if self._stopped:
+            raise ClusterStartError(
+                "this cluster was shut down; build a new one",
+                kind=ClusterStartErrorType.SHARD_START,
+            )
+        if not self._started:
+            self._create_shards()
+            self._started = True
+            for shard in self._shards.values():
+                shard.start()
+        if not block:
+            return
+        waiter = gevent.spawn(self._wait_all, "wait_until_started")
+        if not waiter.join(timeout):
+            waiter.kill()
+            raise ClusterStartError(
+                f"shards did not start within {timeout} s", kind=ClusterStartErrorType.TIMEOUT
+            )
+        for shard in self._shards.values():
+            if shard.error is not None:
+                raise shard.error
+
+    def wait_until_ready(self, timeout: float | None = None) -> bool:
+        """Wait until every shard has received READY or RESUMED; False on timeout or failure."""
+        waiter = gevent.spawn(self._wait_all, "wait_until_ready")
+        if not waiter.join(timeout):
+            waiter.kill()
+            return False
+        return all(shard.wait_until_ready(0) for shard in self._shards.values())
+
+    def down(self) -> None:
+        """Close every shard with 1000, ending their sessions, and end `events()`."""
+        self._shutdown(resumable=False)
+
+    def down_resumable(self) -> dict[int, ResumeSession]:
+        """Close every shard keeping its session; return the sessions to resume with.
+
+        Shards that never got a session are left out.
+        """
+        return self._shutdown(resumable=True)
+
+    def __enter__(self) -> Cluster:
+        self.up()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.down()
+
+    # --- shards --------------------------------------------------------------
+
+    def shard(self, shard_id: int) -> Shard | None:
+        return self._shards.get(shard_id)
+
+    def shards(self) -> list[Shard]:
+        return [self._shards[shard_id] for shard_id in sorted(self._shards)]
+
+    def info(self) -> dict[int, Information]:
+        return {shard_id: self._shards[shard_id].info() for shard_id in sorted(self._shards)}
+
+    def command(
+        self, shard_id: int, command: Command | Mapping[str, Any], *, timeout: float | None = None
+    ) -> None:
+        """Send a gateway command through one shard.
+
+        Waits cooperatively (up to `timeout` seconds) for a rate-limit slot.
+
+        Raises:
+            ShardNonexistent: the cluster has no such shard.
+            CommandSendingError: the shard is not connected or the send failed.
+            InvalidCommand, PayloadTooLarge: the command is invalid.
+        """
+        self._get(shard_id).command(command, timeout=timeout)
+
+    def command_raw(self, shard_id: int, payload: bytes | str) -> None:
+        """Send a raw payload through one shard. Deprecated: use `command` or `send`."""
+        warnings.warn(
+            "Cluster.command_raw is deprecated; use Cluster.command or Cluster.send",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        self._get(shard_id).command_raw(payload)
+
+    def send(self, shard_id: int, message: Message) -> None:
+        """Send a raw websocket message (e.g. `Message.close(4000)`) through one shard."""
+        self._get(shard_id).send(message)
+
+    # --- events ----------------------------------------------------------------
+
+    def events(self) -> Iterator[tuple[int, Event]]:
+        """Every delivered event of every shard, as `(shard_id, event)`.
+
+        Order is kept within each shard. The iterator ends after `down()` once
+        the events queued before it are drained; if every shard closed fatally,
+        it raises that shard's error instead of waiting forever.
+        """
+        queue = self._events
+        while True:
+            item = queue.get()
+            if item is _END:
+                queue.put(_END)  # other iterators end too
+                return
+            if isinstance(item, GatewayClosedError):
+                queue.put(item)
+                raise item
+            yield item
+
+    @property
+    def backlog(self) -> int:
+        """Events queued for `events()` and not read yet."""
+        return int(self._events.qsize())
+
+    # --- internals -------------------------------------------------------------
+
+    def _get(self, shard_id: int) -> Shard:
+        shard = self._shards.get(shard_id)
+        if shard is None:
+            raise ShardNonexistent(shard_id)
+        return shard
+
+    def _create_shards(self) -> None:
+        config = self._config
+        gateway_url = config.gateway_url
+        recommended = 1
+        concurrency = 1
+        # A given gateway URL skips the lookup unless the scheme needs Discord's count.
+        if gateway_url is None or config.shard_scheme.is_auto:
+            self._gateway = get_gateway_bot(config.api_base, config.token)
+            recommended = self._gateway.shards
+            concurrency = self._gateway.session_start_limit.max_concurrency
+            gateway_url = gateway_url or self._gateway.url
+        queue = (
+            config.queue if config.queue is not None else LocalQueue(max_concurrency=concurrency)
+        )
+        ids, total = config.shard_scheme.resolve(recommended)
+        for shard_id in ids:
+            self._shards[shard_id] = Shard(
+                shard_id,
+                total,
+                config.token,
+                config.intents,
+                gateway_url=gateway_url,
+                event_types=config.event_types,
+                session=config.resume_sessions.get(shard_id),
+                queue=queue,
+                events=self._events,
+                compression=config.compression,
+                connect_timeout=config.connect_timeout,
+                ssl_context=config.ssl_context,
+                on_fatal=self._shard_failed,
+                ratelimit_payloads=config.ratelimit_payloads,
+                properties=config.identify_properties,
+                large_threshold=config.large_threshold,
+                presence=self._presence_for(shard_id),
+            )
+
+    def _presence_for(self, shard_id: int) -> dict[str, Any] | None:
+        config = self._config
+        presence = config.shard_presence(shard_id) if config.shard_presence else None
+        presence = presence or config.presence
+        return presence.data() if presence is not None else None
+
+    def _wait_all(self, method: str) -> None:
+        for shard in self._shards.values():
+            getattr(shard, method)()
+            if shard.error is not None:
+                return
+
+    def _shard_failed(self, shard: Shard) -> None:
+        if all(s.error is not None for s in self._shards.values()):
+            # Nothing will ever arrive again: wake the reader with the error.
+            assert shard.error is not None
+            self._events.put(shard.error)
+
+    def _shutdown(self, *, resumable: bool) -> dict[int, ResumeSession]:
+        if self._stopped:
+            return {}
+        self._stopped = True
+        shards = self.shards()
+        jobs = [gevent.spawn(shard.down, resumable=resumable) for shard in shards]
+        gevent.joinall(jobs)
+        self._events.put(_END)
+        sessions = {shard.id: job.value for shard, job in zip(shards, jobs, strict=True)}
+        return {shard_id: s for shard_id, s in sessions.items() if s is not None}
+
+
+class ClusterBuilder:
+    """Builds a `Cluster` one option at a time, twilight style:
+
+        cluster = (Cluster.builder(token, Intents.GUILD_MESSAGES)
+                   .event_types(EventTypeFlags.MESSAGE_CREATE)
+                   .shard_scheme(ShardScheme.range(range(0, 10), total=10))
+                   .build())
+
+    Each option method returns the builder; `build()` checks them all.
+    """
+
+    def __init__(self, token: str | Token, intents: int) -> None:
+        self._token = token
+        self._intents = intents
+        self._options: dict[str, Any] = {}
+
+    def __repr__(self) -> str:
+        return f"<ClusterBuilder options={sorted(self._options)}>"
+
+    def build(self) -> Cluster:
+        return Cluster(self._token, self._intents, **self._options)
+
+    def _set(self, name: str, value: Any) -> ClusterBuilder:
+        self._options[name] = value
+        return self
+
+    def event_types(self, value: EventTypeFlags) -> ClusterBuilder:
+        return self._set("event_types", value)
+
+    def shard_scheme(self, value: ShardScheme) -> ClusterBuilder:
+        return self._set("shard_scheme", value)
+
+    def gateway_url(self, value: str | None) -> ClusterBuilder:
+        return self._set("gateway_url", value)
+
+    def api_base(self, value: str) -> ClusterBuilder:
+        return self._set("api_base", value)
+
+    def large_threshold(self, value: int) -> ClusterBuilder:
+        if not 50 <= value <= 250:
+            raise ConfigError(f"large_threshold must be within 50..250, not {value}")
+        return self._set("large_threshold", value)
+
+    def presence(self, value: UpdatePresence) -> ClusterBuilder:
+        return self._set("presence", value)
+
+    def shard_presence(self, value: Callable[[int], UpdatePresence | None]) -> ClusterBuilder:
+        return self._set("shard_presence", value)
+
+    def identify_properties(self, value: Mapping[str, str]) -> ClusterBuilder:
+        return self._set("identify_properties", dict(value))
+
+    def queue(self, value: Queue) -> ClusterBuilder:
+        return self._set("queue", value)
+
+    def resume_sessions(self, value: Mapping[int, ResumeSession]) -> ClusterBuilder:
+        return self._set("resume_sessions", dict(value))
+
+    def ratelimit_payloads(self, value: bool) -> ClusterBuilder:
+        return self._set("ratelimit_payloads", value)
+
+    def compression(self, value: bool) -> ClusterBuilder:
+        return self._set("compression", value)
+
+    def connect_timeout(self, value: float) -> ClusterBuilder:
+        return self._set("connect_timeout", value)
+
+    def ssl_context(self, value: Any) -> ClusterBuilder:
+        return self._set("ssl_context", value)
