@@ -1,0 +1,588 @@
+"""The simulated gateway's state: shards, sessions, and where each dispatch goes.
+
+Discord keeps a session per identified shard, numbers that session's
+dispatches with ``s``, and replays the ones a client missed when it resumes.
+This module holds exactly that bookkeeping — which connection serves which
+session, each session's log, events waiting for a shard that never
+identified — and applies faults to a shard. Decoding client messages and
+deciding what they may do is `connection`'s job; sockets are `wire`'s.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import ujson
+
+from . import faults, payloads, rules
+from .records import (
+    CloseRecord,
+    CommandRecord,
+    ConnectionRecord,
+    DispatchRecord,
+    FaultRecord,
+    HeartbeatRecord,
+    IdentifyRecord,
+    Records,
+    ResumeRecord,
+)
+from .rules import Close, Op, Rejection
+from .streams import EventStream
+
+if TYPE_CHECKING:
+    from .connection import GatewayConnection
+    from .wire import Ending
+
+__all__ = ["Gateway", "GatewayConfig", "SessionInfo", "encode"]
+
+_DAY_MS = 86_400_000
+# Privileged intent bit -> the application flag that allows it (GATEWAY_*).
+_INTENT_FLAGS = {1 << 1: 1 << 14, 1 << 8: 1 << 12, 1 << 15: 1 << 18}
+
+HEARTBEAT_ACK = '{"t":null,"s":null,"op":11,"d":null}'
+HEARTBEAT_REQUEST = '{"t":null,"s":null,"op":1,"d":null}'
+RECONNECT = '{"t":null,"s":null,"op":7,"d":null}'
+INVALID_SESSION = {
+    True: '{"t":null,"s":null,"op":9,"d":true}',
+    False: '{"t":null,"s":null,"op":9,"d":false}',
+}
+
+
+def encode(data: Any) -> str:
+    """JSON the way Discord writes it (UTF-8, slashes unescaped)."""
+    return ujson.dumps(data, ensure_ascii=False, escape_forward_slashes=False)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GatewayConfig:
+    """What the simulated application and gateway look like; see `GatewaySimulator`."""
+
+    shards: int
+    recommended_shards: int
+    max_concurrency: int
+    heartbeat_interval: float
+    token: str = field(repr=False)
+    privileged_intents: int
+    session_start_limit_total: int
+    guilds_per_shard: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SessionInfo:
+    """A snapshot of a shard's current session."""
+
+    session_id: str
+    shard_id: int
+    sequence: int
+    """The ``s`` of the session's last dispatch."""
+    connected: bool
+    """Whether a live connection serves it (False: waiting for a RESUME)."""
+
+
+class Session:
+    """One gateway session: its ``s`` counter and the log of what it dispatched."""
+
+    __slots__ = ("connection", "id", "log", "seq", "shard_id")
+
+    def __init__(self, session_id: str, shard_id: int) -> None:
+        self.id = session_id
+        self.shard_id = shard_id
+        self.seq = 0
+        # log[s - 1] is dispatch s, as (frame, t, number): replayed verbatim on RESUME.
+        self.log: list[tuple[str, str, int | None]] = []
+        self.connection: GatewayConnection | None = None
+
+
+class _ArmedPlan:
+    __slots__ = ("plan", "remaining")
+
+    def __init__(self, plan: faults.FaultPlan, remaining: int) -> None:
+        self.plan = plan
+        self.remaining = remaining
+
+
+class ShardState:
+    """Everything the gateway keeps per shard id."""
+
+    __slots__ = ("backlog", "guilds", "id", "plans", "session", "stream")
+
+    def __init__(self, shard_id: int, total: int, guilds_per_shard: int) -> None:
+        self.id = shard_id
+        self.guilds = payloads.guild_fixtures(shard_id, total, guilds_per_shard)
+        self.stream = EventStream(self.guilds, payloads.Snowflakes(worker=shard_id % 32))
+        self.session: Session | None = None
+        # Dispatches for a shard without a session, sent after its next READY.
+        self.backlog: list[tuple[str, str, int | None]] = []
+        self.plans: list[_ArmedPlan] = []
+
+
+class Gateway:
+    """The gateway's shards and sessions, and the rules for routing dispatches.
+
+    .. important:: Use it only from the hub the simulator runs in.
+    """
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        *,
+        url: str,
+        resume_url: str,
+        records: Records,
+        session_start_remaining: int,
+    ) -> None:
+        self.config = config
+        self.url = url
+        self.resume_url = resume_url
+        self.records = records
+        self.session_start_remaining = session_start_remaining
+        self._started_ms = int(time.time() * 1000)
+        self._shards = [
+            ShardState(i, config.shards, config.guilds_per_shard) for i in range(config.shards)
+        ]
+        self._sessions: dict[str, Session] = {}
+        self._connections: dict[int, GatewayConnection] = {}
+        ids = payloads.Snowflakes(worker=31)
+        self.application_id = ids.next()
+        self.bot_user_id = self.application_id
+        self._application_flags = sum(
+            flag for bit, flag in _INTENT_FLAGS.items() if config.privileged_intents & bit
+        )
+        self._hello = encode(
+            {
+                "t": None,
+                "s": None,
+                "op": Op.HELLO,
+                "d": {"heartbeat_interval": round(config.heartbeat_interval * 1000)},
+            }
+        )
+        self._quoted_names: dict[str, str] = {}
+
+    # -- what REST reports -------------------------------------------------
+
+    def session_start_limit(self) -> dict[str, int]:
+        """``session_start_limit`` as /gateway/bot reports it."""
+        elapsed = int(time.time() * 1000) - self._started_ms
+        return {
+            "total": self.config.session_start_limit_total,
+            "remaining": self.session_start_remaining,
+            "reset_after": max(0, _DAY_MS - elapsed),
+            "max_concurrency": self.config.max_concurrency,
+        }
+
+    def token_ok(self, token: str) -> bool:
+        """Whether ``token`` (with or without "Bot ") is the application's."""
+        return secrets.compare_digest(rules.strip_bot_prefix(token), self.config.token)
+
+    # -- connections -------------------------------------------------------
+
+    def open(self, conn: GatewayConnection, record: ConnectionRecord) -> None:
+        """Register a new websocket and greet it (HELLO), or reject its URL."""
+        self._connections[conn.id] = conn
+        self._record(self.records.connections, record)
+        rejection = rules.check_query(record.query)
+        if rejection is not None:
+            self.reject(conn, rejection)
+        else:
+            conn.wire.send(self._hello)
+
+    def closed(self, conn: GatewayConnection, ending: Ending) -> None:
+        """Account for a connection that ended (close frame either way, or a drop)."""
+        self._connections.pop(conn.id, None)
+        if ending.dropped:
+            ends_session = False
+        elif ending.initiator == "client":
+            ends_session = rules.client_close_ends_session(ending.code)
+        else:
+            ends_session = rules.server_close_ends_session(ending.code)
+        self._detach(conn, end_session=ends_session)
+        self._record(
+            self.records.closes,
+            CloseRecord(
+                time=time.monotonic(),
+                shard_id=conn.shard_id,
+                connection_id=conn.id,
+                code=ending.code,
+                reason=ending.reason,
+                initiator=ending.initiator,
+                dropped=ending.dropped,
+            ),
+        )
+
+    def reject(self, conn: GatewayConnection, rejection: Rejection) -> None:
+        """Close ``conn`` with the rejection's code, as Discord does on a broken rule."""
+        self._close(conn, rejection.code, rejection.reason)
+
+    def live(self, shard_id: int) -> list[GatewayConnection]:
+        """The shard's open connections that are not closing."""
+        return [
+            c for c in self._connections.values() if c.shard_id == shard_id and not c.wire.closing
+        ]
+
+    def all_connections(self) -> list[GatewayConnection]:
+        """Every open connection."""
+        return list(self._connections.values())
+
+    # -- what clients send -------------------------------------------------
+
+    def heartbeat(self, conn: GatewayConnection, data: Any) -> None:
+        """Answer a heartbeat with an ACK."""
+        conn.wire.send(HEARTBEAT_ACK)
+        self._record(
+            self.records.heartbeats,
+            HeartbeatRecord(
+                time=time.monotonic(),
+                shard_id=conn.shard_id,
+                connection_id=conn.id,
+                sequence=data if type(data) is int else None,
+            ),
+        )
+
+    def identify(self, conn: GatewayConnection, data: Any) -> None:
+        """Start a new session for the identifying shard and send READY."""
+        config = self.config
+        rejection = rules.check_identify(
+            data,
+            token=config.token,
+            shards=config.shards,
+            privileged_intents=config.privileged_intents,
+        )
+        if rejection is None and self.session_start_remaining <= 0:
+            # Discord resets the token of a bot that runs out of session starts.
+            rejection = Rejection(Close.AUTHENTICATION_FAILED, "Session start limit exhausted.")
+        if rejection is not None:
+            self.reject(conn, rejection)
+            return
+        self.session_start_remaining -= 1
+        shard_id, total = data.get("shard") or (0, 1)
+        shard = self._shards[shard_id]
+        if shard.session is not None:
+            # A new IDENTIFY abandons the shard's old session, and with it any
+            # dispatches still waiting for a RESUME: they are lost, as on Discord.
+            self._end_session(shard.session)
+        session = Session(secrets.token_hex(16), shard_id)
+        self._sessions[session.id] = session
+        shard.session = session
+        self._attach(conn, session)
+        self._record(
+            self.records.identifies,
+            IdentifyRecord(
+                time=time.monotonic(),
+                shard_id=shard_id,
+                total=total,
+                bucket=shard_id % config.max_concurrency,
+                intents=data["intents"],
+                connection_id=conn.id,
+                session_id=session.id,
+                data={k: v for k, v in data.items() if k != "token"},
+            ),
+        )
+        ready = payloads.ready(
+            bot_user_id=self.bot_user_id,
+            guild_ids=[g.id for g in shard.guilds],
+            session_id=session.id,
+            resume_gateway_url=self.resume_url,
+            shard=(shard_id, total),
+            application_id=self.application_id,
+            application_flags=self._application_flags,
+        )
+        self._emit(session, "READY", encode(ready), None)
+        backlog, shard.backlog = shard.backlog, []
+        for name, d_json, number in backlog:
+            self._emit(session, name, d_json, number)
+
+    def resume(self, conn: GatewayConnection, data: Any) -> None:
+        """Reattach a session: replay what the client missed, then RESUMED."""
+        rejection = rules.check_resume(data, token=self.config.token)
+        if rejection is not None:
+            self.reject(conn, rejection)
+            return
+        session = self._sessions.get(data["session_id"])
+        seq = data.get("seq")
+        if session is None:
+            conn.wire.send(INVALID_SESSION[False])
+            self._record_resume(conn, None, data["session_id"], seq, 0, ok=False)
+            return
+        if seq is not None and not 0 <= seq <= session.seq:
+            self._record_resume(conn, session.shard_id, session.id, seq, 0, ok=False)
+            conn.shard_id = session.shard_id
+            self._end_session(session)
+            self.reject(conn, Rejection(Close.INVALID_SEQ, "Invalid seq."))
+            return
+        previous = session.connection
+        if previous is not None and previous is not conn:
+            # The client came back before the server noticed the old socket
+            # was gone; that socket no longer serves the session.
+            previous.session = None
+            self._close(previous, 1001, "Session resumed on another connection.")
+        self._attach(conn, session)
+        missed = session.log[seq or 0 :]
+        for s, (frame, name, number) in enumerate(missed, start=(seq or 0) + 1):
+            self._send_dispatch(conn, session, s, frame, name, number)
+        self._record_resume(conn, session.shard_id, session.id, seq, len(missed), ok=True)
+        self._emit(session, "RESUMED", encode(payloads.resumed()), None)
+
+    def command(self, conn: GatewayConnection, op: int, data: Any) -> None:
+        """Record a gateway command; answer REQUEST_GUILD_MEMBERS with a chunk."""
+        self._record(
+            self.records.commands,
+            CommandRecord(
+                time=time.monotonic(),
+                shard_id=conn.shard_id,
+                connection_id=conn.id,
+                op=op,
+                data=data,
+            ),
+        )
+        if op == Op.REQUEST_GUILD_MEMBERS and conn.session is not None:
+            chunk = self._members_chunk(conn.session.shard_id, data)
+            if chunk is None:
+                self.reject(conn, Rejection(Close.DECODE_ERROR, "Error while decoding payload."))
+            else:
+                self._emit(conn.session, "GUILD_MEMBERS_CHUNK", encode(chunk), None)
+
+    # -- what tests send ---------------------------------------------------
+
+    def deliver(self, shard_id: int, name: str, d_json: str, number: int | None) -> None:
+        """Dispatch ``d_json`` as ``name`` to the shard, by Discord's delivery rules.
+
+        With a session, the dispatch takes its next ``s`` and is logged for
+        replay; it is also sent if a live connection serves the session.
+        Without a session it waits for the shard's next READY.
+        """
+        shard = self._shards[shard_id]
+        if shard.session is None:
+            shard.backlog.append((name, d_json, number))
+        else:
+            self._emit(shard.session, name, d_json, number)
+
+    def stream(self, shard_id: int) -> EventStream:
+        """The shard's numbered event stream."""
+        return self._shards[shard_id].stream
+
+    def guild_ids(self, shard_id: int) -> list[int]:
+        """The ids of the shard's guilds (READY lists them)."""
+        return [g.id for g in self._shards[shard_id].guilds]
+
+    def guilds(self, shard_id: int) -> list[payloads.GuildFixture]:
+        """The shard's guild fixtures."""
+        return list(self._shards[shard_id].guilds)
+
+    def session_info(self, shard_id: int) -> SessionInfo | None:
+        """The shard's current session, if it has one."""
+        session = self._shards[shard_id].session
+        if session is None:
+            return None
+        return SessionInfo(
+            session_id=session.id,
+            shard_id=shard_id,
+            sequence=session.seq,
+            connected=session.connection is not None,
+        )
+
+    # -- faults ------------------------------------------------------------
+
+    def apply_fault(self, shard_id: int, fault: faults.Fault) -> int:
+        """Do ``fault`` to the shard now; returns how many live connections it reached."""
+        shard = self._shards[shard_id]
+        connections = self.live(shard_id)
+        if isinstance(fault, faults.CloseConnection):
+            for conn in connections:
+                self._close(conn, fault.code, fault.reason)
+        elif isinstance(fault, faults.DropConnection):
+            for conn in connections:
+                self._detach(conn, end_session=False)
+                conn.wire.drop()
+        elif isinstance(fault, faults.Reconnect):
+            for conn in connections:
+                conn.wire.send(RECONNECT)
+        elif isinstance(fault, faults.InvalidateSession):
+            if not fault.resumable and shard.session is not None:
+                self._end_session(shard.session)
+            for conn in connections:
+                if not fault.resumable:
+                    # The connection may IDENTIFY again, as after a failed RESUME.
+                    conn.authenticated = False
+                conn.wire.send(INVALID_SESSION[fault.resumable])
+        elif isinstance(fault, faults.RequestHeartbeat):
+            for conn in connections:
+                conn.wire.send(HEARTBEAT_REQUEST)
+        else:  # pragma: no cover - the Fault union is closed
+            raise TypeError(f"not a fault: {fault!r}")
+        self._record(
+            self.records.faults,
+            FaultRecord(
+                time=time.monotonic(),
+                shard_id=shard_id,
+                fault=fault,
+                connections=len(connections),
+            ),
+        )
+        return len(connections)
+
+    def arm(self, plan: faults.FaultPlan) -> None:
+        """Count dispatches toward ``plan`` (one with ``after_dispatches``)."""
+        assert plan.after_dispatches is not None
+        if plan.after_dispatches == 0:
+            self.apply_fault(plan.shard_id, plan.fault)
+        else:
+            self._shards[plan.shard_id].plans.append(_ArmedPlan(plan, plan.after_dispatches))
+
+    # -- internals ---------------------------------------------------------
+
+    def _record(self, records: list[Any], record: Any) -> None:
+        records.append(record)
+        self.records.notify()
+
+    def _record_resume(
+        self,
+        conn: GatewayConnection,
+        shard_id: int | None,
+        session_id: str,
+        seq: int | None,
+        replayed: int,
+        *,
+        ok: bool,
+    ) -> None:
+        self._record(
+            self.records.resumes,
+            ResumeRecord(
+                time=time.monotonic(),
+                shard_id=shard_id,
+                connection_id=conn.id,
+                session_id=session_id,
+                seq=seq,
+                replayed=replayed,
+                ok=ok,
+            ),
+        )
+
+    def _attach(self, conn: GatewayConnection, session: Session) -> None:
+        conn.session = session
+        conn.shard_id = session.shard_id
+        conn.authenticated = True
+        session.connection = conn
+
+    def _detach(self, conn: GatewayConnection, *, end_session: bool) -> None:
+        session = conn.session
+        if session is None:
+            return
+        if session.connection is conn:
+            session.connection = None
+        elif session.connection is not None:
+            # Resumed elsewhere meanwhile: this connection no longer speaks for it.
+            return
+        if end_session:
+            self._end_session(session)
+
+    def _end_session(self, session: Session) -> None:
+        self._sessions.pop(session.id, None)
+        shard = self._shards[session.shard_id]
+        if shard.session is session:
+            shard.session = None
+        if session.connection is not None:
+            session.connection.session = None
+            session.connection = None
+
+    def _close(self, conn: GatewayConnection, code: int, reason: str) -> None:
+        # Detach at once, so dispatches from now on are kept for a RESUME
+        # instead of being queued behind the close frame and lost.
+        self._detach(conn, end_session=rules.server_close_ends_session(code))
+        conn.wire.close(code, reason)
+
+    def _quote(self, name: str) -> str:
+        quoted = self._quoted_names.get(name)
+        if quoted is None:
+            quoted = self._quoted_names[name] = encode(name)
+        return quoted
+
+    def _emit(self, session: Session, name: str, d_json: str, number: int | None) -> None:
+        s = session.seq + 1
+        session.seq = s
+        # Discord's key order puts "t" first, so clients can peek at it.
+        frame = f'{{"t":{self._quote(name)},"s":{s},"op":0,"d":{d_json}}}'
+        session.log.append((frame, name, number))
+        conn = session.connection
+        if conn is not None:
+            self._send_dispatch(conn, session, s, frame, name, number)
+
+    def _send_dispatch(
+        self,
+        conn: GatewayConnection,
+        session: Session,
+        s: int,
+        frame: str,
+        name: str,
+        number: int | None,
+    ) -> None:
+        conn.wire.send(frame, (session.shard_id, conn.id, session.id, s, name, number))
+        plans = self._shards[session.shard_id].plans
+        if plans:
+            self._count_toward_plans(session.shard_id, plans)
+
+    def _count_toward_plans(self, shard_id: int, plans: list[_ArmedPlan]) -> None:
+        due = []
+        for armed in plans:
+            armed.remaining -= 1
+            if armed.remaining == 0:
+                due.append(armed)
+        for armed in due:
+            plans.remove(armed)
+            self.apply_fault(shard_id, armed.plan.fault)
+
+    def on_written(self, receipts: list[Any]) -> None:
+        """Record dispatches whose bytes reached a socket (the wire's callback)."""
+        now = time.monotonic()
+        append = self.records.dispatches.append
+        for shard_id, connection_id, session_id, s, name, number in receipts:
+            append(
+                DispatchRecord(
+                    time=now,
+                    shard_id=shard_id,
+                    connection_id=connection_id,
+                    session_id=session_id,
+                    s=s,
+                    t=name,
+                    number=number,
+                )
+            )
+        self.records.notify()
+
+    def _members_chunk(self, shard_id: int, data: Any) -> dict[str, Any] | None:
+        if not isinstance(data, dict):
+            return None
+        try:
+            guild_id = int(data["guild_id"])
+            user_ids = data.get("user_ids")
+            if isinstance(user_ids, str | int):
+                user_ids = [user_ids]
+            requested = tuple(int(u) for u in user_ids) if user_ids else None
+        except (KeyError, TypeError, ValueError):
+            return None
+        shard_guilds = self._shards[shard_id].guilds
+        guild = next((g for g in shard_guilds if g.id == guild_id), None)
+        if guild is None:
+            # Not one of the shard's guilds: Discord would answer with what it
+            # has; a same-shaped guild under the asked-for id keeps tests simple.
+            guild = dataclasses.replace(shard_guilds[0], id=guild_id)
+        members = guild.member_ids
+        not_found: list[str] = []
+        if requested is not None:
+            not_found = [str(u) for u in requested if u not in members]
+            members = tuple(u for u in requested if u in members)
+        nonce = data.get("nonce")
+        query = data.get("query")
+        limit = data.get("limit")
+        return payloads.guild_members_chunk(
+            guild,
+            members,
+            nonce=nonce if isinstance(nonce, str) else None,
+            query=query if isinstance(query, str) else None,
+            limit=limit if isinstance(limit, int) else 0,
+            presences=data.get("presences") is True,
+            not_found=not_found,
+        )

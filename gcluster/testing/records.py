@@ -1,0 +1,220 @@
+"""What the simulator saw and did, kept as small frozen values for tests to assert on.
+
+A loopback test drives a client against the simulator and then asks what
+happened on the wire: which shards identified and in which bucket, what a
+resume replayed, how a connection ended. Every record is appended by the
+simulator as it happens, and `Records.wait_until` lets a test wait for one to
+appear without sleeping blindly.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from gevent.event import Event as _Signal
+
+__all__ = [
+    "CloseRecord",
+    "CommandRecord",
+    "ConnectionRecord",
+    "DispatchRecord",
+    "FaultRecord",
+    "HeartbeatRecord",
+    "IdentifyRecord",
+    "Records",
+    "RequestRecord",
+    "ResumeRecord",
+]
+
+# How often `wait_until` re-checks its predicate even when nothing was
+# recorded, so conditions over state that is not a record (a connection count)
+# still come true promptly.
+_POLL_INTERVAL = 0.05
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConnectionRecord:
+    """A websocket upgrade the simulator accepted."""
+
+    id: int
+    """Connection id, referred to by the other records' ``connection_id``."""
+    time: float
+    path: str
+    """Request path, e.g. ``"/"`` or ``"/resume/"`` (a resume URL was used)."""
+    query: Mapping[str, str] = field(hash=False)
+    """The query parameters, first value of each."""
+    compression: str | None
+    """``"zlib-stream"`` or None."""
+    remote_port: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IdentifyRecord:
+    """An IDENTIFY the simulator accepted (it started a session)."""
+
+    time: float
+    shard_id: int
+    total: int
+    bucket: int
+    """``shard_id % max_concurrency``: the identify bucket it spent."""
+    intents: int
+    connection_id: int
+    session_id: str
+    data: Mapping[str, Any] = field(hash=False)
+    """The IDENTIFY ``d`` without its token."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResumeRecord:
+    """A RESUME, whether it succeeded (``ok``) or got INVALID_SESSION."""
+
+    time: float
+    shard_id: int | None
+    """The shard of the resumed session; None when the session was unknown."""
+    connection_id: int
+    session_id: str
+    seq: int | None
+    """The sequence the client said it had."""
+    replayed: int
+    """How many dispatches were replayed before RESUMED."""
+    ok: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HeartbeatRecord:
+    """A heartbeat (op 1) from a client; each was answered with op 11."""
+
+    time: float
+    shard_id: int | None
+    connection_id: int
+    sequence: int | None
+    """The heartbeat's ``d``: the last sequence the client had seen."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CommandRecord:
+    """A gateway command (presence, voice state, guild members, soundboard sounds)."""
+
+    time: float
+    shard_id: int | None
+    connection_id: int
+    op: int
+    data: Any = field(hash=False)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CloseRecord:
+    """How a gateway connection ended."""
+
+    time: float
+    shard_id: int | None
+    connection_id: int
+    code: int | None
+    """The close code of whoever closed first; None when the TCP connection dropped."""
+    reason: str
+    initiator: Literal["client", "server"]
+    dropped: bool
+    """True when the connection ended without a close frame."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DispatchRecord:
+    """A dispatch (op 0) written to a socket; the payload itself is not kept."""
+
+    time: float
+    shard_id: int
+    connection_id: int
+    session_id: str
+    s: int
+    t: str
+    number: int | None
+    """The event number `send_events` gave it, if any."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FaultRecord:
+    """A fault the simulator applied to a shard (directly or from a plan)."""
+
+    time: float
+    shard_id: int
+    fault: Any
+    """The `gcluster.testing.faults` value."""
+    connections: int
+    """How many live connections of the shard it reached (0: it only touched the session)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RequestRecord:
+    """A plain HTTP (REST) request and the status it got."""
+
+    time: float
+    method: str
+    path: str
+    status: int
+
+
+class Records:
+    """Every record the simulator made, in the order it made them.
+
+    The lists are public and only ever appended to; read them freely from any
+    greenlet of the simulator's hub.
+
+    .. important:: Not thread-safe: use it from the hub the simulator runs in.
+    """
+
+    def __init__(self) -> None:
+        self.connections: list[ConnectionRecord] = []
+        self.identifies: list[IdentifyRecord] = []
+        self.resumes: list[ResumeRecord] = []
+        self.heartbeats: list[HeartbeatRecord] = []
+        self.commands: list[CommandRecord] = []
+        self.closes: list[CloseRecord] = []
+        self.dispatches: list[DispatchRecord] = []
+        self.faults: list[FaultRecord] = []
+        self.requests: list[RequestRecord] = []
+        self._changed = _Signal()
+
+    def notify(self) -> None:
+        """Wake `wait_until` callers; the simulator calls it after appending."""
+        self._changed.set()
+
+    def wait_until(self, predicate: Callable[[], object], timeout: float = 5.0) -> bool:
+        """Wait cooperatively until ``predicate()`` is true.
+
+        Args:
+            predicate: called with no arguments, again after every new record
+                (and every 50 ms regardless).
+            timeout: seconds to wait at most.
+
+        Returns:
+            True once the predicate held, False if the timeout passed first.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            if predicate():
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            # Clearing after the check is race-free: nothing can record between
+            # the two without this greenlet yielding.
+            self._changed.clear()
+            self._changed.wait(min(remaining, _POLL_INTERVAL))
+
+    def clear(self) -> None:
+        """Forget every record (e.g. between phases of one test)."""
+        for records in (
+            self.connections,
+            self.identifies,
+            self.resumes,
+            self.heartbeats,
+            self.commands,
+            self.closes,
+            self.dispatches,
+            self.faults,
+            self.requests,
+        ):
+            records.clear()

@@ -1,0 +1,182 @@
+"""Discord gateway v10 rules the simulator enforces, as pure functions and constants.
+
+Everything here decides, from a client's message and the simulator's
+configuration, whether Discord would accept it or close the connection with
+which code. Nothing here does I/O, so the rules read in one place and the
+connection code only acts on the verdicts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "CLIENT_COMMAND_OPS",
+    "COMMAND_LIMIT",
+    "COMMAND_WINDOW",
+    "MAX_PAYLOAD_BYTES",
+    "PRIVILEGED_INTENTS",
+    "Close",
+    "Op",
+    "Rejection",
+    "check_identify",
+    "check_query",
+    "check_resume",
+    "client_close_ends_session",
+    "server_close_ends_session",
+    "strip_bot_prefix",
+]
+
+
+class Op:
+    """Gateway opcodes."""
+
+    DISPATCH = 0
+    HEARTBEAT = 1
+    IDENTIFY = 2
+    PRESENCE_UPDATE = 3
+    VOICE_STATE_UPDATE = 4
+    RESUME = 6
+    RECONNECT = 7
+    REQUEST_GUILD_MEMBERS = 8
+    INVALID_SESSION = 9
+    HELLO = 10
+    HEARTBEAT_ACK = 11
+    REQUEST_SOUNDBOARD_SOUNDS = 31
+
+
+class Close:
+    """Gateway close codes the simulator sends."""
+
+    UNKNOWN_ERROR = 4000
+    UNKNOWN_OPCODE = 4001
+    DECODE_ERROR = 4002
+    NOT_AUTHENTICATED = 4003
+    AUTHENTICATION_FAILED = 4004
+    ALREADY_AUTHENTICATED = 4005
+    INVALID_SEQ = 4007
+    RATE_LIMITED = 4008
+    SESSION_TIMED_OUT = 4009
+    INVALID_SHARD = 4010
+    SHARDING_REQUIRED = 4011
+    INVALID_API_VERSION = 4012
+    INVALID_INTENTS = 4013
+    DISALLOWED_INTENTS = 4014
+
+
+CLIENT_COMMAND_OPS = frozenset(
+    {
+        Op.PRESENCE_UPDATE,
+        Op.VOICE_STATE_UPDATE,
+        Op.REQUEST_GUILD_MEMBERS,
+        Op.REQUEST_SOUNDBOARD_SOUNDS,
+    }
+)
+"""Ops that are commands: recorded, and only allowed after IDENTIFY or RESUME."""
+
+PRIVILEGED_INTENTS = (1 << 1) | (1 << 8) | (1 << 15)
+"""GUILD_MEMBERS, GUILD_PRESENCES, MESSAGE_CONTENT."""
+
+# Discord's highest intent is 1 << 25; any bit above it is invalid.
+_INTENT_LIMIT = 1 << 26
+MAX_PAYLOAD_BYTES = 4096
+"""Discord rejects bigger client payloads."""
+COMMAND_LIMIT = 120
+COMMAND_WINDOW = 60.0
+"""At most COMMAND_LIMIT payloads (heartbeats included) per COMMAND_WINDOW seconds."""
+
+# Closes that end the session: the client must IDENTIFY again.
+_SESSION_ENDING_SERVER_CODES = frozenset(
+    {
+        Close.AUTHENTICATION_FAILED,
+        Close.INVALID_SEQ,
+        Close.SESSION_TIMED_OUT,
+        Close.INVALID_SHARD,
+        Close.SHARDING_REQUIRED,
+        Close.INVALID_API_VERSION,
+        Close.INVALID_INTENTS,
+        Close.DISALLOWED_INTENTS,
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """Discord's verdict on a message it will not accept: close with this code."""
+
+    code: int
+    reason: str
+
+
+def strip_bot_prefix(token: str) -> str:
+    """The raw token, whether or not it came as ``"Bot <token>"``."""
+    return token[4:] if token.startswith("Bot ") else token
+
+
+def check_query(query: Mapping[str, str]) -> Rejection | None:
+    """Check the connect URL's ``v``, ``encoding`` and ``compress`` parameters."""
+    if query.get("v") != "10":
+        return Rejection(Close.INVALID_API_VERSION, "Invalid API version.")
+    if query.get("encoding", "json") != "json":
+        # ETF is real but not simulated; anything else Discord cannot decode.
+        return Rejection(Close.DECODE_ERROR, "Error while decoding payload.")
+    if query.get("compress", "zlib-stream") != "zlib-stream":
+        return Rejection(Close.DECODE_ERROR, "Unsupported compression.")
+    return None
+
+
+def _token_ok(data: Mapping[str, Any], token: str) -> bool:
+    sent = data.get("token")
+    return isinstance(sent, str) and strip_bot_prefix(sent) == token
+
+
+def check_identify(
+    data: Any, *, token: str, shards: int, privileged_intents: int
+) -> Rejection | None:
+    """Check an IDENTIFY's ``d`` the way Discord does, in Discord's order."""
+    if not isinstance(data, dict):
+        return Rejection(Close.DECODE_ERROR, "Error while decoding payload.")
+    if not _token_ok(data, token):
+        return Rejection(Close.AUTHENTICATION_FAILED, "Authentication failed.")
+    shard = data.get("shard")
+    if shard is None:
+        if shards > 1:
+            return Rejection(Close.SHARDING_REQUIRED, "Sharding required.")
+    elif not (
+        isinstance(shard, list)
+        and len(shard) == 2
+        and all(type(x) is int for x in shard)
+        and shard[1] == shards
+        and 0 <= shard[0] < shard[1]
+    ):
+        return Rejection(Close.INVALID_SHARD, "Invalid shard.")
+    intents = data.get("intents")
+    if type(intents) is not int or intents < 0 or intents >= _INTENT_LIMIT:
+        return Rejection(Close.INVALID_INTENTS, "Invalid intent(s).")
+    if intents & PRIVILEGED_INTENTS & ~privileged_intents:
+        return Rejection(Close.DISALLOWED_INTENTS, "Disallowed intent(s).")
+    return None
+
+
+def check_resume(data: Any, *, token: str) -> Rejection | None:
+    """Check a RESUME's ``d`` before looking its session up."""
+    if not isinstance(data, dict) or not isinstance(data.get("session_id"), str):
+        return Rejection(Close.DECODE_ERROR, "Error while decoding payload.")
+    if not _token_ok(data, token):
+        return Rejection(Close.AUTHENTICATION_FAILED, "Authentication failed.")
+    seq = data.get("seq")
+    if seq is not None and type(seq) is not int:
+        return Rejection(Close.DECODE_ERROR, "Error while decoding payload.")
+    return None
+
+
+def client_close_ends_session(code: int | None) -> bool:
+    """A client closing with 1000/1001 ends its session; any other code (or a drop) keeps it."""
+    return code in (1000, 1001)
+
+
+def server_close_ends_session(code: int | None) -> bool:
+    """Whether Discord closing with ``code`` ends the session (4007, 4009 and the fatal codes)."""
+    return code in _SESSION_ENDING_SERVER_CODES

@@ -1,0 +1,417 @@
+"""`GatewaySimulator`: a local Discord gateway (v10) and REST API for tests and demos.
+
+Loopback tests need a peer that behaves like Discord — HELLO, IDENTIFY and
+READY, sequence numbers, RESUME with replay, the close codes — and that a test
+can script: send it events, make it fail, and ask afterwards what happened.
+This is the public face of that peer; the work is split among `server` (one
+port for HTTP and websockets), `wire` (websocket I/O), `connection` (what a
+client may send), `gateway` (sessions and delivery) and `records`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import Callable, Iterable
+from types import TracebackType
+from typing import Any, Self
+from urllib.parse import parse_qsl, urlsplit
+
+import gevent
+from gevent.pool import Group
+
+from . import faults, rest, rules
+from .connection import GatewayConnection
+from .gateway import Gateway, GatewayConfig, SessionInfo, encode
+from .payloads import GuildFixture, event_number
+from .records import ConnectionRecord, Records, RequestRecord
+from .server import Server
+from .wire import WebSocket
+
+__all__ = ["GatewaySimulator"]
+
+log = logging.getLogger(__name__)
+
+# send_events yields to the hub this often, so a big batch neither blocks other
+# greenlets nor piles everything up before the writers can start sending.
+_YIELD_EVERY = 256
+
+
+class GatewaySimulator:
+    """A real server on localhost speaking Discord's gateway (API v10) and REST API.
+
+    One port serves both: plain HTTP gets REST answers (``GET
+    /api/v10/gateway/bot``), ``Upgrade: websocket`` becomes a gateway
+    connection. It runs as greenlets in the hub of the thread that calls
+    `start`, never monkey-patches, and every method must be called from that
+    hub; none blocks for long.
+
+    All arguments are keyword-only.
+
+    Args:
+        shards: the shard count IDENTIFY must use (``d.shard[1]``).
+        recommended_shards: what /gateway/bot recommends; defaults to ``shards``.
+        max_concurrency: identify buckets (``shard_id % max_concurrency``).
+        heartbeat_interval: seconds; HELLO sends it in milliseconds.
+        token: the bot token clients must send, without "Bot ". Never shown
+            in a repr or log.
+        privileged_intents: which of GUILD_MEMBERS (1 << 1), GUILD_PRESENCES
+            (1 << 8) and MESSAGE_CONTENT (1 << 15) the application may use;
+            others close with 4014.
+        session_start_limit_total: the daily IDENTIFY budget /gateway/bot reports.
+        session_start_remaining: what is left of it; each IDENTIFY spends one.
+        host: the address to listen on.
+        port: the port; 0 picks a free one (see `port`).
+        guilds_per_shard: how many guilds READY lists for each shard.
+
+    .. important:: Not thread-safe: a gevent hub belongs to one thread.
+    """
+
+    def __init__(
+        self,
+        *,
+        shards: int = 1,
+        recommended_shards: int | None = None,
+        max_concurrency: int = 1,
+        heartbeat_interval: float = 41.25,
+        token: str = "test-token",
+        privileged_intents: int = rules.PRIVILEGED_INTENTS,
+        session_start_limit_total: int = 1000,
+        session_start_remaining: int = 1000,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        guilds_per_shard: int = 2,
+    ) -> None:
+        if shards < 1:
+            raise ValueError("shards must be >= 1")
+        if max_concurrency < 1:
+            raise ValueError("max_concurrency must be >= 1")
+        if heartbeat_interval <= 0:
+            raise ValueError("heartbeat_interval must be > 0")
+        if guilds_per_shard < 1:
+            raise ValueError("guilds_per_shard must be >= 1")
+        self.records = Records()
+        """What the simulator saw and did; see `gcluster.testing.records`."""
+        self._config = GatewayConfig(
+            shards=shards,
+            recommended_shards=shards if recommended_shards is None else recommended_shards,
+            max_concurrency=max_concurrency,
+            heartbeat_interval=heartbeat_interval,
+            token=rules.strip_bot_prefix(token),
+            privileged_intents=privileged_intents,
+            session_start_limit_total=session_start_limit_total,
+            guilds_per_shard=guilds_per_shard,
+        )
+        self._session_start_remaining = session_start_remaining
+        self._host = host
+        self._requested_port = port
+        self._port: int | None = None
+        self._server: Server | None = None
+        self._gateway: Gateway | None = None
+        self._stopped = False
+        self._connection_ids = itertools.count(1)
+        # Greenlets of faults planned for later, killed on stop().
+        self._timers = Group()
+
+    @property
+    def token(self) -> str:
+        """The token clients must present (a test token, not a secret)."""
+        return self._config.token
+
+    def __repr__(self) -> str:
+        where = self.url if self._gateway is not None else "not started"
+        return f"<GatewaySimulator {where} shards={self._config.shards}>"
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def start(self) -> Self:
+        """Bind and start serving in the current hub; returns self.
+
+        Raises:
+            RuntimeError: if already started.
+            OSError: if the address cannot be bound.
+        """
+        if self._server is not None:
+            raise RuntimeError("the simulator was already started")
+        server = Server(
+            self._host,
+            self._requested_port,
+            on_rest=self._rest,
+            on_websocket=self._serve_websocket,
+            on_request=self._record_request,
+        )
+        self._port = server.bind()
+        self._gateway = Gateway(
+            self._config,
+            url=self.url,
+            resume_url=self.resume_url,
+            records=self.records,
+            session_start_remaining=self._session_start_remaining,
+        )
+        server.start()
+        self._server = server
+        log.debug("gateway simulator listening on %s", self.url)
+        return self
+
+    def stop(self, timeout: float = 0.5) -> None:
+        """Close every connection (1001) and the server; idempotent.
+
+        Args:
+            timeout: seconds to let clients answer the close frames before
+                their connections are cut.
+        """
+        if self._server is None or self._stopped:
+            return
+        self._stopped = True
+        self._timers.kill(block=False)
+        for conn in self._require().all_connections():
+            conn.wire.close(1001, "Simulator stopping.")
+        self._server.stop(timeout)
+        log.debug("gateway simulator on %s stopped", self.url)
+
+    def __enter__(self) -> Self:
+        if self._server is None:
+            self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- where it is -------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        """The port it listens on (known once started)."""
+        if self._port is None:
+            raise RuntimeError("the simulator is not started")
+        return self._port
+
+    @property
+    def url(self) -> str:
+        """The gateway URL, ``ws://127.0.0.1:PORT``, as /gateway/bot reports it."""
+        return f"ws://{self._host}:{self.port}"
+
+    @property
+    def resume_url(self) -> str:
+        """What READY gives as ``resume_gateway_url``: a distinct path, so a test
+        can tell a connection there (``ConnectionRecord.path``) from a fresh one."""
+        return f"ws://{self._host}:{self.port}/resume"
+
+    @property
+    def api_base(self) -> str:
+        """The REST base URL, ``http://127.0.0.1:PORT/api/v10``."""
+        return f"http://{self._host}:{self.port}{rest.API_PREFIX}"
+
+    # -- scripted events ---------------------------------------------------
+
+    def dispatch(self, shard_id: int, name: str, data: Any) -> None:
+        """Send one dispatch ``t = name``, ``d = data`` to the shard.
+
+        A shard with a live session gets it at once with the session's next
+        ``s``; a session waiting to be resumed logs it for the replay; a shard
+        that never identified gets it after its next READY.
+        """
+        gateway = self._require()
+        self._check_shard(shard_id)
+        if not isinstance(name, str) or not name:
+            raise ValueError("name must be a dispatch name such as 'MESSAGE_CREATE'")
+        number = event_number(data) if isinstance(data, dict) else None
+        gateway.deliver(shard_id, name, encode(data), number)
+
+    def send_events(
+        self, shard_id: int, count: int, kinds: Iterable[str] | None = None
+    ) -> list[int]:
+        """Send ``count`` realistic dispatches to the shard, numbered per shard.
+
+        They cycle through MESSAGE_CREATE, MESSAGE_UPDATE, MESSAGE_DELETE,
+        TYPING_START and PRESENCE_UPDATE (or ``kinds``), in the shard's guilds,
+        delivered like `dispatch`. Numbers continue across calls: 1, 2, 3, ...
+        Read one back with `gcluster.testing.event_number`.
+
+        Returns:
+            The numbers given, in sending order.
+
+        Raises:
+            ValueError: for a bad shard id, count or kind.
+        """
+        gateway = self._require()
+        self._check_shard(shard_id)
+        if count < 0:
+            raise ValueError("count must be >= 0")
+        events = gateway.stream(shard_id).take(count, kinds)
+        deliver = gateway.deliver
+        numbers = []
+        may_yield = gevent.getcurrent() is not gevent.get_hub()
+        for name, data, number in events:
+            deliver(shard_id, name, encode(data), number)
+            numbers.append(number)
+            if may_yield and number % _YIELD_EVERY == 0:
+                gevent.sleep(0)
+        return numbers
+
+    # -- server-side controls ----------------------------------------------
+
+    def close_shard(self, shard_id: int, code: int, reason: str = "") -> int:
+        """Close the shard's connections with ``code`` (after what was already sent).
+
+        4007, 4009 and the fatal codes also end the session; others keep it
+        resumable. Returns how many connections it closed.
+        """
+        return self.apply_fault(shard_id, faults.CloseConnection(code=code, reason=reason))
+
+    def reconnect_shard(self, shard_id: int) -> int:
+        """Send op 7 RECONNECT to the shard's connections; returns how many."""
+        return self.apply_fault(shard_id, faults.Reconnect())
+
+    def invalidate_session(self, shard_id: int, resumable: bool) -> int:
+        """Send op 9 INVALID_SESSION ``d = resumable``; False also ends the session.
+
+        Returns how many connections it reached (0 still ends the session).
+        """
+        return self.apply_fault(shard_id, faults.InvalidateSession(resumable=resumable))
+
+    def drop_shard(self, shard_id: int) -> int:
+        """Reset the shard's TCP connections with no close frame; returns how many."""
+        return self.apply_fault(shard_id, faults.DropConnection())
+
+    def request_heartbeat(self, shard_id: int) -> int:
+        """Send op 1 HEARTBEAT to the shard's connections; returns how many."""
+        return self.apply_fault(shard_id, faults.RequestHeartbeat())
+
+    def apply_fault(self, shard_id: int, fault: faults.Fault) -> int:
+        """Apply any `gcluster.testing.faults` value to the shard now.
+
+        It is recorded in ``records.faults``. Returns how many live
+        connections it reached.
+        """
+        gateway = self._require()
+        self._check_shard(shard_id)
+        return gateway.apply_fault(shard_id, fault)
+
+    def schedule_fault(
+        self,
+        shard_id: int,
+        fault: faults.Fault,
+        *,
+        after_dispatches: int | None = None,
+        delay: float | None = None,
+    ) -> faults.FaultPlan:
+        """Plan a fault: right after ``after_dispatches`` more dispatches were
+        sent to the shard's live connection, or ``delay`` seconds from now.
+
+        Raises:
+            ValueError: unless exactly one of the two is given.
+        """
+        gateway = self._require()
+        self._check_shard(shard_id)
+        plan = faults.FaultPlan(
+            shard_id=shard_id, fault=fault, after_dispatches=after_dispatches, delay=delay
+        )
+        if plan.delay is not None:
+            self._timers.add(gevent.spawn_later(plan.delay, gateway.apply_fault, shard_id, fault))
+        else:
+            gateway.arm(plan)
+        return plan
+
+    # -- state for assertions ----------------------------------------------
+
+    def session(self, shard_id: int) -> SessionInfo | None:
+        """The shard's current session (id, last ``s``, connected), or None."""
+        gateway = self._require()
+        self._check_shard(shard_id)
+        return gateway.session_info(shard_id)
+
+    @property
+    def sessions(self) -> dict[int, SessionInfo]:
+        """Every shard's current session, by shard id."""
+        gateway = self._require()
+        infos = (gateway.session_info(i) for i in range(self._config.shards))
+        return {info.shard_id: info for info in infos if info is not None}
+
+    def live_connections(self, shard_id: int) -> int:
+        """How many open, not closing, connections identified or resumed as the shard."""
+        gateway = self._require()
+        self._check_shard(shard_id)
+        return len(gateway.live(shard_id))
+
+    def guild_ids(self, shard_id: int) -> list[int]:
+        """The ids of the guilds READY lists for the shard (all map to it)."""
+        gateway = self._require()
+        self._check_shard(shard_id)
+        return gateway.guild_ids(shard_id)
+
+    def guilds(self, shard_id: int) -> list[GuildFixture]:
+        """The shard's guild fixtures, e.g. for `payloads.guild_create`."""
+        gateway = self._require()
+        self._check_shard(shard_id)
+        return gateway.guilds(shard_id)
+
+    @property
+    def session_start_remaining(self) -> int:
+        """What is left of the IDENTIFY budget."""
+        if self._gateway is None:
+            return self._session_start_remaining
+        return self._gateway.session_start_remaining
+
+    def wait_until(self, predicate: Callable[[], object], timeout: float = 5.0) -> bool:
+        """Wait cooperatively until ``predicate()`` is true; False on timeout.
+
+        Re-checked whenever a record is added, and every 50 ms.
+        """
+        return self.records.wait_until(predicate, timeout)
+
+    # -- internals ---------------------------------------------------------
+
+    def _require(self) -> Gateway:
+        if self._gateway is None:
+            raise RuntimeError("the simulator is not started")
+        return self._gateway
+
+    def _check_shard(self, shard_id: int) -> None:
+        if type(shard_id) is not int or not 0 <= shard_id < self._config.shards:
+            raise ValueError(f"no shard {shard_id!r}: shards are 0..{self._config.shards - 1}")
+
+    def _rest(
+        self, method: str, path: str, authorization: str | None
+    ) -> tuple[int, dict[str, Any]]:
+        return rest.route(method, path, authorization, self._require())
+
+    def _record_request(self, method: str, path: str, status: int) -> None:
+        self.records.requests.append(
+            RequestRecord(time=time.monotonic(), method=method, path=path, status=status)
+        )
+        self.records.notify()
+
+    def _serve_websocket(self, sock: Any, ws: Any, target: str, address: tuple[str, int]) -> None:
+        gateway = self._require()
+        split = urlsplit(target)
+        query: dict[str, str] = {}
+        for key, value in parse_qsl(split.query, keep_blank_values=True):
+            query.setdefault(key, value)
+        compression = query.get("compress")
+        connection_id = next(self._connection_ids)
+        wire = WebSocket(
+            sock, ws, compress=compression == "zlib-stream", on_written=gateway.on_written
+        )
+        conn = GatewayConnection(connection_id, wire, gateway)
+        record = ConnectionRecord(
+            id=connection_id,
+            time=time.monotonic(),
+            path=split.path or "/",
+            query=query,
+            compression=compression,
+            remote_port=address[1],
+        )
+        try:
+            gateway.open(conn, record)
+            ending = wire.receive(conn.on_message)
+            gateway.closed(conn, ending)
+            wire.finish()
+        finally:
+            wire.kill()
