@@ -14,6 +14,7 @@ queue and answers for them: `info()`, `command()`, `send()`, `down()`.
 from __future__ import annotations
 
 import logging
+import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
@@ -188,9 +189,7 @@ class Cluster:
                 shard.start()
         if not block:
             return
-        waiter = gevent.spawn(self._wait_all, "wait_until_started")
-        if not waiter.join(timeout):
-            waiter.kill()
+        if not self._wait_all(Shard.wait_until_started, timeout):
             raise ClusterStartError(
                 f"shards did not start within {timeout} s", kind=ClusterStartErrorType.TIMEOUT
             )
@@ -200,9 +199,7 @@ class Cluster:
 
     def wait_until_ready(self, timeout: float | None = None) -> bool:
         """Wait until every shard has received READY or RESUMED; False on timeout or failure."""
-        waiter = gevent.spawn(self._wait_all, "wait_until_ready")
-        if not waiter.join(timeout):
-            waiter.kill()
+        if not self._wait_all(Shard.wait_until_ready, timeout):
             return False
         return all(shard.wait_until_ready(0) for shard in self._shards.values())
 
@@ -342,11 +339,20 @@ class Cluster:
         presence = presence or config.presence
         return presence.data() if presence is not None else None
 
-    def _wait_all(self, method: str) -> None:
+    def _wait_all(self, wait: Callable[[Shard, float | None], bool], timeout: float | None) -> bool:
+        """Run `wait(shard, remaining)` for each shard within one overall timeout.
+
+        Returns False on timeout; stops early (True) when a shard failed, so the
+        caller can raise its error without waiting for the others.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
         for shard in self._shards.values():
-            getattr(shard, method)()
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if shard.error is None and not wait(shard, remaining) and shard.error is None:
+                return False
             if shard.error is not None:
-                return
+                return True
+        return True
 
     def _shard_failed(self, shard: Shard) -> None:
         if all(s.error is not None for s in self._shards.values()):

@@ -172,7 +172,7 @@ class Shard:
         self._reconnect_delay = 0.0
         self._stop = Flag()  # down() was called or the shard failed
         self._started = Flag()  # IDENTIFY or RESUME sent (or the shard failed)
-        self._ready = Flag()  # READY or RESUMED received (or the shard failed)
+        self._ready = Flag()  # connected: READY or RESUMED received (or the shard failed)
         self._stopped = Flag()
 
     def __repr__(self) -> str:
@@ -353,6 +353,7 @@ class Shard:
                 code, reason, by_client = self._read(conn)
                 self._kill_helpers()
                 self._conn = None
+                self._ready.clear()
                 log.info(
                     "shard %d: connection closed code=%s by=%s reason=%s",
                     self.id,

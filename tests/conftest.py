@@ -1,0 +1,73 @@
+"""Shared helpers of the loopback tier: a simulator per test and bounded event collection."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import gevent
+import pytest
+
+from gcluster.events import Event
+from gcluster.testing import GatewaySimulator, event_number
+
+# Generous: a loaded CI machine is slow, and a passing test never waits this long.
+TIMEOUT = 15.0
+
+
+@pytest.fixture
+def make_sim() -> Iterator[Callable[..., GatewaySimulator]]:
+    """Start simulators with the given options; all are stopped after the test."""
+    started: list[GatewaySimulator] = []
+
+    def make(**options: Any) -> GatewaySimulator:
+        options.setdefault("heartbeat_interval", 0.5)
+        sim = GatewaySimulator(**options).start()
+        started.append(sim)
+        return sim
+
+    yield make
+    for sim in started:
+        sim.stop()
+
+
+def collect(
+    events: Iterable[tuple[int, Event]],
+    until: Callable[[list[tuple[int, Event]]], bool],
+    timeout: float = TIMEOUT,
+) -> list[tuple[int, Event]]:
+    """Read events until `until(received)` holds; fail the test after `timeout` seconds."""
+    received: list[tuple[int, Event]] = []
+    with gevent.Timeout(timeout, AssertionError(f"condition not met within {timeout} s")):
+        for item in events:
+            received.append(item)
+            if until(received):
+                break
+    return received
+
+
+def numbers(received: Iterable[tuple[int, Event]], shard_id: int) -> list[int]:
+    """The simulator's per-shard event numbers, in the order they arrived."""
+    found = []
+    for sid, event in received:
+        if sid == shard_id and event.sequence is not None and isinstance(event.data, dict):
+            n = event_number(event.data)
+            if n is not None:
+                found.append(n)
+    return found
+
+
+def has_numbers(shard_ids: Iterable[int], count: int) -> Callable[[list[tuple[int, Event]]], bool]:
+    """`until` for `collect`: every shard has delivered numbered events up to `count`."""
+    wanted = set(shard_ids)
+    highest: dict[int, int] = {}
+
+    def until(received: list[tuple[int, Event]]) -> bool:
+        sid, event = received[-1]
+        if sid in wanted and isinstance(event.data, dict):
+            n = event_number(event.data)
+            if n is not None:
+                highest[sid] = max(highest.get(sid, 0), n)
+        return all(highest.get(s, 0) >= count for s in wanted)
+
+    return until
