@@ -30,6 +30,8 @@ from gcluster.scheme import ShardScheme
 from gcluster.shard import Information
 
 DEFAULT_DEMO_INTENTS = Intents.GUILDS | Intents.GUILD_MESSAGES | Intents.GUILD_MESSAGE_TYPING
+# Dispatches that open or resume a session; the demo counts only the stream itself.
+_SESSION_STARTS = frozenset({EventType.READY, EventType.RESUMED})
 
 
 @dataclass
@@ -61,7 +63,7 @@ class Tallies:
             tally.reconnects += 1
         elif event.kind is EventType.SHARD_IDENTIFYING:
             tally.identifies += 1
-        elif event.sequence is not None:
+        elif event.sequence is not None and event.kind not in _SESSION_STARTS:
             tally.events += 1
             tally.kinds[event.name] += 1
             self._window_counts[shard_id] += 1
@@ -196,13 +198,11 @@ def demo(args: argparse.Namespace) -> int:
             display.line("shards did not become ready within 30 s")
             return 1
         feeder = gevent.spawn(_feed, sim, shard_ids, args.events, args.rate)
-        reader = gevent.spawn(_consume, cluster, tallies, display, args)
+        reader = gevent.spawn(_consume, cluster, tallies, display, args, stop)
         deadline = time.monotonic() + args.duration if args.duration else None
         while not stop.is_set():
             tallies.roll()
             display.table(render_table(cluster.info(), tallies))
-            if tallies.total >= args.events:
-                break
             if deadline is not None and time.monotonic() >= deadline:
                 break
             if reader.dead:
@@ -223,11 +223,17 @@ def demo(args: argparse.Namespace) -> int:
 
 
 def _consume(
-    cluster: Cluster, tallies: Tallies, display: Display, args: argparse.Namespace
+    cluster: Cluster,
+    tallies: Tallies,
+    display: Display,
+    args: argparse.Namespace,
+    done: gevent.event.Event,
 ) -> None:
     every = max(1, args.sample)
     for shard_id, event in cluster.events():
         tallies.count(shard_id, event)
+        if tallies.total >= args.events:
+            done.set()
         if event.sequence is not None and tallies.shards[shard_id].events % every == 1:
             display.line(f"[shard {shard_id}] #{event.sequence} {event.name}: {_describe(event)}")
 

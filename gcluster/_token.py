@@ -27,7 +27,7 @@ class Token:
         if not isinstance(token, str):
             raise TypeError(f"the token must be a str, not {type(token).__name__}")
         token = token.strip()
-        if token.startswith(_PREFIX):
+        if token.startswith(_PREFIX) or token == _PREFIX.strip():
             token = token[len(_PREFIX) :].strip()
         if not token:
             raise ValueError("the token is empty")
