@@ -155,18 +155,23 @@ def _describe(event: Event) -> str:
 
 
 def _feed(sim: Any, shard_ids: Sequence[int], total_events: int, rate: float) -> None:
-    """Push `total_events` numbered events round-robin over the shards at about `rate`/s."""
-    batch = max(1, int(rate / 20)) if rate > 0 else 500
-    pause = batch / rate if rate > 0 else 0.0
+    """Push `total_events` numbered events, shared evenly by the shards, at about `rate`/s."""
+    quota = {sid: total_events // len(shard_ids) for sid in shard_ids}
+    for sid in shard_ids[: total_events % len(shard_ids)]:
+        quota[sid] += 1
+    # Twenty small rounds a second keep the rate smooth; rate 0 sends as fast as possible.
+    batch = max(1, int(rate / 20 / len(shard_ids))) if rate > 0 else 500
+    started = time.monotonic()
     sent = 0
     while sent < total_events:
         for shard_id in shard_ids:
-            share = min(batch, total_events - sent)
-            if share <= 0:
-                break
-            sim.send_events(shard_id, share)
-            sent += share
-        gevent.sleep(pause)
+            share = min(batch, quota[shard_id])
+            if share:
+                sim.send_events(shard_id, share)
+                quota[shard_id] -= share
+                sent += share
+        ahead = sent / rate - (time.monotonic() - started) if rate > 0 else 0.0
+        gevent.sleep(max(0.0, ahead))
 
 
 def demo(args: argparse.Namespace) -> int:

@@ -1,0 +1,49 @@
+"""Session stores: where a cluster keeps its shards' resumable sessions.
+
+A process that stops or crashes can hand its shards to the next one without a
+new IDENTIFY (each costs one of the day's 1000 session starts): the cluster
+saves each shard's `ResumeSession` as it changes and on shutdown, and loads
+them at start. The sequence saved is that of the last event the application
+has finished with, so events received but not yet handled come back on resume.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Protocol, runtime_checkable
+
+from gcluster.protocol import ResumeSession
+
+__all__ = ["MemorySessionStore", "SessionStore"]
+
+
+@runtime_checkable
+class SessionStore(Protocol):
+    """Keeps one `ResumeSession` per shard id."""
+
+    def load(self, shard_ids: Iterable[int]) -> dict[int, ResumeSession]:
+        """The saved sessions of those shards (shards without one are left out)."""
+        ...
+
+    def save(self, shard_id: int, session: ResumeSession | None) -> None:
+        """Save a shard's session; None forgets it (the session ended)."""
+        ...
+
+
+class MemorySessionStore:
+    """A store in this process's memory: for tests, or to restart a cluster in place."""
+
+    def __init__(self) -> None:
+        self.sessions: dict[int, ResumeSession] = {}
+
+    def load(self, shard_ids: Iterable[int]) -> dict[int, ResumeSession]:
+        return {i: self.sessions[i] for i in shard_ids if i in self.sessions}
+
+    def save(self, shard_id: int, session: ResumeSession | None) -> None:
+        if session is None:
+            self.sessions.pop(shard_id, None)
+        else:
+            self.sessions[shard_id] = session
+
+    def __repr__(self) -> str:
+        return f"MemorySessionStore(shards={sorted(self.sessions)})"
