@@ -22,6 +22,7 @@ from types import TracebackType
 from typing import Any, Final
 
 import gevent
+from gevent import ssl as gevent_ssl
 from gevent.queue import Queue as EventQueue
 
 from gcluster._token import Token
@@ -39,6 +40,7 @@ from gcluster.message import Message
 from gcluster.protocol import ResumeSession, default_properties
 from gcluster.queue import LocalQueue, Queue
 from gcluster.scheme import ShardScheme
+from gcluster.sessions import ConsumedSessions, SessionMark, SessionStore
 from gcluster.shard import Information, Shard
 
 __all__ = ["Cluster", "ClusterBuilder", "ClusterConfig"]
@@ -46,6 +48,7 @@ __all__ = ["Cluster", "ClusterBuilder", "ClusterConfig"]
 log = logging.getLogger(__name__)
 
 _END: Final = object()  # down() was called: the iterator ends once the queue is drained
+_HOUSEKEEPING_INTERVAL: Final = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +74,8 @@ class ClusterConfig:
     compression: bool = True
     connect_timeout: float = 10.0
     ssl_context: Any = None
+    session_store: SessionStore | None = None
+    backlog_warning: int = 10_000
 
     def __post_init__(self) -> None:
         if not 50 <= self.large_threshold <= 250:
@@ -83,6 +88,16 @@ class ClusterConfig:
             raise ConfigError("presence must be an UpdatePresence")
         if self.connect_timeout <= 0:
             raise ConfigError("connect_timeout must be positive")
+        if self.backlog_warning < 1:
+            raise ConfigError("backlog_warning must be at least 1")
+        if self.session_store is not None and not isinstance(self.session_store, SessionStore):
+            raise ConfigError("session_store must have load(shard_ids) and save(shard_id, session)")
+        if self.ssl_context is not None and not isinstance(self.ssl_context, gevent_ssl.SSLContext):
+            # A standard-library context would do blocking I/O under the hub.
+            raise ConfigError(
+                "ssl_context must be a gevent.ssl.SSLContext "
+                "(e.g. gevent.ssl.create_default_context(cafile=...))"
+            )
         for shard_id, session in self.resume_sessions.items():
             if not isinstance(session, ResumeSession):
                 raise ConfigError(f"resume_sessions[{shard_id}] must be a ResumeSession")
@@ -130,8 +145,15 @@ class Cluster:
         resume_sessions: `{shard_id: ResumeSession}`; those shards RESUME.
         ratelimit_payloads: keep commands within Discord's 120 per 60 s.
         compression: zlib-stream transport compression.
-        connect_timeout: seconds for one connection attempt (TCP, TLS, handshake).
-        ssl_context: a gevent SSL context for wss; default verifies certificates.
+        connect_timeout: seconds for one connection attempt (TCP, TLS, handshake)
+            and for HELLO to follow.
+        ssl_context: a `gevent.ssl.SSLContext` for wss (e.g. with a custom CA);
+            the default verifies certificates and host names.
+        session_store: a `SessionStore` (e.g. `gcluster.redis.RedisSessionStore`):
+            sessions saved there are resumed at start, and each shard's session
+            is saved as the application finishes with its events.
+        backlog_warning: log a warning when this many events wait unread in
+            `events()` (a consumer falling behind).
 
     Raises:
         ConfigError: an option is out of range or unknown.
@@ -144,6 +166,9 @@ class Cluster:
         self._gateway: GatewayBot | None = None
         self._started = False
         self._stopped = False
+        # What the application has finished with; only kept with a session store.
+        self._consumed: ConsumedSessions | None = None
+        self._housekeeper: gevent.Greenlet | None = None
 
     @classmethod
     def new(cls, token: str | Token, intents: int, **options: Any) -> Cluster:
@@ -187,6 +212,7 @@ class Cluster:
             self._started = True
             for shard in self._shards.values():
                 shard.start()
+            self._housekeeper = gevent.spawn(self._housekeeping)
         if not block:
             return
         if not self._wait_all(Shard.wait_until_started, timeout):
@@ -274,15 +300,37 @@ class Cluster:
         it raises that shard's error instead of waiting forever.
         """
         queue = self._events
+        consumed = self._consumed
         while True:
             item = queue.get()
             if item is _END:
                 queue.put(_END)  # other iterators end too
+                self._save_sessions()
                 return
             if isinstance(item, GatewayClosedError):
                 queue.put(item)
                 raise item
+            if consumed is None:
+                yield item
+                continue
+            shard_id, event = item
+            if isinstance(event, SessionMark):
+                consumed.mark(shard_id, event.session)
+                continue
             yield item
+            # Back for the next one: the application has finished with this event.
+            if event.sequence is not None:
+                consumed.finished(shard_id, event.sequence)
+
+    def restart(self, shard_id: int) -> None:
+        """Reconnect one shard now: RESUME if its session allows, else IDENTIFY.
+
+        Also revives a shard that was fatally closed.
+
+        Raises:
+            ShardNonexistent: the cluster has no such shard.
+        """
+        self._get(shard_id).restart()
 
     @property
     def backlog(self) -> int:
@@ -312,6 +360,11 @@ class Cluster:
             config.queue if config.queue is not None else LocalQueue(max_concurrency=concurrency)
         )
         ids, total = config.shard_scheme.resolve(recommended)
+        sessions = dict(config.resume_sessions)
+        if config.session_store is not None:
+            # Sessions given explicitly win over stored ones.
+            sessions = {**config.session_store.load(ids), **sessions}
+            self._consumed = ConsumedSessions(sessions)
         for shard_id in ids:
             self._shards[shard_id] = Shard(
                 shard_id,
@@ -320,7 +373,7 @@ class Cluster:
                 config.intents,
                 gateway_url=gateway_url,
                 event_types=config.event_types,
-                session=config.resume_sessions.get(shard_id),
+                session=sessions.get(shard_id),
                 queue=queue,
                 events=self._events,
                 compression=config.compression,
@@ -328,6 +381,7 @@ class Cluster:
                 ssl_context=config.ssl_context,
                 on_fatal=self._shard_failed,
                 ratelimit_payloads=config.ratelimit_payloads,
+                session_marks=self._consumed is not None,
                 properties=config.identify_properties,
                 large_threshold=config.large_threshold,
                 presence=self._presence_for(shard_id),
@@ -364,12 +418,62 @@ class Cluster:
         if self._stopped:
             return {}
         self._stopped = True
+        if self._housekeeper is not None:
+            self._housekeeper.kill()
         shards = self.shards()
         jobs = [gevent.spawn(shard.down, resumable=resumable) for shard in shards]
         gevent.joinall(jobs)
         self._events.put(_END)
         sessions = {shard.id: job.value for shard, job in zip(shards, jobs, strict=True)}
+        store = self._config.session_store
+        if store is not None and not resumable:
+            # Closed with 1000: those sessions are over and must not be resumed.
+            self._consumed = None
+            for shard in shards:
+                self._store(store, shard.id, None)
+        else:
+            self._save_sessions()
         return {shard_id: s for shard_id, s in sessions.items() if s is not None}
+
+    # --- housekeeping ------------------------------------------------------------
+
+    def _housekeeping(self) -> None:
+        """Once a second: save changed sessions and watch the backlog."""
+        warned_at = 0
+        while True:
+            gevent.sleep(_HOUSEKEEPING_INTERVAL)
+            self._save_sessions()
+            warned_at = self._check_backlog(warned_at)
+
+    def _check_backlog(self, warned_at: int) -> int:
+        """Warn as the backlog crosses the threshold and each doubling; note recovery."""
+        backlog = self.backlog
+        threshold = self._config.backlog_warning
+        if backlog >= max(threshold, warned_at * 2):
+            log.warning(
+                "events() is falling behind: %d events wait unread (threshold %d); "
+                "shards keep their heartbeats, but memory grows",
+                backlog,
+                threshold,
+            )
+            return backlog
+        if warned_at and backlog < threshold // 2:
+            log.info("events() caught up: %d events wait unread", backlog)
+            return 0
+        return warned_at
+
+    def _save_sessions(self) -> None:
+        store = self._config.session_store
+        if store is None or self._consumed is None:
+            return
+        for shard_id, session in self._consumed.take_dirty().items():
+            self._store(store, shard_id, session)
+
+    def _store(self, store: SessionStore, shard_id: int, session: ResumeSession | None) -> None:
+        try:
+            store.save(shard_id, session)
+        except Exception as err:  # noqa: BLE001 - a store outage must not stop the shards
+            log.warning("shard %d: could not save its session: %s", shard_id, err)
 
 
 class ClusterBuilder:
@@ -441,3 +545,9 @@ class ClusterBuilder:
 
     def ssl_context(self, value: Any) -> ClusterBuilder:
         return self._set("ssl_context", value)
+
+    def session_store(self, value: SessionStore) -> ClusterBuilder:
+        return self._set("session_store", value)
+
+    def backlog_warning(self, value: int) -> ClusterBuilder:
+        return self._set("backlog_warning", value)

@@ -313,6 +313,11 @@ class ShardProtocol:
         )
 
     @property
+    def awaiting_ack(self) -> bool:
+        """A heartbeat was sent and its ACK has not arrived yet."""
+        return self._heartbeats.awaiting_ack
+
+    @property
     def identified(self) -> bool:
         """IDENTIFY or RESUME has been sent on the current connection."""
         return self._identified
@@ -441,6 +446,12 @@ class ShardProtocol:
             return int(CloseCode.RESUMABLE)
         self._forget_session()
         return int(CloseCode.NORMAL)
+
+    def revive(self) -> None:
+        """Leave FATALLY_CLOSED so the shard may try again (an explicit restart)."""
+        if self.stage is Stage.FATALLY_CLOSED:
+            self.stage = Stage.DISCONNECTED
+            self.error = None
 
     def reconnecting(self) -> list[Action]:
         return self._lifecycle(EventType.SHARD_RECONNECTING)

@@ -47,3 +47,51 @@ class MemorySessionStore:
 
     def __repr__(self) -> str:
         return f"MemorySessionStore(shards={sorted(self.sessions)})"
+
+
+class SessionMark:
+    """Put in the event queue by a shard when it starts a session, before its READY.
+
+    The cluster's iterator consumes it (the application never sees it) to learn
+    which session the events that follow belong to.
+    """
+
+    __slots__ = ("session",)
+
+    def __init__(self, session: ResumeSession) -> None:
+        self.session = session
+
+    def __repr__(self) -> str:
+        return f"SessionMark({self.session!r})"
+
+
+class ConsumedSessions:
+    """Each shard's session as far as the application has finished with its events.
+
+    Saving this, rather than what the shard received, means events still queued
+    when a process dies are replayed on resume: at-least-once across crashes.
+    """
+
+    def __init__(self, initial: dict[int, ResumeSession]) -> None:
+        self._sessions = dict(initial)
+        self._dirty: set[int] = set()
+
+    def mark(self, shard_id: int, session: ResumeSession) -> None:
+        self._sessions[shard_id] = session
+        self._dirty.add(shard_id)
+
+    def finished(self, shard_id: int, sequence: int) -> None:
+        session = self._sessions.get(shard_id)
+        if session is not None and sequence > session.sequence:
+            self._sessions[shard_id] = ResumeSession(
+                session.session_id, sequence, session.resume_url
+            )
+            self._dirty.add(shard_id)
+
+    def take_dirty(self) -> dict[int, ResumeSession]:
+        """The sessions changed since the last call."""
+        dirty, self._dirty = self._dirty, set()
+        return {shard_id: self._sessions[shard_id] for shard_id in dirty}
+
+    def all(self) -> dict[int, ResumeSession]:
+        return dict(self._sessions)

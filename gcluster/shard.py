@@ -27,6 +27,7 @@ import ujson
 from gevent.event import Event as Flag
 from gevent.queue import Queue as EventQueue
 
+from gcluster import hubwatch
 from gcluster._token import Token
 from gcluster.backoff import Backoff
 from gcluster.commands import Command, encode
@@ -52,6 +53,7 @@ from gcluster.protocol import (
 )
 from gcluster.queue import NoOpQueue, Queue
 from gcluster.ratelimit import CommandRatelimiter
+from gcluster.sessions import SessionMark
 from gcluster.transport import Connection, ConnectionClosed
 
 __all__ = ["Information", "Shard"]
@@ -115,6 +117,8 @@ class Shard:
         ssl_context: a gevent SSL context for wss (verifying by default).
         on_fatal: called with the shard once it is fatally closed.
         ratelimit_payloads: hold commands to 120 per 60 s per connection.
+        session_marks: put a `SessionMark` in `events` before each new session's
+            events (for a cluster that saves consumed sessions).
         protocol_options: passed to `ShardProtocol` (properties, large_threshold, presence).
     """
 
@@ -135,6 +139,7 @@ class Shard:
         ssl_context: Any = None,
         on_fatal: Callable[[Shard], None] | None = None,
         ratelimit_payloads: bool = True,
+        session_marks: bool = False,
         rng: Callable[[], float] = random.random,
         **protocol_options: Any,
     ) -> None:
@@ -149,6 +154,8 @@ class Shard:
         self._ssl_context = ssl_context
         self._on_fatal = on_fatal
         self._ratelimiter = CommandRatelimiter() if ratelimit_payloads else None
+        self._session_marks = session_marks
+        self._marked_session: str | None = session.session_id if session is not None else None
         self._rng = rng
         self._protocol = ShardProtocol(
             shard_id,
@@ -174,6 +181,7 @@ class Shard:
         self._started = Flag()  # IDENTIFY or RESUME sent (or the shard failed)
         self._ready = Flag()  # connected: READY or RESUMED received (or the shard failed)
         self._stopped = Flag()
+        self._shut_down = False  # down() was called: no restart
 
     def __repr__(self) -> str:
         return f"<Shard {self.id}/{self.total} {self._protocol.stage.value}>"
@@ -204,6 +212,7 @@ class Shard:
         Returns:
             the session to resume later, when `resumable` and the shard had one.
         """
+        self._shut_down = True
         if self._stop.is_set() and self._stopped.is_set():
             return self._protocol.session if resumable else None
         self._stop.set()
@@ -221,6 +230,35 @@ class Shard:
         self._kill_helpers()
         self._finish()
         return session
+
+    def restart(self) -> None:
+        """Reconnect now: RESUME when the session allows it, else IDENTIFY anew.
+
+        Also brings back a shard that was fatally closed (after the cause, a
+        token or intents, was fixed on Discord's side).
+
+        Raises:
+            RuntimeError: the shard was shut down with `down()`.
+        """
+        if self._shut_down:
+            raise RuntimeError(f"shard {self.id} was shut down; build a new cluster")
+        runner = self._runner
+        if runner is not None and not runner.dead and self._conn is not None:
+            # The normal reconnect path: a resumable close, then RESUME.
+            self._close_connection(CloseCode.RESUMABLE, "restart requested")
+            return
+        if runner is not None and not runner.dead:
+            # Between connections (backing off, connecting): skip the rest of the wait.
+            runner.kill(block=True)
+            self._handle(self._protocol.reconnecting())
+        # Not running (never started, or stopped by a fatal close): start over.
+        self._protocol.revive()
+        self._stop = Flag()
+        self._stopped = Flag()
+        self._started.clear()
+        self._ready.clear()
+        self._runner = None
+        self.start()
 
     @property
     def error(self) -> GatewayClosedError | None:
@@ -350,7 +388,14 @@ class Shard:
                 self._client_close = None
                 self._reconnect_delay = 0.0
                 opened = time.monotonic()
-                code, reason, by_client = self._read(conn)
+                self._spawn_helper(self._await_hello, conn)
+                try:
+                    code, reason, by_client = self._read(conn)
+                except Exception:
+                    # A bug, not a gateway condition: keep the shard alive and say so.
+                    log.exception("shard %d: reader failed; reconnecting", self.id)
+                    self._close_connection(CloseCode.RESUMABLE, "reader failed")
+                    code, reason, by_client = CloseCode.RESUMABLE, "reader failed", True
                 self._kill_helpers()
                 self._conn = None
                 self._ready.clear()
@@ -408,6 +453,9 @@ class Shard:
                 elif opcode not in (OP_TEXT, OP_BINARY):
                     continue
                 self._process(payload, now)
+            # A socket that always has data never blocks, so the reader would
+            # keep the hub from every other shard and from the heartbeats.
+            gevent.sleep(0)
 
     def _process(self, payload: bytes, now: float) -> None:
         if self._filters_dispatches:
@@ -435,6 +483,8 @@ class Shard:
     # --- carrying out the protocol's actions ---------------------------------
 
     def _handle(self, actions: list[Action]) -> None:
+        if self._session_marks:
+            self._mark_new_session()
         for action in actions:
             if isinstance(action, Deliver):
                 self._put(action.event)
@@ -464,6 +514,14 @@ class Shard:
             self._started.set()
             self._ready.set()
 
+    def _mark_new_session(self) -> None:
+        # The protocol has already taken READY's session when its actions come
+        # here, so the mark goes into the queue ahead of the READY event.
+        session = self._protocol.session
+        if session is not None and session.session_id != self._marked_session:
+            self._marked_session = session.session_id
+            self._events.put((self.id, SessionMark(session)))
+
     def _put(self, event: Event) -> None:
         self._events.put((self.id, event))
 
@@ -478,10 +536,37 @@ class Shard:
             log.debug("shard %d: send failed: %s", self.id, err)
 
     def _heartbeat(self, interval: float, first_delay: float) -> None:
-        gevent.sleep(first_delay)
+        due = time.monotonic() + first_delay
+        # Lateness past this means the hub was blocked (by application code,
+        # usually): worth a warning, because Discord drops shards that miss beats.
+        tolerance = max(0.25, interval * 0.1)
         while True:
+            gevent.sleep(max(0.0, due - time.monotonic()))
+            late = time.monotonic() - due
+            if late > tolerance:
+                log.warning(
+                    "shard %d: heartbeat %.2f s late: the gevent hub was blocked%s",
+                    self.id,
+                    late,
+                    hubwatch.describe_recent_block(),
+                )
+            if self._protocol.awaiting_ack:
+                # The ACK may be in the socket, unread because the hub was busy:
+                # let the reader have a turn before calling the connection a zombie.
+                gevent.sleep(min(1.0, interval / 4) if late > tolerance else 0.01)
             self._handle(self._protocol.heartbeat(time.monotonic()))
-            gevent.sleep(interval)
+            due += interval
+            if due < time.monotonic():
+                due = time.monotonic() + interval
+
+    def _await_hello(self, conn: Connection) -> None:
+        """Reconnect when the gateway accepts the socket but never says HELLO."""
+        gevent.sleep(self._connect_timeout)
+        if self._conn is conn and self._protocol.stage is Stage.CONNECTING:
+            log.warning(
+                "shard %d: no HELLO within %.1f s; reconnecting", self.id, self._connect_timeout
+            )
+            self._close_connection(CloseCode.RESUMABLE, "no HELLO")
 
     def _identify(self) -> None:
         self._queue.request(self.id, self.total)

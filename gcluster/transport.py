@@ -99,12 +99,14 @@ class Connection:
                 ws = websocket.WebSocket(enable_multithread=False, skip_utf8_validation=True)
                 ws.connect(url, socket=sock, suppress_origin=True)  # type: ignore[no-untyped-call]
                 sock.settimeout(None)
-        except ConnectionFailed:
-            _close_quietly(sock)
-            raise
         except (OSError, _stdlib_ssl.SSLError, websocket.WebSocketException, ValueError) as err:
             _close_quietly(sock)
             raise ConnectionFailed(f"connecting to {parts.netloc} failed: {err}") from err
+        except BaseException:
+            # ConnectionFailed from the timeout, or the greenlet being killed:
+            # the socket must not outlive the attempt either way.
+            _close_quietly(sock)
+            raise
         return cls(ws, sock, url)
 
     def receive(self) -> list[tuple[int, bytes]]:
