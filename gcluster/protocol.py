@@ -431,6 +431,8 @@ class ShardProtocol:
         )
         if fatal:
             assert code is not None
+            # The gateway ended the session with the connection.
+            self._forget_session()
             self.stage = Stage.FATALLY_CLOSED
             self.error = closed_error(self.shard_id, code, reason)
             return [*events, Fail(self.error)]

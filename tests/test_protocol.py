@@ -305,6 +305,7 @@ def test_fatal_close_fails_the_shard(code: int, error: type[GatewayClosedError])
     (fail,) = of(actions, Fail)
     assert isinstance(fail.error, error) and fail.error.code == code and fail.error.shard_id == 3
     assert proto.stage is Stage.FATALLY_CLOSED and proto.error is fail.error
+    assert proto.session is None
     (deliver,) = of(actions, Deliver)
     assert deliver.event.kind is EventType.SHARD_DISCONNECTED and deliver.event.data["fatal"]
 

@@ -46,6 +46,8 @@ class GatewayConnection:
         shard_id: the shard it identified or resumed as (None before).
         session: the session it serves, if any.
         authenticated: True after an accepted IDENTIFY or RESUME.
+        acks_heartbeats: False after a `StopHeartbeatAcks` fault: heartbeats
+            are recorded but never answered.
     """
 
     def __init__(self, connection_id: int, wire: WebSocket, gateway: Gateway) -> None:
@@ -54,6 +56,7 @@ class GatewayConnection:
         self.shard_id: int | None = None
         self.session: Session | None = None
         self.authenticated = False
+        self.acks_heartbeats = True
         self._gateway = gateway
         # Arrival times of the last COMMAND_LIMIT payloads: the oldest tells
         # whether one more would exceed the limit within the window.
@@ -68,6 +71,7 @@ class GatewayConnection:
         now = time.monotonic()
         recent = self._recent
         if len(recent) == COMMAND_LIMIT and now - recent[0] < COMMAND_WINDOW:
+            gateway.violation(self, "ratelimit", shard_id=self.shard_id)
             gateway.reject(self, _RATE_LIMITED)
             return
         recent.append(now)

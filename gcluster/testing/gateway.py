@@ -11,8 +11,11 @@ deciding what they may do is `connection`'s job; sockets are `wire`'s.
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import math
 import secrets
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +31,10 @@ from .records import (
     HeartbeatRecord,
     IdentifyRecord,
     Records,
+    RefusalRecord,
     ResumeRecord,
+    ViolationKind,
+    ViolationRecord,
 )
 from .rules import Close, Op, Rejection
 from .streams import EventStream
@@ -39,7 +45,6 @@ if TYPE_CHECKING:
 
 __all__ = ["Gateway", "GatewayConfig", "SessionInfo", "encode"]
 
-_DAY_MS = 86_400_000
 # Privileged intent bit -> the application flag that allows it (GATEWAY_*).
 _INTENT_FLAGS = {1 << 1: 1 << 14, 1 << 8: 1 << 12, 1 << 15: 1 << 18}
 
@@ -50,6 +55,12 @@ INVALID_SESSION = {
     True: '{"t":null,"s":null,"op":9,"d":true}',
     False: '{"t":null,"s":null,"op":9,"d":false}',
 }
+# Not JSON, however it is decoded.
+GARBAGE_TEXT = '{"t":"MESSAGE_CREATE","s":'
+# After a sync flush the deflate stream is byte-aligned at a block header; 0xff
+# there is a block of the reserved type 3, which every inflater rejects. The
+# suffix makes it look like a complete zlib-stream message.
+GARBAGE_ZLIB = b"\xff" * 8 + b"\x00\x00\xff\xff"
 
 
 def encode(data: Any) -> str:
@@ -68,7 +79,14 @@ class GatewayConfig:
     token: str = field(repr=False)
     privileged_intents: int
     session_start_limit_total: int
+    session_start_reset_after: float
+    """Seconds from the simulator's start (then from each reset) until the
+    session start budget is back at its total."""
     guilds_per_shard: int
+    identify_interval: float
+    """Seconds one identify bucket must wait between two IDENTIFYs; 0: no limit."""
+    replay_limit: int
+    """How many of a session's latest dispatches are kept for a RESUME."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -88,13 +106,20 @@ class Session:
 
     __slots__ = ("connection", "id", "log", "seq", "shard_id")
 
-    def __init__(self, session_id: str, shard_id: int) -> None:
+    def __init__(self, session_id: str, shard_id: int, replay_limit: int) -> None:
         self.id = session_id
         self.shard_id = shard_id
         self.seq = 0
-        # log[s - 1] is dispatch s, as (frame, t, number): replayed verbatim on RESUME.
-        self.log: list[tuple[str, str, int | None]] = []
+        # The latest dispatches as (frame, t, number), replayed verbatim on
+        # RESUME; the last one is dispatch ``seq``. Bounded, so a long run does
+        # not keep every dispatch it ever sent.
+        self.log: deque[tuple[str, str, int | None]] = deque(maxlen=replay_limit)
         self.connection: GatewayConnection | None = None
+
+    @property
+    def oldest_replayable(self) -> int:
+        """The ``s`` of the oldest dispatch still in the log (``seq + 1`` if none)."""
+        return self.seq - len(self.log) + 1
 
 
 class _ArmedPlan:
@@ -139,8 +164,11 @@ class Gateway:
         self.url = url
         self.resume_url = resume_url
         self.records = records
-        self.session_start_remaining = session_start_remaining
-        self._started_ms = int(time.time() * 1000)
+        self._session_start_remaining = session_start_remaining
+        self._session_start_reset_at = time.monotonic() + config.session_start_reset_after
+        # Bucket -> when its last IDENTIFY was accepted (time.monotonic()).
+        self._last_identify: dict[int, float] = {}
+        self._refusals_left = 0
         self._shards = [
             ShardState(i, config.shards, config.guilds_per_shard) for i in range(config.shards)
         ]
@@ -164,21 +192,52 @@ class Gateway:
 
     # -- what REST reports -------------------------------------------------
 
+    @property
+    def session_start_remaining(self) -> int:
+        """What is left of the session start budget (refilled when it resets)."""
+        self._refill_session_starts(time.monotonic())
+        return self._session_start_remaining
+
+    def session_start_reset_after(self) -> float:
+        """Seconds until the session start budget is back at its total."""
+        now = time.monotonic()
+        self._refill_session_starts(now)
+        return max(0.0, self._session_start_reset_at - now)
+
     def session_start_limit(self) -> dict[str, int]:
-        """``session_start_limit`` as /gateway/bot reports it."""
-        elapsed = int(time.time() * 1000) - self._started_ms
+        """``session_start_limit`` as /gateway/bot reports it (``reset_after`` in ms)."""
+        reset_after = self.session_start_reset_after()
         return {
             "total": self.config.session_start_limit_total,
             "remaining": self.session_start_remaining,
-            "reset_after": max(0, _DAY_MS - elapsed),
+            "reset_after": math.ceil(reset_after * 1000),
             "max_concurrency": self.config.max_concurrency,
         }
+
+    def _refill_session_starts(self, now: float) -> None:
+        if now < self._session_start_reset_at:
+            return
+        period = self.config.session_start_reset_after
+        periods = math.floor((now - self._session_start_reset_at) / period) + 1
+        self._session_start_reset_at += periods * period
+        self._session_start_remaining = self.config.session_start_limit_total
 
     def token_ok(self, token: str) -> bool:
         """Whether ``token`` (with or without "Bot ") is the application's."""
         return secrets.compare_digest(rules.strip_bot_prefix(token), self.config.token)
 
     # -- connections -------------------------------------------------------
+
+    def admit(self, path: str, remote_port: int) -> bool:
+        """Whether to accept a websocket upgrade; False (recorded) while refusing."""
+        if self._refusals_left <= 0:
+            return True
+        self._refusals_left -= 1
+        self._record(
+            self.records.refusals,
+            RefusalRecord(time=time.monotonic(), path=path, remote_port=remote_port, status=503),
+        )
+        return False
 
     def open(self, conn: GatewayConnection, record: ConnectionRecord) -> None:
         """Register a new websocket and greet it (HELLO), or reject its URL."""
@@ -230,8 +289,10 @@ class Gateway:
     # -- what clients send -------------------------------------------------
 
     def heartbeat(self, conn: GatewayConnection, data: Any) -> None:
-        """Answer a heartbeat with an ACK."""
-        conn.wire.send(HEARTBEAT_ACK)
+        """Answer a heartbeat with an ACK (unless the connection stopped acking)."""
+        acked = conn.acks_heartbeats
+        if acked:
+            conn.wire.send(HEARTBEAT_ACK)
         self._record(
             self.records.heartbeats,
             HeartbeatRecord(
@@ -239,11 +300,42 @@ class Gateway:
                 shard_id=conn.shard_id,
                 connection_id=conn.id,
                 sequence=data if type(data) is int else None,
+                acked=acked,
+            ),
+        )
+
+    def violation(
+        self,
+        conn: GatewayConnection,
+        kind: ViolationKind,
+        *,
+        shard_id: int | None,
+        since_previous: float | None = None,
+    ) -> None:
+        """Record that ``conn`` broke a rate rule (the caller answers it)."""
+        bucket = None
+        if kind != "ratelimit" and shard_id is not None:
+            bucket = shard_id % self.config.max_concurrency
+        self._record(
+            self.records.violations,
+            ViolationRecord(
+                time=time.monotonic(),
+                kind=kind,
+                shard_id=shard_id,
+                connection_id=conn.id,
+                bucket=bucket,
+                since_previous=since_previous,
             ),
         )
 
     def identify(self, conn: GatewayConnection, data: Any) -> None:
-        """Start a new session for the identifying shard and send READY."""
+        """Start a new session for the identifying shard and send READY.
+
+        In order: a malformed or unauthorized IDENTIFY is closed with its
+        code; with no session start left it is closed with 4004; sooner than
+        ``identify_interval`` after its bucket's previous one it gets op 9
+        ``d = false`` and may be sent again later on the same connection.
+        """
         config = self.config
         rejection = rules.check_identify(
             data,
@@ -251,20 +343,35 @@ class Gateway:
             shards=config.shards,
             privileged_intents=config.privileged_intents,
         )
-        if rejection is None and self.session_start_remaining <= 0:
-            # Discord resets the token of a bot that runs out of session starts.
-            rejection = Rejection(Close.AUTHENTICATION_FAILED, "Session start limit exhausted.")
         if rejection is not None:
             self.reject(conn, rejection)
             return
-        self.session_start_remaining -= 1
         shard_id, total = data.get("shard") or (0, 1)
+        now = time.monotonic()
+        self._refill_session_starts(now)
+        if self._session_start_remaining <= 0:
+            # Discord resets the token of a bot that runs out of session starts.
+            self.violation(conn, "session_start_limit", shard_id=shard_id)
+            self.reject(
+                conn, Rejection(Close.AUTHENTICATION_FAILED, "Session start limit exhausted.")
+            )
+            return
+        bucket = shard_id % config.max_concurrency
+        too_soon = rules.identify_too_soon(
+            self._last_identify.get(bucket), now, config.identify_interval
+        )
+        if too_soon is not None:
+            self.violation(conn, "identify_too_fast", shard_id=shard_id, since_previous=too_soon)
+            conn.wire.send(INVALID_SESSION[False])
+            return
+        self._last_identify[bucket] = now
+        self._session_start_remaining -= 1
         shard = self._shards[shard_id]
         if shard.session is not None:
             # A new IDENTIFY abandons the shard's old session, and with it any
             # dispatches still waiting for a RESUME: they are lost, as on Discord.
             self._end_session(shard.session)
-        session = Session(secrets.token_hex(16), shard_id)
+        session = Session(secrets.token_hex(16), shard_id, config.replay_limit)
         self._sessions[session.id] = session
         shard.session = session
         self._attach(conn, session)
@@ -274,7 +381,7 @@ class Gateway:
                 time=time.monotonic(),
                 shard_id=shard_id,
                 total=total,
-                bucket=shard_id % config.max_concurrency,
+                bucket=bucket,
                 intents=data["intents"],
                 connection_id=conn.id,
                 session_id=session.id,
@@ -313,6 +420,14 @@ class Gateway:
             self._end_session(session)
             self.reject(conn, Rejection(Close.INVALID_SEQ, "Invalid seq."))
             return
+        have = seq or 0
+        if have + 1 < session.oldest_replayable:
+            # More was missed than the log keeps: Discord cannot replay it and
+            # invalidates the session, as for one that timed out.
+            self._record_resume(conn, session.shard_id, session.id, seq, 0, ok=False)
+            self._end_session(session)
+            conn.wire.send(INVALID_SESSION[False])
+            return
         previous = session.connection
         if previous is not None and previous is not conn:
             # The client came back before the server noticed the old socket
@@ -320,8 +435,9 @@ class Gateway:
             previous.session = None
             self._close(previous, 1001, "Session resumed on another connection.")
         self._attach(conn, session)
-        missed = session.log[seq or 0 :]
-        for s, (frame, name, number) in enumerate(missed, start=(seq or 0) + 1):
+        skip = have + 1 - session.oldest_replayable
+        missed = list(itertools.islice(session.log, skip, None))
+        for s, (frame, name, number) in enumerate(missed, start=have + 1):
             self._send_dispatch(conn, session, s, frame, name, number)
         self._record_resume(conn, session.shard_id, session.id, seq, len(missed), ok=True)
         self._emit(session, "RESUMED", encode(payloads.resumed()), None)
@@ -386,10 +502,33 @@ class Gateway:
 
     # -- faults ------------------------------------------------------------
 
-    def apply_fault(self, shard_id: int, fault: faults.Fault) -> int:
-        """Do ``fault`` to the shard now; returns how many live connections it reached."""
-        shard = self._shards[shard_id]
-        connections = self.live(shard_id)
+    def apply_fault(self, shard_id: int | None, fault: faults.Fault) -> int:
+        """Do ``fault`` to the shard now; returns how many live connections it reached.
+
+        ``shard_id`` may be None only for `faults.RefuseConnections`.
+        """
+        if isinstance(fault, faults.RefuseConnections):
+            self._refusals_left += fault.count
+            connections: list[GatewayConnection] = []
+        else:
+            if shard_id is None:
+                raise ValueError(f"{type(fault).__name__} needs a shard id")
+            connections = self.live(shard_id)
+            self._apply_to_shard(self._shards[shard_id], connections, fault)
+        self._record(
+            self.records.faults,
+            FaultRecord(
+                time=time.monotonic(),
+                shard_id=shard_id,
+                fault=fault,
+                connections=len(connections),
+            ),
+        )
+        return len(connections)
+
+    def _apply_to_shard(
+        self, shard: ShardState, connections: list[GatewayConnection], fault: faults.Fault
+    ) -> None:
         if isinstance(fault, faults.CloseConnection):
             for conn in connections:
                 self._close(conn, fault.code, fault.reason)
@@ -411,18 +550,38 @@ class Gateway:
         elif isinstance(fault, faults.RequestHeartbeat):
             for conn in connections:
                 conn.wire.send(HEARTBEAT_REQUEST)
+        elif isinstance(fault, faults.StopHeartbeatAcks):
+            for conn in connections:
+                conn.acks_heartbeats = False
+        elif isinstance(fault, faults.GarbageFrame):
+            for conn in connections:
+                if fault.kind == "zlib" and conn.wire.compressed:
+                    conn.wire.send_raw(GARBAGE_ZLIB)
+                else:
+                    conn.wire.send(GARBAGE_TEXT)
+        elif isinstance(fault, faults.UnknownOpcode):
+            frame = encode({"t": None, "s": None, "op": fault.op, "d": None})
+            for conn in connections:
+                conn.wire.send(frame)
+        elif isinstance(fault, faults.HugeDispatch):
+            number = shard.stream.claim_number()
+            guild = shard.guilds[number % len(shard.guilds)]
+            data = payloads.guild_create(guild, size_bytes=fault.size_bytes)
+            data[payloads.NUMBER_KEY] = number
+            self.deliver(shard.id, "GUILD_CREATE", encode(data), number)
+        elif isinstance(fault, faults.Stall):
+            for conn in connections:
+                conn.wire.stall(fault.seconds)
+        elif isinstance(fault, faults.ExpireSession):
+            if shard.session is not None:
+                self._end_session(shard.session)
+            for conn in connections:
+                if fault.code is None:
+                    conn.wire.drop()
+                else:
+                    conn.wire.close(fault.code, fault.reason)
         else:  # pragma: no cover - the Fault union is closed
             raise TypeError(f"not a fault: {fault!r}")
-        self._record(
-            self.records.faults,
-            FaultRecord(
-                time=time.monotonic(),
-                shard_id=shard_id,
-                fault=fault,
-                connections=len(connections),
-            ),
-        )
-        return len(connections)
 
     def arm(self, plan: faults.FaultPlan) -> None:
         """Count dispatches toward ``plan`` (one with ``after_dispatches``)."""

@@ -25,8 +25,11 @@ __all__ = [
     "HeartbeatRecord",
     "IdentifyRecord",
     "Records",
+    "RefusalRecord",
     "RequestRecord",
     "ResumeRecord",
+    "ViolationKind",
+    "ViolationRecord",
 ]
 
 # How often `wait_until` re-checks its predicate even when nothing was
@@ -85,13 +88,15 @@ class ResumeRecord:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HeartbeatRecord:
-    """A heartbeat (op 1) from a client; each was answered with op 11."""
+    """A heartbeat (op 1) from a client."""
 
     time: float
     shard_id: int | None
     connection_id: int
     sequence: int | None
     """The heartbeat's ``d``: the last sequence the client had seen."""
+    acked: bool = True
+    """Whether it was answered with op 11 (False after a `StopHeartbeatAcks` fault)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -139,11 +144,51 @@ class FaultRecord:
     """A fault the simulator applied to a shard (directly or from a plan)."""
 
     time: float
-    shard_id: int
+    shard_id: int | None
+    """The shard; None for a `RefuseConnections` applied without one."""
     fault: Any
     """The `gcluster.testing.faults` value."""
     connections: int
     """How many live connections of the shard it reached (0: it only touched the session)."""
+
+
+ViolationKind = Literal["identify_too_fast", "session_start_limit", "ratelimit"]
+"""What rule a client broke: an IDENTIFY sooner than the identify interval
+after the previous one of its bucket, an IDENTIFY with no session start left,
+or more payloads than the command rate limit allows."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ViolationRecord:
+    """A client broke one of Discord's rate rules; what the simulator did is by kind.
+
+    ``identify_too_fast``: answered op 9 ``d = false``, no session started and
+    no session start spent. ``session_start_limit``: closed with 4004 (Discord
+    resets the token). ``ratelimit``: closed with 4008.
+    """
+
+    time: float
+    kind: ViolationKind
+    shard_id: int | None
+    """The shard it was for: the IDENTIFY's ``shard[0]``, or the connection's
+    shard; None for a connection that had not identified or resumed."""
+    connection_id: int
+    bucket: int | None
+    """``shard_id % max_concurrency`` for the IDENTIFY kinds; None for ``ratelimit``."""
+    since_previous: float | None = None
+    """For ``identify_too_fast``: seconds since the bucket's previous accepted IDENTIFY."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RefusalRecord:
+    """A websocket upgrade refused by a `RefuseConnections` fault."""
+
+    time: float
+    path: str
+    """Request path, e.g. ``"/"`` or ``"/resume/"``."""
+    remote_port: int
+    status: int
+    """The HTTP status it was answered with (503)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -175,6 +220,8 @@ class Records:
         self.dispatches: list[DispatchRecord] = []
         self.faults: list[FaultRecord] = []
         self.requests: list[RequestRecord] = []
+        self.violations: list[ViolationRecord] = []
+        self.refusals: list[RefusalRecord] = []
         self._changed = _Signal()
 
     def notify(self) -> None:
@@ -216,5 +263,7 @@ class Records:
             self.dispatches,
             self.faults,
             self.requests,
+            self.violations,
+            self.refusals,
         ):
             records.clear()

@@ -25,6 +25,7 @@ __all__ = [
     "check_query",
     "check_resume",
     "client_close_ends_session",
+    "identify_too_soon",
     "server_close_ends_session",
     "strip_bot_prefix",
 ]
@@ -87,10 +88,15 @@ COMMAND_LIMIT = 120
 COMMAND_WINDOW = 60.0
 """At most COMMAND_LIMIT payloads (heartbeats included) per COMMAND_WINDOW seconds."""
 
-# Closes that end the session: the client must IDENTIFY again.
+# Closes that end the session: the client must IDENTIFY again. This is the
+# "Resume: false" column of Discord's table of gateway close codes; 4000, 4002,
+# 4008, 1000, 1001 and codes Discord does not list keep the session.
 _SESSION_ENDING_SERVER_CODES = frozenset(
     {
+        Close.UNKNOWN_OPCODE,
+        Close.NOT_AUTHENTICATED,
         Close.AUTHENTICATION_FAILED,
+        Close.ALREADY_AUTHENTICATED,
         Close.INVALID_SEQ,
         Close.SESSION_TIMED_OUT,
         Close.INVALID_SHARD,
@@ -178,5 +184,27 @@ def client_close_ends_session(code: int | None) -> bool:
 
 
 def server_close_ends_session(code: int | None) -> bool:
-    """Whether Discord closing with ``code`` ends the session (4007, 4009 and the fatal codes)."""
+    """Whether Discord closing with ``code`` ends the session.
+
+    Discord's table marks 4001, 4003, 4005, 4007, 4009 and the fatal codes
+    (4004, 4010-4014) as not resumable. Discord documents 1000/1001 only for
+    a client's close (which ends the session); when the server sends them
+    (a gateway node going away), clients resume, so the session is kept.
+    """
     return code in _SESSION_ENDING_SERVER_CODES
+
+
+def identify_too_soon(previous: float | None, now: float, interval: float) -> float | None:
+    """The seconds since the bucket's previous IDENTIFY, if this one comes too soon.
+
+    Discord lets each identify bucket (``shard_id % max_concurrency``) start
+    one session per ``interval`` seconds (5 s) and answers a faster IDENTIFY
+    with op 9 INVALID_SESSION. An ``interval`` of 0 disables the rule.
+
+    Returns:
+        None when the IDENTIFY is allowed, else the seconds since the previous one.
+    """
+    if interval <= 0 or previous is None:
+        return None
+    since = now - previous
+    return since if since < interval else None

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import time
 import zlib
 from collections import deque
 from collections.abc import Callable
@@ -63,6 +64,13 @@ class _Pong:
     payload: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class _Raw:
+    """A message sent as is: never compressed, bytes as binary, str as text."""
+
+    data: bytes | str
+
+
 class _Drop:
     pass
 
@@ -96,7 +104,9 @@ class WebSocket:
         # deflate stream the client inflates with one decompressor.
         self._deflate = zlib.compressobj() if compress else None
         self._on_written = on_written
-        self._outbox: deque[tuple[str, Any] | _Control] = deque()
+        self._outbox: deque[tuple[str, Any] | _Raw | _Control] = deque()
+        # While set and in the future, the writer holds the outbox (a stall).
+        self._stalled_until: float | None = None
         self._wakeup = _Signal()
         self._peer_closed = _Signal()
         self._ending: Ending | None = None
@@ -107,24 +117,47 @@ class WebSocket:
         """True once either side started closing or the connection dropped."""
         return self._ending is not None
 
+    @property
+    def compressed(self) -> bool:
+        """Whether messages go out as one zlib stream."""
+        return self._deflate is not None
+
     def send(self, text: str, receipt: Any = None) -> None:
         """Queue one JSON message; ``receipt`` goes to ``on_written`` once it is written."""
         self._outbox.append((text, receipt))
+        self._wakeup.set()
+
+    def send_raw(self, data: bytes | str) -> None:
+        """Queue one message exactly as given, bypassing the zlib stream.
+
+        Bytes go out as a binary message, str as a text message. Used to
+        send what a client must fail to decode.
+        """
+        self._outbox.append(_Raw(data))
+        self._wakeup.set()
+
+    def stall(self, seconds: float) -> None:
+        """Hold everything queued, now and for ``seconds``, then send it in order.
+
+        A close or drop from either side ends the stall early; a longer
+        stall already under way is not shortened.
+        """
+        until = time.monotonic() + seconds
+        if self._stalled_until is None or until > self._stalled_until:
+            self._stalled_until = until
         self._wakeup.set()
 
     def close(self, code: int, reason: str = "") -> None:
         """Queue a close frame after the messages queued so far."""
         if self._ending is None:
             self._ending = Ending(code, reason, "server", dropped=False)
-        self._outbox.append(_Close(code, reason))
-        self._wakeup.set()
+        self._queue(_Close(code, reason))
 
     def drop(self) -> None:
         """Queue an abort: after the messages queued so far, reset TCP with no close frame."""
         if self._ending is None:
             self._ending = Ending(None, "", "server", dropped=True)
-        self._outbox.append(_DROP)
-        self._wakeup.set()
+        self._queue(_DROP)
 
     def receive(self, on_message: Callable[[str | bytes], None]) -> Ending:
         """Read until the connection ends, passing each complete message to ``on_message``.
@@ -204,8 +237,23 @@ class WebSocket:
         return self._ending
 
     def _queue(self, control: _Control) -> None:
+        if not isinstance(control, _Pong):
+            # The connection is ending: what was held goes out (or is
+            # skipped, once a close frame was sent) without further delay.
+            self._stalled_until = None
         self._outbox.append(control)
         self._wakeup.set()
+
+    def _stall_left(self) -> float | None:
+        """Seconds the writer must still hold the outbox, or None."""
+        until = self._stalled_until
+        if until is None:
+            return None
+        left = until - time.monotonic()
+        if left <= 0:
+            self._stalled_until = None
+            return None
+        return left
 
     def _frame(self, text: str) -> bytes:
         if self._deflate is not None:
@@ -218,9 +266,12 @@ class WebSocket:
         outbox = self._outbox
         try:
             while True:
-                while not outbox:
+                while True:
+                    stall = self._stall_left()
+                    if outbox and stall is None:
+                        break
                     self._wakeup.clear()
-                    self._wakeup.wait()
+                    self._wakeup.wait(stall)
                 chunks: list[bytes] = []
                 receipts: list[Any] = []
                 size = 0
@@ -235,6 +286,17 @@ class WebSocket:
                         size += len(frame)
                         if item[1] is not None:
                             receipts.append(item[1])
+                        continue
+                    if isinstance(item, _Raw):
+                        if self._ws.state is not ConnectionState.OPEN:
+                            continue
+                        raw = item.data
+                        message = (
+                            BytesMessage(data=raw) if isinstance(raw, bytes) else TextMessage(data=raw)
+                        )
+                        frame = self._ws.send(message)
+                        chunks.append(frame)
+                        size += len(frame)
                         continue
                     self._flush(chunks, receipts)
                     chunks, receipts, size = [], [], 0
