@@ -13,7 +13,7 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Event", "EventType", "EventTypeFlags", "event_type", "flag_for"]
+__all__ = ["Event", "EventType", "EventTypeFlags", "dispatch_kind", "event_type", "flag_for"]
 
 
 class EventType(enum.Enum):
@@ -316,6 +316,18 @@ del _DISPATCH_BY_NAME["UNKNOWN"]
 _FLAG_BY_KIND: dict[EventType, EventTypeFlags] = {
     kind: EventTypeFlags[kind.name] for kind in EventType
 }
+
+
+# The hot path tests plain ints: IntFlag arithmetic costs several Python calls.
+_KIND_AND_BIT: dict[str, tuple[EventType, int]] = {
+    name: (kind, int(_FLAG_BY_KIND[kind])) for name, kind in _DISPATCH_BY_NAME.items()
+}
+_UNKNOWN_AND_BIT = (EventType.UNKNOWN, int(EventTypeFlags.UNKNOWN))
+
+
+def dispatch_kind(name: str) -> tuple[EventType, int]:
+    """The kind of a dispatch named `name` and its filter bit, as a plain int."""
+    return _KIND_AND_BIT.get(name, _UNKNOWN_AND_BIT)
 
 
 def event_type(name: str) -> EventType:

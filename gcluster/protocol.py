@@ -28,7 +28,7 @@ import ujson
 
 from gcluster._token import Token
 from gcluster.errors import GatewayClosedError, closed_error
-from gcluster.events import Event, EventType, EventTypeFlags, event_type, flag_for
+from gcluster.events import Event, EventType, EventTypeFlags, dispatch_kind, event_type, flag_for
 
 __all__ = [
     "API_VERSION",
@@ -270,6 +270,7 @@ class ShardProtocol:
         self._token = token
         self.intents = int(intents)
         self.event_types = event_types
+        self._mask = int(event_types)
         self.properties = dict(properties) if properties is not None else default_properties()
         self.large_threshold = large_threshold
         self.presence = dict(presence) if presence is not None else None
@@ -323,7 +324,24 @@ class ShardProtocol:
         return self._identified
 
     def wants(self, kind: EventType) -> bool:
-        return bool(self.event_types & flag_for(kind))
+        return bool(self._mask & int(flag_for(kind)))
+
+    def wants_dispatch(self, name: str) -> bool:
+        """Whether a dispatch named `name` would be delivered (READY/RESUMED are always read)."""
+        return bool(self._mask & dispatch_kind(name)[1])
+
+    def dispatch(self, name: str, sequence: int | None, data: Any) -> Event | None:
+        """A dispatch other than READY and RESUMED: the event to deliver, if wanted.
+
+        The common case, kept off the general `receive` path because it runs
+        for every event: nothing but the sequence changes.
+        """
+        if sequence is not None:
+            self.sequence = sequence
+        kind, bit = dispatch_kind(name)
+        if self._mask & bit:
+            return Event(kind, name, self.shard_id, sequence, data)
+        return None
 
     # --- connection life -----------------------------------------------------
 
@@ -507,7 +525,7 @@ class ShardProtocol:
             self.stage = Stage.CONNECTED
             connected = self._lifecycle(EventType.SHARD_CONNECTED, {"resumed": True})
         actions: list[Action] = []
-        if self.event_types & flag_for(kind):
+        if self._mask & int(flag_for(kind)):
             actions.append(Deliver(Event(kind, name, self.shard_id, sequence, data)))
         return actions + connected
 
@@ -568,7 +586,7 @@ class ShardProtocol:
         self.resume_url = None
 
     def _lifecycle(self, kind: EventType, data: dict[str, Any] | None = None) -> list[Action]:
-        if not self.event_types & flag_for(kind):
+        if not self._mask & int(flag_for(kind)):
             return []
         return [Deliver(Event(kind, kind.value, self.shard_id, None, data))]
 

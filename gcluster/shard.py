@@ -32,7 +32,7 @@ from gcluster._token import Token
 from gcluster.backoff import Backoff
 from gcluster.commands import Command, encode
 from gcluster.errors import CommandSendingError, ConnectionFailed, GatewayClosedError
-from gcluster.events import Event, EventType, EventTypeFlags, event_type
+from gcluster.events import Event, EventType, EventTypeFlags
 from gcluster.frames import OP_BINARY, OP_TEXT
 from gcluster.inflate import ZlibStreamInflater
 from gcluster.message import Message, MessageKind
@@ -458,19 +458,26 @@ class Shard:
             gevent.sleep(0)
 
     def _process(self, payload: bytes, now: float) -> None:
+        protocol = self._protocol
         if self._filters_dispatches:
             peeked = peek_dispatch(payload)
             if peeked is not None:
                 name, sequence = peeked
-                if name not in _SESSION_DISPATCHES and not self._protocol.wants(event_type(name)):
-                    self._protocol.skip_dispatch(sequence)
+                if name not in _SESSION_DISPATCHES and not protocol.wants_dispatch(name):
+                    protocol.skip_dispatch(sequence)
                     return
         if self._wants_payload:
             self._put(Event(EventType.SHARD_PAYLOAD, "SHARD_PAYLOAD", self.id, None, payload))
         try:
             message = ujson.loads(payload)
-            actions = self._protocol.receive(message, now)
-        except (ValueError, TypeError, KeyError) as err:
+            name = message.get("t")
+            if message.get("op") == 0 and name not in _SESSION_DISPATCHES:
+                event = protocol.dispatch(name or "", message.get("s"), message.get("d"))
+                if event is not None:
+                    self._events.put((self.id, event))
+                return
+            actions = protocol.receive(message, now)
+        except (ValueError, TypeError, KeyError, AttributeError) as err:
             self._undecodable(f"undecodable gateway message: {err}")
             return
         self._handle(actions)
