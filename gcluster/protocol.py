@@ -177,6 +177,7 @@ class Latency:
 @dataclass(frozen=True, slots=True)
 class Send:
     payload: bytes
+    op: int
     # Heartbeats use the slots the rate limiter keeps for them.
     heartbeat: bool = False
 
@@ -202,6 +203,8 @@ class ReconnectAction:
     resume: bool
     code: int
     reason: str
+    # A stable label for metrics and logs: "reconnect_requested", "invalid_session", "zombie".
+    cause: str
     delay: float = 0.0
 
 
@@ -248,6 +251,7 @@ class ShardProtocol:
         presence: IDENTIFY's presence (an UpdatePresence's `d`), or None.
         compression: ask for zlib-stream transport compression.
         rng: source of the heartbeat jitter and the op 9 wait (injectable for tests).
+        observe_latency: called with each heartbeat round trip, in seconds.
     """
 
     def __init__(
@@ -264,6 +268,7 @@ class ShardProtocol:
         presence: Mapping[str, Any] | None = None,
         compression: bool = True,
         rng: Callable[[], float] = random.random,
+        observe_latency: Callable[[float], None] | None = None,
     ) -> None:
         self.shard_id = shard_id
         self.total = total
@@ -276,6 +281,7 @@ class ShardProtocol:
         self.presence = dict(presence) if presence is not None else None
         self.compression = compression
         self._rng = rng
+        self._observe_latency = observe_latency
 
         self.stage = Stage.DISCONNECTED
         self.session_id: str | None = session.session_id if session else None
@@ -375,7 +381,12 @@ class ShardProtocol:
         if op == Opcode.RECONNECT:
             return [
                 *self._lifecycle(EventType.GATEWAY_RECONNECT),
-                self._reconnect(resume=True, code=CloseCode.RESUMABLE, reason="op 7 RECONNECT"),
+                self._reconnect(
+                    resume=True,
+                    code=CloseCode.RESUMABLE,
+                    reason="op 7 RECONNECT",
+                    cause="reconnect_requested",
+                ),
             ]
         if op == Opcode.INVALID_SESSION:
             return self._invalid_session(bool(message.get("d")))
@@ -404,7 +415,7 @@ class ShardProtocol:
         }
         if self.presence is not None:
             d["presence"] = self.presence
-        return [Send(_encode(Opcode.IDENTIFY, d))]
+        return [Send(_encode(Opcode.IDENTIFY, d), Opcode.IDENTIFY)]
 
     def heartbeat(self, now: float) -> list[Action]:
         """The heartbeat timer fired: beat, or declare the connection a zombie.
@@ -421,6 +432,7 @@ class ShardProtocol:
                     resume=True,
                     code=CloseCode.RESUMABLE,
                     reason=f"zombie connection: no heartbeat ACK in {now - hb.last_sent:.1f} s",
+                    cause="zombie",
                 )
             ]
         return [self._heartbeat_payload(now)]
@@ -503,7 +515,7 @@ class ShardProtocol:
             "session_id": session.session_id,
             "seq": session.sequence,
         }
-        actions.append(Send(_encode(Opcode.RESUME, payload)))
+        actions.append(Send(_encode(Opcode.RESUME, payload), Opcode.RESUME))
         return actions
 
     def _dispatch(self, message: Mapping[str, Any]) -> list[Action]:
@@ -536,6 +548,8 @@ class ShardProtocol:
             hb.count += 1
             hb.total += rtt
             hb.recent.append(rtt)
+            if self._observe_latency is not None:
+                self._observe_latency(rtt)
         hb.awaiting_ack = False
         hb.last_ack = now
         return self._lifecycle(EventType.GATEWAY_HEARTBEAT_ACK)
@@ -545,7 +559,12 @@ class ShardProtocol:
         if resumable and self.session is not None:
             return [
                 *events,
-                self._reconnect(resume=True, code=CloseCode.RESUMABLE, reason="op 9 resumable"),
+                self._reconnect(
+                    resume=True,
+                    code=CloseCode.RESUMABLE,
+                    reason="op 9 resumable",
+                    cause="invalid_session",
+                ),
             ]
         # Discord asks for a random wait of 1-5 s before identifying again.
         self._forget_session()
@@ -555,6 +574,7 @@ class ShardProtocol:
                 resume=False,
                 code=CloseCode.NORMAL,
                 reason="op 9 INVALID_SESSION",
+                cause="invalid_session",
                 delay=1.0 + 4.0 * self._rng(),
             ),
         ]
@@ -568,16 +588,20 @@ class ShardProtocol:
         hb = self._heartbeats
         hb.awaiting_ack = True
         hb.last_sent = now
-        return Send(_encode(Opcode.HEARTBEAT, self.sequence), heartbeat=True)
+        return Send(_encode(Opcode.HEARTBEAT, self.sequence), Opcode.HEARTBEAT, heartbeat=True)
 
     def _reconnect(
-        self, *, resume: bool, code: int, reason: str, delay: float = 0.0
+        self, *, resume: bool, code: int, reason: str, cause: str, delay: float = 0.0
     ) -> ReconnectAction:
         self.stage = Stage.DISCONNECTED
         if not resume:
             self._forget_session()
         return ReconnectAction(
-            resume=resume and self.session is not None, code=code, reason=reason, delay=delay
+            resume=resume and self.session is not None,
+            code=code,
+            reason=reason,
+            cause=cause,
+            delay=delay,
         )
 
     def _forget_session(self) -> None:

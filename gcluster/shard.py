@@ -31,7 +31,7 @@ from gcluster import hubwatch
 from gcluster._token import Token
 from gcluster.backoff import Backoff
 from gcluster.commands import Command, encode
-from gcluster.errors import CommandSendingError, ConnectionFailed, GatewayClosedError
+from gcluster.errors import CommandSendingError, ConnectionFailed, GatewayClosedError, QueueError
 from gcluster.events import Event, EventType, EventTypeFlags
 from gcluster.frames import OP_BINARY, OP_TEXT
 from gcluster.inflate import ZlibStreamInflater
@@ -45,6 +45,7 @@ from gcluster.protocol import (
     Heartbeat,
     Identify,
     Latency,
+    Opcode,
     ReconnectAction,
     ResumeSession,
     Send,
@@ -54,6 +55,7 @@ from gcluster.protocol import (
 from gcluster.queue import NoOpQueue, Queue
 from gcluster.ratelimit import CommandRatelimiter
 from gcluster.sessions import SessionMark
+from gcluster.stats import ShardStats
 from gcluster.transport import Connection, ConnectionClosed
 
 __all__ = ["Information", "Shard"]
@@ -157,6 +159,7 @@ class Shard:
         self._session_marks = session_marks
         self._marked_session: str | None = session.session_id if session is not None else None
         self._rng = rng
+        self.stats = ShardStats()
         self._protocol = ShardProtocol(
             shard_id,
             total,
@@ -166,6 +169,7 @@ class Shard:
             session=session,
             compression=compression,
             rng=rng,
+            observe_latency=self.stats.observe_latency,
             **protocol_options,
         )
         self._wants_payload = bool(event_types & EventTypeFlags.SHARD_PAYLOAD)
@@ -175,7 +179,8 @@ class Shard:
         self._helpers: list[gevent.Greenlet] = []
         self._conn: Connection | None = None
         # (code, reason) of a close this side sent; tells the reader why it ended.
-        self._client_close: tuple[int, str] | None = None
+        # (code, reason, cause) of a close this side sent; tells the reader why it ended.
+        self._client_close: tuple[int, str, str] | None = None
         self._reconnect_delay = 0.0
         self._stop = Flag()  # down() was called or the shard failed
         self._started = Flag()  # IDENTIFY or RESUME sent (or the shard failed)
@@ -221,7 +226,7 @@ class Shard:
         runner = self._runner
         if self._conn is not None:
             # Let the reader see the close, so SHARD_DISCONNECTED is delivered.
-            self._close_connection(code, "shard stopped")
+            self._close_connection(code, "shard stopped", "shutdown")
             if runner is not None:
                 runner.join(timeout)
         # Not connected (connecting, backing off, waiting): nothing to lose.
@@ -245,7 +250,7 @@ class Shard:
         runner = self._runner
         if runner is not None and not runner.dead and self._conn is not None:
             # The normal reconnect path: a resumable close, then RESUME.
-            self._close_connection(CloseCode.RESUMABLE, "restart requested")
+            self._close_connection(CloseCode.RESUMABLE, "restart requested", "restart")
             return
         if runner is not None and not runner.dead:
             # Between connections (backing off, connecting): skip the rest of the wait.
@@ -325,7 +330,7 @@ class Shard:
             assert message.code is not None
             if self._conn is None:
                 raise CommandSendingError(f"shard {self.id} is not connected", shard_id=self.id)
-            self._close_connection(message.code, message.reason)
+            self._close_connection(message.code, message.reason, "user_close")
             return
         conn = self._connection_for_send()
         try:
@@ -339,7 +344,14 @@ class Shard:
     def _send_raw(self, payload: bytes, timeout: float | None) -> None:
         self._connection_for_send()
         limiter = self._ratelimiter
-        if limiter is not None and not limiter.acquire(timeout):
+        if limiter is not None and limiter.remaining() == 0:
+            started = time.monotonic()
+            acquired = limiter.acquire(timeout)
+            self.stats.ratelimit_waits += 1
+            self.stats.ratelimit_wait_seconds += time.monotonic() - started
+        else:
+            acquired = limiter is None or limiter.acquire(timeout)
+        if not acquired:
             raise CommandSendingError(
                 f"shard {self.id}: no rate-limit slot within {timeout} s", shard_id=self.id
             )
@@ -390,25 +402,34 @@ class Shard:
                 opened = time.monotonic()
                 self._spawn_helper(self._await_hello, conn)
                 try:
-                    code, reason, by_client = self._read(conn)
+                    code, reason, by_client, cause = self._read(conn)
                 except Exception:
                     # A bug, not a gateway condition: keep the shard alive and say so.
                     log.exception("shard %d: reader failed; reconnecting", self.id)
-                    self._close_connection(CloseCode.RESUMABLE, "reader failed")
-                    code, reason, by_client = CloseCode.RESUMABLE, "reader failed", True
+                    self._close_connection(CloseCode.RESUMABLE, "reader failed", "reader_error")
+                    code, reason, by_client, cause = (
+                        CloseCode.RESUMABLE,
+                        "reader failed",
+                        True,
+                        "reader_error",
+                    )
                 self._kill_helpers()
                 self._conn = None
                 self._ready.clear()
+                self.stats.close_codes[code] += 1
                 log.info(
-                    "shard %d: connection closed code=%s by=%s reason=%s",
+                    "shard %d: connection closed code=%s by=%s cause=%s reason=%s",
                     self.id,
                     code,
                     "client" if by_client else "gateway",
+                    cause,
                     reason,
                 )
                 self._handle(self._protocol.closed(code, reason, by_client=by_client))
                 if self._protocol.stage is Stage.FATALLY_CLOSED or self._stop.is_set():
                     break
+                kind = "resume" if self._protocol.session is not None else "identify"
+                self.stats.reconnects[(kind, cause)] += 1
                 if time.monotonic() - opened >= _STABLE_AFTER:
                     backoff = backoff.reset()
                 delay = max(self._reconnect_delay, backoff.delay(self._rng))
@@ -429,16 +450,18 @@ class Shard:
         if seconds > 0 and not self._stop.is_set():
             gevent.sleep(seconds)
 
-    def _read(self, conn: Connection) -> tuple[int | None, str, bool]:
-        """Read until the connection ends; return its close code, reason and who closed."""
+    def _read(self, conn: Connection) -> tuple[int | None, str, bool, str]:
+        """Read until the connection ends; return its close code, reason, who closed, and why."""
         inflater = ZlibStreamInflater() if self._protocol.compression else None
         while True:
             try:
                 messages = conn.receive()
             except ConnectionClosed as closed:
                 if self._client_close is not None:
-                    return self._client_close[0], self._client_close[1], True
-                return closed.code, closed.reason, False
+                    code, reason, cause = self._client_close
+                    return code, reason, True, cause
+                cause = "dropped" if closed.code is None else "gateway_close"
+                return closed.code, closed.reason, False, cause
             now = time.monotonic()
             for opcode, payload in messages:
                 if opcode == OP_BINARY and inflater is not None:
@@ -465,6 +488,7 @@ class Shard:
                 name, sequence = peeked
                 if name not in _SESSION_DISPATCHES and not protocol.wants_dispatch(name):
                     protocol.skip_dispatch(sequence)
+                    self.stats.filtered += 1
                     return
         if self._wants_payload:
             self._put(Event(EventType.SHARD_PAYLOAD, "SHARD_PAYLOAD", self.id, None, payload))
@@ -473,7 +497,10 @@ class Shard:
             name = message.get("t")
             if message.get("op") == 0 and name not in _SESSION_DISPATCHES:
                 event = protocol.dispatch(name or "", message.get("s"), message.get("d"))
-                if event is not None:
+                if event is None:
+                    self.stats.filtered += 1
+                else:
+                    self.stats.events[event.name] += 1
                     self._events.put((self.id, event))
                 return
             actions = protocol.receive(message, now)
@@ -485,7 +512,7 @@ class Shard:
     def _undecodable(self, reason: str) -> None:
         # The stream can't be trusted past this point; resuming replays what was lost.
         log.warning("shard %d: %s; reconnecting", self.id, reason)
-        self._close_connection(CloseCode.RESUMABLE, "undecodable payload")
+        self._close_connection(CloseCode.RESUMABLE, "undecodable payload", "undecodable")
 
     # --- carrying out the protocol's actions ---------------------------------
 
@@ -494,10 +521,14 @@ class Shard:
             self._mark_new_session()
         for action in actions:
             if isinstance(action, Deliver):
+                if action.event.sequence is not None:
+                    self.stats.events[action.event.name] += 1
                 self._put(action.event)
             elif isinstance(action, Send):
                 if action.heartbeat and self._ratelimiter is not None:
                     self._ratelimiter.heartbeat()
+                elif action.op == Opcode.RESUME:
+                    self.stats.resumes += 1
                 self._send_protocol(action.payload)
             elif isinstance(action, Heartbeat):
                 if self._ratelimiter is not None:
@@ -508,7 +539,7 @@ class Shard:
             elif isinstance(action, ReconnectAction):
                 log.info("shard %d: reconnecting (%s)", self.id, action.reason)
                 self._reconnect_delay = action.delay
-                self._close_connection(action.code, action.reason)
+                self._close_connection(action.code, action.reason, action.cause)
             elif isinstance(action, Fail):
                 log.error("shard %d: fatally closed: %s", self.id, action.error)
                 self._stop.set()
@@ -573,11 +604,23 @@ class Shard:
             log.warning(
                 "shard %d: no HELLO within %.1f s; reconnecting", self.id, self._connect_timeout
             )
-            self._close_connection(CloseCode.RESUMABLE, "no HELLO")
+            self._close_connection(CloseCode.RESUMABLE, "no HELLO", "no_hello")
 
     def _identify(self) -> None:
-        self._queue.request(self.id, self.total)
+        started = time.monotonic()
+        try:
+            self._queue.request(self.id, self.total)
+        except QueueError as err:
+            # Fail closed: no IDENTIFY without a permit. The reconnect (with
+            # backoff) asks the queue again.
+            log.error("shard %d: identify queue refused: %s", self.id, err)
+            self._close_connection(CloseCode.RESUMABLE, "identify queue refused", "queue_error")
+            return
+        waited = time.monotonic() - started
+        self.stats.identify_waits += 1
+        self.stats.identify_wait_seconds += waited
         if self._conn is not None and not self._stop.is_set():
+            self.stats.identifies += 1
             self._handle(self._protocol.identify())
 
     def _spawn_helper(self, func: Callable[..., None], *args: Any) -> None:
@@ -597,11 +640,11 @@ class Shard:
         if others:
             gevent.killall(others, block=False)
 
-    def _close_connection(self, code: int, reason: str) -> None:
+    def _close_connection(self, code: int, reason: str, cause: str) -> None:
         conn = self._conn
         if conn is None or conn.closed:
             return
-        self._client_close = (code, reason)
+        self._client_close = (code, reason, cause)
         conn.close(code, reason)
 
     def _finish(self) -> None:
