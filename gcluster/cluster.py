@@ -169,6 +169,7 @@ class Cluster:
         # What the application has finished with; only kept with a session store.
         self._consumed: ConsumedSessions | None = None
         self._housekeeper: gevent.Greenlet | None = None
+        self._queue: Queue | None = None
 
     @classmethod
     def new(cls, token: str | Token, intents: int, **options: Any) -> Cluster:
@@ -333,6 +334,21 @@ class Cluster:
         self._get(shard_id).restart()
 
     @property
+    def session_starts_remaining(self) -> int | None:
+        """IDENTIFYs left today as far as this process knows; None if it never asked.
+
+        The identify queue's own count when it keeps one, else GET /gateway/bot's
+        figure at start less the IDENTIFYs this cluster sent since.
+        """
+        remaining = getattr(self._queue, "remaining", None)
+        if isinstance(remaining, int):
+            return remaining
+        if self._gateway is None:
+            return None
+        spent = sum(shard.stats.identifies for shard in self._shards.values())
+        return max(0, self._gateway.session_start_limit.remaining - spent)
+
+    @property
     def backlog(self) -> int:
         """Events queued for `events()` and not read yet."""
         return int(self._events.qsize())
@@ -359,6 +375,7 @@ class Cluster:
         queue = (
             config.queue if config.queue is not None else LocalQueue(max_concurrency=concurrency)
         )
+        self._queue = queue
         ids, total = config.shard_scheme.resolve(recommended)
         sessions = dict(config.resume_sessions)
         if config.session_store is not None:
