@@ -36,6 +36,7 @@ from gcluster.errors import (
 )
 from gcluster.events import Event, EventTypeFlags
 from gcluster.http import DEFAULT_API_BASE, GatewayBot, get_gateway_bot
+from gcluster.inflate import resolve_compression
 from gcluster.message import Message
 from gcluster.protocol import ResumeSession, default_properties
 from gcluster.queue import LocalQueue, Queue
@@ -71,7 +72,7 @@ class ClusterConfig:
     queue: Queue | None = None
     resume_sessions: Mapping[int, ResumeSession] = field(default_factory=dict)
     ratelimit_payloads: bool = True
-    compression: bool = True
+    compression: bool | str | None = True
     connect_timeout: float = 10.0
     ssl_context: Any = None
     session_store: SessionStore | None = None
@@ -88,6 +89,10 @@ class ClusterConfig:
             raise ConfigError("presence must be an UpdatePresence")
         if self.connect_timeout <= 0:
             raise ConfigError("connect_timeout must be positive")
+        try:
+            resolve_compression(self.compression)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
         if self.backlog_warning < 1:
             raise ConfigError("backlog_warning must be at least 1")
         if self.session_store is not None and not isinstance(self.session_store, SessionStore):
@@ -144,7 +149,9 @@ class Cluster:
         queue: the identify queue; default a `LocalQueue` sized by /gateway/bot.
         resume_sessions: `{shard_id: ResumeSession}`; those shards RESUME.
         ratelimit_payloads: keep commands within Discord's 120 per 60 s.
-        compression: zlib-stream transport compression.
+        compression: transport compression: True or "zlib-stream" (default),
+            "zstd-stream" (needs the zstd extra), "best" (zstd when installed,
+            else zlib), False for none.
         connect_timeout: seconds for one connection attempt (TCP, TLS, handshake)
             and for HELLO to follow.
         ssl_context: a `gevent.ssl.SSLContext` for wss (e.g. with a custom CA);
@@ -393,7 +400,7 @@ class Cluster:
                 session=sessions.get(shard_id),
                 queue=queue,
                 events=self._events,
-                compression=config.compression,
+                compression=resolve_compression(config.compression),
                 connect_timeout=config.connect_timeout,
                 ssl_context=config.ssl_context,
                 on_fatal=self._shard_failed,
@@ -554,7 +561,7 @@ class ClusterBuilder:
     def ratelimit_payloads(self, value: bool) -> ClusterBuilder:
         return self._set("ratelimit_payloads", value)
 
-    def compression(self, value: bool) -> ClusterBuilder:
+    def compression(self, value: bool | str | None) -> ClusterBuilder:
         return self._set("compression", value)
 
     def connect_timeout(self, value: float) -> ClusterBuilder:

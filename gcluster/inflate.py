@@ -1,19 +1,44 @@
-"""The zlib-stream inflater: one decompressor for the life of a connection.
+"""Transport decompression: one decompressor for the life of a connection.
 
 With `compress=zlib-stream` Discord compresses the whole connection as one zlib
 stream and flushes it after each message, so a message is complete exactly
 when the compressed bytes received so far end in the sync-flush marker
 `00 00 ff ff`. A message may arrive split over several websocket frames; the
 pieces are buffered until the marker shows up.
+
+With `compress=zstd-stream` (needs the `zstandard` package) the connection is
+one zstd stream instead, flushed after each message: every websocket message
+decompresses to exactly one gateway message. Discord reports about 40% less
+traffic than zlib-stream.
 """
 
 from __future__ import annotations
 
 import zlib
+from typing import Any, Final, Protocol
 
-__all__ = ["ZLIB_SUFFIX", "ZlibStreamInflater"]
+__all__ = [
+    "ZLIB_SUFFIX",
+    "ZSTD_STREAM",
+    "ZLIB_STREAM",
+    "Inflater",
+    "ZlibStreamInflater",
+    "ZstdStreamInflater",
+    "inflater_for",
+    "resolve_compression",
+    "zstd_available",
+]
 
 ZLIB_SUFFIX = b"\x00\x00\xff\xff"
+ZLIB_STREAM: Final = "zlib-stream"
+ZSTD_STREAM: Final = "zstd-stream"
+
+
+class Inflater(Protocol):
+    compressed_bytes: int
+    decompressed_bytes: int
+
+    def feed(self, data: bytes) -> bytes | None: ...
 
 
 class ZlibStreamInflater:
@@ -55,3 +80,72 @@ class ZlibStreamInflater:
     def pending(self) -> int:
         """Bytes buffered for a message whose end has not arrived yet."""
         return len(self._buffer)
+
+
+class ZstdStreamInflater:
+    """Turns zstd-stream messages into JSON messages; one per connection."""
+
+    __slots__ = ("_decompressor", "compressed_bytes", "decompressed_bytes")
+
+    def __init__(self) -> None:
+        import zstandard
+
+        self._decompressor: Any = zstandard.ZstdDecompressor().decompressobj()
+        self.compressed_bytes = 0
+        self.decompressed_bytes = 0
+
+    def feed(self, data: bytes) -> bytes | None:
+        """Add one message's bytes; return what they decompress to (None if nothing yet).
+
+        Raises:
+            zlib.error: the stream is corrupt (zstd's own error, translated so
+                the reader handles both transports alike).
+        """
+        import zstandard
+
+        self.compressed_bytes += len(data)
+        try:
+            message: bytes = self._decompressor.decompress(data)
+        except zstandard.ZstdError as err:
+            raise zlib.error(f"zstd-stream: {err}") from err
+        self.decompressed_bytes += len(message)
+        return message or None
+
+
+def zstd_available() -> bool:
+    try:
+        import zstandard  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_compression(value: bool | str | None) -> str | None:
+    """The `compress` query value for an option: True, "best", a name, or off.
+
+    Raises:
+        ValueError: an unknown name, or zstd-stream without `zstandard` installed.
+    """
+    if value is None or value is False:
+        return None
+    if value is True or value == ZLIB_STREAM:
+        return ZLIB_STREAM
+    if value == "best":
+        return ZSTD_STREAM if zstd_available() else ZLIB_STREAM
+    if value == ZSTD_STREAM:
+        if not zstd_available():
+            raise ValueError(
+                "compression='zstd-stream' needs zstandard: pip install 'gcluster[zstd]'"
+            )
+        return ZSTD_STREAM
+    raise ValueError(
+        f"compression must be True, False, 'zlib-stream', 'zstd-stream' or 'best', not {value!r}"
+    )
+
+
+def inflater_for(compression: str | None) -> Inflater | None:
+    if compression == ZSTD_STREAM:
+        return ZstdStreamInflater()
+    if compression == ZLIB_STREAM:
+        return ZlibStreamInflater()
+    return None

@@ -249,7 +249,8 @@ class ShardProtocol:
         properties: IDENTIFY's connection properties.
         large_threshold: IDENTIFY's large_threshold.
         presence: IDENTIFY's presence (an UpdatePresence's `d`), or None.
-        compression: ask for zlib-stream transport compression.
+        compression: the transport compression to ask for ("zlib-stream",
+            "zstd-stream") or None.
         rng: source of the heartbeat jitter and the op 9 wait (injectable for tests).
         observe_latency: called with each heartbeat round trip, in seconds.
     """
@@ -266,7 +267,7 @@ class ShardProtocol:
         properties: Mapping[str, str] | None = None,
         large_threshold: int = 50,
         presence: Mapping[str, Any] | None = None,
-        compression: bool = True,
+        compression: str | None = "zlib-stream",
         rng: Callable[[], float] = random.random,
         observe_latency: Callable[[float], None] | None = None,
     ) -> None:
@@ -305,7 +306,7 @@ class ShardProtocol:
         base = self.resume_url if self.session is not None and self.resume_url else gateway_url
         query = f"v={API_VERSION}&encoding=json"
         if self.compression:
-            query += "&compress=zlib-stream"
+            query += f"&compress={self.compression}"
         return f"{base.rstrip('/')}/?{query}"
 
     @property

@@ -34,7 +34,7 @@ from gcluster.commands import Command, encode
 from gcluster.errors import CommandSendingError, ConnectionFailed, GatewayClosedError, QueueError
 from gcluster.events import Event, EventType, EventTypeFlags
 from gcluster.frames import OP_BINARY, OP_TEXT
-from gcluster.inflate import ZlibStreamInflater
+from gcluster.inflate import inflater_for
 from gcluster.message import Message, MessageKind
 from gcluster.peek import peek_dispatch
 from gcluster.protocol import (
@@ -114,7 +114,7 @@ class Shard:
         session: resume this session instead of identifying.
         queue: the identify queue; NoOpQueue when None.
         events: where to put events.
-        compression: zlib-stream transport compression.
+        compression: transport compression: "zlib-stream", "zstd-stream" or None.
         connect_timeout: seconds for TCP + TLS + handshake.
         ssl_context: a gevent SSL context for wss (verifying by default).
         on_fatal: called with the shard once it is fatally closed.
@@ -136,7 +136,7 @@ class Shard:
         session: ResumeSession | None = None,
         queue: Queue | None = None,
         events: EventQueue | None = None,
-        compression: bool = True,
+        compression: str | None = "zlib-stream",
         connect_timeout: float = 10.0,
         ssl_context: Any = None,
         on_fatal: Callable[[Shard], None] | None = None,
@@ -452,7 +452,7 @@ class Shard:
 
     def _read(self, conn: Connection) -> tuple[int | None, str, bool, str]:
         """Read until the connection ends; return its close code, reason, who closed, and why."""
-        inflater = ZlibStreamInflater() if self._protocol.compression else None
+        inflater = inflater_for(self._protocol.compression)
         while True:
             try:
                 messages = conn.receive()

@@ -131,3 +131,31 @@ def test_inflater_rejects_a_corrupt_stream() -> None:
 )
 def test_peek(raw: bytes, expected: tuple[str, int] | None) -> None:
     assert peek_dispatch(raw) == expected
+
+
+@pytest.mark.extras
+def test_zstd_inflater_decodes_one_message_per_flush() -> None:
+    import zstandard
+
+    from gcluster.inflate import ZstdStreamInflater
+
+    compressor = zstandard.ZstdCompressor().compressobj()
+    messages = [b'{"op":%d,"d":"%s"}' % (n, b"z" * n) for n in range(50)]
+    chunks = [
+        compressor.compress(m) + compressor.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
+        for m in messages
+    ]
+    inflater = ZstdStreamInflater()
+    assert [inflater.feed(chunk) for chunk in chunks] == messages
+    with pytest.raises(zlib.error):
+        ZstdStreamInflater().feed(b"\x00garbage that is not zstd")
+
+
+def test_compression_option_values() -> None:
+    from gcluster.inflate import ZLIB_STREAM, ZSTD_STREAM, resolve_compression, zstd_available
+
+    assert resolve_compression(True) == resolve_compression("zlib-stream") == ZLIB_STREAM
+    assert resolve_compression(False) is None and resolve_compression(None) is None
+    assert resolve_compression("best") == (ZSTD_STREAM if zstd_available() else ZLIB_STREAM)
+    with pytest.raises(ValueError):
+        resolve_compression("deflate")
