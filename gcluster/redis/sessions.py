@@ -1,0 +1,117 @@
+"""RedisSessionStore: shards' resumable sessions kept in Redis.
+
+A process that stops or crashes leaves its shards' sessions behind, and the
+process that takes the shards over RESUMEs them instead of spending new
+session starts. One key per shard, `{namespace}:session:<shard_id>`, holds the
+JSON of `ResumeSession.to_dict()`; the hash tag keeps every key of a bot in one
+Redis Cluster slot, so `load` is a single MGET.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+
+from redis.exceptions import RedisError
+
+from gcluster.errors import GClusterError
+from gcluster.protocol import ResumeSession
+from gcluster.redis._client import Client, blocking, hash_tag, make_client, safe_url
+
+__all__ = ["RedisSessionStore", "SessionStoreError"]
+
+log = logging.getLogger(__name__)
+
+
+class SessionStoreError(GClusterError):
+    """A session store could not load or save sessions (Redis unreachable, ...)."""
+
+
+class RedisSessionStore:
+    """Keeps one `ResumeSession` per shard in Redis (a `gcluster.sessions.SessionStore`).
+
+    Args:
+        url: e.g. "redis://localhost:6379/0" (or pass `client`).
+        namespace: key prefix of this bot; also the Redis Cluster hash tag.
+        client: a ready redis-py client (Redis or RedisCluster) instead of `url`.
+        connect_timeout, timeout: seconds to connect to Redis and to wait for a reply.
+
+    Raises:
+        ValueError: a bad namespace, or both or neither of url and client.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        namespace: str = "gcluster",
+        client: Client | None = None,
+        connect_timeout: float = 2.0,
+        timeout: float = 5.0,
+    ) -> None:
+        self.namespace = namespace
+        self._prefix = f"{hash_tag(namespace)}:session:"
+        self._url = url
+        self._owns_client = client is None
+        self._client = make_client(url, client, connect_timeout=connect_timeout, timeout=timeout)
+
+    def key(self, shard_id: int) -> str:
+        """The key holding a shard's session."""
+        return f"{self._prefix}{shard_id}"
+
+    def load(self, shard_ids: Iterable[int]) -> dict[int, ResumeSession]:
+        """The saved sessions of those shards; shards without one are left out.
+
+        A value that is not a valid session is logged and left out: the shard
+        identifies instead.
+
+        Raises:
+            SessionStoreError: Redis could not answer.
+        """
+        ids = list(dict.fromkeys(shard_ids))
+        if not ids:
+            return {}
+        try:
+            values = blocking(self._client.mget, [self.key(i) for i in ids])
+        except (RedisError, OSError) as err:
+            raise self._error("load", err) from err
+        sessions: dict[int, ResumeSession] = {}
+        for shard_id, raw in zip(ids, values, strict=True):
+            if raw is None:
+                continue
+            try:
+                sessions[shard_id] = ResumeSession.from_dict(json.loads(raw))
+            except (ValueError, TypeError) as err:
+                log.warning("ignoring the saved session of shard %d: %s", shard_id, err)
+        return sessions
+
+    def save(self, shard_id: int, session: ResumeSession | None) -> None:
+        """Save a shard's session; None deletes it (the session ended).
+
+        Raises:
+            SessionStoreError: Redis could not answer.
+        """
+        key = self.key(shard_id)
+        try:
+            if session is None:
+                blocking(self._client.delete, key)
+            else:
+                blocking(self._client.set, key, json.dumps(session.to_dict()))
+        except (RedisError, OSError) as err:
+            raise self._error("save", err) from err
+
+    def close(self) -> None:
+        """Close the connections of a client this store made (not of one it was given)."""
+        if self._owns_client:
+            self._client.close()
+
+    def _error(self, action: str, err: Exception) -> SessionStoreError:
+        where = safe_url(self._url, self._client)
+        return SessionStoreError(f"session store: could not {action} at Redis {where}: {err}")
+
+    def __repr__(self) -> str:
+        return (
+            f"RedisSessionStore({safe_url(self._url, self._client)!r}, "
+            f"namespace={self.namespace!r})"
+        )
