@@ -51,8 +51,9 @@ from gcluster.events import Event, EventType, EventTypeFlags
 from gcluster.intents import Intents
 from gcluster.message import Message
 from gcluster.protocol import Latency, ResumeSession, Stage
-from gcluster.queue import LocalQueue, NoOpQueue, Queue
+from gcluster.queue import ConfigurableQueue, HttpQueue, LocalQueue, NoOpQueue, Queue
 from gcluster.scheme import ShardScheme
+from gcluster.sessions import MemorySessionStore, SessionStore
 from gcluster.shard import Information, Shard
 
 __version__ = "0.1.0"
@@ -71,6 +72,7 @@ __all__ = [
     "Command",
     "CommandSendingError",
     "ConfigError",
+    "ConfigurableQueue",
     "ConnectionFailed",
     "DisallowedIntents",
     "Event",
@@ -78,6 +80,7 @@ __all__ = [
     "EventTypeFlags",
     "GClusterError",
     "GatewayClosedError",
+    "HttpQueue",
     "Information",
     "Intents",
     "InvalidApiVersion",
@@ -86,6 +89,7 @@ __all__ = [
     "InvalidShard",
     "Latency",
     "LocalQueue",
+    "MemorySessionStore",
     "Message",
     "NoOpQueue",
     "PayloadTooLarge",
@@ -95,6 +99,7 @@ __all__ = [
     "RequestSoundboardSounds",
     "ResumeSession",
     "SessionStartLimitExhausted",
+    "SessionStore",
     "Shard",
     "ShardNonexistent",
     "ShardScheme",

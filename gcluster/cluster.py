@@ -31,7 +31,7 @@ from gcluster.errors import (
     ClusterStartError,
     ClusterStartErrorType,
     ConfigError,
-    GatewayClosedError,
+    GClusterError,
     ShardNonexistent,
 )
 from gcluster.events import Event, EventTypeFlags
@@ -39,7 +39,7 @@ from gcluster.http import DEFAULT_API_BASE, GatewayBot, get_gateway_bot
 from gcluster.inflate import resolve_compression
 from gcluster.message import Message
 from gcluster.protocol import ResumeSession, default_properties
-from gcluster.queue import LocalQueue, Queue
+from gcluster.queue import ConfigurableQueue, LocalQueue, Queue
 from gcluster.scheme import ShardScheme
 from gcluster.sessions import ConsumedSessions, SessionMark, SessionStore
 from gcluster.shard import Information, Shard
@@ -315,7 +315,7 @@ class Cluster:
                 queue.put(_END)  # other iterators end too
                 self._save_sessions()
                 return
-            if isinstance(item, GatewayClosedError):
+            if isinstance(item, GClusterError):
                 queue.put(item)
                 raise item
             if consumed is None:
@@ -372,16 +372,22 @@ class Cluster:
         config = self._config
         gateway_url = config.gateway_url
         recommended = 1
-        concurrency = 1
-        # A given gateway URL skips the lookup unless the scheme needs Discord's count.
-        if gateway_url is None or config.shard_scheme.is_auto:
+        queue = config.queue
+        # A given gateway URL skips the lookup, unless the scheme needs Discord's
+        # count or the queue needs the identify limits.
+        if (
+            gateway_url is None
+            or config.shard_scheme.is_auto
+            or isinstance(queue, ConfigurableQueue)
+        ):
             self._gateway = get_gateway_bot(config.api_base, config.token)
             recommended = self._gateway.shards
-            concurrency = self._gateway.session_start_limit.max_concurrency
             gateway_url = gateway_url or self._gateway.url
-        queue = (
-            config.queue if config.queue is not None else LocalQueue(max_concurrency=concurrency)
-        )
+        limit = self._gateway.session_start_limit if self._gateway is not None else None
+        if queue is None:
+            queue = LocalQueue(session_start_limit=limit)
+        elif isinstance(queue, ConfigurableQueue) and limit is not None:
+            queue.configure(limit.max_concurrency, limit)
         self._queue = queue
         ids, total = config.shard_scheme.resolve(recommended)
         sessions = dict(config.resume_sessions)
@@ -389,6 +395,9 @@ class Cluster:
             # Sessions given explicitly win over stored ones.
             sessions = {**config.session_store.load(ids), **sessions}
             self._consumed = ConsumedSessions(sessions)
+        if isinstance(queue, ConfigurableQueue):
+            # Fail before any IDENTIFY rather than spend the day's last session starts.
+            queue.check_budget(sum(1 for shard_id in ids if shard_id not in sessions))
         for shard_id in ids:
             self._shards[shard_id] = Shard(
                 shard_id,

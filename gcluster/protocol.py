@@ -27,7 +27,7 @@ from typing import Any, Final
 import ujson
 
 from gcluster._token import Token
-from gcluster.errors import GatewayClosedError, closed_error
+from gcluster.errors import GClusterError, closed_error
 from gcluster.events import Event, EventType, EventTypeFlags, dispatch_kind, event_type, flag_for
 
 __all__ = [
@@ -210,7 +210,7 @@ class ReconnectAction:
 
 @dataclass(frozen=True, slots=True)
 class Fail:
-    error: GatewayClosedError
+    error: GClusterError
 
 
 Action = Send | Deliver | Heartbeat | Identify | ReconnectAction | Fail
@@ -288,7 +288,7 @@ class ShardProtocol:
         self.session_id: str | None = session.session_id if session else None
         self.sequence: int | None = session.sequence if session else None
         self.resume_url: str | None = session.resume_url if session else None
-        self.error: GatewayClosedError | None = None
+        self.error: GClusterError | None = None
         self._identified = False  # IDENTIFY or RESUME sent on this connection
         self._heartbeats = _Heartbeats()
 
@@ -450,6 +450,8 @@ class ShardProtocol:
                 a client close with 1000/1001 ends the session.
         """
         self._identified = False
+        if self.stage is Stage.FATALLY_CLOSED:
+            return []  # the shard gave up before the socket closed (see give_up)
         if by_client:
             if code in (CloseCode.NORMAL, CloseCode.GOING_AWAY):
                 self._forget_session()
@@ -471,6 +473,16 @@ class ShardProtocol:
         if verdict is CloseVerdict.REIDENTIFY:
             self._forget_session()
         return events
+
+    def give_up(self, error: GClusterError) -> list[Action]:
+        """Stop for good for a reason of this side's (the day's session starts are spent)."""
+        self._forget_session()
+        self.stage = Stage.FATALLY_CLOSED
+        self.error = error
+        events = self._lifecycle(
+            EventType.SHARD_DISCONNECTED, {"code": None, "reason": str(error), "fatal": True}
+        )
+        return [*events, Fail(error)]
 
     def shutting_down(self, *, resumable: bool) -> int:
         """The application stops the shard; returns the close code to send."""

@@ -31,7 +31,13 @@ from gcluster import hubwatch
 from gcluster._token import Token
 from gcluster.backoff import Backoff
 from gcluster.commands import Command, encode
-from gcluster.errors import CommandSendingError, ConnectionFailed, GatewayClosedError, QueueError
+from gcluster.errors import (
+    CommandSendingError,
+    ConnectionFailed,
+    GClusterError,
+    QueueError,
+    SessionStartLimitExhausted,
+)
 from gcluster.events import Event, EventType, EventTypeFlags
 from gcluster.frames import OP_BINARY, OP_TEXT
 from gcluster.inflate import inflater_for
@@ -95,7 +101,7 @@ class Information:
     sequence: int | None
     resume_url: str | None
     ratelimit: tuple[int, float] | None
-    error: GatewayClosedError | None
+    error: GClusterError | None
 
 
 class Shard:
@@ -266,7 +272,7 @@ class Shard:
         self.start()
 
     @property
-    def error(self) -> GatewayClosedError | None:
+    def error(self) -> GClusterError | None:
         return self._protocol.error
 
     @property
@@ -610,6 +616,12 @@ class Shard:
         started = time.monotonic()
         try:
             self._queue.request(self.id, self.total)
+        except SessionStartLimitExhausted as err:
+            # Retrying cannot help before the reset, and wait_for_reset on the
+            # queue is how to ask for waiting: stop this shard, loudly.
+            self._handle(self._protocol.give_up(err))
+            self._close_connection(CloseCode.NORMAL, "session start limit", "session_start_limit")
+            return
         except QueueError as err:
             # Fail closed: no IDENTIFY without a permit. The reconnect (with
             # backoff) asks the queue again.

@@ -20,6 +20,7 @@ from gcluster import (
     NoOpQueue,
     RequestGuildMembers,
     ResumeSession,
+    SessionStartLimitExhausted,
     ShardNonexistent,
     ShardScheme,
     Stage,
@@ -283,3 +284,14 @@ def test_unreachable_rest_is_a_start_error() -> None:
     with pytest.raises(ClusterStartError) as caught:
         cluster.up(timeout=TIMEOUT)
     assert caught.value.kind is ClusterStartErrorType.RETRIEVING_GATEWAY_INFO
+
+
+def test_too_few_session_starts_fail_before_any_identify(make_sim: MakeSim) -> None:
+    sim = make_sim(shards=4, max_concurrency=4, session_start_remaining=3)
+    cluster = make_cluster(sim)
+    with pytest.raises(SessionStartLimitExhausted) as caught:
+        cluster.up(timeout=TIMEOUT)
+    # One start is always kept back: spending the last one resets the bot's token.
+    assert caught.value.needed == 4 and caught.value.remaining == 2
+    assert sim.records.connections == [] and sim.records.identifies == []
+    cluster.down()
