@@ -333,6 +333,9 @@ def test_payloads_over_the_rate_limit_close_4008(sim: GatewaySimulator, client: 
         client.send(1, None)
     assert client.expect_close() == 4008
     assert len(sim.records.heartbeats) == 120
+    [violation] = sim.records.violations
+    assert (violation.kind, violation.shard_id, violation.bucket) == ("ratelimit", None, None)
+    assert violation.connection_id == sim.records.connections[0].id
 
 
 def test_resume_with_a_sequence_from_the_future_closes_4007(sim: GatewaySimulator) -> None:
@@ -363,6 +366,12 @@ def test_identify_needs_a_shard_when_sharded_and_a_session_start_left() -> None:
         assert second.expect_close() == 4004
         _, body = http_get(sim, "/api/v10/gateway/bot", Authorization=f"Bot {TOKEN}")
         assert body["session_start_limit"]["remaining"] == 0
+        [violation] = sim.records.violations
+        assert (violation.kind, violation.shard_id, violation.bucket) == (
+            "session_start_limit",
+            1,
+            0,
+        )
         first.close()
 
 
@@ -590,16 +599,20 @@ def test_reconnect_shard_sends_op_7(sim: GatewaySimulator, client: Client) -> No
     assert sim.session(0) is not None
 
 
-def test_invalidate_session(sim: GatewaySimulator, client: Client) -> None:
-    client.ready()
-    sim.invalidate_session(0, True)
-    assert client.recv()["d"] is True
-    assert sim.session(0) is not None
-    sim.invalidate_session(0, False)
-    assert client.recv() == {"t": None, "s": None, "op": 9, "d": False}
-    assert sim.session(0) is None
-    client.identify()  # allowed again on the same connection
-    assert client.recv()["t"] == "READY"
+def test_invalidate_session() -> None:
+    # No identify interval: the second IDENTIFY follows the first at once.
+    with GatewaySimulator(token=TOKEN, identify_interval=0) as sim:
+        client = connect(sim)
+        client.ready()
+        sim.invalidate_session(0, True)
+        assert client.recv()["d"] is True
+        assert sim.session(0) is not None
+        sim.invalidate_session(0, False)
+        assert client.recv() == {"t": None, "s": None, "op": 9, "d": False}
+        assert sim.session(0) is None
+        client.identify()  # allowed again on the same connection
+        assert client.recv()["t"] == "READY"
+        client.close()
 
 
 def test_drop_shard_resets_tcp(sim: GatewaySimulator, client: Client) -> None:

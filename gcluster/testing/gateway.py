@@ -585,7 +585,7 @@ class Gateway:
 
     def arm(self, plan: faults.FaultPlan) -> None:
         """Count dispatches toward ``plan`` (one with ``after_dispatches``)."""
-        assert plan.after_dispatches is not None
+        assert plan.after_dispatches is not None and plan.shard_id is not None
         if plan.after_dispatches == 0:
             self.apply_fault(plan.shard_id, plan.fault)
         else:

@@ -428,15 +428,23 @@ def guild_create(guild: GuildFixture, *, size_bytes: int | None = None) -> dict[
         "application_id": None,
     }
     if size_bytes is not None:
-        # ~1 KB for everything but the members; members are ~750 bytes each.
-        # Estimating from one serialized member avoids re-encoding the whole
-        # guild after every addition.
+        # Members are added until the guild reaches the size, each measured
+        # once as the simulator sends it (UTF-8, slashes unescaped), so the
+        # whole guild is never re-encoded.
         import ujson
 
-        base = len(ujson.dumps(data))
-        per_member = len(ujson.dumps(_extra_member(guild, 0))) + 1
-        extra = max(0, -(-(size_bytes - base) // per_member))
-        members.extend(_extra_member(guild, i) for i in range(extra))
+        def size(value: Any) -> int:
+            return len(
+                ujson.dumps(value, ensure_ascii=False, escape_forward_slashes=False).encode()
+            )
+
+        total = size(data)
+        for index in itertools.count():
+            if total >= size_bytes:
+                break
+            member = _extra_member(guild, index)
+            members.append(member)
+            total += size(member) + 1  # and its comma
         data["member_count"] = len(members)
         data["large"] = len(members) > 250
     return data

@@ -4,22 +4,27 @@ Discord serves REST and the gateway from different hosts; a test wants one
 port. Each accepted socket's request is parsed with h11: a plain request gets
 a REST answer (and ``Connection: close``), an ``Upgrade: websocket`` request is
 handed, bytes and all, to a fresh wsproto server connection that completes the
-handshake. The server runs as greenlets in the hub of the thread that starts
-it, on gevent sockets, and never monkey-patches.
+handshake. With an SSL context every accepted socket first completes a TLS
+handshake (gevent's SSL socket), so REST and websockets are both served over
+TLS. The server runs as greenlets in the hub of the thread that starts it, on
+gevent sockets, and never monkey-patches.
 """
 
 from __future__ import annotations
 
 import http
+import logging
+import ssl
 from collections.abc import Callable
 from typing import Any
 
+import gevent.ssl
 import h11
 import ujson
 from gevent.pool import Pool
 from gevent.server import StreamServer
 from wsproto import ConnectionType, WSConnection
-from wsproto.events import AcceptConnection, Request
+from wsproto.events import AcceptConnection, RejectConnection, RejectData, Request
 from wsproto.utilities import RemoteProtocolError
 
 __all__ = ["Server"]
@@ -28,10 +33,14 @@ _RECV_BYTES = 65536
 # A request line and headers bigger than this are not a gateway client's.
 _MAX_REQUEST_BYTES = 64 * 1024
 
+log = logging.getLogger(__name__)
+
 RestHandler = Callable[[str, str, "str | None"], tuple[int, dict[str, Any]]]
 """``(method, path, authorization) -> (status, body)``."""
 WebSocketHandler = Callable[[Any, WSConnection, str, tuple[str, int]], None]
 """``(sock, ws, target, address)``: serves the accepted websocket until it ends."""
+UpgradeFilter = Callable[[str, tuple[str, int]], bool]
+"""``(target, address) -> accept``: False refuses the upgrade with 503."""
 
 
 class Server:
@@ -45,10 +54,14 @@ class Server:
         on_rest: RestHandler,
         on_websocket: WebSocketHandler,
         on_request: Callable[[str, str, int], None] | None = None,
+        admit: UpgradeFilter | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self._on_rest = on_rest
         self._on_websocket = on_websocket
         self._on_request = on_request
+        self._admit = admit
+        self._ssl_context = ssl_context
         # Every handler greenlet joins this (unbounded) pool, so stop() can end them all.
         self._handlers = Pool()
         self._server = StreamServer((host, port), self._handle, spawn=self._handlers)
@@ -69,6 +82,35 @@ class Server:
         self._handlers.kill(block=True, timeout=1)
 
     def _handle(self, sock: Any, address: tuple[str, int]) -> None:
+        if self._ssl_context is None:
+            self._serve(sock, address)
+            return
+        try:
+            # gevent's SSLSocket accepts any ssl.SSLContext and keeps the
+            # handshake cooperative; the plain socket is detached into it.
+            tls = gevent.ssl.SSLSocket(
+                sock=sock,
+                server_side=True,
+                do_handshake_on_connect=False,
+                _context=self._ssl_context,
+            )
+        except (ssl.SSLError, OSError, ValueError) as err:
+            log.debug("TLS setup for %s failed: %s", address, err)
+            sock.close()
+            return
+        try:
+            tls.do_handshake()
+        except (ssl.SSLError, OSError) as err:
+            # A client that does not trust the certificate aborts here.
+            log.debug("TLS handshake with %s failed: %s", address, err)
+            tls.close()
+            return
+        try:
+            self._serve(tls, address)
+        finally:
+            tls.close()
+
+    def _serve(self, sock: Any, address: tuple[str, int]) -> None:
         conn = h11.Connection(h11.SERVER)
         raw = bytearray()
         try:
@@ -111,6 +153,16 @@ class Server:
             return
         request = next((e for e in ws.events() if isinstance(e, Request)), None)
         if request is None:
+            return
+        if self._admit is not None and not self._admit(request.target, address):
+            body = ujson.dumps({"message": "503: Service Unavailable", "code": 0}).encode()
+            headers = [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ]
+            reject = RejectConnection(status_code=503, headers=headers, has_body=True)
+            sock.sendall(ws.send(reject) + ws.send(RejectData(data=body)))
             return
         # No extensions: Discord compresses with zlib-stream, not permessage-deflate.
         sock.sendall(ws.send(AcceptConnection()))

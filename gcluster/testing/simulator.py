@@ -4,14 +4,16 @@ Loopback tests need a peer that behaves like Discord — HELLO, IDENTIFY and
 READY, sequence numbers, RESUME with replay, the close codes — and that a test
 can script: send it events, make it fail, and ask afterwards what happened.
 This is the public face of that peer; the work is split among `server` (one
-port for HTTP and websockets), `wire` (websocket I/O), `connection` (what a
-client may send), `gateway` (sessions and delivery) and `records`.
+port for HTTP and websockets, optionally over TLS), `wire` (websocket I/O),
+`connection` (what a client may send), `gateway` (sessions, delivery, faults
+and the identify and session start rules), `faults` and `records`.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import ssl
 import time
 from collections.abc import Callable, Iterable
 from types import TracebackType
@@ -43,7 +45,8 @@ class GatewaySimulator:
 
     One port serves both: plain HTTP gets REST answers (``GET
     /api/v10/gateway/bot``), ``Upgrade: websocket`` becomes a gateway
-    connection. It runs as greenlets in the hub of the thread that calls
+    connection. With ``ssl_context`` both are served over TLS (``wss://``
+    and ``https://``). It runs as greenlets in the hub of the thread that calls
     `start`, never monkey-patches, and every method must be called from that
     hub; none blocks for long.
 
@@ -60,10 +63,27 @@ class GatewaySimulator:
             (1 << 8) and MESSAGE_CONTENT (1 << 15) the application may use;
             others close with 4014.
         session_start_limit_total: the daily IDENTIFY budget /gateway/bot reports.
-        session_start_remaining: what is left of it; each IDENTIFY spends one.
+        session_start_remaining: what is left of it; each accepted IDENTIFY
+            spends one. An IDENTIFY with none left is closed with 4004 and
+            recorded as a violation.
+        session_start_reset_after: seconds until the budget is back at
+            ``session_start_limit_total``, counted from `start` and then from
+            each reset; /gateway/bot reports what is left of it in ms.
         host: the address to listen on.
         port: the port; 0 picks a free one (see `port`).
         guilds_per_shard: how many guilds READY lists for each shard.
+        identify_interval: seconds an identify bucket (``shard_id %
+            max_concurrency``) must leave between two accepted IDENTIFYs. A
+            faster one gets op 9 ``d = false``, starts no session, spends no
+            session start and is recorded in ``records.violations``; the
+            client may IDENTIFY again on the same connection. 0 disables it.
+        replay_limit: how many of a session's latest dispatches are kept for
+            RESUME. A RESUME that missed older ones gets op 9 ``d = false``
+            and ends the session, as on Discord when too much was missed.
+        ssl_context: a server-side `ssl.SSLContext` (see
+            `gcluster.testing.tls.make_certificates`); the simulator then
+            speaks TLS, and `url`, `resume_url` and `api_base` are
+            ``wss://`` and ``https://``.
 
     .. important:: Not thread-safe: a gevent hub belongs to one thread.
     """
@@ -79,9 +99,13 @@ class GatewaySimulator:
         privileged_intents: int = rules.PRIVILEGED_INTENTS,
         session_start_limit_total: int = 1000,
         session_start_remaining: int = 1000,
+        session_start_reset_after: float = 86_400.0,
         host: str = "127.0.0.1",
         port: int = 0,
         guilds_per_shard: int = 2,
+        identify_interval: float = 5.0,
+        replay_limit: int = 100_000,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         if shards < 1:
             raise ValueError("shards must be >= 1")
@@ -91,6 +115,14 @@ class GatewaySimulator:
             raise ValueError("heartbeat_interval must be > 0")
         if guilds_per_shard < 1:
             raise ValueError("guilds_per_shard must be >= 1")
+        if session_start_reset_after <= 0:
+            raise ValueError("session_start_reset_after must be > 0")
+        if identify_interval < 0:
+            raise ValueError("identify_interval must be >= 0")
+        if replay_limit < 1:
+            raise ValueError("replay_limit must be >= 1")
+        if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
+            raise TypeError("ssl_context must be an ssl.SSLContext")
         self.records = Records()
         """What the simulator saw and did; see `gcluster.testing.records`."""
         self._config = GatewayConfig(
@@ -101,8 +133,12 @@ class GatewaySimulator:
             token=rules.strip_bot_prefix(token),
             privileged_intents=privileged_intents,
             session_start_limit_total=session_start_limit_total,
+            session_start_reset_after=session_start_reset_after,
             guilds_per_shard=guilds_per_shard,
+            identify_interval=identify_interval,
+            replay_limit=replay_limit,
         )
+        self._ssl_context = ssl_context
         self._session_start_remaining = session_start_remaining
         self._host = host
         self._requested_port = port
@@ -140,6 +176,8 @@ class GatewaySimulator:
             on_rest=self._rest,
             on_websocket=self._serve_websocket,
             on_request=self._record_request,
+            admit=self._admit,
+            ssl_context=self._ssl_context,
         )
         self._port = server.bind()
         self._gateway = Gateway(
@@ -193,20 +231,27 @@ class GatewaySimulator:
         return self._port
 
     @property
+    def tls(self) -> bool:
+        """Whether it speaks TLS (it was given an ``ssl_context``)."""
+        return self._ssl_context is not None
+
+    @property
     def url(self) -> str:
-        """The gateway URL, ``ws://127.0.0.1:PORT``, as /gateway/bot reports it."""
-        return f"ws://{self._host}:{self.port}"
+        """The gateway URL, ``ws://127.0.0.1:PORT`` (``wss://`` with TLS), as
+        /gateway/bot reports it."""
+        return f"{'wss' if self.tls else 'ws'}://{self._host}:{self.port}"
 
     @property
     def resume_url(self) -> str:
         """What READY gives as ``resume_gateway_url``: a distinct path, so a test
         can tell a connection there (``ConnectionRecord.path``) from a fresh one."""
-        return f"ws://{self._host}:{self.port}/resume"
+        return f"{self.url}/resume"
 
     @property
     def api_base(self) -> str:
-        """The REST base URL, ``http://127.0.0.1:PORT/api/v10``."""
-        return f"http://{self._host}:{self.port}{rest.API_PREFIX}"
+        """The REST base URL, ``http://127.0.0.1:PORT/api/v10`` (``https://`` with TLS)."""
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://{self._host}:{self.port}{rest.API_PREFIX}"
 
     # -- scripted events ---------------------------------------------------
 
@@ -260,8 +305,9 @@ class GatewaySimulator:
     def close_shard(self, shard_id: int, code: int, reason: str = "") -> int:
         """Close the shard's connections with ``code`` (after what was already sent).
 
-        4007, 4009 and the fatal codes also end the session; others keep it
-        resumable. Returns how many connections it closed.
+        The codes Discord marks as not resumable (4001, 4003, 4004, 4005,
+        4007, 4009-4014) also end the session; others, 1000 and 1001
+        included, keep it resumable. Returns how many connections it closed.
         """
         return self.apply_fault(shard_id, faults.CloseConnection(code=code, reason=reason))
 
@@ -284,19 +330,30 @@ class GatewaySimulator:
         """Send op 1 HEARTBEAT to the shard's connections; returns how many."""
         return self.apply_fault(shard_id, faults.RequestHeartbeat())
 
-    def apply_fault(self, shard_id: int, fault: faults.Fault) -> int:
+    def refuse_connections(self, count: int = 1) -> None:
+        """Answer the next ``count`` websocket upgrades (any shard) with HTTP 503.
+
+        See `faults.RefuseConnections`; each refusal is recorded in ``records.refusals``.
+        """
+        self.apply_fault(None, faults.RefuseConnections(count=count))
+
+    def apply_fault(self, shard_id: int | None, fault: faults.Fault) -> int:
         """Apply any `gcluster.testing.faults` value to the shard now.
 
         It is recorded in ``records.faults``. Returns how many live
-        connections it reached.
+        connections it reached (0 for `faults.RefuseConnections`, which
+        concerns future connections of any shard and takes ``shard_id=None``).
+
+        Raises:
+            ValueError: for a bad shard id, or None with a fault that needs a shard.
         """
         gateway = self._require()
-        self._check_shard(shard_id)
+        self._check_fault_target(shard_id, fault)
         return gateway.apply_fault(shard_id, fault)
 
     def schedule_fault(
         self,
-        shard_id: int,
+        shard_id: int | None,
         fault: faults.Fault,
         *,
         after_dispatches: int | None = None,
@@ -306,10 +363,11 @@ class GatewaySimulator:
         sent to the shard's live connection, or ``delay`` seconds from now.
 
         Raises:
-            ValueError: unless exactly one of the two is given.
+            ValueError: unless exactly one of the two is given, for a bad
+                shard id, or for None with a fault that needs a shard.
         """
         gateway = self._require()
-        self._check_shard(shard_id)
+        self._check_fault_target(shard_id, fault)
         plan = faults.FaultPlan(
             shard_id=shard_id, fault=fault, after_dispatches=after_dispatches, delay=delay
         )
@@ -318,6 +376,11 @@ class GatewaySimulator:
         else:
             gateway.arm(plan)
         return plan
+
+    @property
+    def session_start_reset_after(self) -> float:
+        """Seconds until the session start budget is back at its total."""
+        return self._require().session_start_reset_after()
 
     # -- state for assertions ----------------------------------------------
 
@@ -372,6 +435,16 @@ class GatewaySimulator:
         if self._gateway is None:
             raise RuntimeError("the simulator is not started")
         return self._gateway
+
+    def _check_fault_target(self, shard_id: int | None, fault: faults.Fault) -> None:
+        if shard_id is None:
+            if not isinstance(fault, faults.RefuseConnections):
+                raise ValueError(f"{type(fault).__name__} needs a shard id")
+        else:
+            self._check_shard(shard_id)
+
+    def _admit(self, target: str, address: tuple[str, int]) -> bool:
+        return self._require().admit(urlsplit(target).path or "/", address[1])
 
     def _check_shard(self, shard_id: int) -> None:
         if type(shard_id) is not int or not 0 <= shard_id < self._config.shards:

@@ -50,6 +50,12 @@ class EventStream:
         """The number the next event will get."""
         return self._next_number
 
+    def claim_number(self) -> int:
+        """Take the next number for an event built elsewhere (e.g. a huge GUILD_CREATE)."""
+        number = self._next_number
+        self._next_number = number + 1
+        return number
+
     def take(
         self, count: int, kinds: Iterable[str] | None = None
     ) -> Iterator[tuple[str, dict[str, Any], int]]:

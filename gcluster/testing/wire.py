@@ -262,6 +262,11 @@ class WebSocket:
             return self._ws.send(BytesMessage(data=data))
         return self._ws.send(TextMessage(data=text))
 
+    def _frame_raw(self, data: bytes | str) -> bytes:
+        if isinstance(data, bytes):
+            return self._ws.send(BytesMessage(data=data))
+        return self._ws.send(TextMessage(data=data))
+
     def _write_loop(self) -> None:
         outbox = self._outbox
         try:
@@ -290,11 +295,7 @@ class WebSocket:
                     if isinstance(item, _Raw):
                         if self._ws.state is not ConnectionState.OPEN:
                             continue
-                        raw = item.data
-                        message = (
-                            BytesMessage(data=raw) if isinstance(raw, bytes) else TextMessage(data=raw)
-                        )
-                        frame = self._ws.send(message)
+                        frame = self._frame_raw(item.data)
                         chunks.append(frame)
                         size += len(frame)
                         continue
