@@ -40,7 +40,7 @@ from gcluster.errors import (
 )
 from gcluster.events import Event, EventType, EventTypeFlags
 from gcluster.frames import OP_BINARY, OP_TEXT
-from gcluster.inflate import inflater_for
+from gcluster.inflate import inflater_for, resolve_compression
 from gcluster.message import Message, MessageKind
 from gcluster.peek import peek_dispatch
 from gcluster.protocol import (
@@ -120,7 +120,8 @@ class Shard:
         session: resume this session instead of identifying.
         queue: the identify queue; NoOpQueue when None.
         events: where to put events.
-        compression: transport compression: "zlib-stream", "zstd-stream" or None.
+        compression: transport compression: True or "zlib-stream", "zstd-stream",
+            "best", or False/None for none.
         connect_timeout: seconds for TCP + TLS + handshake.
         ssl_context: a gevent SSL context for wss (verifying by default).
         on_fatal: called with the shard once it is fatally closed.
@@ -142,7 +143,7 @@ class Shard:
         session: ResumeSession | None = None,
         queue: Queue | None = None,
         events: EventQueue | None = None,
-        compression: str | None = "zlib-stream",
+        compression: bool | str | None = "zlib-stream",
         connect_timeout: float = 10.0,
         ssl_context: Any = None,
         on_fatal: Callable[[Shard], None] | None = None,
@@ -173,7 +174,7 @@ class Shard:
             intents,
             event_types=event_types,
             session=session,
-            compression=compression,
+            compression=resolve_compression(compression),
             rng=rng,
             observe_latency=self.stats.observe_latency,
             **protocol_options,

@@ -61,9 +61,9 @@ def resume_on_new_connection(sim: GatewaySimulator, session_id: str, seq: int) -
 
 # -- close codes ------------------------------------------------------------------
 
-# Discord's close code table, "Resume: false" rows; every other code keeps the
-# session (1000/1001 included when the server sends them).
-SESSION_ENDING = {4001, 4003, 4004, 4005, 4007, 4009, 4010, 4011, 4012, 4013, 4014}
+# 4007, 4009 and the fatal codes end the session; every other code keeps it
+# (1000/1001 included when the server sends them).
+SESSION_ENDING = {4004, 4007, 4009, 4010, 4011, 4012, 4013, 4014}
 
 
 @pytest.mark.parametrize("code", [1000, 1001, *range(4000, 4015)])

@@ -88,15 +88,14 @@ COMMAND_LIMIT = 120
 COMMAND_WINDOW = 60.0
 """At most COMMAND_LIMIT payloads (heartbeats included) per COMMAND_WINDOW seconds."""
 
-# Closes that end the session: the client must IDENTIFY again. This is the
-# "Resume: false" column of Discord's table of gateway close codes; 4000, 4002,
-# 4008, 1000, 1001 and codes Discord does not list keep the session.
+# Closes that end the session: the client must IDENTIFY again. Discord's
+# table only says whether to reconnect; the project's rule (DESIGN.md, "Gateway
+# rules") is that 4007 and 4009 need a new session, the fatal codes end
+# everything, and every other code - 1000/1001 from the server included -
+# keeps the session resumable.
 _SESSION_ENDING_SERVER_CODES = frozenset(
     {
-        Close.UNKNOWN_OPCODE,
-        Close.NOT_AUTHENTICATED,
         Close.AUTHENTICATION_FAILED,
-        Close.ALREADY_AUTHENTICATED,
         Close.INVALID_SEQ,
         Close.SESSION_TIMED_OUT,
         Close.INVALID_SHARD,
@@ -186,10 +185,10 @@ def client_close_ends_session(code: int | None) -> bool:
 def server_close_ends_session(code: int | None) -> bool:
     """Whether Discord closing with ``code`` ends the session.
 
-    Discord's table marks 4001, 4003, 4005, 4007, 4009 and the fatal codes
-    (4004, 4010-4014) as not resumable. Discord documents 1000/1001 only for
-    a client's close (which ends the session); when the server sends them
-    (a gateway node going away), clients resume, so the session is kept.
+    4007, 4009 and the fatal codes (4004, 4010-4014) end it. Discord documents
+    1000/1001 only for a client's close (which ends the session); when the
+    server sends them (a gateway node going away), clients resume, so the
+    session is kept.
     """
     return code in _SESSION_ENDING_SERVER_CODES
 
