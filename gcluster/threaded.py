@@ -1,0 +1,599 @@
+"""ThreadedCluster: a `Cluster` in a background OS thread, for applications without gevent.
+
+A gevent hub belongs to one thread, and a `Cluster` lives in a hub. An
+application built on ordinary threads (a threaded WSGI server, a GUI, a
+worker pool) cannot call into that hub from its own threads, and should not
+have to monkey-patch to use gcluster. `ThreadedCluster` starts one OS thread
+with its own hub, builds the `Cluster` there, and offers the same methods to
+every other thread:
+
+- A method call becomes a `_Call` handed to the hub thread with
+  `loop.run_callback_threadsafe` (which wakes the loop). The hub spawns a
+  greenlet that runs it on the cluster; the calling thread waits on a
+  `threading.Event` for the result and re-raises the exception, if any, as
+  its own. Every such wait has a timeout and notices a hub thread that died.
+- `events()` reads a `queue.Queue` that a pump greenlet in the hub fills from
+  `Cluster.events()`. When the application falls behind by `event_buffer`
+  events, the pump waits (cooperatively, so heartbeats go on) and the events
+  stay in the cluster's queue; a reader that takes one wakes it again.
+- `down()` shuts the cluster down, hands the events queued before it through,
+  and ends the hub thread; from then on `info()` and `shards()` answer from the
+  last snapshot and `events()` ends once drained.
+
+Nothing here monkey-patches, and the application need not import gevent.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from types import TracebackType
+from typing import Any, Final, Generic, TypeVar
+
+import gevent
+from gevent import GreenletExit
+from gevent.event import Event as Flag
+from gevent.pool import Group
+
+from gcluster._token import Token
+from gcluster.cluster import Cluster, ClusterConfig
+from gcluster.commands import Command
+from gcluster.errors import (
+    ClusterStartError,
+    ClusterStartErrorType,
+    CommandSendingError,
+    GatewayClosedError,
+    GClusterError,
+    ShardNonexistent,
+)
+from gcluster.events import Event
+from gcluster.message import Message
+from gcluster.protocol import ResumeSession
+from gcluster.shard import Information
+
+__all__ = ["HubThread", "HubThreadStopped", "ThreadedCluster", "ThreadedClusterTimeout"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# How often a waiting thread looks whether the hub thread is still alive.
+_POLL: Final = 0.25
+# Added to a call's own timeout: the time the hub needs to answer once it is done.
+_GRACE: Final = 5.0
+# End of the event stream, after down().
+_END: Final = object()
+
+
+class ThreadedClusterTimeout(GClusterError, TimeoutError):
+    """The cluster's thread did not answer a call in time."""
+
+
+class HubThreadStopped(GClusterError, RuntimeError):
+    """The hub thread has ended (or is ending), so it can no longer run calls."""
+
+
+class _Call(Generic[T]):
+    """One function to run in the hub thread, and its outcome for the calling thread."""
+
+    __slots__ = ("args", "done", "error", "func", "kwargs", "value")
+
+    def __init__(
+        self, func: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        self.func = func
+        self.args = args
+        self.kwargs = kwargs
+        self.done = threading.Event()
+        self.value: T | None = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        """Run in a greenlet of the hub thread."""
+        try:
+            self.value = self.func(*self.args, **self.kwargs)
+        except Exception as err:  # noqa: BLE001 - handed to the calling thread, which raises it
+            self.error = err
+        except BaseException as err:
+            if isinstance(err, GreenletExit):  # killed: the hub thread is stopping
+                self.error = HubThreadStopped("the hub thread stopped during the call")
+            else:
+                self.error = err
+            raise
+        finally:
+            self.done.set()
+
+    def cancel(self, error: BaseException) -> None:
+        self.error = error
+        self.done.set()
+
+
+class HubThread:
+    """An OS thread running its own gevent hub, and calls into it from any thread.
+
+    `call(func, ...)` runs `func` in a new greenlet of the hub thread and
+    returns its result (or raises its exception) in the calling thread.
+    `post(func, ...)` runs a non-blocking function in the hub and returns at
+    once. `stop()` ends the thread; calls made afterwards raise
+    `HubThreadStopped`.
+
+    Args:
+        name: the thread's name.
+    """
+
+    def __init__(self, name: str = "gcluster-hub") -> None:
+        self.name = name
+        self._lock = threading.Lock()
+        self._started = threading.Event()
+        self._closed = False
+        self._loop: Any = None
+        self._wake: Any = None  # the loop's async watcher that stop() sends, from any thread
+        self._greenlets: Any = None  # gevent Group of running calls
+        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
+
+    def __repr__(self) -> str:
+        state = "alive" if self.alive else "stopped"
+        return f"<HubThread {self.name} {state}>"
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def in_hub(self) -> bool:
+        """True when called from the hub thread itself."""
+        return threading.get_ident() == self._thread.ident
+
+    def start(self, timeout: float = 10.0) -> HubThread:
+        """Start the thread and wait until its hub takes calls.
+
+        Raises:
+            ThreadedClusterTimeout: the hub did not start within `timeout`.
+        """
+        self._thread.start()
+        if not self._started.wait(timeout):
+            raise ThreadedClusterTimeout(f"the hub thread did not start within {timeout} s")
+        return self
+
+    def call(self, func: Callable[..., T], *args: Any, timeout: float | None, **kwargs: Any) -> T:
+        """Run `func(*args, **kwargs)` in a greenlet of the hub thread; return its result.
+
+        Args:
+            timeout: seconds to wait for it; None waits as long as the hub
+                thread lives.
+
+        Raises:
+            whatever `func` raised, in the calling thread.
+            ThreadedClusterTimeout: no answer within `timeout`.
+            HubThreadStopped: the hub thread has ended.
+        """
+        if self.in_hub():
+            raise RuntimeError("HubThread.call from the hub thread itself would wait for itself")
+        call: _Call[T] = _Call(func, args, kwargs)
+        self.post(self._spawn, call)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not call.done.wait(_POLL if deadline is None else _slice(deadline)):
+            if not self._thread.is_alive():
+                if call.done.is_set():
+                    break
+                raise HubThreadStopped("the hub thread ended before answering")
+            if deadline is not None and time.monotonic() >= deadline:
+                name = getattr(func, "__name__", repr(func))
+                raise ThreadedClusterTimeout(f"{name} got no answer within {timeout} s")
+        if call.error is not None:
+            raise call.error
+        return call.value  # type: ignore[return-value]
+
+    def post(self, func: Callable[..., object], *args: Any) -> None:
+        """Run `func(*args)` in the hub (not in a greenlet of its own: it must not block).
+
+        Raises:
+            HubThreadStopped: the hub thread has ended or is ending.
+        """
+        with self._lock:
+            if self._closed or not self._started.is_set():
+                raise HubThreadStopped("the hub thread is not running")
+            self._loop.run_callback_threadsafe(func, *args)
+
+    def stop(self, timeout: float = 10.0) -> bool:
+        """End the hub thread: running calls are killed, later ones refused.
+
+        Callable from any thread, and idempotent.
+
+        Returns:
+            True when the thread has ended (always False from the hub thread itself).
+        """
+        with self._lock:
+            if self._thread.ident is None:
+                return True  # never started
+            if not self._closed and self._wake is not None:
+                self._wake.send()  # thread-safe: wakes the hub thread's main greenlet
+        if self.in_hub():
+            return False
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    # --- in the hub thread ---------------------------------------------------------
+
+    def _main(self) -> None:
+        hub = gevent.get_hub()
+        self._loop = hub.loop
+        self._wake = hub.loop.async_()
+        self._greenlets = Group()
+        self._started.set()
+        try:
+            # The active watcher also keeps the loop running while nothing else is.
+            hub.wait(self._wake)
+        finally:
+            with self._lock:
+                self._closed = True
+            # Callbacks posted before the lock closed run now; _spawn refuses them.
+            gevent.sleep(0)
+            self._greenlets.kill(block=True, timeout=_GRACE)
+            self._wake.close()
+            hub.destroy(destroy_loop=True)
+
+    def _spawn(self, call: _Call[Any]) -> None:
+        if self._closed:
+            call.cancel(HubThreadStopped("the hub thread is stopping"))
+            return
+        self._greenlets.spawn(call.run)
+
+
+class ThreadedCluster:
+    """A `Cluster` in a background thread with its own gevent hub; every method is thread-safe.
+
+    Same arguments and options as `Cluster`; the cluster is built (and its
+    options checked) in the hub thread, which starts here and ends with
+    `down()`. Call it from any thread; exceptions raise in the calling thread.
+
+        cluster = ThreadedCluster(token, Intents.GUILD_MESSAGES)
+        cluster.up()
+        for shard_id, event in cluster.events():   # any ordinary thread
+            ...
+
+    Callables among the options (`shard_presence`) and the identify `queue`
+    run in the hub thread.
+
+    Args:
+        token, intents, **options: as for `Cluster`.
+        call_timeout: seconds to wait for the hub thread to answer a call that
+            has no timeout of its own (`info`, `send`, `down`, ...).
+        event_buffer: events handed to `events()` and not read yet beyond
+            which the pump waits; the rest stay in the cluster's queue.
+
+    Raises:
+        ConfigError: an option is out of range or unknown.
+        RuntimeError: threading is monkey-patched (use `Cluster` directly then).
+    """
+
+    def __init__(
+        self,
+        token: str | Token,
+        intents: int,
+        *,
+        call_timeout: float = 30.0,
+        event_buffer: int = 1000,
+        **options: Any,
+    ) -> None:
+        if _threading_is_patched():
+            raise RuntimeError(
+                "threading is monkey-patched by gevent: use Cluster directly, "
+                "ThreadedCluster is for applications that do not patch"
+            )
+        if call_timeout <= 0:
+            raise ValueError(f"call_timeout must be positive, not {call_timeout}")
+        if event_buffer < 1:
+            raise ValueError(f"event_buffer must be at least 1, not {event_buffer}")
+        self._call_timeout = call_timeout
+        self._event_buffer = event_buffer
+        self._events: queue.Queue[Any] = queue.Queue()
+        self._lock = threading.Lock()
+        self._down_started = False
+        self._down_done = threading.Event()
+        self._final_info: dict[int, Information] = {}
+        self._total: int | None = None
+        self._pump_waiting = False
+        # Made in the hub thread by _build.
+        self._cluster: Cluster | None = None
+        self._room: Any = None
+        self._draining = False
+        self._pump: Any = None
+        self._hub = HubThread("gcluster-cluster").start()
+        try:
+            self._config: ClusterConfig = self._hub.call(
+                self._build, token, intents, options, timeout=call_timeout
+            )
+        except BaseException:
+            self._hub.stop(call_timeout)
+            raise
+
+    def __repr__(self) -> str:
+        state = "stopped" if self._down_done.is_set() else "running"
+        return f"<ThreadedCluster {state} thread={self._hub.name}>"
+
+    def config(self) -> ClusterConfig:
+        """The frozen configuration (safe to read from any thread)."""
+        return self._config
+
+    # --- life ----------------------------------------------------------------------
+
+    def up(self, block: bool = True, timeout: float | None = None) -> None:
+        """Start every shard; as `Cluster.up`, waiting in the calling thread.
+
+        Raises:
+            ClusterStartError, AuthenticationFailed, ...: as `Cluster.up`, and
+                ClusterStartError when the cluster was shut down.
+        """
+        if self._down_started:
+            raise ClusterStartError(
+                "this cluster was shut down; build a new one",
+                kind=ClusterStartErrorType.SHARD_START,
+            )
+        wait = self._call_timeout if not block else _plus_grace(timeout)
+        try:
+            self._call(self._in_hub().up, block, timeout, timeout=wait)
+        except ThreadedClusterTimeout as err:
+            raise ClusterStartError(
+                f"shards did not start within {timeout} s", kind=ClusterStartErrorType.TIMEOUT
+            ) from err
+        except HubThreadStopped as err:
+            raise ClusterStartError(
+                "this cluster was shut down; build a new one",
+                kind=ClusterStartErrorType.SHARD_START,
+            ) from err
+        self._total = self._call(self._shard_total, timeout=self._call_timeout)
+
+    def wait_until_ready(self, timeout: float | None = None) -> bool:
+        """Wait until every shard has READY or RESUMED; False on timeout, failure or after down."""
+        if self._down_started:
+            return False
+        try:
+            return self._call(
+                self._in_hub().wait_until_ready, timeout, timeout=_plus_grace(timeout)
+            )
+        except (HubThreadStopped, ThreadedClusterTimeout):
+            return False
+
+    def down(self) -> None:
+        """Close every shard with 1000, end `events()` and the hub thread; idempotent."""
+        self._shutdown(resumable=False)
+
+    def down_resumable(self) -> dict[int, ResumeSession]:
+        """Close every shard keeping its session and return the sessions; as `Cluster`."""
+        return self._shutdown(resumable=True)
+
+    def __enter__(self) -> ThreadedCluster:
+        try:
+            self.up()
+        except BaseException:
+            # __exit__ is not called when __enter__ raises: end the thread here.
+            self.down()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.down()
+
+    # --- shards ----------------------------------------------------------------------
+
+    @property
+    def total(self) -> int | None:
+        """The bot's shard count (what `shard_for_guild` needs), known once up."""
+        return self._total
+
+    def shard(self, shard_id: int) -> Information | None:
+        """A snapshot of one shard (`Information`), or None when there is no such shard."""
+        return self.info().get(shard_id)
+
+    def shards(self) -> list[Information]:
+        """Snapshots of every shard, in id order."""
+        return list(self.info().values())
+
+    def info(self) -> dict[int, Information]:
+        """`{shard_id: Information}`; after `down()`, as the shards were when they stopped."""
+        try:
+            return self._call(self._in_hub().info, timeout=self._call_timeout)
+        except HubThreadStopped:
+            self._down_done.wait(self._call_timeout)
+            return dict(self._final_info)
+
+    @property
+    def backlog(self) -> int:
+        """Events received and not yet read through `events()`."""
+        waiting = self._events.qsize()
+        try:
+            return waiting + self._call(self._backlog, timeout=self._call_timeout)
+        except HubThreadStopped:
+            return waiting
+
+    def command(
+        self, shard_id: int, command: Command | Mapping[str, Any], *, timeout: float | None = None
+    ) -> None:
+        """Send a gateway command through one shard; as `Cluster.command`.
+
+        Raises:
+            ShardNonexistent, CommandSendingError, InvalidCommand, PayloadTooLarge.
+        """
+        self._send(
+            shard_id, self._in_hub_command, shard_id, command, timeout, wait=_plus_grace(timeout)
+        )
+
+    def command_raw(self, shard_id: int, payload: bytes | str) -> None:
+        """Send a raw payload through one shard. Deprecated: use `command` or `send`."""
+        warnings.warn(
+            "ThreadedCluster.command_raw is deprecated; use command or send",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        # Like Cluster.command_raw, it waits for a rate-limit slot as long as it takes.
+        self._send(shard_id, self._in_hub_command_raw, shard_id, payload, wait=None)
+
+    def send(self, shard_id: int, message: Message) -> None:
+        """Send a raw websocket message through one shard; as `Cluster.send`."""
+        self._send(shard_id, self._in_hub_send, shard_id, message, wait=self._call_timeout)
+
+    # --- events -------------------------------------------------------------------------
+
+    def events(self) -> Iterator[tuple[int, Event]]:
+        """Every delivered event as `(shard_id, event)`, for any ordinary thread.
+
+        Order is kept within each shard. Ends after `down()` once the events
+        received before it are read; raises the fatal close error when every
+        shard is fatally closed. Several threads may iterate at once; each
+        event goes to one of them.
+        """
+        events = self._events
+        while True:
+            try:
+                item = events.get(timeout=_POLL)
+            except queue.Empty:
+                if not self._hub.alive and events.empty():
+                    return  # the hub thread ended without handing over an end mark
+                continue
+            if self._pump_waiting:
+                self._wake_pump()
+            if item is _END:
+                events.put(_END)  # other iterators end too
+                return
+            if isinstance(item, GatewayClosedError):
+                events.put(item)
+                raise item
+            yield item
+
+    # --- calls into the hub ------------------------------------------------------------
+
+    def _call(self, func: Callable[..., T], *args: Any, timeout: float | None) -> T:
+        return self._hub.call(func, *args, timeout=timeout)
+
+    def _in_hub(self) -> Cluster:
+        cluster = self._cluster
+        assert cluster is not None, "the cluster is built in __init__"
+        return cluster
+
+    def _send(
+        self, shard_id: int, func: Callable[..., None], *args: Any, wait: float | None
+    ) -> None:
+        try:
+            self._call(func, *args, timeout=wait)
+        except HubThreadStopped as err:
+            raise CommandSendingError(
+                f"shard {shard_id} is not connected (the cluster was shut down)", shard_id=shard_id
+            ) from err
+
+    def _shutdown(self, *, resumable: bool) -> dict[int, ResumeSession]:
+        with self._lock:
+            first = not self._down_started
+            self._down_started = True
+        if not first:
+            self._down_done.wait(self._call_timeout)
+            return {}
+        try:
+            # Each shard gets 5 s to close; they close in parallel.
+            return self._call(self._in_hub_shutdown, resumable, timeout=self._call_timeout + _GRACE)
+        except HubThreadStopped:
+            return {}
+        finally:
+            if not self._hub.stop(self._call_timeout):
+                log.warning("the cluster's hub thread did not end within %s s", self._call_timeout)
+            self._down_done.set()
+
+    def _wake_pump(self) -> None:
+        self._pump_waiting = False
+        try:
+            self._hub.post(self._room.set)
+        except HubThreadStopped:
+            pass  # the pump is gone; nothing to wake
+
+    # --- in the hub thread ----------------------------------------------------------------
+
+    def _build(self, token: str | Token, intents: int, options: dict[str, Any]) -> ClusterConfig:
+        self._cluster = Cluster(token, intents, **options)
+        self._room = Flag()
+        self._pump = gevent.spawn(self._run_pump)
+        self._pump.name = "gcluster-threaded-pump"
+        return self._cluster.config()
+
+    def _run_pump(self) -> None:
+        cluster = self._in_hub()
+        try:
+            for item in cluster.events():
+                self._forward(item)
+        except GatewayClosedError as err:
+            self._events.put(err)
+            return
+        self._events.put(_END)
+
+    def _forward(self, item: tuple[int, Event]) -> None:
+        # Only qsize is checked: the queue itself is unbounded, so put never
+        # blocks the hub thread (and with it every shard's heartbeat).
+        while self._events.qsize() >= self._event_buffer and not self._draining:
+            self._room.clear()
+            self._pump_waiting = True
+            # A reader wakes us when it takes one; the timeout covers a wake-up
+            # lost between its check and our flag.
+            self._room.wait(_POLL)
+        self._events.put(item)
+
+    def _in_hub_shutdown(self, resumable: bool) -> dict[int, ResumeSession]:
+        cluster = self._in_hub()
+        sessions: dict[int, ResumeSession] = {}
+        try:
+            if resumable:
+                sessions = cluster.down_resumable()
+            else:
+                cluster.down()
+        finally:
+            self._final_info = cluster.info()
+            # Hand over everything queued before down(), however far behind the reader is.
+            self._draining = True
+            self._room.set()
+            self._pump.join(_GRACE)
+            if not self._pump.dead:
+                self._pump.kill(block=False)
+                self._events.put(_END)
+        return sessions
+
+    def _shard_total(self) -> int | None:
+        shards = self._in_hub().shards()
+        return shards[0].total if shards else None
+
+    def _backlog(self) -> int:
+        return self._in_hub().backlog
+
+    def _in_hub_command(
+        self, shard_id: int, command: Command | Mapping[str, Any], timeout: float | None
+    ) -> None:
+        self._in_hub().command(shard_id, command, timeout=timeout)
+
+    def _in_hub_command_raw(self, shard_id: int, payload: bytes | str) -> None:
+        # The shard's own method: Cluster.command_raw would warn a second time, in this thread.
+        shard = self._in_hub().shard(shard_id)
+        if shard is None:
+            raise ShardNonexistent(shard_id)
+        shard.command_raw(payload)
+
+    def _in_hub_send(self, shard_id: int, message: Message) -> None:
+        self._in_hub().send(shard_id, message)
+
+
+def _plus_grace(timeout: float | None) -> float | None:
+    return None if timeout is None else timeout + _GRACE
+
+
+def _slice(deadline: float) -> float:
+    return max(0.0, min(_POLL, deadline - time.monotonic()))
+
+
+def _threading_is_patched() -> bool:
+    monkey = sys.modules.get("gevent.monkey")
+    return monkey is not None and bool(monkey.is_module_patched("threading"))

@@ -1,0 +1,283 @@
+"""ThreadedCluster and its HubThread: gcluster from ordinary threads, without gevent.
+
+The loopback test runs the application in a child process that never imports
+gevent itself nor monkey-patches: the simulator lives in this test's hub, and
+a thread of this process blocked on the child would stall it, so the child is
+awaited through `gevent.subprocess`. The other tests need no gateway and run
+in this process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import types
+from collections.abc import Callable
+from pathlib import Path
+
+import gevent
+import pytest
+from conftest import TIMEOUT
+from gevent import subprocess
+
+from gcluster import (
+    ClusterStartError,
+    ClusterStartErrorType,
+    CommandSendingError,
+    ConfigError,
+    Intents,
+    UpdatePresence,
+)
+from gcluster.testing import GatewaySimulator
+from gcluster.threaded import (
+    HubThread,
+    HubThreadStopped,
+    ThreadedCluster,
+    ThreadedClusterTimeout,
+)
+
+MakeSim = Callable[..., GatewaySimulator]
+ROOT = Path(__file__).resolve().parent.parent
+UNREACHABLE = "http://127.0.0.1:9/api/v10"
+
+# The application: plain threads only. It prints "ready", waits for a line on
+# stdin (the test has sent the events by then), and prints one JSON result.
+CHILD = r"""
+import json
+import sys
+import threading
+import time
+
+from gcluster import (
+    EventType, Intents, RequestGuildMembers, ShardNonexistent, UpdatePresence, shard_for_guild,
+)
+from gcluster.testing import event_number
+from gcluster.threaded import ThreadedCluster
+
+api_base, token, shards, per_shard = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+result = {}
+
+
+def work():
+    cluster = ThreadedCluster(
+        token, Intents.GUILDS | Intents.GUILD_MEMBERS, api_base=api_base, event_buffer=8
+    )
+    cluster.up(timeout=15)
+    result["ready"] = cluster.wait_until_ready(15)
+    print("ready", flush=True)
+    sys.stdin.readline()
+    time.sleep(1.0)  # a slow application: the events wait, the heartbeats go on
+    events = cluster.events()
+    numbers = {shard_id: [] for shard_id in range(shards)}
+    guilds = {}
+    for shard_id, event in events:
+        if event.kind is EventType.READY:
+            guilds[shard_id] = int(event.data["guilds"][0]["id"])
+        elif event.sequence is not None and event_number(event.data) is not None:
+            numbers[shard_id].append(event_number(event.data))
+        if all(len(n) == per_shard for n in numbers.values()):
+            break
+    result["numbers"] = numbers
+    guild_id = guilds[shards - 1]
+    shard_id = shard_for_guild(guild_id, cluster.total)
+    cluster.command(shard_id, RequestGuildMembers(guild_id=guild_id, query="", nonce="threaded"))
+    cluster.command(0, UpdatePresence(status="idle"))
+    result["asked"] = {"guild": guild_id, "shard": shard_id}
+    for chunk_shard, event in events:
+        if event.kind is EventType.GUILD_MEMBERS_CHUNK:
+            result["chunk_shard"] = chunk_shard
+            break
+    result["info"] = {
+        str(i.id): {"stage": i.stage.value, "session": i.session_id, "sequence": i.sequence}
+        for i in cluster.info().values()
+    }
+    try:
+        cluster.command(99, UpdatePresence())
+    except ShardNonexistent as err:
+        result["error"] = [type(err).__name__, err.shard_id, threading.current_thread().name]
+    # down() from another thread ends this thread's loop.
+    stopper = threading.Thread(target=cluster.down, name="stopper")
+    stopper.start()
+    result["after_down"] = sorted({event.name for _, event in events})
+    stopper.join(15)
+    result["info_after_down"] = sorted({i.stage.value for i in cluster.info().values()})
+
+
+worker = threading.Thread(target=work, name="worker")
+worker.start()
+worker.join(30)
+result["worker_done"] = not worker.is_alive()
+result["threads"] = sorted(t.name for t in threading.enumerate())
+monkey = sys.modules.get("gevent.monkey")
+result["patched"] = monkey is not None and monkey.is_anything_patched()
+print(json.dumps(result), flush=True)
+"""
+
+
+def child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env.pop("DISCORD_TOKEN", None)
+    return env
+
+
+def test_threaded_cluster_from_plain_threads_in_a_process_without_gevent(
+    make_sim: MakeSim, tmp_path: Path
+) -> None:
+    sim = make_sim(shards=2, max_concurrency=2)
+    script = tmp_path / "app.py"
+    script.write_text(CHILD)
+    assert "import gevent" not in CHILD and "monkey.patch" not in CHILD
+    proc = subprocess.Popen(
+        [sys.executable, str(script), sim.api_base, sim.token, "2", "20"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=child_env(),
+    )
+    try:
+        with gevent.Timeout(TIMEOUT, AssertionError("the child never got ready")):
+            line = proc.stdout.readline()
+        assert line.strip() == b"ready", proc.stderr.read()
+        for shard_id in range(2):
+            sim.send_events(shard_id, 20)
+        proc.stdin.write(b"go\n")
+        proc.stdin.flush()
+        out, err = proc.communicate(timeout=TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err.decode()
+    result = json.loads(out.decode().strip().splitlines()[-1])
+
+    assert result["ready"] and result["worker_done"]
+    assert result["numbers"] == {"0": list(range(1, 21)), "1": list(range(1, 21))}
+    asked = result["asked"]
+    assert asked["shard"] == 1 and result["chunk_shard"] == 1
+    ops = sorted((c.op, c.shard_id) for c in sim.records.commands)
+    assert ops == [(3, 0), (8, 1)]
+    (members,) = [c for c in sim.records.commands if c.op == 8]
+    assert members.data["guild_id"] == str(asked["guild"]) and members.data["nonce"] == "threaded"
+    for shard_id, info in result["info"].items():
+        (identify,) = [i for i in sim.records.identifies if i.shard_id == int(shard_id)]
+        last = max(d.s for d in sim.records.dispatches if d.shard_id == int(shard_id))
+        assert info["session"] == identify.session_id
+        assert info["stage"] == "connected" and info["sequence"] == last
+    # Raised in the cluster's thread, raised again in the caller's.
+    assert result["error"] == ["ShardNonexistent", 99, "worker"]
+    assert "SHARD_DISCONNECTED" in result["after_down"]
+    assert result["info_after_down"] == ["disconnected"]
+    assert not result["patched"]
+    assert "gcluster-cluster" not in result["threads"]
+    # The slow reader held events back, not the heartbeats: no shard was lost.
+    assert len(sim.records.identifies) == 2 and not sim.records.resumes
+    assert sim.wait_until(lambda: len(sim.records.closes) == 2, TIMEOUT)
+    assert sorted(c.code for c in sim.records.closes) == [1000, 1000]
+    assert len(sim.records.heartbeats) >= 2
+
+
+def hub_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name == "gcluster-cluster"]
+
+
+def test_a_config_error_raises_in_the_calling_thread_and_leaves_no_thread() -> None:
+    with pytest.raises(ConfigError):
+        ThreadedCluster("token", Intents.GUILDS, large_threshold=10)
+    with pytest.raises(ConfigError):
+        ThreadedCluster("token", Intents.GUILDS, no_such_option=True)
+    assert hub_threads() == []
+
+
+def test_a_start_error_raises_in_the_calling_thread_and_down_ends_it_all() -> None:
+    cluster = ThreadedCluster("token", Intents.GUILDS, api_base=UNREACHABLE, call_timeout=5)
+    assert cluster.config().api_base == UNREACHABLE
+    with pytest.raises(ClusterStartError) as caught:
+        cluster.up(timeout=5)
+    assert caught.value.kind is ClusterStartErrorType.RETRIEVING_GATEWAY_INFO
+
+    seen: list[object] = []
+    readers = [
+        threading.Thread(target=lambda: seen.extend(cluster.events()), name=f"reader-{i}")
+        for i in range(2)
+    ]
+    for reader in readers:
+        reader.start()
+    stopper = threading.Thread(target=cluster.down, name="stopper")
+    stopper.start()
+    stopper.join(TIMEOUT)
+    for reader in readers:
+        reader.join(TIMEOUT)
+        assert not reader.is_alive()  # every events() loop ended
+    assert seen == []
+    assert hub_threads() == []
+    cluster.down()  # idempotent
+    assert cluster.down_resumable() == {}
+    assert cluster.info() == {} and cluster.shards() == [] and cluster.shard(0) is None
+    assert cluster.wait_until_ready(0.1) is False
+    with pytest.raises(CommandSendingError):
+        cluster.command(0, UpdatePresence())
+    with pytest.raises(ClusterStartError):
+        cluster.up()
+
+
+def test_the_context_manager_brings_it_down_on_error() -> None:
+    with pytest.raises(ClusterStartError):
+        with ThreadedCluster("token", Intents.GUILDS, api_base=UNREACHABLE, call_timeout=5):
+            pass  # pragma: no cover - up() fails first
+    assert hub_threads() == []
+
+
+def test_threaded_cluster_refuses_a_patched_threading_module(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fake = types.SimpleNamespace(is_module_patched=lambda name: name == "threading")
+    monkeypatch.setitem(sys.modules, "gevent.monkey", fake)
+    with pytest.raises(RuntimeError, match="use Cluster directly"):
+        ThreadedCluster("token", Intents.GUILDS)
+
+
+def test_hub_thread_calls_return_raise_and_time_out() -> None:
+    hub = HubThread("test-hub").start()
+    try:
+        assert hub.call(lambda a, b: a + b, 2, 3, timeout=TIMEOUT) == 5
+        # Runs in a greenlet of the other thread, which may block cooperatively.
+        where = hub.call(
+            lambda: (gevent.sleep(0.01), threading.current_thread().name)[1], timeout=TIMEOUT
+        )
+        assert where == "test-hub"
+
+        def boom() -> None:
+            raise KeyError("from the hub")
+
+        with pytest.raises(KeyError, match="from the hub"):
+            hub.call(boom, timeout=TIMEOUT)
+        with pytest.raises(ThreadedClusterTimeout):
+            hub.call(gevent.sleep, 5, timeout=0.1)
+
+        # A call still running when the thread stops fails instead of hanging.
+        outcome: list[BaseException] = []
+        running = threading.Event()
+
+        def sleep_long() -> None:
+            running.set()
+            gevent.sleep(30)
+
+        def long_call() -> None:
+            try:
+                hub.call(sleep_long, timeout=TIMEOUT)
+            except HubThreadStopped as err:
+                outcome.append(err)
+
+        caller = threading.Thread(target=long_call)
+        caller.start()
+        assert running.wait(TIMEOUT)
+    finally:
+        assert hub.stop(TIMEOUT)
+    caller.join(TIMEOUT)
+    assert not caller.is_alive() and len(outcome) == 1
+    assert not hub.alive and hub.stop(TIMEOUT)
+    with pytest.raises(HubThreadStopped):
+        hub.call(lambda: None, timeout=TIMEOUT)
