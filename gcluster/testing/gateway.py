@@ -539,6 +539,9 @@ class Gateway:
         elif isinstance(fault, faults.Reconnect):
             for conn in connections:
                 conn.wire.send(RECONNECT)
+                # Discord sends nothing more on a connection it asked to leave:
+                # later dispatches wait in the session for the RESUME.
+                self._detach(conn, end_session=False)
         elif isinstance(fault, faults.InvalidateSession):
             if not fault.resumable and shard.session is not None:
                 self._end_session(shard.session)
