@@ -24,6 +24,7 @@ from gcluster.commands import (
     UpdateVoiceState,
     shard_for_guild,
 )
+from gcluster.dispatch import Dispatcher, DispatcherStats
 from gcluster.errors import (
     AuthenticationFailed,
     ClusterCommandError,
@@ -36,6 +37,7 @@ from gcluster.errors import (
     DisallowedIntents,
     GatewayClosedError,
     GClusterError,
+    HubThreadStopped,
     InvalidApiVersion,
     InvalidCommand,
     InvalidIntents,
@@ -43,9 +45,11 @@ from gcluster.errors import (
     PayloadTooLarge,
     QueueError,
     SessionStartLimitExhausted,
+    SessionStoreError,
     ShardingRequired,
     ShardNonexistent,
     ShardSchemeError,
+    ThreadedClusterTimeout,
 )
 from gcluster.events import Event, EventType, EventTypeFlags
 from gcluster.intents import Intents
@@ -55,6 +59,7 @@ from gcluster.queue import ConfigurableQueue, HttpQueue, LocalQueue, NoOpQueue, 
 from gcluster.scheme import ShardScheme
 from gcluster.sessions import MemorySessionStore, SessionStore
 from gcluster.shard import Information, Shard
+from gcluster.threaded import ThreadedCluster
 
 __version__ = "0.1.0"
 
@@ -75,12 +80,15 @@ __all__ = [
     "ConfigurableQueue",
     "ConnectionFailed",
     "DisallowedIntents",
+    "Dispatcher",
+    "DispatcherStats",
     "Event",
     "EventType",
     "EventTypeFlags",
     "GClusterError",
     "GatewayClosedError",
     "HttpQueue",
+    "HubThreadStopped",
     "Information",
     "Intents",
     "InvalidApiVersion",
@@ -100,6 +108,7 @@ __all__ = [
     "ResumeSession",
     "SessionStartLimitExhausted",
     "SessionStore",
+    "SessionStoreError",
     "Shard",
     "ShardNonexistent",
     "ShardScheme",
@@ -107,6 +116,8 @@ __all__ = [
     "ShardingRequired",
     "Stage",
     "Status",
+    "ThreadedCluster",
+    "ThreadedClusterTimeout",
     "UpdatePresence",
     "UpdateVoiceState",
     "shard_for_guild",

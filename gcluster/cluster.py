@@ -26,7 +26,7 @@ from gevent import ssl as gevent_ssl
 from gevent.queue import Queue as EventQueue
 
 from gcluster._token import Token
-from gcluster.commands import Command, UpdatePresence
+from gcluster.commands import Command, UpdatePresence, shard_for_guild
 from gcluster.errors import (
     ClusterStartError,
     ClusterStartErrorType,
@@ -249,7 +249,12 @@ class Cluster:
         return self._shutdown(resumable=True)
 
     def __enter__(self) -> Cluster:
-        self.up()
+        try:
+            self.up()
+        except BaseException:
+            # __exit__ is not called when __enter__ raises: stop what did start.
+            self.down()
+            raise
         return self
 
     def __exit__(
@@ -261,6 +266,26 @@ class Cluster:
         self.down()
 
     # --- shards --------------------------------------------------------------
+
+    @property
+    def total(self) -> int | None:
+        """The bot's shard count (all processes together); None before `up()`."""
+        for shard in self._shards.values():
+            return shard.total
+        return None
+
+    def shard_for(self, guild_id: int | str) -> int:
+        """The id of the shard that receives a guild's events: `(guild_id >> 22) % total`.
+
+        Raises:
+            ClusterStartError: the cluster is not up, so the total is unknown.
+        """
+        total = self.total
+        if total is None:
+            raise ClusterStartError(
+                "the shard count is known once up() ran", kind=ClusterStartErrorType.SHARD_START
+            )
+        return shard_for_guild(guild_id, total)
 
     def shard(self, shard_id: int) -> Shard | None:
         return self._shards.get(shard_id)

@@ -21,8 +21,11 @@ in the one module that calls them and re-raised from here with the cause kept.
     │   ├── InvalidApiVersion             4012
     │   ├── InvalidIntents                4013
     │   └── DisallowedIntents             4014
-    └── QueueError                        an identify queue could not grant a slot
-        └── SessionStartLimitExhausted    the daily IDENTIFY budget is spent
+    ├── QueueError                        an identify queue could not grant a slot
+    │   └── SessionStartLimitExhausted    the daily IDENTIFY budget is spent
+    ├── SessionStoreError                 a session store could not load or save
+    ├── ThreadedClusterTimeout (also TimeoutError)  ThreadedCluster's thread did not answer
+    └── HubThreadStopped (also RuntimeError)        ThreadedCluster's thread has ended
 
 Messages never contain the bot token: code that formats one passes it through
 `gcluster._redact.redact` first.
@@ -50,7 +53,10 @@ __all__ = [
     "InvalidShard",
     "PayloadTooLarge",
     "QueueError",
+    "HubThreadStopped",
     "SessionStartLimitExhausted",
+    "SessionStoreError",
+    "ThreadedClusterTimeout",
     "ShardNonexistent",
     "ShardSchemeError",
     "ShardingRequired",
@@ -223,3 +229,15 @@ class SessionStartLimitExhausted(QueueError):
         self.remaining = remaining
         self.needed = needed
         self.reset_after = reset_after
+
+
+class SessionStoreError(GClusterError):
+    """A session store (e.g. Redis) could not load or save a shard's session."""
+
+
+class ThreadedClusterTimeout(GClusterError, TimeoutError):
+    """The cluster's thread did not answer a call in time."""
+
+
+class HubThreadStopped(GClusterError, RuntimeError):
+    """The hub thread has ended (or is ending), so it can no longer run calls."""

@@ -48,8 +48,9 @@ from gcluster.errors import (
     ClusterStartErrorType,
     CommandSendingError,
     GatewayClosedError,
-    GClusterError,
+    HubThreadStopped,
     ShardNonexistent,
+    ThreadedClusterTimeout,
 )
 from gcluster.events import Event
 from gcluster.message import Message
@@ -68,14 +69,6 @@ _POLL: Final = 0.25
 _GRACE: Final = 5.0
 # End of the event stream, after down().
 _END: Final = object()
-
-
-class ThreadedClusterTimeout(GClusterError, TimeoutError):
-    """The cluster's thread did not answer a call in time."""
-
-
-class HubThreadStopped(GClusterError, RuntimeError):
-    """The hub thread has ended (or is ending), so it can no longer run calls."""
 
 
 class _Call(Generic[T]):

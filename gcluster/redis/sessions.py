@@ -15,17 +15,13 @@ from collections.abc import Iterable
 
 from redis.exceptions import RedisError
 
-from gcluster.errors import GClusterError
+from gcluster.errors import SessionStoreError
 from gcluster.protocol import ResumeSession
 from gcluster.redis._client import Client, blocking, hash_tag, make_client, safe_url
 
 __all__ = ["RedisSessionStore", "SessionStoreError"]
 
 log = logging.getLogger(__name__)
-
-
-class SessionStoreError(GClusterError):
-    """A session store could not load or save sessions (Redis unreachable, ...)."""
 
 
 class RedisSessionStore:
