@@ -29,6 +29,8 @@ MakeSim = Callable[..., GatewaySimulator]
 ROOT = Path(__file__).resolve().parent.parent
 SHARDS = 3
 
+pytestmark = pytest.mark.extras
+
 
 def http(method: str, url: str, body: Any = None) -> tuple[int, Any]:
     """One HTTP request, run in a real thread so this hub is not blocked."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -276,8 +277,14 @@ def test_http_queue_raises_when_the_grant_takes_longer_than_the_timeout(
     queue.close()
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
 def test_http_queue_raises_when_nothing_listens() -> None:
-    from redis_server import free_port
 
     queue = HttpQueue(f"http://127.0.0.1:{free_port()}", connect_timeout=1)
     started = time.monotonic()

@@ -32,6 +32,8 @@ from gcluster.sessions import SessionStore
 ROOT = Path(__file__).resolve().parent.parent
 INTERVAL = 0.5
 
+pytestmark = pytest.mark.extras
+
 
 def limit(
     remaining: int, total: int = 1000, reset_after: float = 60.0, concurrency: int = 1
