@@ -14,6 +14,7 @@ queue and answers for them: `info()`, `command()`, `send()`, `down()`.
 from __future__ import annotations
 
 import logging
+import ssl
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -22,7 +23,6 @@ from types import TracebackType
 from typing import Any, Final
 
 import gevent
-from gevent import ssl as gevent_ssl
 from gevent.queue import Queue as EventQueue
 
 from gcluster._token import Token
@@ -97,12 +97,8 @@ class ClusterConfig:
             raise ConfigError("backlog_warning must be at least 1")
         if self.session_store is not None and not isinstance(self.session_store, SessionStore):
             raise ConfigError("session_store must have load(shard_ids) and save(shard_id, session)")
-        if self.ssl_context is not None and not isinstance(self.ssl_context, gevent_ssl.SSLContext):
-            # A standard-library context would do blocking I/O under the hub.
-            raise ConfigError(
-                "ssl_context must be a gevent.ssl.SSLContext "
-                "(e.g. gevent.ssl.create_default_context(cafile=...))"
-            )
+        if self.ssl_context is not None and not isinstance(self.ssl_context, ssl.SSLContext):
+            raise ConfigError("ssl_context must be an ssl.SSLContext (or gevent's)")
         for shard_id, session in self.resume_sessions.items():
             if not isinstance(session, ResumeSession):
                 raise ConfigError(f"resume_sessions[{shard_id}] must be a ResumeSession")
@@ -154,8 +150,9 @@ class Cluster:
             else zlib), False for none.
         connect_timeout: seconds for one connection attempt (TCP, TLS, handshake)
             and for HELLO to follow.
-        ssl_context: a `gevent.ssl.SSLContext` for wss (e.g. with a custom CA);
-            the default verifies certificates and host names.
+        ssl_context: an `ssl.SSLContext` for wss (e.g. `ssl.create_default_context(
+            cafile=...)` for a custom CA); the default verifies certificates and
+            host names. The handshake runs on gevent's sockets either way.
         session_store: a `SessionStore` (e.g. `gcluster.redis.RedisSessionStore`):
             sessions saved there are resumed at start, and each shard's session
             is saved as the application finishes with its events.

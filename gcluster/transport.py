@@ -51,8 +51,24 @@ class ConnectionClosed(Exception):
 
 
 def default_ssl_context() -> Any:
-    """A gevent SSL context that verifies certificates and host names."""
-    return gssl.create_default_context()
+    """A context that verifies certificates (the system's CAs) and host names.
+
+    Built from gevent's SSLContext class: `gevent.ssl.create_default_context()`
+    returns the standard library's class unless the application monkey-patched,
+    and that one's handshake would block the hub.
+    """
+    context = gssl.SSLContext(_stdlib_ssl.PROTOCOL_TLS_CLIENT)  # verifies by default
+    context.load_default_certs()
+    return context
+
+
+def _wrap(sock: Any, context: Any, hostname: str) -> Any:
+    """TLS over a gevent socket with any SSLContext, without blocking the hub."""
+    if isinstance(context, gssl.SSLContext):
+        return context.wrap_socket(sock, server_hostname=hostname)
+    # A standard-library context (e.g. ssl.create_default_context(cafile=...)):
+    # gevent's SSLSocket accepts it the way gevent's own SSLContext passes itself.
+    return gssl.SSLSocket(sock=sock, server_hostname=hostname, _context=context)
 
 
 class Connection:
@@ -95,7 +111,7 @@ class Connection:
                 sock.setsockopt(gsocket.IPPROTO_TCP, gsocket.TCP_NODELAY, 1)
                 if secure:
                     context = ssl_context if ssl_context is not None else default_ssl_context()
-                    sock = context.wrap_socket(sock, server_hostname=parts.hostname)
+                    sock = _wrap(sock, context, parts.hostname)
                 ws = websocket.WebSocket(enable_multithread=False, skip_utf8_validation=True)
                 ws.connect(url, socket=sock, suppress_origin=True)  # type: ignore[no-untyped-call]
                 sock.settimeout(None)
