@@ -3,7 +3,9 @@
 `demo` needs nothing but this package: it starts the embedded gateway
 simulator, brings a cluster up on it, streams events through it and shows
 each shard's state as it goes. `run` connects to Discord with DISCORD_TOKEN
-and prints every event as one JSON line, for piping into jq.
+and prints every event as one JSON line, for piping into jq; with `--sink
+redis://...` it runs as a gateway service feeding worker processes through
+Redis Streams (see `gcluster.redis.service`).
 """
 
 from __future__ import annotations
@@ -256,16 +258,43 @@ def _parse_flags(text: str, enum: Any, what: str) -> Any:
     return value
 
 
+def parse_scheme(text: str | None, total: int | None) -> ShardScheme | None:
+    """`--scheme`: "auto", "process:I/N" or "range:A-B" (with `--shards` as the total).
+
+    Without `--scheme`, `--shards N` means shards 0..N-1 of N, and neither means auto.
+    """
+    if not text:
+        return ShardScheme.range(range(total), total) if total else None
+    kind, _, value = text.partition(":")
+    if kind == "auto" and not value:
+        return ShardScheme.auto()
+    if kind not in ("process", "range") or not value:
+        raise SystemExit(f"--scheme must be auto, process:I/N or range:A-B, not {text!r}")
+    if not total:
+        raise SystemExit(f"--scheme {text} needs the bot's shard count: --shards TOTAL")
+    try:
+        if kind == "process":
+            index, count = (int(part) for part in value.split("/"))
+            return ShardScheme.process(index, count, total)
+        first, last = (int(part) for part in value.split("-"))
+        return ShardScheme.range(range(first, last + 1), total)
+    except ValueError as err:  # bad numbers, or ShardSchemeError
+        raise SystemExit(f"--scheme {text}: {err}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     token = os.environ.get("DISCORD_TOKEN", "")
+    scheme = parse_scheme(args.scheme, args.shards)
     sim = None
     options: dict[str, Any] = {}
     if args.simulate:
         from gcluster.testing import GatewaySimulator
 
-        sim = GatewaySimulator(shards=args.shards or 1, max_concurrency=args.shards or 1).start()
+        total = args.shards or 1
+        sim = GatewaySimulator(shards=total, max_concurrency=total).start()
         token = sim.token
         options["api_base"] = sim.api_base
+        scheme = scheme or ShardScheme.range(range(total), total)
     elif not token:
         print("DISCORD_TOKEN is not set (or use --simulate)", file=sys.stderr)
         return 2
@@ -273,8 +302,19 @@ def run(args: argparse.Namespace) -> int:
     event_types = _parse_flags(args.events, EventTypeFlags, "event type") if args.events else None
     if event_types is not None:
         options["event_types"] = event_types
-    if args.shards:
-        options["shard_scheme"] = ShardScheme.range(range(args.shards), args.shards)
+    if args.sink:
+        from gcluster.redis.service import serve
+
+        return serve(
+            args,
+            token=token,
+            intents=intents,
+            scheme=scheme or ShardScheme.auto(),
+            options=options,
+            simulate=sim,
+        )
+    if scheme is not None:
+        options["shard_scheme"] = scheme
     cluster = Cluster(token, intents, **options)
     stop = gevent.event.Event()
     gevent.signal_handler(signal.SIGINT, stop.set)
@@ -283,8 +323,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         cluster.up()
         if sim is not None:
-            for shard_id in range(args.shards or 1):
-                sim.send_events(shard_id, args.simulate_events)
+            for shard in cluster.shards():
+                sim.send_events(shard.id, args.simulate_events)
         printer = gevent.spawn(_print_events, cluster, out, args.limit)
         gevent.wait([printer, stop], count=1)
     except GClusterError as err:
@@ -342,18 +382,32 @@ def parser() -> argparse.ArgumentParser:
 
     r = commands.add_parser(
         "run",
-        help="connect to Discord with DISCORD_TOKEN and print events as JSON lines",
+        help="connect to Discord with DISCORD_TOKEN; print events as JSON lines, or serve "
+        "them to workers through Redis (--sink)",
         description="Connect to the Discord gateway with the bot token in DISCORD_TOKEN and "
-        "print every event as one JSON line ({shard, t, s, d}).",
+        "print every event as one JSON line ({shard, t, s, d}). With --sink, run as a "
+        "gateway service instead: publish the events to Redis Streams for StreamWorker "
+        "processes, send the commands workers post to this process's shards, identify "
+        "through a RedisQueue and keep sessions in a RedisSessionStore; SIGTERM saves "
+        "resumable sessions and exits 0.",
     )
     r.add_argument(
         "--intents", default="GUILDS,GUILD_MESSAGES", help="comma-separated Intents names or an int"
     )
     r.add_argument(
-        "--events", default="", help="comma-separated event types to print (default: all)"
+        "--events", default="", help="comma-separated event types to deliver (default: all)"
     )
     r.add_argument(
-        "--shards", type=int, default=None, help="run shards 0..N-1 of N (default: Discord's count)"
+        "--shards",
+        type=int,
+        default=None,
+        help="the bot's shard count; alone, run shards 0..N-1 of N (default: Discord's count)",
+    )
+    r.add_argument(
+        "--scheme",
+        default=None,
+        help="which shards this process runs: auto, process:I/N (the I-th of N slices of "
+        "--shards) or range:A-B",
     )
     r.add_argument("--limit", type=int, default=None, help="exit after printing this many events")
     r.add_argument(
@@ -361,6 +415,39 @@ def parser() -> argparse.ArgumentParser:
     )
     r.add_argument(
         "--simulate-events", type=int, default=10, help="with --simulate: events per shard"
+    )
+    service = r.add_argument_group("service mode")
+    service.add_argument(
+        "--sink",
+        metavar="REDIS_URL",
+        default=None,
+        help="run as a service publishing to Redis Streams at this URL (e.g. redis://host:6379/0)",
+    )
+    service.add_argument(
+        "--namespace",
+        default="gcluster",
+        help="key prefix of the bot in Redis: identify queue, sessions, command inboxes",
+    )
+    service.add_argument("--stream", default="gcluster:events", help="the event stream's key")
+    service.add_argument(
+        "--per-event-streams",
+        action="store_true",
+        help="one stream per event name (STREAM's hash tag + name) instead of one stream",
+    )
+    service.add_argument(
+        "--maxlen",
+        type=int,
+        default=1_000_000,
+        help="trim each stream to about this many entries; 0 never trims",
+    )
+    service.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=10.0,
+        help="on SIGTERM, seconds to publish the events already read",
+    )
+    service.add_argument(
+        "--log-level", default="info", help="debug, info, warning or error (default info)"
     )
     r.set_defaults(func=run)
     return top

@@ -5,6 +5,10 @@ every process of one bot; `RedisSessionStore` keeps resumable sessions so a
 restarted process RESUMEs instead of identifying. Both fail closed: when Redis
 cannot answer they raise a gcluster error and nothing identifies.
 
+`StreamSink` publishes a cluster's events to Redis Streams and serves the
+command inbox (`CommandInbox`); `StreamWorker` reads them in other processes
+through a consumer group and sends commands back to the shard that owns them.
+
 Install with ``pip install 'gcluster[redis]'``; ``import gcluster`` alone never
 imports redis.
 """
@@ -16,7 +20,35 @@ try:
 except ImportError as err:  # pragma: no cover - depends on the installation
     raise ImportError("gcluster.redis needs redis-py: pip install 'gcluster[redis]'") from err
 
+from gcluster.redis.inbox import CommandInbox, InboxStats, inbox_key, shard_count_key
 from gcluster.redis.queue import RedisQueue
 from gcluster.redis.sessions import RedisSessionStore, SessionStoreError
+from gcluster.redis.streams import (
+    DEFAULT_STREAM,
+    SinkStats,
+    StreamError,
+    StreamSink,
+    decode_event,
+    encode_event,
+    event_stream_key,
+)
+from gcluster.redis.worker import StreamWorker, WorkerStats
 
-__all__ = ["RedisQueue", "RedisSessionStore", "SessionStoreError"]
+__all__ = [
+    "DEFAULT_STREAM",
+    "CommandInbox",
+    "InboxStats",
+    "RedisQueue",
+    "RedisSessionStore",
+    "SessionStoreError",
+    "SinkStats",
+    "StreamError",
+    "StreamSink",
+    "StreamWorker",
+    "WorkerStats",
+    "decode_event",
+    "encode_event",
+    "event_stream_key",
+    "inbox_key",
+    "shard_count_key",
+]

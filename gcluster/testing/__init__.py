@@ -6,12 +6,15 @@ faults to inflict, and records of everything it saw. `event_number` reads the
 per-shard number `GatewaySimulator.send_events` gives each event;
 `gcluster.testing.payloads` builds realistic dispatch bodies;
 `make_certificates` makes a throwaway CA and server certificate for running
-the simulator over TLS.
+the simulator over TLS. For benchmarks, `GatewaySimulator.blast` and
+`send_paced` send pre-encoded varied traffic (`gcluster.testing.traffic`), and
+``python -m gcluster.testing serve`` runs a simulator in its own process,
+driven by `SimulatorProcess`, so it has a core of its own.
 """
 
 from __future__ import annotations
 
-from . import faults, payloads, records, tls
+from . import faults, payloads, records, tls, traffic
 from .faults import (
     CloseConnection,
     DropConnection,
@@ -28,9 +31,11 @@ from .faults import (
     StopHeartbeatAcks,
     UnknownOpcode,
 )
-from .gateway import SessionInfo
-from .payloads import event_number
+from .gateway import Blast, SessionInfo
+from .payloads import due_offset, event_number
+from .process import SimulatorProcess
 from .records import (
+    BlastRecord,
     CloseRecord,
     CommandRecord,
     ConnectionRecord,
@@ -42,14 +47,17 @@ from .records import (
     RefusalRecord,
     RequestRecord,
     ResumeRecord,
+    Traffic,
     ViolationRecord,
 )
-from .simulator import GatewaySimulator
+from .simulator import GatewaySimulator, PacedSend
 from .streams import STREAM_KINDS
 from .tls import CertificateError, TestCertificates, make_certificates
 
 __all__ = [
     "STREAM_KINDS",
+    "Blast",
+    "BlastRecord",
     "CertificateError",
     "CloseConnection",
     "CloseRecord",
@@ -67,6 +75,7 @@ __all__ = [
     "HugeDispatch",
     "IdentifyRecord",
     "InvalidateSession",
+    "PacedSend",
     "Reconnect",
     "Records",
     "RefusalRecord",
@@ -75,15 +84,19 @@ __all__ = [
     "RequestRecord",
     "ResumeRecord",
     "SessionInfo",
+    "SimulatorProcess",
     "Stall",
     "StopHeartbeatAcks",
     "TestCertificates",
+    "Traffic",
     "UnknownOpcode",
     "ViolationRecord",
+    "due_offset",
     "event_number",
     "faults",
     "make_certificates",
     "payloads",
     "records",
     "tls",
+    "traffic",
 ]

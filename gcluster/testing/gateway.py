@@ -19,10 +19,12 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import gevent
 import ujson
 
-from . import faults, payloads, rules
+from . import faults, payloads, rules, traffic
 from .records import (
+    BlastRecord,
     CloseRecord,
     CommandRecord,
     ConnectionRecord,
@@ -38,12 +40,13 @@ from .records import (
 )
 from .rules import Close, Op, Rejection
 from .streams import EventStream
+from .wire import COMPRESSIONS, BlastFrames
 
 if TYPE_CHECKING:
     from .connection import GatewayConnection
     from .wire import Ending
 
-__all__ = ["Gateway", "GatewayConfig", "SessionInfo", "encode"]
+__all__ = ["Blast", "Gateway", "GatewayConfig", "SessionInfo", "encode"]
 
 # Privileged intent bit -> the application flag that allows it (GATEWAY_*).
 _INTENT_FLAGS = {1 << 1: 1 << 14, 1 << 8: 1 << 12, 1 << 15: 1 << 18}
@@ -55,6 +58,8 @@ INVALID_SESSION = {
     True: '{"t":null,"s":null,"op":9,"d":true}',
     False: '{"t":null,"s":null,"op":9,"d":false}',
 }
+_NUMBER = payloads.NUMBER_KEY
+_DUE = payloads.DUE_KEY
 # Not JSON, however it is decoded.
 GARBAGE_TEXT = '{"t":"MESSAGE_CREATE","s":'
 # After a sync flush the deflate stream is byte-aligned at a block header; 0xff
@@ -87,6 +92,9 @@ class GatewayConfig:
     """Seconds one identify bucket must wait between two IDENTIFYs; 0: no limit."""
     replay_limit: int
     """How many of a session's latest dispatches are kept for a RESUME."""
+    login_endpoints: bool = False
+    """Whether REST also answers what other libraries ask at login
+    (GET /users/@me and /oauth2/applications/@me)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -130,13 +138,117 @@ class _ArmedPlan:
         self.remaining = remaining
 
 
+class Blast:
+    """Dispatches blasted to one connection (`Gateway.blast`): wait for its record.
+
+    Attributes:
+        shard_id, connection_id, session_id: where they went.
+        first_s, last_s: their sequence numbers.
+        first_number, last_number: their event numbers.
+        prepare_seconds: building, encoding, compressing and framing them.
+        frames: the queued frames, as the connection's writer sees them.
+    """
+
+    __slots__ = (
+        "connection_id",
+        "first_number",
+        "first_s",
+        "frames",
+        "last_number",
+        "last_s",
+        "prepare_seconds",
+        "record",
+        "session_id",
+        "shard_id",
+    )
+
+    def __init__(
+        self,
+        *,
+        shard_id: int,
+        connection_id: int,
+        session_id: str,
+        first_s: int,
+        last_s: int,
+        first_number: int,
+        last_number: int,
+        prepare_seconds: float,
+        frames: BlastFrames,
+        records: Records,
+    ) -> None:
+        self.shard_id = shard_id
+        self.connection_id = connection_id
+        self.session_id = session_id
+        self.first_s = first_s
+        self.last_s = last_s
+        self.first_number = first_number
+        self.last_number = last_number
+        self.prepare_seconds = prepare_seconds
+        self.frames = frames
+        self.record: BlastRecord | None = None
+
+        def finished(_: object) -> None:
+            self.record = record = self._to_record()
+            records.blasts.append(record)
+            records.notify()
+
+        frames.done.rawlink(finished)
+
+    def __repr__(self) -> str:
+        return f"<Blast shard={self.shard_id} s={self.first_s}..{self.last_s} done={self.done}>"
+
+    @property
+    def events(self) -> int:
+        return self.last_s - self.first_s + 1
+
+    @property
+    def done(self) -> bool:
+        """Whether the writer is through with it (all written, or the connection ended)."""
+        return self.record is not None
+
+    def release(self, start_at: float) -> None:
+        """Start a paced blast: each dispatch goes out at ``start_at`` plus its due time."""
+        self.frames.release(start_at)
+
+    def wait(self, timeout: float | None = None) -> BlastRecord | None:
+        """Wait until the writer is through with it; its record, or None on timeout."""
+        if self.frames.done.wait(timeout) and self.record is None:
+            # rawlink callbacks run on the hub's next turn: let it record.
+            gevent.sleep(0)
+        return self.record
+
+    def _to_record(self) -> BlastRecord:
+        frames = self.frames
+        return BlastRecord(
+            time=time.monotonic(),
+            shard_id=self.shard_id,
+            connection_id=self.connection_id,
+            session_id=self.session_id,
+            first_s=self.first_s,
+            last_s=self.last_s,
+            first_number=self.first_number,
+            last_number=self.last_number,
+            events=self.events,
+            written=frames.written,
+            payload_bytes=sum(frames.payload_bytes),
+            wire_bytes=frames.wire_bytes,
+            prepare_seconds=self.prepare_seconds,
+            started=frames.started,
+            finished=frames.finished if frames.finished is not None else time.monotonic(),
+            late_max=frames.late_max,
+        )
+
+
 class ShardState:
     """Everything the gateway keeps per shard id."""
 
-    __slots__ = ("backlog", "guilds", "id", "plans", "session", "stream")
+    __slots__ = ("backlog", "bodies", "guilds", "id", "plans", "session", "stream", "total")
 
     def __init__(self, shard_id: int, total: int, guilds_per_shard: int) -> None:
         self.id = shard_id
+        self.total = total
+        # Varied bodies for blasts, built on the first one (it takes a moment).
+        self.bodies: traffic.BodyPool | None = None
         self.guilds = payloads.guild_fixtures(shard_id, total, guilds_per_shard)
         self.stream = EventStream(self.guilds, payloads.Snowflakes(worker=shard_id % 32))
         self.session: Session | None = None
@@ -222,6 +334,32 @@ class Gateway:
         self._session_start_reset_at += periods * period
         self._session_start_remaining = self.config.session_start_limit_total
 
+    def bot_user(self) -> dict[str, Any]:
+        """The bot's user object, as GET /users/@me returns it."""
+        return {
+            **payloads.user(self.bot_user_id, bot=True),
+            "flags": 0,
+            "mfa_enabled": False,
+            "verified": True,
+            "email": None,
+        }
+
+    def application(self) -> dict[str, Any]:
+        """The bot's application, as GET /oauth2/applications/@me returns it."""
+        return {
+            "id": str(self.application_id),
+            "name": "gcluster-sim",
+            "description": "",
+            "icon": None,
+            "bot_public": True,
+            "bot_require_code_grant": False,
+            "owner": payloads.user(self.application_id),
+            "verify_key": f"{self.application_id:064x}"[-64:],
+            "flags": self._application_flags,
+            "team": None,
+            "bot": self.bot_user(),
+        }
+
     def token_ok(self, token: str) -> bool:
         """Whether ``token`` (with or without "Bot ") is the application's."""
         return secrets.compare_digest(rules.strip_bot_prefix(token), self.config.token)
@@ -243,7 +381,7 @@ class Gateway:
         """Register a new websocket and greet it (HELLO), or reject its URL."""
         self._connections[conn.id] = conn
         self._record(self.records.connections, record)
-        rejection = rules.check_query(record.query)
+        rejection = rules.check_query(record.query, compressions=COMPRESSIONS)
         if rejection is not None:
             self.reject(conn, rejection)
         else:
@@ -475,6 +613,75 @@ class Gateway:
             shard.backlog.append((name, d_json, number))
         else:
             self._emit(shard.session, name, d_json, number)
+
+    def blast(
+        self,
+        shard_id: int,
+        count: int,
+        kinds: tuple[str, ...],
+        *,
+        due: list[float] | None = None,
+    ) -> Blast:
+        """Queue ``count`` varied dispatches on the shard's live connection, pre-encoded.
+
+        Each takes the session's next ``s`` and the shard's next event number
+        and is logged for replay, as `deliver` does, so a RESUME after a blast
+        (or during one) replays what the client missed. Everything is built,
+        encoded, compressed and framed here, before the writer starts, and
+        without yielding, so nothing else can slip into the compression
+        stream in between.
+
+        Args:
+            due: pace the dispatches (see `WebSocket.send_blast`): one time
+                per dispatch, in seconds after the start given to
+                `Blast.release`, also written into its ``d`` (see
+                `payloads.due_offset`).
+
+        Raises:
+            ValueError: the shard has no live connection, or a bad kind.
+        """
+        shard = self._shards[shard_id]
+        session = shard.session
+        conn = session.connection if session is not None else None
+        if session is None or conn is None or conn.wire.closing:
+            raise ValueError(f"shard {shard_id} has no live connection to blast")
+        started = time.perf_counter()
+        if shard.bodies is None:
+            shard.bodies = traffic.BodyPool(traffic.VariedStream(shard_id, shard.total))
+        bodies = shard.bodies.take(kinds, count)
+        quote = self._quote
+        log = session.log
+        stream = shard.stream
+        first_s = session.seq + 1
+        first_number = stream.next_number
+        s = session.seq
+        texts = []
+        for index, (name, body) in enumerate(bodies):
+            number = stream.claim_number()
+            s += 1
+            if due is None:
+                frame = f'{{"t":{quote(name)},"s":{s},"op":0,"d":{body},"{_NUMBER}":{number}}}}}'
+            else:
+                frame = (
+                    f'{{"t":{quote(name)},"s":{s},"op":0,"d":{body},"{_NUMBER}":{number},'
+                    f'"{_DUE}":{due[index]!r}}}}}'
+                )
+            log.append((frame, name, number))
+            texts.append(frame)
+        session.seq = s
+        frames = conn.wire.send_blast(texts, due)
+        return Blast(
+            shard_id=shard_id,
+            connection_id=conn.id,
+            session_id=session.id,
+            first_s=first_s,
+            last_s=s,
+            first_number=first_number,
+            last_number=stream.next_number - 1,
+            prepare_seconds=time.perf_counter() - started,
+            frames=frames,
+            records=self.records,
+        )
 
     def stream(self, shard_id: int) -> EventStream:
         """The shard's numbered event stream."""

@@ -21,9 +21,11 @@ from typing import Any
 
 __all__ = [
     "DISCORD_EPOCH_MS",
+    "DUE_KEY",
     "NUMBER_KEY",
     "GuildFixture",
     "Snowflakes",
+    "due_offset",
     "event_number",
     "guild_create",
     "guild_fixtures",
@@ -47,6 +49,13 @@ NUMBER_KEY = "gcluster_n"
 """The key in a dispatch's ``d`` that holds the simulator's per-shard event number.
 
 Read it with `event_number`, so tests never depend on the key itself.
+"""
+
+DUE_KEY = "gcluster_due"
+"""The key in a paced dispatch's ``d`` that holds when the simulator was to send it.
+
+Seconds after the start of the paced run (`GatewaySimulator.send_paced`);
+read it with `due_offset`.
 """
 
 # Guilds in the fixtures were "created" from about mid-2018 on.
@@ -533,3 +542,17 @@ def event_number(data: dict[str, Any]) -> int | None:
     """
     number = data.get(NUMBER_KEY) if isinstance(data, dict) else None
     return number if type(number) is int else None
+
+
+def due_offset(data: dict[str, Any]) -> float | None:
+    """When a paced dispatch was due, in seconds after its run's start; None if not paced.
+
+    The simulator writes it at ``start + offset`` or later (see
+    ``BlastRecord.late_max``), so ``arrival - (start + offset)`` is an upper
+    bound of the time from the simulator's send to the client's arrival.
+
+    Args:
+        data: a dispatch's decoded ``d``.
+    """
+    offset = data.get(DUE_KEY) if isinstance(data, dict) else None
+    return float(offset) if type(offset) is float or type(offset) is int else None

@@ -17,6 +17,7 @@ from typing import Any, Literal
 from gevent.event import Event as _Signal
 
 __all__ = [
+    "BlastRecord",
     "CloseRecord",
     "CommandRecord",
     "ConnectionRecord",
@@ -28,6 +29,7 @@ __all__ = [
     "RefusalRecord",
     "RequestRecord",
     "ResumeRecord",
+    "Traffic",
     "ViolationKind",
     "ViolationRecord",
 ]
@@ -50,7 +52,7 @@ class ConnectionRecord:
     query: Mapping[str, str] = field(hash=False)
     """The query parameters, first value of each."""
     compression: str | None
-    """``"zlib-stream"`` or None."""
+    """The ``compress`` query value (``"zlib-stream"``, ``"zstd-stream"``), or None."""
     remote_port: int
 
 
@@ -140,6 +142,67 @@ class DispatchRecord:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class BlastRecord:
+    """A blast (`GatewaySimulator.blast`) the writer is through with.
+
+    Blasted dispatches get no `DispatchRecord` each and do not count toward
+    fault plans' ``after_dispatches``; this one record stands for all of them.
+    """
+
+    time: float
+    shard_id: int
+    connection_id: int
+    session_id: str
+    first_s: int
+    last_s: int
+    """The sequence numbers of the first and last dispatch of the blast."""
+    first_number: int
+    last_number: int
+    """Their event numbers (`gcluster.testing.event_number`)."""
+    events: int
+    written: int
+    """How many were written before the writer finished (fewer when the
+    connection closed during the blast; the rest wait in the session for a RESUME)."""
+    payload_bytes: int
+    """The dispatches' JSON, before compression."""
+    wire_bytes: int
+    """Their websocket frames as written: compressed payloads plus frame headers."""
+    prepare_seconds: float
+    """Time spent building, encoding, compressing and framing before the first write."""
+    started: float | None
+    finished: float
+    """``time.monotonic()`` of the first write (None if nothing was written) and
+    after the last one: ``written / (finished - started)`` is the send rate."""
+    late_max: float = 0.0
+    """For a paced blast (`GatewaySimulator.send_paced`): the most seconds a
+    dispatch went out after it was due."""
+
+    @property
+    def send_rate(self) -> float:
+        """Dispatches written per second (0.0 when nothing was written)."""
+        if self.started is None or self.finished <= self.started:
+            return 0.0
+        return self.written / (self.finished - self.started)
+
+
+@dataclass(slots=True, kw_only=True)
+class Traffic:
+    """What the simulator has written to one connection so far: live counters.
+
+    Unlike the other records these change as the connection goes on; copy the
+    numbers to keep a snapshot.
+    """
+
+    connection_id: int
+    messages: int = 0
+    """Websocket messages written (control frames not counted)."""
+    payload_bytes: int = 0
+    """Their size before compression."""
+    wire_bytes: int = 0
+    """Their websocket frames' size as written (after compression, with headers)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class FaultRecord:
     """A fault the simulator applied to a shard (directly or from a plan)."""
 
@@ -222,6 +285,9 @@ class Records:
         self.requests: list[RequestRecord] = []
         self.violations: list[ViolationRecord] = []
         self.refusals: list[RefusalRecord] = []
+        self.blasts: list[BlastRecord] = []
+        self.traffic: dict[int, Traffic] = {}
+        """Bytes and messages written, per connection id, kept up to date."""
         self._changed = _Signal()
 
     def notify(self) -> None:
@@ -265,5 +331,7 @@ class Records:
             self.requests,
             self.violations,
             self.refusals,
+            self.blasts,
         ):
             records.clear()
+        self.traffic.clear()

@@ -16,6 +16,8 @@ if TYPE_CHECKING:
 __all__ = ["API_PREFIX", "route"]
 
 API_PREFIX = "/api/v10"
+# What other client libraries (discord.py) ask for when they log in.
+_LOGIN_PATHS = frozenset({f"{API_PREFIX}/users/@me", f"{API_PREFIX}/oauth2/applications/@me"})
 
 
 def _error(status: int, phrase: str) -> tuple[int, dict[str, Any]]:
@@ -54,4 +56,12 @@ def route(
         if method != "GET":
             return _error(405, "Method Not Allowed")
         return 200, {"url": gateway.url}
+    if gateway.config.login_endpoints and path in _LOGIN_PATHS:
+        if method != "GET":
+            return _error(405, "Method Not Allowed")
+        if authorization is None or not gateway.token_ok(authorization):
+            return _error(401, "Unauthorized")
+        if path == f"{API_PREFIX}/users/@me":
+            return 200, gateway.bot_user()
+        return 200, gateway.application()
     return _error(404, "Not Found")

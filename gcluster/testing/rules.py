@@ -9,6 +9,7 @@ connection code only acts on the verdicts.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any
 
@@ -120,14 +121,22 @@ def strip_bot_prefix(token: str) -> str:
     return token[4:] if token.startswith("Bot ") else token
 
 
-def check_query(query: Mapping[str, str]) -> Rejection | None:
-    """Check the connect URL's ``v``, ``encoding`` and ``compress`` parameters."""
+def check_query(
+    query: Mapping[str, str], *, compressions: AbstractSet[str] = frozenset({"zlib-stream"})
+) -> Rejection | None:
+    """Check the connect URL's ``v``, ``encoding`` and ``compress`` parameters.
+
+    Args:
+        query: the parameters, first value of each.
+        compressions: the ``compress`` values served (absent means none).
+    """
     if query.get("v") != "10":
         return Rejection(Close.INVALID_API_VERSION, "Invalid API version.")
     if query.get("encoding", "json") != "json":
         # ETF is real but not simulated; anything else Discord cannot decode.
         return Rejection(Close.DECODE_ERROR, "Error while decoding payload.")
-    if query.get("compress", "zlib-stream") != "zlib-stream":
+    compress = query.get("compress")
+    if compress is not None and compress not in compressions:
         return Rejection(Close.DECODE_ERROR, "Unsupported compression.")
     return None
 

@@ -25,19 +25,60 @@ from gevent.pool import Group
 
 from . import faults, rest, rules
 from .connection import GatewayConnection
-from .gateway import Gateway, GatewayConfig, SessionInfo, encode
+from .gateway import Blast, Gateway, GatewayConfig, SessionInfo, encode
 from .payloads import GuildFixture, event_number
-from .records import ConnectionRecord, Records, RequestRecord
+from .records import BlastRecord, ConnectionRecord, Records, RequestRecord, Traffic
 from .server import Server
-from .wire import WebSocket
+from .streams import STREAM_KINDS
+from .traffic import BLAST_KINDS
+from .wire import COMPRESSIONS, WebSocket
 
-__all__ = ["GatewaySimulator"]
+__all__ = ["GatewaySimulator", "PacedSend"]
 
 log = logging.getLogger(__name__)
 
 # send_events yields to the hub this often, so a big batch neither blocks other
 # greenlets nor piles everything up before the writers can start sending.
 _YIELD_EVERY = 256
+
+
+class PacedSend:
+    """Dispatches sent at a steady rate (`GatewaySimulator.send_paced`).
+
+    Attributes:
+        start: ``time.monotonic()`` at which the first is due; dispatch ``d``
+            is due at ``start + payloads.due_offset(d)``.
+        rate: dispatches per second, over all its shards.
+        blasts: one per shard.
+    """
+
+    def __init__(self, start: float, rate: float, blasts: list[Blast]) -> None:
+        self.start = start
+        self.rate = rate
+        self.blasts = blasts
+
+    def __repr__(self) -> str:
+        return f"<PacedSend rate={self.rate:g}/s shards={[b.shard_id for b in self.blasts]}>"
+
+    @property
+    def events(self) -> int:
+        return sum(blast.events for blast in self.blasts)
+
+    def wait(self, timeout: float | None = None) -> list[BlastRecord] | None:
+        """Wait until every dispatch was written (or its connection ended).
+
+        Returns:
+            The blasts' records, or None when ``timeout`` passed first.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        records = []
+        for blast in self.blasts:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            record = blast.wait(left)
+            if record is None:
+                return None
+            records.append(record)
+        return records
 
 
 class GatewaySimulator:
@@ -80,6 +121,9 @@ class GatewaySimulator:
         replay_limit: how many of a session's latest dispatches are kept for
             RESUME. A RESUME that missed older ones gets op 9 ``d = false``
             and ends the session, as on Discord when too much was missed.
+        login_endpoints: also answer GET /users/@me and
+            /oauth2/applications/@me (with the Bot token), which other
+            client libraries such as discord.py ask for when they log in.
         ssl_context: a server-side `ssl.SSLContext` (see
             `gcluster.testing.tls.make_certificates`); the simulator then
             speaks TLS, and `url`, `resume_url` and `api_base` are
@@ -105,6 +149,7 @@ class GatewaySimulator:
         guilds_per_shard: int = 2,
         identify_interval: float = 5.0,
         replay_limit: int = 100_000,
+        login_endpoints: bool = False,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         if shards < 1:
@@ -137,6 +182,7 @@ class GatewaySimulator:
             guilds_per_shard=guilds_per_shard,
             identify_interval=identify_interval,
             replay_limit=replay_limit,
+            login_endpoints=login_endpoints,
         )
         self._ssl_context = ssl_context
         self._session_start_remaining = session_start_remaining
@@ -300,6 +346,91 @@ class GatewaySimulator:
                 gevent.sleep(0)
         return numbers
 
+    def blast(self, shard_id: int, count: int, kinds: Iterable[str] | None = None) -> Blast:
+        """Blast ``count`` varied dispatches to the shard's live connection, for benchmarks.
+
+        The whole stream is built (realistic ~1.2 KB MESSAGE_CREATEs by
+        default, varied so zlib-stream gets a real-world ratio of about 4.5x,
+        see `gcluster.testing.traffic`), encoded, compressed with the
+        connection's compressor (zlib-stream, zstd-stream or none), framed
+        and queued before anything is written; the connection's writer then
+        hands it to the socket in chunks of about 256 KB, so the simulator
+        is never what limits the client. The returned `Blast` gives a
+        `BlastRecord` with the send rate once written.
+
+        Dispatches are numbered per shard like `send_events` and take the
+        session's next sequence numbers; they are logged for replay, so a
+        client that drops during a blast resumes and gets the rest. Unlike
+        `send_events` they get one `BlastRecord` instead of a
+        `DispatchRecord` each, and do not count toward fault plans.
+
+        Args:
+            shard_id: the shard; it must have a live connection.
+            count: how many dispatches.
+            kinds: names to cycle through (default MESSAGE_CREATE only), from
+                `STREAM_KINDS`.
+
+        Raises:
+            ValueError: for a bad shard id, count or kind, or a shard with
+                no live connection.
+        """
+        gateway = self._require()
+        self._check_shard(shard_id)
+        if count < 1:
+            raise ValueError("count must be >= 1")
+        return gateway.blast(shard_id, count, self._kinds(kinds))
+
+    def send_paced(
+        self,
+        shard_ids: Iterable[int],
+        count: int,
+        rate: float,
+        kinds: Iterable[str] | None = None,
+        *,
+        lead: float = 0.05,
+    ) -> PacedSend:
+        """Send ``count`` varied dispatches at ``rate`` per second, round-robin over shards.
+
+        For latency measurements: like `blast`, everything is encoded and
+        compressed up front; then each dispatch is written on its own at its
+        due time (to within microseconds: the simulator's hub spins for the
+        last stretch). Each ``d`` carries its due time as an offset from
+        `PacedSend.start` (`payloads.due_offset`), so the client can tell
+        how long it took from the simulator's send to its own hands. Anything
+        else queued on those connections meanwhile (heartbeat ACKs too) goes
+        out after the run.
+
+        Args:
+            shard_ids: the shards; each must have a live connection.
+            count: how many dispatches in all.
+            rate: dispatches per second in all.
+            kinds: as for `blast`.
+            lead: seconds between the end of the preparation and the first
+                dispatch's due time.
+
+        Raises:
+            ValueError: as for `blast`, or a rate that is not positive.
+        """
+        gateway = self._require()
+        ids = list(shard_ids)
+        if not ids:
+            raise ValueError("shard_ids must not be empty")
+        for shard_id in ids:
+            self._check_shard(shard_id)
+        if count < len(ids):
+            raise ValueError("count must give every shard at least one dispatch")
+        if rate <= 0:
+            raise ValueError("rate must be > 0")
+        names = self._kinds(kinds)
+        blasts = []
+        for position, shard_id in enumerate(ids):
+            due = [index / rate for index in range(position, count, len(ids))]
+            blasts.append(gateway.blast(shard_id, len(due), names, due=due))
+        start = time.monotonic() + lead
+        for blast in blasts:
+            blast.release(start)
+        return PacedSend(start, rate, blasts)
+
     # -- server-side controls ----------------------------------------------
 
     def close_shard(self, shard_id: int, code: int, reason: str = "") -> int:
@@ -431,6 +562,13 @@ class GatewaySimulator:
 
     # -- internals ---------------------------------------------------------
 
+    @staticmethod
+    def _kinds(kinds: Iterable[str] | None) -> tuple[str, ...]:
+        names = BLAST_KINDS if kinds is None else tuple(kinds)
+        if not names or any(name not in STREAM_KINDS for name in names):
+            raise ValueError(f"kinds must be a non-empty subset of {STREAM_KINDS}, got {names}")
+        return names
+
     def _require(self) -> Gateway:
         if self._gateway is None:
             raise RuntimeError("the simulator is not started")
@@ -469,8 +607,14 @@ class GatewaySimulator:
             query.setdefault(key, value)
         compression = query.get("compress")
         connection_id = next(self._connection_ids)
+        traffic = self.records.traffic[connection_id] = Traffic(connection_id=connection_id)
         wire = WebSocket(
-            sock, ws, compress=compression == "zlib-stream", on_written=gateway.on_written
+            sock,
+            ws,
+            # An unserved value is closed with 4002 by the gateway, uncompressed.
+            compression=compression if compression in COMPRESSIONS else None,
+            on_written=gateway.on_written,
+            traffic=traffic,
         )
         conn = GatewayConnection(connection_id, wire, gateway)
         record = ConnectionRecord(

@@ -1,4 +1,4 @@
-"""The server side of one websocket: wsproto framing, zlib-stream, and ordered writes.
+"""The server side of one websocket: wsproto framing, transport compression, ordered writes.
 
 Gateway code anywhere in the hub may queue a message, a close or a drop for a
 connection at any time, and must never block on a slow client. So each
@@ -7,6 +7,11 @@ an outbox in order (batching what has piled up into one ``sendall``), and one
 reader — the connection's own greenlet — that alone reads. Both drive the same
 ``wsproto`` connection; neither yields inside a wsproto call, so under gevent
 they never interleave within one.
+
+A compressed connection (``zlib-stream`` or ``zstd-stream``) is one stream for
+its whole life, so every message is compressed when it is queued: the
+compressor then sees messages in outbox order, which is wire order, whether
+they go out one by one or as part of a pre-encoded blast.
 """
 
 from __future__ import annotations
@@ -27,7 +32,20 @@ from wsproto.connection import ConnectionState
 from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
 from wsproto.utilities import LocalProtocolError
 
-__all__ = ["Ending", "WebSocket"]
+from .records import Traffic
+
+zstandard: Any
+try:
+    import zstandard
+except ImportError:  # an optional extra: without it zstd-stream is refused (4002)
+    zstandard = None
+
+__all__ = ["COMPRESSIONS", "BlastFrames", "Ending", "WebSocket", "compressor_for"]
+
+ZLIB_STREAM = "zlib-stream"
+ZSTD_STREAM = "zstd-stream"
+COMPRESSIONS = frozenset({ZLIB_STREAM, ZSTD_STREAM} if zstandard is not None else {ZLIB_STREAM})
+"""The ``compress`` query values the simulator serves (zstd-stream needs ``zstandard``)."""
 
 _RECV_BYTES = 65536
 # Enough to amortize a syscall, small enough not to build huge joined buffers.
@@ -79,15 +97,116 @@ _DROP = _Drop()
 _Control = _Close | _CloseReply | _Pong | _Drop
 
 
+class BlastFrames:
+    """Pre-encoded websocket frames queued as one outbox item (see `WebSocket.send_blast`).
+
+    Attributes:
+        chunks: the frames, joined into chunks of about 256 KB (one message
+            per chunk when paced).
+        messages: how many messages each chunk ends (a message never spans two).
+        payload_bytes: the messages' size before compression, per chunk.
+        due: for a paced blast, when to write each chunk, in seconds after
+            the start given to `release`; None writes as fast as the socket takes.
+        written: messages written so far; less than the total when the
+            connection closed first.
+        started, finished: ``time.monotonic()`` of the first write and after
+            the last one (None until then).
+        late_max: for a paced blast, the most a chunk went out after it was due.
+        done: set when the writer is through with it, written or not.
+    """
+
+    __slots__ = (
+        "_released",
+        "chunks",
+        "done",
+        "due",
+        "finished",
+        "late_max",
+        "messages",
+        "payload_bytes",
+        "start_at",
+        "started",
+        "wire_bytes",
+        "written",
+    )
+
+    def __init__(self, due: list[float] | None = None) -> None:
+        self.chunks: list[bytes] = []
+        self.messages: list[int] = []
+        self.payload_bytes: list[int] = []
+        self.due = due
+        self.wire_bytes = 0
+        self.written = 0
+        self.started: float | None = None
+        self.finished: float | None = None
+        self.late_max = 0.0
+        self.start_at: float | None = None
+        self._released = _Signal()
+        self.done = _Signal()
+        if due is None:
+            self._released.set()
+
+    @property
+    def total(self) -> int:
+        """How many messages it holds."""
+        return sum(self.messages)
+
+    def release(self, start_at: float) -> None:
+        """Let a paced blast start: chunk ``i`` is written at ``start_at + due[i]``."""
+        self.start_at = start_at
+        self._released.set()
+
+    def wait_released(self) -> None:
+        self._released.wait()
+
+
+_Message = tuple[bytes | str, Any, int]
+"""A queued message: payload (compressed bytes, or text), receipt, size before compression."""
+
+Compressor = Callable[[bytes], bytes]
+"""One message in, the compressed bytes that complete it out (flushed)."""
+
+
+def compressor_for(compression: str | None) -> Compressor | None:
+    """A new compressor for one connection, or None for none (or an unknown name).
+
+    ``zlib-stream``: one deflate stream, sync-flushed after every message (the
+    client knows a message is complete by its ``00 00 ff ff`` tail).
+    ``zstd-stream``: one zstd stream, block-flushed after every message (each
+    websocket message decompresses to exactly one gateway message).
+    """
+    if compression == ZLIB_STREAM:
+        deflate = zlib.compressobj()
+        sync = zlib.Z_SYNC_FLUSH
+
+        def compress_zlib(data: bytes) -> bytes:
+            return deflate.compress(data) + deflate.flush(sync)
+
+        return compress_zlib
+    if compression == ZSTD_STREAM and zstandard is not None:
+        zstd = zstandard.ZstdCompressor().compressobj()
+        block = zstandard.COMPRESSOBJ_FLUSH_BLOCK
+
+        def compress_zstd(data: bytes) -> bytes:
+            compressed: bytes = zstd.compress(data) + zstd.flush(block)
+            return compressed
+
+        return compress_zstd
+    return None
+
+
 class WebSocket:
     """One accepted websocket on a gevent socket.
 
     Args:
         sock: the connected gevent socket.
         ws: a wsproto server connection that has accepted the handshake.
-        compress: whether every message goes out as zlib-stream binary.
+        compression: ``"zlib-stream"`` or ``"zstd-stream"``: every message goes
+            out as binary in that stream; None (or a name the simulator does
+            not serve) for text messages.
         on_written: called with the receipts of messages once their bytes were
             handed to the socket.
+        traffic: counters to add what is written to (a fresh one if None).
     """
 
     def __init__(
@@ -95,16 +214,20 @@ class WebSocket:
         sock: Any,
         ws: WSConnection,
         *,
-        compress: bool,
+        compression: str | None = None,
         on_written: Callable[[list[Any]], None],
+        traffic: Traffic | None = None,
     ) -> None:
         self._sock = sock
         self._ws = ws
-        # One compressor for the connection's lifetime: zlib-stream is a single
-        # deflate stream the client inflates with one decompressor.
-        self._deflate = zlib.compressobj() if compress else None
+        # One compressor for the connection's lifetime: the client decompresses
+        # the connection as one stream with one decompressor.
+        self._compress = compressor_for(compression)
         self._on_written = on_written
-        self._outbox: deque[tuple[str, Any] | _Raw | _Control] = deque()
+        self.traffic = traffic if traffic is not None else Traffic(connection_id=0)
+        # Messages are (payload, receipt, size before compression); payload is
+        # the compressed bytes on a compressed connection, else the text.
+        self._outbox: deque[_Message | _Raw | BlastFrames | _Control] = deque()
         # While set and in the future, the writer holds the outbox (a stall).
         self._stalled_until: float | None = None
         self._wakeup = _Signal()
@@ -119,13 +242,72 @@ class WebSocket:
 
     @property
     def compressed(self) -> bool:
-        """Whether messages go out as one zlib stream."""
-        return self._deflate is not None
+        """Whether messages go out as one compressed stream (zlib or zstd)."""
+        return self._compress is not None
 
     def send(self, text: str, receipt: Any = None) -> None:
         """Queue one JSON message; ``receipt`` goes to ``on_written`` once it is written."""
-        self._outbox.append((text, receipt))
+        data = text.encode()
+        compress = self._compress
+        if compress is not None:
+            self._outbox.append((compress(data), receipt, len(data)))
+        else:
+            self._outbox.append((text, receipt, len(data)))
         self._wakeup.set()
+
+    def send_blast(self, texts: list[str], due: list[float] | None = None) -> BlastFrames:
+        """Encode, compress and frame ``texts`` now; queue them to be written in bulk.
+
+        What costs CPU happens here, before anything is written: the writer
+        later only hands chunks of about 256 KB to the socket, so the client,
+        not the simulator, sets the pace. The messages follow whatever was
+        queued before and precede whatever is queued after, in the
+        connection's one compression stream. The writer stops at the first
+        chunk it finds the connection closing (see `BlastFrames.written`).
+
+        Args:
+            texts: the messages.
+            due: pace them instead: message ``i`` is written ``due[i]``
+                seconds after the start given to `BlastFrames.release`, and
+                nothing is written before that call. What is queued after a
+                paced blast (heartbeat ACKs too) waits until it is over.
+
+        Raises:
+            LocalProtocolError: the websocket is no longer open.
+        """
+        if due is not None and len(due) != len(texts):
+            raise ValueError("due must give one time per message")
+        blast = BlastFrames(due)
+        # Paced messages are written one at a time, each when it is due.
+        batch_bytes = 0 if due is not None else _BATCH_BYTES
+        compress = self._compress
+        ws = self._ws
+        parts: list[bytes] = []
+        size = messages = payload = 0
+        for text in texts:
+            data = text.encode()
+            payload += len(data)
+            if compress is not None:
+                frame = ws.send(BytesMessage(data=compress(data)))
+            else:
+                frame = ws.send(TextMessage(data=text))
+            parts.append(frame)
+            size += len(frame)
+            messages += 1
+            if size >= batch_bytes:
+                blast.chunks.append(b"".join(parts))
+                blast.messages.append(messages)
+                blast.payload_bytes.append(payload)
+                blast.wire_bytes += size
+                parts, size, messages, payload = [], 0, 0, 0
+        if parts:
+            blast.chunks.append(b"".join(parts))
+            blast.messages.append(messages)
+            blast.payload_bytes.append(payload)
+            blast.wire_bytes += size
+        self._outbox.append(blast)
+        self._wakeup.set()
+        return blast
 
     def send_raw(self, data: bytes | str) -> None:
         """Queue one message exactly as given, bypassing the zlib stream.
@@ -215,6 +397,11 @@ class WebSocket:
         """Stop writing at once and release the socket (the simulator is stopping)."""
         self._writer.kill(block=False)
         self._close_socket()
+        # Blasts never written are over too: whoever waits for one must not hang.
+        for item in self._outbox:
+            if isinstance(item, BlastFrames) and not item.done.is_set():
+                item.finished = time.monotonic()
+                item.done.set()
 
     def _on_close_frame(self, event: CloseConnection) -> None:
         if self._ws.state is ConnectionState.REMOTE_CLOSING:
@@ -255,12 +442,10 @@ class WebSocket:
             return None
         return left
 
-    def _frame(self, text: str) -> bytes:
-        if self._deflate is not None:
-            deflate = self._deflate
-            data = deflate.compress(text.encode()) + deflate.flush(zlib.Z_SYNC_FLUSH)
-            return self._ws.send(BytesMessage(data=data))
-        return self._ws.send(TextMessage(data=text))
+    def _frame(self, payload: bytes | str) -> bytes:
+        if isinstance(payload, bytes):
+            return self._ws.send(BytesMessage(data=payload))
+        return self._ws.send(TextMessage(data=payload))
 
     def _frame_raw(self, data: bytes | str) -> bytes:
         if isinstance(data, bytes):
@@ -279,7 +464,7 @@ class WebSocket:
                     self._wakeup.wait(stall)
                 chunks: list[bytes] = []
                 receipts: list[Any] = []
-                size = 0
+                size = messages = payload = 0
                 while outbox and size < _BATCH_BYTES:
                     item = outbox.popleft()
                     if isinstance(item, tuple):
@@ -289,6 +474,8 @@ class WebSocket:
                         frame = self._frame(item[0])
                         chunks.append(frame)
                         size += len(frame)
+                        messages += 1
+                        payload += item[2]
                         if item[1] is not None:
                             receipts.append(item[1])
                         continue
@@ -298,22 +485,58 @@ class WebSocket:
                         frame = self._frame_raw(item.data)
                         chunks.append(frame)
                         size += len(frame)
+                        messages += 1
                         continue
-                    self._flush(chunks, receipts)
-                    chunks, receipts, size = [], [], 0
-                    if not self._control(item):
+                    self._flush(chunks, receipts, messages, payload)
+                    chunks, receipts, size, messages, payload = [], [], 0, 0, 0
+                    if isinstance(item, BlastFrames):
+                        self._write_blast(item)
+                    elif not self._control(item):
                         return
-                self._flush(chunks, receipts)
+                self._flush(chunks, receipts, messages, payload)
         except (OSError, LocalProtocolError):
             # The peer is gone or the connection is already closed; the reader
             # notices and reports how it ended.
             self._close_socket()
 
-    def _flush(self, chunks: list[bytes], receipts: list[Any]) -> None:
+    def _flush(self, chunks: list[bytes], receipts: list[Any], messages: int, payload: int) -> None:
         if chunks:
-            self._sock.sendall(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+            data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            self._sock.sendall(data)
+            traffic = self.traffic
+            traffic.wire_bytes += len(data)
+            traffic.messages += messages
+            traffic.payload_bytes += payload
         if receipts:
             self._on_written(receipts)
+
+    def _write_blast(self, blast: BlastFrames) -> None:
+        traffic = self.traffic
+        sendall = self._sock.sendall
+        try:
+            blast.wait_released()
+            due = blast.due
+            start_at = blast.start_at
+            for index, (chunk, messages, payload) in enumerate(
+                zip(blast.chunks, blast.messages, blast.payload_bytes, strict=True)
+            ):
+                if due is not None and start_at is not None:
+                    blast.late_max = max(blast.late_max, _wait_until(start_at + due[index]))
+                # A close from either side ends the blast: nothing may follow a close frame.
+                if self._ws.state is not ConnectionState.OPEN:
+                    break
+                if blast.started is None:
+                    blast.started = time.monotonic()
+                sendall(chunk)
+                blast.written += messages
+                traffic.wire_bytes += len(chunk)
+                traffic.messages += messages
+                traffic.payload_bytes += payload
+        finally:
+            blast.finished = time.monotonic()
+            # The frames are not needed any more; a big blast holds a lot of memory.
+            blast.chunks = []
+            blast.done.set()
 
     def _control(self, item: _Control) -> bool:
         """Carry out a control item; False when the connection is done for writing."""
@@ -352,3 +575,20 @@ class WebSocket:
     def _close_socket(self) -> None:
         self._peer_closed.set()
         self._sock.close()
+
+
+def _wait_until(deadline: float) -> float:
+    """Wait cooperatively until ``deadline``; return how late it is then (>= 0).
+
+    gevent's timers tick in milliseconds, so the last stretch is spent
+    yielding to the hub in a loop: paced messages go out within microseconds
+    of when they are due, at the cost of keeping the simulator's core busy.
+    """
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return -left
+        if left > 0.002:
+            gevent.sleep(left - 0.0015)
+        else:
+            gevent.sleep(0)
