@@ -437,6 +437,7 @@ class Cluster:
                 on_fatal=self._shard_failed,
                 ratelimit_payloads=config.ratelimit_payloads,
                 session_marks=self._consumed is not None,
+                on_new_session=self._consumed.started if self._consumed is not None else None,
                 properties=config.identify_properties,
                 large_threshold=config.large_threshold,
                 presence=self._presence_for(shard_id),

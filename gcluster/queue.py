@@ -48,6 +48,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 IDENTIFY_INTERVAL = 5.0
+# What LocalQueue adds to each interval; RedisQueue uses the same.
+DEFAULT_MARGIN = 0.05
 
 # How long a fresh budget lasts once the old one has reset. Discord only tells
 # `reset_after` for the current one; a day is its documented period.
@@ -132,6 +134,9 @@ class LocalQueue:
         max_concurrency: the bot's identify buckets (from GET /gateway/bot);
             default: the limit's `max_concurrency`, else 1 until `configure`.
         interval: seconds between two IDENTIFYs of one bucket.
+        margin: seconds added to each interval. The gateway measures the gap
+            between arrivals, and a connection's IDENTIFY can arrive a few ms
+            later than the next one's, which would make the gap too short.
         session_start_limit: the budget as GET /gateway/bot gave it just now;
             None leaves it to `configure` (or unchecked).
         wait_for_reset: when the budget is spent, wait for the reset instead
@@ -148,6 +153,7 @@ class LocalQueue:
         max_concurrency: int | None = None,
         *,
         interval: float = IDENTIFY_INTERVAL,
+        margin: float = DEFAULT_MARGIN,
         session_start_limit: SessionStartLimit | None = None,
         wait_for_reset: bool = False,
         spare: int = DEFAULT_SPARE,
@@ -160,7 +166,10 @@ class LocalQueue:
             raise ValueError(f"interval must not be negative, not {interval}")
         if spare < 0:
             raise ValueError(f"spare must not be negative, not {spare}")
+        if margin < 0:
+            raise ValueError(f"margin must not be negative, not {margin}")
         self.interval = interval
+        self.margin = margin
         self.wait_for_reset = wait_for_reset
         self.spare = spare
         self._clock = clock
@@ -255,7 +264,7 @@ class LocalQueue:
                 earliest = max(now, budget.not_before)
                 day = budget.day
             slot = max(earliest, self._next_slot.get(bucket, earliest))
-            self._next_slot[bucket] = slot + self.interval
+            self._next_slot[bucket] = slot + self.interval + self.margin
         return slot - now, day
 
     def _current_budget(self, now: float) -> _Budget | None:

@@ -20,6 +20,7 @@ __all__ = ["CommandRatelimiter"]
 
 LIMIT = 120
 PERIOD = 60.0
+_MARGIN = 0.01  # of the period
 
 
 class CommandRatelimiter:
@@ -45,6 +46,11 @@ class CommandRatelimiter:
             raise ValueError("a rate limit needs limit >= 1 and period > 0")
         self.limit = limit
         self.period = period
+        # A payload counts here a little longer than the window: the gateway
+        # counts arrivals, and after a burst the burst's last payloads arrive
+        # later than the ones that replace them, which would squeeze one more
+        # window's worth into its count.
+        self._span = period * (1 + _MARGIN)
         self._clock = clock
         self._sleep = sleep
         self._sent: deque[float] = deque()
@@ -76,7 +82,7 @@ class CommandRatelimiter:
         """Seconds until the oldest payload in the window stops counting."""
         now = self._clock()
         self._expire(now)
-        return max(0.0, self._sent[0] + self.period - now) if self._sent else 0.0
+        return max(0.0, self._sent[0] + self._span - now) if self._sent else 0.0
 
     def heartbeat(self) -> None:
         """Count a heartbeat; it never waits."""
@@ -94,7 +100,7 @@ class CommandRatelimiter:
                 if len(self._sent) < self.capacity:
                     self._sent.append(now)
                     return True
-                wait = self._sent[0] + self.period - now
+                wait = self._sent[0] + self._span - now
                 if deadline is not None and now + wait > deadline:
                     return False
                 self._sleep(wait)
@@ -103,6 +109,6 @@ class CommandRatelimiter:
 
     def _expire(self, now: float) -> None:
         sent = self._sent
-        horizon = now - self.period
+        horizon = now - self._span
         while sent and sent[0] <= horizon:
             sent.popleft()

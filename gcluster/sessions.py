@@ -74,9 +74,21 @@ class ConsumedSessions:
 
     def __init__(self, initial: dict[int, ResumeSession]) -> None:
         self._sessions = dict(initial)
+        # Sessions a shard started whose READY the application has not reached:
+        # the session it was reading is dead on the gateway's side already.
+        self._pending: dict[int, ResumeSession] = {}
         self._dirty: set[int] = set()
 
+    def started(self, shard_id: int, session: ResumeSession) -> None:
+        """A shard got READY (called by the shard, ahead of the application)."""
+        self._pending[shard_id] = session
+        self._dirty.add(shard_id)
+
     def mark(self, shard_id: int, session: ResumeSession) -> None:
+        """The application reached the new session's mark."""
+        pending = self._pending.get(shard_id)
+        if pending is not None and pending.session_id == session.session_id:
+            del self._pending[shard_id]
         self._sessions[shard_id] = session
         self._dirty.add(shard_id)
 
@@ -89,9 +101,18 @@ class ConsumedSessions:
             self._dirty.add(shard_id)
 
     def take_dirty(self) -> dict[int, ResumeSession]:
-        """The sessions changed since the last call."""
+        """The sessions changed since the last call; a pending new session wins.
+
+        Saving the new session at READY's sequence means a crash before the
+        application reaches it resumes that session (its events come again)
+        instead of identifying a third one and losing them.
+        """
         dirty, self._dirty = self._dirty, set()
-        return {shard_id: self._sessions[shard_id] for shard_id in dirty}
+        return {shard_id: self._current(shard_id) for shard_id in dirty}
 
     def all(self) -> dict[int, ResumeSession]:
-        return dict(self._sessions)
+        return {shard_id: self._current(shard_id) for shard_id in self._sessions | self._pending}
+
+    def _current(self, shard_id: int) -> ResumeSession:
+        pending = self._pending.get(shard_id)
+        return pending if pending is not None else self._sessions[shard_id]

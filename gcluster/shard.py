@@ -128,6 +128,8 @@ class Shard:
         ratelimit_payloads: hold commands to 120 per 60 s per connection.
         session_marks: put a `SessionMark` in `events` before each new session's
             events (for a cluster that saves consumed sessions).
+        on_new_session: called with (shard id, session) when READY starts one,
+            before the application has read that far.
         protocol_options: passed to `ShardProtocol` (properties, large_threshold, presence).
     """
 
@@ -149,6 +151,7 @@ class Shard:
         on_fatal: Callable[[Shard], None] | None = None,
         ratelimit_payloads: bool = True,
         session_marks: bool = False,
+        on_new_session: Callable[[int, ResumeSession], None] | None = None,
         rng: Callable[[], float] = random.random,
         **protocol_options: Any,
     ) -> None:
@@ -164,6 +167,7 @@ class Shard:
         self._on_fatal = on_fatal
         self._ratelimiter = CommandRatelimiter() if ratelimit_payloads else None
         self._session_marks = session_marks
+        self._on_new_session = on_new_session
         self._marked_session: str | None = session.session_id if session is not None else None
         self._rng = rng
         self.stats = ShardStats()
@@ -566,6 +570,8 @@ class Shard:
         if session is not None and session.session_id != self._marked_session:
             self._marked_session = session.session_id
             self._events.put((self.id, SessionMark(session)))
+            if self._on_new_session is not None:
+                self._on_new_session(self.id, session)
 
     def _put(self, event: Event) -> None:
         self._events.put((self.id, event))

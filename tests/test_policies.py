@@ -43,7 +43,7 @@ class FakeClock:
 
 def test_local_queue_spaces_each_bucket_and_runs_buckets_in_parallel() -> None:
     clock = FakeClock()
-    queue = LocalQueue(max_concurrency=2, clock=clock, sleep=clock.sleep)
+    queue = LocalQueue(max_concurrency=2, margin=0, clock=clock, sleep=clock.sleep)
     waits = [queue.reserve(shard) for shard in range(6)]
     # Buckets 0 (shards 0, 2, 4) and 1 (1, 3, 5) each go every 5 s.
     assert waits == [0.0, 0.0, 5.0, 5.0, 10.0, 10.0]
@@ -53,12 +53,18 @@ def test_local_queue_spaces_each_bucket_and_runs_buckets_in_parallel() -> None:
 
 def test_local_queue_request_sleeps_for_the_reserved_slot() -> None:
     clock = FakeClock()
-    queue = LocalQueue(clock=clock, sleep=clock.sleep)
+    queue = LocalQueue(margin=0, clock=clock, sleep=clock.sleep)
     queue.request(0, 2)
     queue.request(1, 2)
     clock.now += 2
     queue.request(0, 2)
     assert clock.slept == [5.0, 8.0]
+
+
+def test_local_queue_adds_its_margin_to_every_interval() -> None:
+    clock = FakeClock()
+    queue = LocalQueue(margin=0.05, clock=clock, sleep=clock.sleep)
+    assert [queue.reserve(0) for _ in range(3)] == pytest.approx([0.0, 5.05, 10.1])
 
 
 def test_queues_satisfy_the_protocol() -> None:
@@ -88,8 +94,9 @@ def test_ratelimiter_keeps_slots_for_heartbeats_and_waits_for_the_window() -> No
     assert not limiter.acquire(timeout=1.0)  # the oldest slot frees only at +60 s
     assert clock.slept == []
     assert limiter.acquire()  # waits for it
-    assert clock.slept == [60.0]
-    assert limiter.remaining() == 116 and limiter.refill_in() == 60.0
+    # 60 s and the 1% margin that absorbs arrival jitter at the gateway.
+    assert clock.slept == [pytest.approx(60.6)]
+    assert limiter.remaining() == 116 and limiter.refill_in() == pytest.approx(60.6)
 
 
 def test_ratelimiter_counts_heartbeats_and_resets_per_connection() -> None:

@@ -49,7 +49,8 @@ def limit(
 
 
 def local(clock: Clock, **options: Any) -> LocalQueue:
-    return LocalQueue(clock=clock, sleep=clock.sleep, **options)
+    # No margin: the arithmetic of the slots is what these tests check.
+    return LocalQueue(margin=0, clock=clock, sleep=clock.sleep, **options)
 
 
 # --- LocalQueue: the daily budget ----------------------------------------------
@@ -141,6 +142,7 @@ def test_a_cancelled_wait_gives_its_start_back_and_holds_up_no_one() -> None:
 
     queue = LocalQueue(
         session_start_limit=limit(10),
+        margin=0,
         clock=clock,
         sleep=killed,
         max_concurrency=1,
