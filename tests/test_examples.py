@@ -118,7 +118,10 @@ def test_example_runs_against_the_simulator(case: str) -> None:
 
 
 # Examples that need a Redis server are run by the Redis test modules.
-TESTED_ELSEWHERE = {"multiprocess": "tests/test_multiprocess.py", "workers": "tests/test_streams.py"}
+TESTED_ELSEWHERE = {
+    "multiprocess": "tests/test_multiprocess.py",
+    "workers": "tests/test_streams.py",
+}
 
 
 def test_every_example_is_run() -> None:
