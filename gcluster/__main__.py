@@ -298,6 +298,8 @@ def run(args: argparse.Namespace) -> int:
     elif not token:
         print("DISCORD_TOKEN is not set (or use --simulate)", file=sys.stderr)
         return 2
+    elif args.api_base:
+        options["api_base"] = args.api_base
     intents = _parse_flags(args.intents, Intents, "intent")
     event_types = _parse_flags(args.events, EventTypeFlags, "event type") if args.events else None
     if event_types is not None:
@@ -411,6 +413,12 @@ def parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--limit", type=int, default=None, help="exit after printing this many events")
     r.add_argument(
+        "--api-base",
+        default=None,
+        help="REST base URL instead of Discord's, e.g. a gateway proxy or a simulator "
+        "started elsewhere (the token still comes from DISCORD_TOKEN)",
+    )
+    r.add_argument(
         "--simulate", action="store_true", help="use the embedded simulator instead of Discord"
     )
     r.add_argument(
@@ -445,6 +453,18 @@ def parser() -> argparse.ArgumentParser:
         type=float,
         default=10.0,
         help="on SIGTERM, seconds to publish the events already read",
+    )
+    service.add_argument(
+        "--lease",
+        action="store_true",
+        help="hold the shards through a lease in Redis: a second process with the same "
+        "--scheme waits as a standby and takes over (resuming) when this one dies",
+    )
+    service.add_argument(
+        "--lease-ttl",
+        type=float,
+        default=15.0,
+        help="seconds a dead holder's lease lasts before a standby takes over (default 15)",
     )
     service.add_argument(
         "--log-level", default="info", help="debug, info, warning or error (default info)"

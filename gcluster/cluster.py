@@ -17,6 +17,7 @@ import logging
 import ssl
 import time
 import warnings
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from types import TracebackType
@@ -172,6 +173,8 @@ class Cluster:
         self._stopped = False
         # What the application has finished with; only kept with a session store.
         self._consumed: ConsumedSessions | None = None
+        # events(manual_finish=True): what was given and not finished yet, in order.
+        self._unfinished: deque[tuple[int, SessionMark | int | None]] = deque()
         self._housekeeper: gevent.Greenlet | None = None
         self._queue: Queue | None = None
 
@@ -322,15 +325,21 @@ class Cluster:
 
     # --- events ----------------------------------------------------------------
 
-    def events(self) -> Iterator[tuple[int, Event]]:
+    def events(self, *, manual_finish: bool = False) -> Iterator[tuple[int, Event]]:
         """Every delivered event of every shard, as `(shard_id, event)`.
 
         Order is kept within each shard. The iterator ends after `down()` once
         the events queued before it are drained; if every shard closed fatally,
         it raises that shard's error instead of waiting forever.
+
+        With a session store, an event counts as finished (the saved session
+        moves past it) when the loop asks for the next one. A consumer that
+        is done with events later than that (e.g. one that publishes them in
+        batches) passes ``manual_finish=True`` and calls `finish` instead.
         """
         queue = self._events
         consumed = self._consumed
+        unfinished = self._unfinished
         while True:
             item = queue.get()
             if item is _END:
@@ -345,12 +354,40 @@ class Cluster:
                 continue
             shard_id, event = item
             if isinstance(event, SessionMark):
-                consumed.mark(shard_id, event.session)
+                if manual_finish and unfinished:
+                    # Events given before it are not finished yet: it waits its turn.
+                    unfinished.append((shard_id, event))
+                else:
+                    consumed.mark(shard_id, event.session)
+                continue
+            if manual_finish:
+                unfinished.append((shard_id, event.sequence))
+                yield item
                 continue
             yield item
             # Back for the next one: the application has finished with this event.
             if event.sequence is not None:
                 consumed.finished(shard_id, event.sequence)
+
+    def finish(self, count: int = 1) -> None:
+        """Mark the next `count` events given by `events(manual_finish=True)` as finished.
+
+        Events are finished in the order they were given; the saved sessions
+        move past them. Without a session store this does nothing.
+        """
+        consumed = self._consumed
+        unfinished = self._unfinished
+        if consumed is None:
+            unfinished.clear()
+            return
+        while unfinished and (count > 0 or isinstance(unfinished[0][1], SessionMark)):
+            shard_id, what = unfinished.popleft()
+            if isinstance(what, SessionMark):
+                consumed.mark(shard_id, what.session)
+                continue
+            count -= 1
+            if what is not None:
+                consumed.finished(shard_id, what)
 
     def restart(self, shard_id: int) -> None:
         """Reconnect one shard now: RESUME if its session allows, else IDENTIFY.

@@ -24,6 +24,7 @@ in the one module that calls them and re-raised from here with the cause kept.
     ├── QueueError                        an identify queue could not grant a slot
     │   └── SessionStartLimitExhausted    the daily IDENTIFY budget is spent
     ├── SessionStoreError                 a session store could not load or save
+    ├── StreamError                       Redis could not take or give stream entries
     ├── ThreadedClusterTimeout (also TimeoutError)  ThreadedCluster's thread did not answer
     └── HubThreadStopped (also RuntimeError)        ThreadedCluster's thread has ended
 
@@ -56,6 +57,7 @@ __all__ = [
     "HubThreadStopped",
     "SessionStartLimitExhausted",
     "SessionStoreError",
+    "StreamError",
     "ThreadedClusterTimeout",
     "ShardNonexistent",
     "ShardSchemeError",
@@ -241,3 +243,7 @@ class ThreadedClusterTimeout(GClusterError, TimeoutError):
 
 class HubThreadStopped(GClusterError, RuntimeError):
     """The hub thread has ended (or is ending), so it can no longer run calls."""
+
+
+class StreamError(GClusterError):
+    """Redis could not take or give stream entries (events or commands)."""

@@ -1,8 +1,7 @@
 """The REST calls a cluster needs before it connects: GET /gateway/bot.
 
-requests is blocking; unless the application monkey-patched sockets, the call
-runs in gevent's thread pool so that only the calling greenlet waits, never
-the hub (and with it every shard's heartbeat). requests' exceptions stop here
+requests is blocking; `call_blocking` makes only the calling greenlet wait,
+never the hub (and with it every shard's heartbeat). requests' exceptions stop here
 and leave as `ClusterStartError` or `AuthenticationFailed`.
 """
 
@@ -10,12 +9,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
 
-import gevent
 import requests
-from gevent import monkey
 
+from gcluster._blocking import call_blocking
 from gcluster._token import Token
 from gcluster.errors import AuthenticationFailed, ClusterStartError, ClusterStartErrorType
 
@@ -62,7 +59,7 @@ def get_gateway_bot(api_base: str, token: Token, *, timeout: float = 10.0) -> Ga
     url = api_base.rstrip("/") + "/gateway/bot"
     headers = {"Authorization": token.authorization, "User-Agent": "DiscordBot (gcluster)"}
     try:
-        response = _blocking(requests.get, url, headers=headers, timeout=timeout)
+        response = call_blocking(requests.get, url, headers=headers, timeout=timeout)
     except requests.RequestException as err:
         raise _start_error(f"GET {url} failed: {err}", token) from err
     if response.status_code == 401:
@@ -90,9 +87,3 @@ def _start_error(message: str, token: Token) -> ClusterStartError:
     return ClusterStartError(
         token.redact(message), kind=ClusterStartErrorType.RETRIEVING_GATEWAY_INFO
     )
-
-
-def _blocking(func: Any, *args: Any, **kwargs: Any) -> Any:
-    if monkey.is_module_patched("socket"):
-        return func(*args, **kwargs)
-    return gevent.get_hub().threadpool.apply(func, args, kwargs)

@@ -8,6 +8,7 @@ cannot answer they raise a gcluster error and nothing identifies.
 `StreamSink` publishes a cluster's events to Redis Streams and serves the
 command inbox (`CommandInbox`); `StreamWorker` reads them in other processes
 through a consumer group and sends commands back to the shard that owns them.
+`ShardLease` lets a standby process take over a dead one's shards.
 
 Install with ``pip install 'gcluster[redis]'``; ``import gcluster`` alone never
 imports redis.
@@ -21,6 +22,7 @@ except ImportError as err:  # pragma: no cover - depends on the installation
     raise ImportError("gcluster.redis needs redis-py: pip install 'gcluster[redis]'") from err
 
 from gcluster.redis.inbox import CommandInbox, InboxStats, inbox_key, shard_count_key
+from gcluster.redis.lease import ShardLease
 from gcluster.redis.queue import RedisQueue
 from gcluster.redis.sessions import RedisSessionStore, SessionStoreError
 from gcluster.redis.streams import (
@@ -41,6 +43,7 @@ __all__ = [
     "RedisQueue",
     "RedisSessionStore",
     "SessionStoreError",
+    "ShardLease",
     "SinkStats",
     "StreamError",
     "StreamSink",

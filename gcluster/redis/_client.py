@@ -11,12 +11,12 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-import gevent
 import redis
-from gevent import monkey
 from redis.backoff import ExponentialBackoff
 from redis.cluster import RedisCluster
 from redis.retry import Retry
+
+from gcluster._blocking import call_blocking
 
 __all__ = ["Client", "blocking", "hash_tag", "make_client", "safe_url"]
 
@@ -77,7 +77,4 @@ def safe_url(url: str | None, client: Client | None = None) -> str:
 
 def blocking(func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Run a redis-py call so that it blocks only the calling greenlet."""
-    if monkey.is_module_patched("socket"):
-        return func(*args, **kwargs)
-    result: T = gevent.get_hub().threadpool.apply(func, args, kwargs)
-    return result
+    return call_blocking(func, *args, **kwargs)

@@ -1,0 +1,191 @@
+"""ShardLease: one process at a time runs a slice of the bot's shards; a standby takes over.
+
+Two processes must never run the same shard: Discord would see two
+connections of one shard, and each would RESUME the other's session away. A
+lease is a Redis key, `{namespace}:lease:<slice>`, set with `SET NX PX` to
+its holder's name and renewed while the holder lives. A standby process for
+the same slice waits for the key to expire (its holder died or lost Redis),
+takes it, and starts the shards, which RESUME from the session store where the
+old holder stopped.
+
+The holder renews every `ttl / 3` seconds, and gives the slice up (the
+`on_lost` callback) when a renewal finds the key gone or someone else's, or
+when it could not renew for `ttl * 0.8` seconds (it cannot know whether the
+key still exists, and a standby may take it at `ttl`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Final
+
+import gevent
+from gevent.event import Event as Flag
+from redis.exceptions import RedisError
+
+from gcluster.redis._calls import call
+from gcluster.redis._client import Client, hash_tag, make_client, safe_url
+from gcluster.redis.inbox import default_consumer
+
+__all__ = ["ShardLease"]
+
+log = logging.getLogger(__name__)
+
+# Renew the lease only if it is still ours: PEXPIRE after a GET in one step.
+_RENEW: Final = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+# Release it only if it is still ours.
+_RELEASE: Final = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+# The share of the ttl after the last renewal at which a holder gives up.
+_GIVE_UP: Final = 0.8
+
+
+class ShardLease:
+    """The right to run one slice of shards, held in Redis while this process lives.
+
+    Args:
+        url: e.g. "redis://localhost:6379/0" (or pass `client`).
+        name: names the slice, e.g. "process:0/4"; processes that may run
+            the same shards use the same name.
+        namespace: the bot's key prefix and hash tag.
+        owner: this process's name in the key; default `host-pid`.
+        ttl: seconds the lease outlives its holder's last renewal.
+        on_lost: called (in a greenlet) when the lease is lost while held.
+        client: a ready redis-py client instead of `url`.
+
+    .. important:: A gevent object: use it from one hub.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        name: str,
+        namespace: str = "gcluster",
+        owner: str | None = None,
+        ttl: float = 15.0,
+        on_lost: Callable[[], object] | None = None,
+        client: Client | None = None,
+        connect_timeout: float = 2.0,
+        timeout: float = 5.0,
+    ) -> None:
+        if ttl < 0.5:
+            raise ValueError(f"ttl must be at least 0.5 s, not {ttl}")
+        if not name:
+            raise ValueError("name must name the shards, e.g. 'process:0/4'")
+        self.key = f"{hash_tag(namespace)}:lease:{name}"
+        self.owner = owner or default_consumer()
+        self.ttl = ttl
+        self.on_lost = on_lost
+        self._url = url
+        self._owns_client = client is None
+        timeout = min(timeout, ttl / 3)
+        self._client = make_client(url, client, connect_timeout=connect_timeout, timeout=timeout)
+        self._renew_script = self._client.register_script(_RENEW)
+        self._release_script = self._client.register_script(_RELEASE)
+        self._held = False
+        self._renewer: gevent.Greenlet | None = None
+        self._released = Flag()
+
+    def __repr__(self) -> str:
+        state = "held" if self._held else "not held"
+        return f"<ShardLease {self.key!r} {state} by {self.owner!r}>"
+
+    @property
+    def held(self) -> bool:
+        return self._held
+
+    def holder(self) -> str | None:
+        """Who holds the lease now, or None; raises what Redis raises."""
+        raw: Any = call(self._client.get, self.key)
+        return None if raw is None else raw.decode(errors="replace")
+
+    def acquire(self, timeout: float | None = None) -> bool:
+        """Wait until the lease is free and take it; then keep renewing it.
+
+        Returns:
+            True once held; False if `timeout` seconds passed first.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        announced = None
+        while True:
+            try:
+                taken = call(
+                    self._client.set, self.key, self.owner, nx=True, px=int(self.ttl * 1000)
+                )
+                holder = None if taken else self.holder()
+            except (RedisError, OSError) as err:
+                taken, holder = False, f"unknown (Redis at {safe_url(self._url)} failed: {err})"
+            if taken:
+                self._held = True
+                self._released.clear()
+                self._renewer = gevent.spawn(self._renew_loop, time.monotonic())
+                log.info("lease %s: taken by %s (ttl %.1f s)", self.key, self.owner, self.ttl)
+                return True
+            if holder != announced:
+                announced = holder
+                log.info("lease %s: held by %s; waiting for it", self.key, holder)
+            wait = self.ttl / 4
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                wait = min(wait, left)
+            gevent.sleep(wait)
+
+    def release(self) -> None:
+        """Stop renewing and delete the key if it is still ours, so a standby starts at once."""
+        if not self._held:
+            return
+        self._held = False
+        self._released.set()
+        renewer = self._renewer
+        if renewer is not None and renewer is not gevent.getcurrent():
+            renewer.kill()
+        try:
+            call(self._release_script, keys=[self.key], args=[self.owner])
+            log.info("lease %s: released by %s", self.key, self.owner)
+        except (RedisError, OSError) as err:
+            log.warning("lease %s: could not release (it expires by itself): %s", self.key, err)
+
+    def close(self) -> None:
+        """Release, and close the connections of a client this lease made."""
+        self.release()
+        if self._owns_client:
+            self._client.close()
+
+    def _renew_loop(self, renewed_at: float) -> None:
+        interval = self.ttl / 3
+        while not self._released.wait(interval):
+            started = time.monotonic()
+            try:
+                ours = call(
+                    self._renew_script, keys=[self.key], args=[self.owner, int(self.ttl * 1000)]
+                )
+            except (RedisError, OSError) as err:
+                if time.monotonic() - renewed_at < self.ttl * _GIVE_UP:
+                    log.warning("lease %s: could not renew, will retry: %s", self.key, err)
+                    continue
+                self._lost(f"not renewed for {time.monotonic() - renewed_at:.1f} s: {err}")
+                return
+            if not ours:
+                self._lost("it expired and was taken, or deleted")
+                return
+            renewed_at = started
+
+    def _lost(self, why: str) -> None:
+        self._held = False
+        log.error("lease %s: lost by %s (%s); giving the shards up", self.key, self.owner, why)
+        if self.on_lost is not None:
+            gevent.spawn(self.on_lost)
