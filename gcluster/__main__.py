@@ -17,7 +17,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 import gevent
@@ -29,7 +29,7 @@ from gcluster.errors import GClusterError
 from gcluster.events import Event, EventType, EventTypeFlags
 from gcluster.intents import Intents
 from gcluster.scheme import ShardScheme
-from gcluster.shard import Information
+from gcluster.shard import Information, Shard
 
 DEFAULT_DEMO_INTENTS = Intents.GUILDS | Intents.GUILD_MESSAGES | Intents.GUILD_MESSAGE_TYPING
 # Dispatches that open or resume a session; the demo counts only the stream itself.
@@ -38,13 +38,9 @@ _SESSION_STARTS = frozenset({EventType.READY, EventType.RESUMED})
 
 @dataclass
 class ShardTally:
-    """What one shard delivered during a run, for the table and the summary."""
+    """Events one shard delivered during the demo, for the live table."""
 
     events: int = 0
-    resumes: int = 0
-    reconnects: int = 0
-    identifies: int = 0
-    kinds: Counter[str] = field(default_factory=Counter)
 
 
 class Tallies:
@@ -58,16 +54,8 @@ class Tallies:
         self.rates: dict[int, float] = dict.fromkeys(shard_ids, 0.0)
 
     def count(self, shard_id: int, event: Event) -> None:
-        tally = self.shards[shard_id]
-        if event.kind is EventType.SHARD_RESUMING:
-            tally.resumes += 1
-        elif event.kind is EventType.SHARD_RECONNECTING:
-            tally.reconnects += 1
-        elif event.kind is EventType.SHARD_IDENTIFYING:
-            tally.identifies += 1
-        elif event.sequence is not None and event.kind not in _SESSION_STARTS:
-            tally.events += 1
-            tally.kinds[event.name] += 1
+        if event.sequence is not None and event.kind not in _SESSION_STARTS:
+            self.shards[shard_id].events += 1
             self._window_counts[shard_id] += 1
 
     def roll(self) -> None:
@@ -100,20 +88,28 @@ def render_table(info: dict[int, Information], tallies: Tallies) -> list[str]:
     return lines
 
 
-def render_summary(info: dict[int, Information], tallies: Tallies) -> list[str]:
+def render_summary(tallies: Tallies) -> list[str]:
     elapsed = time.monotonic() - tallies.started
-    lines = [
+    return [
         f"summary: {tallies.total} events in {elapsed:.1f} s "
-        f"({tallies.total / elapsed if elapsed else 0:.0f} events/s)",
-        f"{'shard':>5}  {'events':>8} {'identifies':>10} {'resumes':>8} {'reconnects':>10} "
-        f"{'latency ms':>10}  stage",
+        f"({tallies.total / elapsed if elapsed else 0:.0f} events/s)"
     ]
-    for shard_id, shard in info.items():
-        t = tallies.shards[shard_id]
-        lines.append(
-            f"{shard_id:>5}  {t.events:>8} {t.identifies:>10} {t.resumes:>8} {t.reconnects:>10} "
-            f"{_latency_ms(shard):>10}  {shard.stage.value}"
-        )
+
+
+def render_shards(shards: Sequence[Shard]) -> list[str]:
+    """One line per shard from its own counters: what an operator checks after a run."""
+    lines = [
+        f"{'shard':>5}  {'events':>8} {'identifies':>10} {'resumes':>8} {'reconnects':>10} "
+        f"{'latency ms':>10}  stage"
+    ]
+    for shard in shards:
+        info = shard.info()
+        stats = shard.stats
+        # The stream itself: READY and RESUMED open sessions, they are not traffic.
+        events = stats.delivered - stats.events["READY"] - stats.events["RESUMED"]
+        reconnects = sum(stats.reconnects.values())
+        counts = f"{events:>8} {stats.identifies:>10} {stats.resumes:>8} {reconnects:>10}"
+        lines.append(f"{shard.id:>5}  {counts} {_latency_ms(info):>10}  {info.stage.value}")
     return lines
 
 
@@ -221,10 +217,11 @@ def demo(args: argparse.Namespace) -> int:
         display.line(f"error: {err}")
         return 1
     finally:
-        info = cluster.info()
+        # Before down(): the table shows the stages the run ended in.
+        summary = render_summary(tallies) + render_shards(cluster.shards())
         cluster.down()
         sim.stop()
-    for line in render_summary(info, tallies):
+    for line in summary:
         display.line(line)
     return 0
 
@@ -333,9 +330,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     finally:
+        shards = render_shards(cluster.shards())
         cluster.down()
         if sim is not None:
             sim.stop()
+        # stdout carries the JSON lines; the operator's summary goes to stderr.
+        for line in shards:
+            print(line, file=sys.stderr)
     return 0
 
 
