@@ -206,9 +206,10 @@ class Blast:
         """Whether the writer is through with it (all written, or the connection ended)."""
         return self.record is not None
 
-    def release(self, start_at: float) -> None:
-        """Start a paced blast: each dispatch goes out at ``start_at`` plus its due time."""
-        self.frames.release(start_at)
+    def release(self, start_at: float | None = None) -> None:
+        """Start a held or paced blast; a paced one sends each dispatch at
+        ``start_at`` (default now) plus its due time."""
+        self.frames.release(time.monotonic() if start_at is None else start_at)
 
     def wait(self, timeout: float | None = None) -> BlastRecord | None:
         """Wait until the writer is through with it; its record, or None on timeout."""
@@ -236,6 +237,7 @@ class Blast:
             started=frames.started,
             finished=frames.finished if frames.finished is not None else time.monotonic(),
             late_max=frames.late_max,
+            sent_at=tuple(frames.sent_at),
         )
 
 
@@ -621,6 +623,7 @@ class Gateway:
         kinds: tuple[str, ...],
         *,
         due: list[float] | None = None,
+        hold: bool = False,
     ) -> Blast:
         """Queue ``count`` varied dispatches on the shard's live connection, pre-encoded.
 
@@ -636,6 +639,8 @@ class Gateway:
                 per dispatch, in seconds after the start given to
                 `Blast.release`, also written into its ``d`` (see
                 `payloads.due_offset`).
+            hold: write nothing until `Blast.release` (e.g. to measure the
+                writing apart from the preparation).
 
         Raises:
             ValueError: the shard has no live connection, or a bad kind.
@@ -669,7 +674,7 @@ class Gateway:
             log.append((frame, name, number))
             texts.append(frame)
         session.seq = s
-        frames = conn.wire.send_blast(texts, due)
+        frames = conn.wire.send_blast(texts, due, hold=hold)
         return Blast(
             shard_id=shard_id,
             connection_id=conn.id,

@@ -176,6 +176,9 @@ class BlastRecord:
     late_max: float = 0.0
     """For a paced blast (`GatewaySimulator.send_paced`): the most seconds a
     dispatch went out after it was due."""
+    sent_at: tuple[float, ...] = field(default=(), repr=False, hash=False)
+    """For a paced blast: ``time.monotonic()`` as each dispatch, in order, was
+    handed to the socket (event numbers ``first_number``, ``first_number + 1``, ...)."""
 
     @property
     def send_rate(self) -> float:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import socket
 import ssl
 import time
 from collections.abc import Callable, Iterable
@@ -346,7 +347,14 @@ class GatewaySimulator:
                 gevent.sleep(0)
         return numbers
 
-    def blast(self, shard_id: int, count: int, kinds: Iterable[str] | None = None) -> Blast:
+    def blast(
+        self,
+        shard_id: int,
+        count: int,
+        kinds: Iterable[str] | None = None,
+        *,
+        hold: bool = False,
+    ) -> Blast:
         """Blast ``count`` varied dispatches to the shard's live connection, for benchmarks.
 
         The whole stream is built (realistic ~1.2 KB MESSAGE_CREATEs by
@@ -369,6 +377,9 @@ class GatewaySimulator:
             count: how many dispatches.
             kinds: names to cycle through (default MESSAGE_CREATE only), from
                 `STREAM_KINDS`.
+            hold: queue it, but write nothing until `Blast.release` (so the
+                writing can be timed apart from the preparation); what is
+                queued on the connection after it waits too.
 
         Raises:
             ValueError: for a bad shard id, count or kind, or a shard with
@@ -378,7 +389,7 @@ class GatewaySimulator:
         self._check_shard(shard_id)
         if count < 1:
             raise ValueError("count must be >= 1")
-        return gateway.blast(shard_id, count, self._kinds(kinds))
+        return gateway.blast(shard_id, count, self._kinds(kinds), hold=hold)
 
     def send_paced(
         self,
@@ -601,6 +612,12 @@ class GatewaySimulator:
 
     def _serve_websocket(self, sock: Any, ws: Any, target: str, address: tuple[str, int]) -> None:
         gateway = self._require()
+        try:
+            # As a real gateway does: a dispatch goes out when it is written,
+            # not when Nagle's algorithm has seen the previous one acknowledged.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass  # not TCP (a test's socket pair): nothing to delay
         split = urlsplit(target)
         query: dict[str, str] = {}
         for key, value in parse_qsl(split.query, keep_blank_values=True):

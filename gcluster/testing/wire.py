@@ -112,6 +112,8 @@ class BlastFrames:
         started, finished: ``time.monotonic()`` of the first write and after
             the last one (None until then).
         late_max: for a paced blast, the most a chunk went out after it was due.
+        sent_at: for a paced blast, ``time.monotonic()`` as each chunk (each
+            message) was handed to the socket.
         done: set when the writer is through with it, written or not.
     """
 
@@ -124,13 +126,14 @@ class BlastFrames:
         "late_max",
         "messages",
         "payload_bytes",
+        "sent_at",
         "start_at",
         "started",
         "wire_bytes",
         "written",
     )
 
-    def __init__(self, due: list[float] | None = None) -> None:
+    def __init__(self, due: list[float] | None = None, *, hold: bool = False) -> None:
         self.chunks: list[bytes] = []
         self.messages: list[int] = []
         self.payload_bytes: list[int] = []
@@ -140,10 +143,11 @@ class BlastFrames:
         self.started: float | None = None
         self.finished: float | None = None
         self.late_max = 0.0
+        self.sent_at: list[float] = []
         self.start_at: float | None = None
         self._released = _Signal()
         self.done = _Signal()
-        if due is None:
+        if due is None and not hold:
             self._released.set()
 
     @property
@@ -152,7 +156,8 @@ class BlastFrames:
         return sum(self.messages)
 
     def release(self, start_at: float) -> None:
-        """Let a paced blast start: chunk ``i`` is written at ``start_at + due[i]``."""
+        """Let a held or paced blast start (a paced one writes chunk ``i`` at
+        ``start_at + due[i]``)."""
         self.start_at = start_at
         self._released.set()
 
@@ -255,7 +260,9 @@ class WebSocket:
             self._outbox.append((text, receipt, len(data)))
         self._wakeup.set()
 
-    def send_blast(self, texts: list[str], due: list[float] | None = None) -> BlastFrames:
+    def send_blast(
+        self, texts: list[str], due: list[float] | None = None, *, hold: bool = False
+    ) -> BlastFrames:
         """Encode, compress and frame ``texts`` now; queue them to be written in bulk.
 
         What costs CPU happens here, before anything is written: the writer
@@ -271,13 +278,15 @@ class WebSocket:
                 seconds after the start given to `BlastFrames.release`, and
                 nothing is written before that call. What is queued after a
                 paced blast (heartbeat ACKs too) waits until it is over.
+            hold: write nothing (of it, or of what is queued after it) until
+                `BlastFrames.release`.
 
         Raises:
             LocalProtocolError: the websocket is no longer open.
         """
         if due is not None and len(due) != len(texts):
             raise ValueError("due must give one time per message")
-        blast = BlastFrames(due)
+        blast = BlastFrames(due, hold=hold)
         # Paced messages are written one at a time, each when it is due.
         batch_bytes = 0 if due is not None else _BATCH_BYTES
         compress = self._compress
@@ -527,6 +536,8 @@ class WebSocket:
                     break
                 if blast.started is None:
                     blast.started = time.monotonic()
+                if due is not None:
+                    blast.sent_at.append(time.monotonic())
                 sendall(chunk)
                 blast.written += messages
                 traffic.wire_bytes += len(chunk)

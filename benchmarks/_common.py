@@ -1,0 +1,213 @@
+"""What every benchmark shares: paths, CPU pinning, the simulator process, results files.
+
+Benchmarks run from a checkout (``python benchmarks/throughput.py``); this
+module puts the checkout on ``sys.path`` so ``gcluster`` imports without being
+installed. The simulator runs in a child process pinned to the second core,
+the client under test on the first, so each has a core of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+BENCHMARKS = Path(__file__).resolve().parent
+ROOT = BENCHMARKS.parent
+RESULTS = BENCHMARKS / "results"
+VENV = BENCHMARKS / ".venv-bench"
+VENV_PYTHON = VENV / "bin" / "python"
+
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from gcluster import Cluster, Intents, ShardScheme  # noqa: E402
+from gcluster.testing import SimulatorProcess  # noqa: E402
+
+INTENTS = Intents.GUILDS | Intents.GUILD_MESSAGES
+CLIENT_CPU = 0
+SIMULATOR_CPU = 1
+
+
+# GCLUSTER_BENCH_NO_PIN=1 leaves both processes to the scheduler, e.g. on a
+# machine where other work already occupies the first core.
+PIN = os.environ.get("GCLUSTER_BENCH_NO_PIN", "") in ("", "0")
+
+
+def pin_client() -> None:
+    """Keep this process on the first core; the simulator gets the second."""
+    if PIN and hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
+        os.sched_setaffinity(0, {CLIENT_CPU})
+
+
+def raise_file_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def start_simulator(**options: Any) -> SimulatorProcess:
+    """A simulator in its own process, on the second core when there is one."""
+    options.setdefault("identify_interval", 0)
+    cpu = SIMULATOR_CPU if PIN and (os.cpu_count() or 1) > 1 else None
+    return SimulatorProcess(options, cpu=cpu)
+
+
+def make_cluster(
+    sim: SimulatorProcess, shard_ids: Iterable[int], total: int, **options: Any
+) -> Cluster:
+    """A cluster on ``shard_ids`` of ``total``, up and ready."""
+    ids = list(shard_ids)
+    cluster = Cluster(
+        sim.token,
+        INTENTS,
+        api_base=sim.api_base,
+        shard_scheme=ShardScheme.range(ids, total),
+        **options,
+    )
+    cluster.up(timeout=120)
+    if not cluster.wait_until_ready(120):
+        raise RuntimeError("the cluster did not get ready")
+    if not sim.wait_connected(ids, timeout=60):
+        raise RuntimeError("the simulator does not see every shard connected")
+    return cluster
+
+
+def cpu_seconds() -> float:
+    """This process's CPU time (user + system)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def rss_kb() -> int:
+    """This process's resident set size now, in KiB (Linux)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def compression_name(value: bool | str | None) -> str:
+    if value is True:
+        return "zlib-stream"
+    return str(value) if value else "none"
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def median(values: Iterable[float]) -> float:
+    return statistics.median(list(values))
+
+
+def environment() -> dict[str, Any]:
+    """Where and on what the figures were measured."""
+    try:
+        revision = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip()
+        dirty = bool(
+            subprocess.run(
+                ["git", "-C", str(ROOT), "status", "--porcelain", "--", "gcluster"],
+                capture_output=True,
+                text=True,
+                check=False,
+            ).stdout.strip()
+        )
+    except OSError:
+        revision, dirty = "", False
+    import gevent
+    import ujson
+
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "gevent": gevent.__version__,
+        "ujson": ujson.__version__,
+        "git": revision + ("+dirty" if dirty else ""),
+        # Other work on the machine skews every figure: look here first.
+        "loadavg": os.getloadavg(),
+        "pinned": PIN,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def write_results(name: str, data: dict[str, Any]) -> Path:
+    """Write ``benchmarks/results/<name>.json`` and return its path."""
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    payload = {"benchmark": name, "command": command_line(), "environment": environment()}
+    payload.update(data)
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    return path
+
+
+def command_line() -> str:
+    script = Path(sys.argv[0])
+    try:
+        shown = str(script.resolve().relative_to(ROOT))
+    except ValueError:
+        shown = str(script)
+    return " ".join(["python", shown, *sys.argv[1:]])
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """A plain text table, numbers right-aligned."""
+    cells = [[_cell(value) for value in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in cells:
+        for i, value in enumerate(row):
+            widths[i] = max(widths[i], len(value))
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    for row in cells:
+        lines.append(
+            "  ".join(
+                value.rjust(w) if _numeric(value) else value.ljust(w)
+                for value, w in zip(row, widths, strict=True)
+            )
+        )
+    return "\n".join(lines)
+
+
+def _numeric(value: str) -> bool:
+    return (
+        value.replace(",", "")
+        .replace(".", "")
+        .replace("x", "")
+        .replace("%", "")
+        .strip("-")
+        .isdigit()
+    )
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return "-" if value is None else ("yes" if value else "no")
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        if abs(value) >= 100:
+            return f"{value:,.0f}"
+        if abs(value) >= 1:
+            return f"{value:.2f}"
+        return f"{value:.3f}"
+    return str(value)

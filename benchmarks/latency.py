@@ -1,0 +1,180 @@
+"""Delivery latency at 10%, 50% and 90% of the measured maximum rate.
+
+A cluster of 4 zlib-stream shards first takes a blast to measure its maximum
+rate in this run. Then the simulator (its own process and core) sends the
+same kind of traffic at a steady fraction of that rate, round-robin over the
+shards, each dispatch written on its own at its due time, with that time in
+its payload (`gcluster.testing.payloads.due_offset`). The latency of a
+dispatch is from the moment the simulator handed it to the socket (it records
+that per dispatch) to the moment ``cluster.events()`` yields it; the figures
+from the due time in the payload, which add the simulator's own lateness, are
+in the JSON too.
+
+    python benchmarks/latency.py [--seconds 5] [--levels 0.1,0.5,0.9] [--shards 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from _common import make_cluster, percentile, pin_client, start_simulator, table, write_results
+from _stream import blast_run, median_run
+
+from gcluster import EventType
+from gcluster.testing.payloads import DUE_KEY, NUMBER_KEY
+
+TARGET_P99 = 0.002  # seconds, at 50% of the maximum rate
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shards", type=int, default=4)
+    parser.add_argument("--seconds", type=float, default=5.0, help="per load level")
+    parser.add_argument("--levels", default="0.1,0.5,0.9", help="fractions of the max rate")
+    parser.add_argument("--max-events", type=int, default=100_000, help="for the max rate")
+    parser.add_argument("--quick", action="store_true", help="2 s per level")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.seconds, args.max_events = 2.0, 40_000
+    levels = [float(level) for level in args.levels.split(",")]
+    pin_client()
+    shard_ids = list(range(args.shards))
+    results: list[dict[str, Any]] = []
+    with start_simulator(shards=args.shards, max_concurrency=args.shards) as sim:
+        cluster = make_cluster(sim, shard_ids, args.shards, compression="zlib-stream")
+        try:
+            runs = [
+                blast_run(sim, cluster, shard_ids, args.max_events // args.shards) for _ in range(3)
+            ]
+            max_rate = median_run(runs).rate
+            print(f"max rate (blast, median of 3): {max_rate:,.0f} events/s", flush=True)
+            for level in levels:
+                rate = level * max_rate
+                count = max(args.shards, int(rate * args.seconds))
+                results.append(measure(sim, cluster, shard_ids, count, rate, level))
+                r = results[-1]
+                print(
+                    f"  {level:.0%} ({rate:,.0f}/s): p50 {r['p50_ms']:.3f} ms, "
+                    f"p99 {r['p99_ms']:.3f} ms, max {r['max_ms']:.3f} ms",
+                    flush=True,
+                )
+        finally:
+            cluster.down()
+
+    print()
+    print(
+        table(
+            [
+                "load",
+                "events/s",
+                "achieved/s",
+                "events",
+                "p50 ms",
+                "p99 ms",
+                "p99.9 ms",
+                "max ms",
+                "from due p99",
+                "sim late max ms",
+            ],
+            [
+                (
+                    f"{r['level']:.0%}",
+                    r["rate"],
+                    r["achieved_rate"],
+                    r["events"],
+                    r["p50_ms"],
+                    r["p99_ms"],
+                    r["p999_ms"],
+                    r["max_ms"],
+                    r["from_due_p99_ms"],
+                    r["sim_late_max_ms"],
+                )
+                for r in results
+            ],
+        )
+    )
+    targets = {}
+    half = next((r for r in results if abs(r["level"] - 0.5) < 1e-9), None)
+    if half is not None:
+        met = half["p99_ms"] <= TARGET_P99 * 1000
+        targets["p99_at_50_percent_ms"] = {
+            "value": half["p99_ms"],
+            "target": TARGET_P99 * 1000,
+            "met": met,
+        }
+        print(
+            f"target: p99 <= {TARGET_P99 * 1000:.0f} ms at 50% of max rate: "
+            f"{half['p99_ms']:.3f} ms ({'met' if met else 'MISSED'})"
+        )
+    path = write_results(
+        "latency",
+        {
+            "settings": {
+                "shards": args.shards,
+                "seconds": args.seconds,
+                "compression": "zlib-stream",
+                "max_events": args.max_events,
+            },
+            "max_rate": max_rate,
+            "max_rate_runs": [run.rate for run in runs],
+            "levels": results,
+            "targets": targets,
+        },
+    )
+    print(f"\nwrote {path}")
+    return 0
+
+
+def measure(
+    sim: Any, cluster: Any, shard_ids: list[int], count: int, rate: float, level: float
+) -> dict[str, Any]:
+    """Send ``count`` events at ``rate`` and time each from its send to its yield.
+
+    Two clocks for "its send": when the simulator handed it to the socket
+    (recorded per dispatch, the primary figure), and the due time written in
+    its payload (which adds whatever the simulator was late by).
+    """
+    paced = sim.send_paced(shard_ids, count, rate)
+    start = paced["start"]
+    arrivals: list[tuple[int, int, float, float]] = []
+    append = arrivals.append
+    monotonic = time.monotonic
+    message_create = EventType.MESSAGE_CREATE
+    for shard_id, event in cluster.events():
+        if event.kind is message_create:
+            data = event.data
+            append((shard_id, data[NUMBER_KEY], data[DUE_KEY], monotonic()))
+            if len(arrivals) == count:
+                break
+    records = sim.wait_blasts()
+    sent: dict[tuple[int, int], float] = {}
+    for record in records:
+        for offset, at in enumerate(record["sent_at"]):
+            sent[(record["shard_id"], record["first_number"] + offset)] = at
+    from_send = [arrived - sent[(sid, number)] for sid, number, _, arrived in arrivals]
+    from_due = [arrived - (start + due) for _, _, due, arrived in arrivals]
+    first = min(sent.values())
+    last = max(sent.values())
+    return {
+        "level": level,
+        "rate": rate,
+        "achieved_rate": (count - 1) / (last - first) if last > first else rate,
+        "events": count,
+        "p50_ms": percentile(from_send, 0.50) * 1000,
+        "p99_ms": percentile(from_send, 0.99) * 1000,
+        "p999_ms": percentile(from_send, 0.999) * 1000,
+        "max_ms": max(from_send) * 1000,
+        "min_ms": min(from_send) * 1000,
+        "from_due_p50_ms": percentile(from_due, 0.50) * 1000,
+        "from_due_p99_ms": percentile(from_due, 0.99) * 1000,
+        "from_due_max_ms": max(from_due) * 1000,
+        "sim_late_max_ms": max(r["late_max"] for r in records) * 1000,
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""gcluster against discord.py 2.x: events per second to the application, same payloads.
+
+One simulator process (4 shards, zlib-stream) serves both in turn. gcluster's
+figure is messages through ``cluster.events()``; discord.py's is messages to
+``on_message`` of an AutoShardedClient (run by ``_discordpy_client.py`` in
+the benchmarks' own virtualenv, ``benchmarks/.venv-bench``, pinned to the
+same core). Both get the same blasts of ~1.2 KB MESSAGE_CREATEs and are timed
+the same way: from the simulator's first write to the last message handed
+over.
+
+    python benchmarks/peers.py [--events 40000] [--repeat 3]
+
+Set the virtualenv up first with ``python benchmarks/run_all.py --setup``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import _common
+from _common import (
+    BENCHMARKS,
+    VENV_PYTHON,
+    make_cluster,
+    pin_client,
+    start_simulator,
+    table,
+    write_results,
+)
+from _stream import blast_run, median_run
+from gevent import subprocess
+
+from gcluster.testing import SimulatorProcess
+
+SHARDS = 4
+TARGET = 5.0
+
+
+def discord_py(sim: SimulatorProcess, per_shard: int, repeat: int) -> dict[str, Any]:
+    """Run discord.py's client through ``repeat`` blasts; its figures."""
+    events = per_shard * SHARDS
+    proc = subprocess.Popen(
+        [
+            str(VENV_PYTHON),
+            str(BENCHMARKS / "_discordpy_client.py"),
+            "--api-base",
+            sim.api_base,
+            "--gateway-url",
+            sim.url,
+            "--token",
+            sim.token,
+            "--events",
+            str(events),
+            "--rounds",
+            str(repeat),
+        ],
+        stdout=subprocess.PIPE,
+    )
+    if _common.PIN and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(proc.pid, {_common.CLIENT_CPU})
+
+    def next_line(event: str) -> dict[str, Any]:
+        for line in proc.stdout:
+            message = json.loads(line)
+            if message["event"] == event:
+                return dict(message)
+        raise RuntimeError(f"discord.py exited ({proc.wait()}) before {event!r}")
+
+    try:
+        ready = next_line("ready")
+        if not sim.wait_connected(range(SHARDS)):
+            raise RuntimeError("discord.py's shards are not all connected")
+        runs = []
+        cpu_mark = ready["cpu"]
+        for _ in range(repeat):
+            sim.blast(range(SHARDS), per_shard, hold=True)
+            sim.release()
+            done = next_line("done")
+            records = sim.wait_blasts()
+            started = min(r["started"] for r in records)
+            seconds = done["time"] - started
+            cpu = done["cpu"] - cpu_mark
+            cpu_mark = done["cpu"]
+            runs.append(
+                {
+                    "events": events,
+                    "seconds": seconds,
+                    "rate": events / seconds,
+                    "cpu_rate": events / cpu,
+                    "client_cpu_per_event_us": cpu / events * 1e6,
+                    "client_cpu_share": cpu / seconds,
+                }
+            )
+            print(f"  discord.py   {runs[-1]['rate']:>9,.0f} events/s", flush=True)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    middle = sorted(runs, key=lambda run: run["rate"])[len(runs) // 2]
+    return {**middle, "version": ready.get("version"), "runs": [r["rate"] for r in runs]}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=40_000, help="per run, all shards")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="12,000 events, one run each")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.events, args.repeat = 12_000, 1
+    if not VENV_PYTHON.exists():
+        print("no benchmarks/.venv-bench: python benchmarks/run_all.py --setup", file=sys.stderr)
+        return 2
+    pin_client()
+    per_shard = args.events // SHARDS
+    with start_simulator(shards=SHARDS, max_concurrency=SHARDS, login_endpoints=True) as sim:
+        cluster = make_cluster(sim, range(SHARDS), SHARDS, compression="zlib-stream")
+        try:
+            runs = []
+            for _ in range(args.repeat):
+                runs.append(blast_run(sim, cluster, range(SHARDS), per_shard))
+                print(f"  gcluster     {runs[-1].rate:>9,.0f} events/s", flush=True)
+        finally:
+            cluster.down()
+        ours = median_run(runs)
+        theirs = discord_py(sim, per_shard, args.repeat)
+
+    ratio = ours.rate / theirs["rate"]
+    cpu_ratio = ours.cpu_rate / theirs["cpu_rate"]
+    print()
+    print(
+        table(
+            ["client", "events/s", "per CPU-s", "us CPU/event", "CPU share"],
+            [
+                (
+                    "gcluster",
+                    ours.rate,
+                    ours.cpu_rate,
+                    ours.client_cpu_per_event * 1e6,
+                    f"{ours.client_cpu_seconds / ours.seconds:.0%}",
+                ),
+                (
+                    f"discord.py {theirs['version']}",
+                    theirs["rate"],
+                    theirs["cpu_rate"],
+                    theirs["client_cpu_per_event_us"],
+                    f"{theirs['client_cpu_share']:.0%}",
+                ),
+            ],
+        )
+    )
+    met = ratio >= TARGET
+    print(
+        f"target: gcluster >= {TARGET:.0f}x discord.py (4 shards, zlib-stream): {ratio:.2f}x "
+        f"wall, {cpu_ratio:.2f}x per CPU second ({'met' if met else 'MISSED'})"
+    )
+    path = write_results(
+        "peers",
+        {
+            "settings": {"events": args.events, "repeat": args.repeat, "shards": SHARDS},
+            "gcluster": {**ours.to_dict(), "runs": [r.rate for r in runs]},
+            "discord_py": theirs,
+            "ratio": ratio,
+            "cpu_ratio": cpu_ratio,
+            "targets": {"vs_discord_py": {"value": ratio, "target": TARGET, "met": met}},
+        },
+    )
+    print(f"\nwrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
