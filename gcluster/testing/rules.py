@@ -13,6 +13,8 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any
 
+from gcluster.protocol import Opcode
+
 __all__ = [
     "CLIENT_COMMAND_OPS",
     "COMMAND_LIMIT",
@@ -32,21 +34,8 @@ __all__ = [
 ]
 
 
-class Op:
-    """Gateway opcodes."""
-
-    DISPATCH = 0
-    HEARTBEAT = 1
-    IDENTIFY = 2
-    PRESENCE_UPDATE = 3
-    VOICE_STATE_UPDATE = 4
-    RESUME = 6
-    RECONNECT = 7
-    REQUEST_GUILD_MEMBERS = 8
-    INVALID_SESSION = 9
-    HELLO = 10
-    HEARTBEAT_ACK = 11
-    REQUEST_SOUNDBOARD_SOUNDS = 31
+# The simulator speaks the same opcodes as the client; one table for both.
+Op = Opcode
 
 
 class Close:
