@@ -71,3 +71,18 @@ def has_numbers(shard_ids: Iterable[int], count: int) -> Callable[[list[tuple[in
         return all(highest.get(s, 0) >= count for s in wanted)
 
     return until
+
+
+def assert_exactly_once_in_order(
+    received: list[tuple[int, Event]], shard_ids: Iterable[int], count: int
+) -> None:
+    """Each shard delivered its numbered events 1..count once each, in order,
+    with strictly increasing sequences, and nothing came from other shards."""
+    wanted = set(shard_ids)
+    for shard_id in wanted:
+        assert numbers(received, shard_id) == list(range(1, count + 1))
+        sequences = [
+            e.sequence for sid, e in received if sid == shard_id and e.sequence is not None
+        ]
+        assert sequences == sorted(sequences) and len(sequences) == len(set(sequences))
+    assert {sid for sid, _ in received} == wanted

@@ -6,7 +6,7 @@ import json
 from collections.abc import Callable
 
 import pytest
-from conftest import TIMEOUT, collect, has_numbers, numbers
+from conftest import TIMEOUT, assert_exactly_once_in_order, collect, has_numbers, numbers
 
 from gcluster import (
     AuthenticationFailed,
@@ -61,13 +61,7 @@ def test_every_event_of_every_shard_exactly_once_in_order(
     for shard_id in range(SHARDS):
         sim.send_events(shard_id, 300)
     received = collect(cluster.events(), has_numbers(range(SHARDS), 300))
-    for shard_id in range(SHARDS):
-        assert numbers(received, shard_id) == list(range(1, 301))
-        sequences = [
-            e.sequence for sid, e in received if sid == shard_id and e.sequence is not None
-        ]
-        assert sequences == sorted(sequences) and len(sequences) == len(set(sequences))
-    assert {sid for sid, _ in received} == set(range(SHARDS))
+    assert_exactly_once_in_order(received, range(SHARDS), 300)
 
 
 def test_auto_scheme_uses_the_recommended_count(make_sim: MakeSim) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from conftest import TIMEOUT, collect, has_numbers, numbers
+from conftest import TIMEOUT, assert_exactly_once_in_order, collect, has_numbers, numbers
 
 from gcluster import Cluster, Intents, ShardScheme
 from gcluster.testing import CloseConnection, GatewaySimulator
@@ -48,13 +48,7 @@ def test_every_event_of_every_shard_exactly_once_in_order(
     for shard_id in range(SHARDS):
         sim.send_events(shard_id, 300)
     received = collect(cluster.events(), has_numbers(range(SHARDS), 300))
-    for shard_id in range(SHARDS):
-        assert numbers(received, shard_id) == list(range(1, 301))
-        sequences = [
-            e.sequence for sid, e in received if sid == shard_id and e.sequence is not None
-        ]
-        assert sequences == sorted(sequences) and len(sequences) == len(set(sequences))
-    assert {sid for sid, _ in received} == set(range(SHARDS))
+    assert_exactly_once_in_order(received, range(SHARDS), 300)
     assert [c.compression for c in sim.records.connections] == ["zstd-stream"] * SHARDS
     assert [c.query["compress"] for c in sim.records.connections] == ["zstd-stream"] * SHARDS
 
