@@ -24,15 +24,14 @@ from types import TracebackType
 from typing import Any, Final
 
 import gevent
-from gevent.queue import Queue as EventQueue
 
 from gcluster._token import Token
 from gcluster.commands import Command, UpdatePresence, shard_for_guild
+from gcluster.delivery import END, EventQueue
 from gcluster.errors import (
     ClusterStartError,
     ClusterStartErrorType,
     ConfigError,
-    GClusterError,
     ShardNonexistent,
 )
 from gcluster.events import Event, EventTypeFlags
@@ -49,7 +48,6 @@ __all__ = ["Cluster", "ClusterBuilder", "ClusterConfig"]
 
 log = logging.getLogger(__name__)
 
-_END: Final = object()  # down() was called: the iterator ends once the queue is drained
 _HOUSEKEEPING_INTERVAL: Final = 1.0
 
 
@@ -341,18 +339,16 @@ class Cluster:
         consumed = self._consumed
         unfinished = self._unfinished
         while True:
-            item = queue.get()
-            if item is _END:
-                queue.put(_END)  # other iterators end too
-                self._save_sessions()
-                return
-            if isinstance(item, GClusterError):
-                queue.put(item)
-                raise item
+            shard_id, event = queue.next_event()
+            if shard_id is None:
+                queue.put((None, event))  # other iterators end too
+                if event is END:
+                    self._save_sessions()
+                    return
+                raise event  # every shard failed
             if consumed is None:
-                yield item
+                yield shard_id, event
                 continue
-            shard_id, event = item
             if isinstance(event, SessionMark):
                 if manual_finish and unfinished:
                     # Events given before it are not finished yet: it waits its turn.
@@ -362,9 +358,9 @@ class Cluster:
                 continue
             if manual_finish:
                 unfinished.append((shard_id, event.sequence))
-                yield item
+                yield shard_id, event
                 continue
-            yield item
+            yield shard_id, event
             # Back for the next one: the application has finished with this event.
             if event.sequence is not None:
                 consumed.finished(shard_id, event.sequence)
@@ -417,7 +413,7 @@ class Cluster:
     @property
     def backlog(self) -> int:
         """Events queued for `events()` and not read yet."""
-        return int(self._events.qsize())
+        return len(self._events)
 
     # --- internals -------------------------------------------------------------
 
@@ -505,7 +501,7 @@ class Cluster:
         if all(s.error is not None for s in self._shards.values()):
             # Nothing will ever arrive again: wake the reader with the error.
             assert shard.error is not None
-            self._events.put(shard.error)
+            self._events.put((None, shard.error))
 
     def _shutdown(self, *, resumable: bool) -> dict[int, ResumeSession]:
         if self._stopped:
@@ -516,7 +512,7 @@ class Cluster:
         shards = self.shards()
         jobs = [gevent.spawn(shard.down, resumable=resumable) for shard in shards]
         gevent.joinall(jobs)
-        self._events.put(_END)
+        self._events.put((None, END))
         sessions = {shard.id: job.value for shard, job in zip(shards, jobs, strict=True)}
         store = self._config.session_store
         if store is not None and not resumable:

@@ -333,21 +333,19 @@ class ShardProtocol:
     def wants(self, kind: EventType) -> bool:
         return bool(self._mask & int(flag_for(kind)))
 
-    def wants_dispatch(self, name: str) -> bool:
-        """Whether a dispatch named `name` would be delivered (READY/RESUMED are always read)."""
-        return bool(self._mask & dispatch_kind(name)[1])
-
-    def dispatch(self, name: str, sequence: int | None, data: Any) -> Event | None:
-        """A dispatch other than READY and RESUMED: the event to deliver, if wanted.
+    def dispatch(self, name: str, sequence: int | None) -> EventType | None:
+        """A dispatch other than READY and RESUMED arrived: its kind, if wanted.
 
         The common case, kept off the general `receive` path because it runs
-        for every event: nothing but the sequence changes.
+        for every event: nothing but the sequence changes, and the driver
+        needs only `t` and `s` to call it (the data is decoded later, or never
+        for a filtered event).
         """
         if sequence is not None:
             self.sequence = sequence
         kind, bit = dispatch_kind(name)
         if self._mask & bit:
-            return Event(kind, name, self.shard_id, sequence, data)
+            return kind
         return None
 
     # --- connection life -----------------------------------------------------
@@ -393,14 +391,6 @@ class ShardProtocol:
             return self._invalid_session(bool(message.get("d")))
         # Opcodes added after API v10 must not take the shard down.
         return self._unknown_opcode(op)
-
-    def skip_dispatch(self, sequence: int | None) -> None:
-        """Account for a dispatch the driver dropped unread (filtered out by type).
-
-        Its sequence still counts: a RESUME must not ask for it again.
-        """
-        if sequence is not None:
-            self.sequence = sequence
 
     def identify(self) -> list[Action]:
         """The identify queue granted a slot: send IDENTIFY."""

@@ -25,12 +25,12 @@ from typing import Any
 import gevent
 import ujson
 from gevent.event import Event as Flag
-from gevent.queue import Queue as EventQueue
 
 from gcluster import hubwatch
 from gcluster._token import Token
 from gcluster.backoff import Backoff
 from gcluster.commands import Command, encode
+from gcluster.delivery import END, EventQueue
 from gcluster.errors import (
     CommandSendingError,
     ConnectionFailed,
@@ -72,13 +72,6 @@ log = logging.getLogger(__name__)
 _SESSION_DISPATCHES = frozenset({"READY", "RESUMED"})
 # A connection that stayed up this long resets the reconnect backoff.
 _STABLE_AFTER = 30.0
-# End of the event stream of a shard that owns its queue.
-_END = object()
-# Every dispatch kind (UNKNOWN included): when all of them are wanted there is
-# nothing to filter and the reader skips the peek.
-_DISPATCHES = EventTypeFlags.ALL & ~(
-    EventTypeFlags.SHARD_LIFECYCLE | EventTypeFlags.GATEWAY_LIFECYCLE
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,12 +177,10 @@ class Shard:
             **protocol_options,
         )
         self._wants_payload = bool(event_types & EventTypeFlags.SHARD_PAYLOAD)
-        self._filters_dispatches = (event_types & _DISPATCHES) != _DISPATCHES
 
         self._runner: gevent.Greenlet | None = None
         self._helpers: list[gevent.Greenlet] = []
         self._conn: Connection | None = None
-        # (code, reason) of a close this side sent; tells the reader why it ended.
         # (code, reason, cause) of a close this side sent; tells the reader why it ended.
         self._client_close: tuple[int, str, str] | None = None
         self._reconnect_delay = 0.0
@@ -309,10 +300,13 @@ class Shard:
         """Iterate this shard's events (only for a shard that owns its queue)."""
         if not self._owns_events:
             raise RuntimeError("this shard's events go to a shared queue; read that instead")
-        for item in self._events:
-            if item is _END:
+        events = self._events
+        while True:
+            shard_id, event = events.next_event()
+            if shard_id is None:
+                events.put((None, END))  # other iterators end too
                 return
-            yield item
+            yield shard_id, event
 
     # --- sending ---------------------------------------------------------------
 
@@ -493,26 +487,35 @@ class Shard:
 
     def _process(self, payload: bytes, now: float) -> None:
         protocol = self._protocol
-        if self._filters_dispatches:
-            peeked = peek_dispatch(payload)
-            if peeked is not None:
-                name, sequence = peeked
-                if name not in _SESSION_DISPATCHES and not protocol.wants_dispatch(name):
-                    protocol.skip_dispatch(sequence)
-                    self.stats.filtered += 1
-                    return
+        peeked = peek_dispatch(payload)
+        if peeked is not None and peeked[0] not in _SESSION_DISPATCHES:
+            # The common case. Only t and s matter to the protocol; the JSON is
+            # decoded by events() as it hands the event over (see delivery.py),
+            # and never for a filtered type.
+            name, sequence = peeked
+            kind = protocol.dispatch(name, sequence)
+            if kind is None:
+                self.stats.filtered += 1
+                return
+            if self._wants_payload:
+                self._put(Event(EventType.SHARD_PAYLOAD, "SHARD_PAYLOAD", self.id, None, payload))
+            self.stats.events[name] += 1
+            self._events.put((self.id, kind, name, sequence, payload))
+            return
         if self._wants_payload:
             self._put(Event(EventType.SHARD_PAYLOAD, "SHARD_PAYLOAD", self.id, None, payload))
         try:
             message = ujson.loads(payload)
-            name = message.get("t")
+            name = message.get("t") or ""
             if message.get("op") == 0 and name not in _SESSION_DISPATCHES:
-                event = protocol.dispatch(name or "", message.get("s"), message.get("d"))
-                if event is None:
+                # A dispatch laid out unlike Discord's own: the same, already decoded.
+                sequence = message.get("s")
+                kind = protocol.dispatch(name, sequence)
+                if kind is None:
                     self.stats.filtered += 1
                 else:
-                    self.stats.events[event.name] += 1
-                    self._events.put((self.id, event))
+                    self.stats.events[name] += 1
+                    self._put(Event(kind, name, self.id, sequence, message.get("d")))
                 return
             actions = protocol.receive(message, now)
         except (ValueError, TypeError, KeyError, AttributeError) as err:
@@ -569,11 +572,11 @@ class Shard:
         session = self._protocol.session
         if session is not None and session.session_id != self._marked_session:
             self._marked_session = session.session_id
-            self._events.put((self.id, SessionMark(session)))
+            self._put(SessionMark(session))
             if self._on_new_session is not None:
                 self._on_new_session(self.id, session)
 
-    def _put(self, event: Event) -> None:
+    def _put(self, event: Event | SessionMark) -> None:
         self._events.put((self.id, event))
 
     def _send_protocol(self, payload: bytes) -> None:
@@ -670,4 +673,4 @@ class Shard:
         if not self._stopped.is_set():
             self._stopped.set()
             if self._owns_events:
-                self._events.put(_END)
+                self._events.put((None, END))

@@ -162,8 +162,10 @@ def test_unknown_dispatch_arrives_as_unknown_with_its_name() -> None:
 def test_filtered_dispatch_still_advances_the_sequence() -> None:
     proto = connected(make(event_types=EventTypeFlags.MESSAGE_DELETE))
     assert of(proto.receive(dispatch("MESSAGE_CREATE", 2), 0.0), Deliver) == []
-    proto.skip_dispatch(3)
+    assert proto.dispatch("MESSAGE_CREATE", 3) is None
     assert proto.sequence == 3
+    assert proto.dispatch("MESSAGE_DELETE", 4) is EventType.MESSAGE_DELETE
+    assert proto.sequence == 4
 
 
 def test_filtered_ready_still_sets_up_the_session() -> None:

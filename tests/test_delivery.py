@@ -1,0 +1,80 @@
+"""The queue between readers and iterators: order, decoding on the way out, waking."""
+
+from __future__ import annotations
+
+import logging
+
+import gevent
+import pytest
+
+from gcluster.delivery import END, EventQueue
+from gcluster.events import Event, EventType
+from gcluster.protocol import ResumeSession
+from gcluster.sessions import SessionMark
+
+
+def raw(name: str, sequence: int, data: str) -> bytes:
+    return f'{{"t":"{name}","s":{sequence},"op":0,"d":{data}}}'.encode()
+
+
+def test_dispatches_are_decoded_as_they_are_taken_in_the_order_put() -> None:
+    queue = EventQueue()
+    mark = SessionMark(ResumeSession("abc", 1, "ws://x"))
+    lifecycle = Event(EventType.SHARD_CONNECTED, "SHARD_CONNECTED", 1, None, {"resumed": False})
+    queue.put((1, mark))
+    queue.put((1, lifecycle))
+    queue.put(
+        (1, EventType.MESSAGE_CREATE, "MESSAGE_CREATE", 2, raw("MESSAGE_CREATE", 2, '{"id":"7"}'))
+    )
+    queue.put((None, END))
+    assert len(queue) == 4
+
+    assert queue.next_event() == (1, mark)
+    assert queue.next_event() == (1, lifecycle)
+    assert queue.next_event() == (
+        1,
+        Event(EventType.MESSAGE_CREATE, "MESSAGE_CREATE", 1, 2, {"id": "7"}),
+    )
+    assert queue.next_event() == (None, END)
+    assert len(queue) == 0
+
+
+def test_a_dispatch_that_is_not_json_is_logged_and_skipped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    queue = EventQueue()
+    queue.put(
+        (
+            3,
+            EventType.MESSAGE_CREATE,
+            "MESSAGE_CREATE",
+            5,
+            b'{"t":"MESSAGE_CREATE","s":5,"op":0,"d":{',
+        )
+    )
+    queue.put((3, EventType.MESSAGE_DELETE, "MESSAGE_DELETE", 6, raw("MESSAGE_DELETE", 6, "{}")))
+    with caplog.at_level(logging.ERROR, logger="gcluster.shard"):
+        shard_id, event = queue.next_event()
+    assert (shard_id, event.sequence, event.kind) == (3, 6, EventType.MESSAGE_DELETE)
+    (record,) = caplog.records
+    assert record.getMessage().startswith("shard 3: dispatch MESSAGE_CREATE s=5 is not valid JSON")
+
+
+def test_a_waiting_iterator_wakes_for_the_next_item() -> None:
+    queue = EventQueue()
+    taker = gevent.spawn(queue.get)
+    gevent.sleep(0)  # the taker is waiting now
+    assert not taker.ready()
+    queue.put((None, END))
+    assert taker.get(timeout=5) == (None, END)
+
+
+def test_every_waiting_iterator_gets_an_item_and_none_gets_one_twice() -> None:
+    queue = EventQueue()
+    takers = [gevent.spawn(queue.get) for _ in range(3)]
+    gevent.sleep(0)
+    for n in range(3):
+        queue.put((n, "item"))
+    got = sorted(taker.get(timeout=5)[0] for taker in takers)
+    assert got == [0, 1, 2]
+    assert len(queue) == 0
