@@ -73,8 +73,14 @@ class EventQueue:
         well-formed envelope is logged and skipped: its sequence was already
         counted, and resuming would only replay the same bytes.
         """
+        items = self._items
         while True:
-            item = self.get()
+            # get(), inlined: this runs for every event.
+            while not items:
+                self._sleeping = True
+                self._wake.clear()
+                self._wake.wait()
+            item = items.popleft()
             if len(item) == 2:
                 return item
             shard_id, kind, name, sequence, payload = item

@@ -48,10 +48,14 @@ class ZlibStreamInflater:
     over between messages of one connection and means nothing on another.
     """
 
-    __slots__ = ("_buffer", "_decompressor", "compressed_bytes", "decompressed_bytes")
+    __slots__ = ("_buffer", "_decompressor", "_header", "compressed_bytes", "decompressed_bytes")
 
     def __init__(self) -> None:
-        self._decompressor = zlib.decompressobj()
+        # Raw deflate after reading the 2-byte zlib header ourselves: a stream
+        # that never ends never delivers its adler32 trailer, so zlib would
+        # checksum every byte for a check that can never happen.
+        self._decompressor = zlib.decompressobj(-zlib.MAX_WBITS)
+        self._header = True
         # Only used when a message is split over frames; the common case of one
         # frame per message never copies into it.
         self._buffer = bytearray()
@@ -72,6 +76,9 @@ class ZlibStreamInflater:
             self._buffer += data
             data = bytes(self._buffer)
             self._buffer.clear()
+        if self._header:
+            data = _strip_zlib_header(data)
+            self._header = False
         message = self._decompressor.decompress(data)
         self.decompressed_bytes += len(message)
         return message
@@ -80,6 +87,19 @@ class ZlibStreamInflater:
     def pending(self) -> int:
         """Bytes buffered for a message whose end has not arrived yet."""
         return len(self._buffer)
+
+
+def _strip_zlib_header(data: bytes) -> bytes:
+    """The deflate data after a zlib header (RFC 1950), which is checked as zlib would."""
+    if (
+        len(data) < 2
+        or data[0] & 0x0F != 8  # deflate
+        or data[0] >> 4 > 7  # window size
+        or (data[0] << 8 | data[1]) % 31
+        or data[1] & 0x20  # a preset dictionary, which Discord never uses
+    ):
+        raise zlib.error("Error -3 while decompressing data: incorrect header check")
+    return data[2:]
 
 
 class ZstdStreamInflater:

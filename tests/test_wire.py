@@ -119,6 +119,33 @@ def test_inflater_rejects_a_corrupt_stream() -> None:
         ZlibStreamInflater().feed(b"not zlib at all\x00\x00\xff\xff")
 
 
+@pytest.mark.parametrize("level", [0, 1, 6, 9])
+@pytest.mark.parametrize("wbits", [9, 12, 15])
+def test_inflater_reads_the_header_of_any_zlib_stream(level: int, wbits: int) -> None:
+    messages = [b'{"op":11}', b'{"op":0,"d":"%s"}' % (b"z" * 3000)]
+    compressor = zlib.compressobj(level, zlib.DEFLATED, wbits)
+    chunks = [compressor.compress(m) + compressor.flush(zlib.Z_SYNC_FLUSH) for m in messages]
+    inflater = ZlibStreamInflater()
+    assert [inflater.feed(chunk) for chunk in chunks] == messages
+
+
+def test_inflater_reads_a_header_split_from_its_message() -> None:
+    (chunk,) = compressed_stream([b'{"op":11}'])
+    inflater = ZlibStreamInflater()
+    assert inflater.feed(chunk[:1]) is None
+    assert inflater.feed(chunk[1:]) == b'{"op":11}'
+
+
+@pytest.mark.parametrize(
+    "header",
+    [b"\x79\x9c", b"\x78\x9d", b"\x88\x98", b"\x78\xbb"],  # method, check, window, FDICT
+)
+def test_inflater_rejects_a_bad_zlib_header(header: bytes) -> None:
+    (chunk,) = compressed_stream([b'{"op":11}'])
+    with pytest.raises(zlib.error, match="incorrect header check"):
+        ZlibStreamInflater().feed(header + chunk[2:])
+
+
 @pytest.mark.parametrize(
     ("raw", "expected"),
     [
@@ -127,6 +154,12 @@ def test_inflater_rejects_a_corrupt_stream() -> None:
         (b'{"t":null,"s":null,"op":11,"d":null}', None),
         (b'{"op":0,"t":"MESSAGE_CREATE","s":1,"d":{}}', None),  # other layout: decode fully
         (b'{"t":"READY","op":0,"s":1}', None),
+        (b'{"t":"MESSAGE_CREATE","s":null,"op":0,"d":{}}', None),
+        (b'{"t":"MESSAGE_CREATE","s":1_0,"op":0,"d":{}}', None),
+        (b'{"t":"MESSAGE_CREATE","s":+5,"op":0,"d":{}}', None),
+        (b'{"t":"MESSAGE_CREATE","s":12', None),
+        (b'{"t":"MESSAGE_CREATE","s":,"op":0}', None),
+        (b'{"t":"X","s":%d,"op":0,"d":{}}' % (2**63), ("X", 2**63)),
     ],
 )
 def test_peek(raw: bytes, expected: tuple[str, int] | None) -> None:
