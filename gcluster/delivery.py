@@ -22,8 +22,10 @@ What the queue holds, always a tuple:
 
 from __future__ import annotations
 
+import importlib
 import logging
 from collections import deque
+from collections.abc import Callable
 from typing import Any, Final
 
 import ujson
@@ -31,19 +33,49 @@ from gevent.event import Event as Flag
 
 from gcluster.events import Event
 
-__all__ = ["END", "EventQueue"]
+__all__ = ["DECODERS", "END", "EventQueue", "Loads", "resolve_decoder"]
 
 log = logging.getLogger("gcluster.shard")
 
 END: Final = object()  # no more events: the shard or cluster was shut down
 
+Loads = Callable[[bytes], Any]
+
+# Decoders by name, and the extra that installs each. ujson is the default;
+# orjson decodes these payloads about 1.5x faster, but turns integers past
+# 64 bits into floats (Discord sends snowflakes as strings, so none are lost).
+DECODERS: Final = {"ujson": "ujson", "orjson": "gcluster[orjson]"}
+
+
+def resolve_decoder(decoder: str | Loads) -> Loads:
+    """The `loads` function for `decoder`: a name from DECODERS or a callable.
+
+    Raises:
+        ValueError: an unknown name, or a decoder that is not installed.
+    """
+    if callable(decoder):
+        return decoder
+    if decoder not in DECODERS:
+        raise ValueError(
+            f"decoder must be one of {', '.join(DECODERS)} or a callable, not {decoder!r}"
+        )
+    try:
+        module = importlib.import_module(decoder)
+    except ImportError:
+        raise ValueError(
+            f"decoder {decoder!r} is not installed: pip install '{DECODERS[decoder]}'"
+        ) from None
+    loads: Loads = module.loads
+    return loads
+
 
 class EventQueue:
     """First in, first out, for any number of readers and iterators in one hub."""
 
-    __slots__ = ("_items", "_sleeping", "_wake")
+    __slots__ = ("_items", "_sleeping", "_wake", "loads")
 
-    def __init__(self) -> None:
+    def __init__(self, loads: Loads = ujson.loads) -> None:
+        self.loads = loads
         self._items: deque[tuple[Any, ...]] = deque()
         self._sleeping = False
         self._wake = Flag()
@@ -74,6 +106,7 @@ class EventQueue:
         counted, and resuming would only replay the same bytes.
         """
         items = self._items
+        loads = self.loads
         while True:
             # get(), inlined: this runs for every event.
             while not items:
@@ -85,7 +118,7 @@ class EventQueue:
                 return item
             shard_id, kind, name, sequence, payload = item
             try:
-                data = ujson.loads(payload)["d"]
+                data = loads(payload)["d"]
             except (ValueError, KeyError, TypeError) as err:
                 log.error(
                     "shard %d: dispatch %s s=%s is not valid JSON (%s); skipped",

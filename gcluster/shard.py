@@ -30,7 +30,7 @@ from gcluster import hubwatch
 from gcluster._token import Token
 from gcluster.backoff import Backoff
 from gcluster.commands import Command, encode
-from gcluster.delivery import END, EventQueue
+from gcluster.delivery import END, EventQueue, Loads
 from gcluster.errors import (
     CommandSendingError,
     ConnectionFailed,
@@ -119,6 +119,8 @@ class Shard:
         ssl_context: a gevent SSL context for wss (verifying by default).
         on_fatal: called with the shard once it is fatally closed.
         ratelimit_payloads: hold commands to 120 per 60 s per connection.
+        loads: the JSON decoder of a shard that owns its queue (a shared
+            queue, given as `events`, brings its own).
         session_marks: put a `SessionMark` in `events` before each new session's
             events (for a cluster that saves consumed sessions).
         on_new_session: called with (shard id, session) when READY starts one,
@@ -146,6 +148,7 @@ class Shard:
         session_marks: bool = False,
         on_new_session: Callable[[int, ResumeSession], None] | None = None,
         rng: Callable[[], float] = random.random,
+        loads: Loads = ujson.loads,
         **protocol_options: Any,
     ) -> None:
         self.id = shard_id
@@ -154,7 +157,7 @@ class Shard:
         self._gateway_url = gateway_url
         self._queue: Queue = queue if queue is not None else NoOpQueue()
         self._owns_events = events is None
-        self._events: EventQueue = events if events is not None else EventQueue()
+        self._events: EventQueue = events if events is not None else EventQueue(loads)
         self._connect_timeout = connect_timeout
         self._ssl_context = ssl_context
         self._on_fatal = on_fatal
@@ -505,7 +508,7 @@ class Shard:
         if self._wants_payload:
             self._put(Event(EventType.SHARD_PAYLOAD, "SHARD_PAYLOAD", self.id, None, payload))
         try:
-            message = ujson.loads(payload)
+            message = self._events.loads(payload)
             name = message.get("t") or ""
             if message.get("op") == 0 and name not in _SESSION_DISPATCHES:
                 # A dispatch laid out unlike Discord's own: the same, already decoded.

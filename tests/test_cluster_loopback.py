@@ -64,6 +64,34 @@ def test_every_event_of_every_shard_exactly_once_in_order(
     assert_exactly_once_in_order(received, range(SHARDS), 300)
 
 
+def test_a_decoder_given_as_a_callable_decodes_every_dispatch(sim: GatewaySimulator) -> None:
+    decoded: list[bytes] = []
+
+    def loads(payload: bytes) -> object:
+        decoded.append(payload)
+        return json.loads(payload)
+
+    with make_cluster(sim, decoder=loads) as cluster:
+        cluster.up(timeout=TIMEOUT)
+        for shard_id in range(SHARDS):
+            sim.send_events(shard_id, 50)
+        received = collect(cluster.events(), has_numbers(range(SHARDS), 50))
+    assert_exactly_once_in_order(received, range(SHARDS), 50)
+    dispatches = [e for _, e in received if e.sequence is not None]
+    # Every dispatch went through it (READY too, which the shard decodes itself).
+    assert len(decoded) >= len(dispatches) == len(sim.records.dispatches)
+
+
+@pytest.mark.extras
+def test_orjson_decoder_delivers_the_same_events(sim: GatewaySimulator) -> None:
+    with make_cluster(sim, decoder="orjson") as cluster:
+        cluster.up(timeout=TIMEOUT)
+        for shard_id in range(SHARDS):
+            sim.send_events(shard_id, 200)
+        received = collect(cluster.events(), has_numbers(range(SHARDS), 200))
+    assert_exactly_once_in_order(received, range(SHARDS), 200)
+
+
 def test_auto_scheme_uses_the_recommended_count(make_sim: MakeSim) -> None:
     sim = make_sim(shards=3, max_concurrency=3)
     cluster = make_cluster(sim)

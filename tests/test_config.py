@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pytest
@@ -40,6 +41,7 @@ def test_builder_sets_every_option_like_the_constructor() -> None:
         .ratelimit_payloads(False)
         .compression(False)
         .connect_timeout(3.0)
+        .decoder(json.loads)
         .build()
     )
     config = built.config()
@@ -55,6 +57,7 @@ def test_builder_sets_every_option_like_the_constructor() -> None:
         False,
         3.0,
     )
+    assert config.decoder is json.loads
     assert config.token.authorization == "Bot " + SECRET
     assert Cluster.new(SECRET, 1).config().token == Cluster(f"Bot {SECRET}", 1).config().token
 
@@ -86,6 +89,21 @@ def test_bad_options_raise_config_error(
 ) -> None:
     with pytest.raises(ConfigError):
         Cluster(token, intents, **options)  # type: ignore[arg-type]
+
+
+def test_an_unknown_decoder_is_refused() -> None:
+    with pytest.raises(ConfigError, match="decoder must be one of ujson, orjson or a callable"):
+        Cluster(SECRET, 1, decoder="simplejson")
+
+
+def test_a_decoder_that_is_not_installed_says_which_extra_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import gcluster.delivery
+
+    monkeypatch.setitem(gcluster.delivery.DECODERS, "no_such_json_module", "gcluster[nothing]")
+    with pytest.raises(ConfigError, match=r"not installed: pip install 'gcluster\[nothing\]'"):
+        Cluster(SECRET, 1, decoder="no_such_json_module")
 
 
 def test_token_never_shows_in_repr_str_or_errors(caplog: pytest.LogCaptureFixture) -> None:
