@@ -32,6 +32,9 @@ OP_PONG: Final = 0xA
 
 _DATA_OPCODES: Final = frozenset({OP_CONTINUATION, OP_TEXT, OP_BINARY})
 _CONTROL_OPCODES: Final = frozenset({OP_CLOSE, OP_PING, OP_PONG})
+# First bytes of a whole (FIN) text or binary frame without reserved bits:
+# nearly every frame the gateway sends.
+_WHOLE_DATA: Final = frozenset({0x80 | OP_TEXT, 0x80 | OP_BINARY})
 _LENGTH_16: Final = struct.Struct("!H")
 _LENGTH_64: Final = struct.Struct("!Q")
 
@@ -105,6 +108,9 @@ class FrameParser:
             if masked:
                 payload = _unmask(payload, bytes(view[start - 4 : start]))
             pos = start + length
+            if b0 in _WHOLE_DATA and self._fragment_opcode is None:
+                messages.append((b0 & 0x0F, payload))
+                continue
             message = self._frame(b0, payload)
             if message is not None:
                 messages.append(message)
