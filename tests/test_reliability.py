@@ -6,6 +6,7 @@ import logging
 import time
 from collections.abc import Callable
 
+import gevent
 import pytest
 from conftest import TIMEOUT, collect, has_numbers, numbers
 
@@ -167,3 +168,74 @@ def test_session_store_keeps_what_was_consumed_so_unhandled_events_come_again(
     finally:
         second.down()
     assert store.sessions == {}  # down() closed with 1000: the session is over
+
+
+class _AlwaysReadySocket:
+    """A socket whose every read returns data at once: a shard that never waits."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.position = 0
+
+    def recv(self, size: int) -> bytes:
+        if self.position >= len(self.data):
+            gevent.sleep(60)  # drained: now it waits like a quiet connection
+        chunk = self.data[self.position : self.position + min(size, 16_384)]
+        self.position += len(chunk)
+        return chunk
+
+    def shutdown(self, how: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class _DiscardingWebSocket:
+    def send(self, payload: bytes, opcode: int) -> None:
+        pass
+
+
+def _text_frame(payload: bytes) -> bytes:
+    n = len(payload)
+    header = bytes([0x81, n]) if n < 126 else bytes([0x81, 126]) + n.to_bytes(2, "big")
+    return header + payload
+
+
+def test_a_shard_whose_socket_always_has_data_still_lets_the_hub_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from gcluster import shard as shard_module
+    from gcluster.transport import Connection
+
+    messages = [
+        b'{"t":null,"s":null,"op":10,"d":{"heartbeat_interval":41250}}',
+        b'{"t":"READY","s":1,"op":0,"d":{"session_id":"x","resume_gateway_url":"ws://x"}}',
+    ] + [b'{"t":"TYPING_START","s":%d,"op":0,"d":{"n":%d}}' % (n, n) for n in range(2, 200_000)]
+    sock = _AlwaysReadySocket(b"".join(_text_frame(m) for m in messages))
+    monkeypatch.setattr(
+        shard_module.Connection,
+        "open",
+        classmethod(lambda cls, url, **kw: Connection(_DiscardingWebSocket(), sock, url)),
+    )
+    shard = shard_module.Shard(0, 1, "token", 1, gateway_url="ws://x", compression=False)
+    ticks: list[int] = []
+
+    def tick() -> None:
+        for _ in range(5):
+            gevent.sleep(0.005)
+            ticks.append(sock.position)
+
+    shard.start()
+    ticker = gevent.spawn(tick)
+    try:
+        # Without yielding, the reader would keep the hub until the data ran out.
+        assert ticker.join(timeout=TIMEOUT) is None and len(ticks) == 5
+        assert ticks[-1] < len(sock.data), "the ticker only ran once the reader had nothing left"
+        # The iterator got its turns too: events arrived while reading went on.
+        for _, event in shard.events():
+            if event.sequence == 1000:
+                break
+        assert sock.position < len(sock.data)
+    finally:
+        shard.down(timeout=1)
