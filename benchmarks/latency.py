@@ -16,12 +16,21 @@ in the JSON too.
 from __future__ import annotations
 
 import argparse
+import resource
 import sys
 import time
 from collections.abc import Sequence
 from typing import Any
 
-from _common import make_cluster, percentile, pin_client, start_simulator, table, write_results
+from _common import (
+    cpu_seconds,
+    make_cluster,
+    percentile,
+    pin_client,
+    start_simulator,
+    table,
+    write_results,
+)
 from _stream import blast_run, median_run
 
 from gcluster import EventType
@@ -59,7 +68,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 r = results[-1]
                 print(
                     f"  {level:.0%} ({rate:,.0f}/s): p50 {r['p50_ms']:.3f} ms, "
-                    f"p99 {r['p99_ms']:.3f} ms, max {r['max_ms']:.3f} ms",
+                    f"p99 {r['p99_ms']:.3f} ms, max {r['max_ms']:.3f} ms, "
+                    f"client CPU {r['client_cpu_share']:.0%} ({r['client_us_per_event']:.1f} us/event, "
+                    f"{r['client_system_us_per_event']:.1f} of them in the kernel)",
                     flush=True,
                 )
         finally:
@@ -140,6 +151,8 @@ def measure(
     """
     paced = sim.send_paced(shard_ids, count, rate)
     start = paced["start"]
+    cpu_before = cpu_seconds()
+    sys_before = resource.getrusage(resource.RUSAGE_SELF).ru_stime
     arrivals: list[tuple[int, int, float, float]] = []
     append = arrivals.append
     monotonic = time.monotonic
@@ -150,6 +163,9 @@ def measure(
             append((shard_id, data[NUMBER_KEY], data[DUE_KEY], monotonic()))
             if len(arrivals) == count:
                 break
+    cpu = cpu_seconds() - cpu_before
+    system = resource.getrusage(resource.RUSAGE_SELF).ru_stime - sys_before
+    wall = time.monotonic() - start
     records = sim.wait_blasts()
     sent: dict[tuple[int, int], float] = {}
     for record in records:
@@ -164,6 +180,11 @@ def measure(
         "rate": rate,
         "achieved_rate": (count - 1) / (last - first) if last > first else rate,
         "events": count,
+        # How busy the client was: near 1.0 means events queue behind each other.
+        "client_cpu_share": cpu / wall,
+        "client_us_per_event": cpu / count * 1e6,
+        # The kernel's part: socket reads and wake-ups, not the library's Python.
+        "client_system_us_per_event": system / count * 1e6,
         "p50_ms": percentile(from_send, 0.50) * 1000,
         "p99_ms": percentile(from_send, 0.99) * 1000,
         "p999_ms": percentile(from_send, 0.999) * 1000,
