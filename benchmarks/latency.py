@@ -69,7 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(
                     f"  {level:.0%} ({rate:,.0f}/s): p50 {r['p50_ms']:.3f} ms, "
                     f"p99 {r['p99_ms']:.3f} ms, max {r['max_ms']:.3f} ms, "
-                    f"client CPU {r['client_cpu_share']:.0%} ({r['client_us_per_event']:.1f} us/event, "
+                    f"client CPU {r['client_cpu_share']:.0%} "
+                    f"({r['client_us_per_event']:.1f} us/event, "
                     f"{r['client_system_us_per_event']:.1f} of them in the kernel)",
                     flush=True,
                 )

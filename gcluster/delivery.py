@@ -29,7 +29,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 import ujson
-from gevent.event import Event as Flag
+from gevent.hub import Waiter
 
 from gcluster.events import Event
 
@@ -72,31 +72,49 @@ def resolve_decoder(decoder: str | Loads) -> Loads:
 class EventQueue:
     """First in, first out, for any number of readers and iterators in one hub."""
 
-    __slots__ = ("_items", "_sleeping", "_wake", "loads")
+    __slots__ = ("_items", "_waiters", "loads")
 
     def __init__(self, loads: Loads = ujson.loads) -> None:
         self.loads = loads
         self._items: deque[tuple[Any, ...]] = deque()
-        self._sleeping = False
-        self._wake = Flag()
+        # Iterators waiting for an item, oldest first. A bare Waiter, not a
+        # gevent Event: waking through it costs half as much, once per batch.
+        self._waiters: deque[Waiter[Any]] = deque()
 
     def __len__(self) -> int:
         return len(self._items)
 
     def put(self, item: tuple[Any, ...]) -> None:
         self._items.append(item)
-        if self._sleeping:
-            self._sleeping = False
-            self._wake.set()
+        if self._waiters:
+            self._wake_one()
 
     def get(self) -> tuple[Any, ...]:
         """The next item as queued, waiting for one if there is none."""
+        self._wait()
+        return self._items.popleft()
+
+    def _wait(self) -> None:
+        """Return once an item is queued (at once if one already is)."""
         items = self._items
+        waiters = self._waiters
         while not items:
-            self._sleeping = True
-            self._wake.clear()
-            self._wake.wait()
-        return items.popleft()
+            waiter: Waiter[Any] = Waiter()
+            waiters.append(waiter)
+            try:
+                waiter.get()
+            except BaseException:
+                # Killed while waiting: drop out of the line, and pass on a
+                # wake-up this waiter may already have been given.
+                if waiter in waiters:
+                    waiters.remove(waiter)
+                elif items and waiters:
+                    self._wake_one()
+                raise
+
+    def _wake_one(self) -> None:
+        waiter = self._waiters.popleft()
+        waiter.hub.loop.run_callback(waiter.switch, None)
 
     def next_event(self) -> tuple[Any, Any]:
         """`(shard_id, Event or SessionMark)`, or `(None, END or error)`.
@@ -108,11 +126,8 @@ class EventQueue:
         items = self._items
         loads = self.loads
         while True:
-            # get(), inlined: this runs for every event.
-            while not items:
-                self._sleeping = True
-                self._wake.clear()
-                self._wake.wait()
+            if not items:
+                self._wait()
             item = items.popleft()
             if len(item) == 2:
                 return item

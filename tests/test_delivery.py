@@ -78,3 +78,13 @@ def test_every_waiting_iterator_gets_an_item_and_none_gets_one_twice() -> None:
     got = sorted(taker.get(timeout=5)[0] for taker in takers)
     assert got == [0, 1, 2]
     assert len(queue) == 0
+
+
+def test_an_iterator_killed_while_waiting_leaves_the_items_to_the_others() -> None:
+    queue = EventQueue()
+    first = gevent.spawn(queue.get)
+    second = gevent.spawn(queue.get)
+    gevent.sleep(0)  # both wait, the first in front
+    first.kill(block=True)
+    queue.put((7, "item"))
+    assert second.get(timeout=5) == (7, "item")
