@@ -10,6 +10,10 @@ the simulator does not do: it sends no GUILD_CREATE after READY (so there is
 no waiting for guilds) and it allows IDENTIFYs back to back (so there is no
 5 s sleep between shards).
 
+``--json stdlib`` makes it decode with the standard library's json, as
+discord.py does without its ``speed`` extra; ``--json orjson`` with orjson, as
+it does with it (orjson must be installed in the virtualenv).
+
 It prints JSON lines: ``{"event": "ready", ...}`` once every shard is ready,
 then ``{"event": "done", ...}`` each time another ``--events`` messages
 reached ``on_message``, with ``time.monotonic()`` and the process's CPU time,
@@ -73,7 +77,15 @@ def main() -> int:
     parser.add_argument("--token", required=True)
     parser.add_argument("--events", type=int, required=True, help="messages per round, all shards")
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--json", choices=("stdlib", "orjson"), default="stdlib")
     args = parser.parse_args()
+    # discord.py picks orjson at import when it is installed; choose explicitly.
+    if args.json == "orjson":
+        import orjson
+
+        discord.utils._from_json = orjson.loads
+    else:
+        discord.utils._from_json = json.loads
     Route.BASE = args.api_base
     # Used instead of /gateway/bot's URL when the shard count is given, and
     # after some reconnects: never Discord's own.

@@ -26,7 +26,8 @@ RESULTS = BENCHMARKS / "results"
 VENV = BENCHMARKS / ".venv-bench"
 VENV_PYTHON = VENV / "bin" / "python"
 # What the virtualenv holds; zstandard stays out so discord.py keeps to zlib-stream.
-VENV_PACKAGES = ("discord.py>=2.4,<3", "matplotlib>=3.7", "py-spy>=0.3.14")
+# orjson: for peers.py's second pairing (discord.py's speed extra uses it).
+VENV_PACKAGES = ("discord.py>=2.4,<3", "orjson>=3.9", "matplotlib>=3.7", "py-spy>=0.3.14")
 ORDER = ("throughput", "filtered", "latency", "peers", "scale", "receive_profile")
 
 
