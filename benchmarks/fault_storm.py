@@ -13,9 +13,9 @@ import json
 import os
 import sys
 
-from gcluster.testing.storm import run_storm
+from _common import RESULTS  # also puts the checkout on sys.path
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+from gcluster.testing.storm import run_storm
 
 
 def main() -> int:
