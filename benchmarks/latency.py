@@ -10,19 +10,30 @@ that per dispatch) to the moment ``cluster.events()`` yields it; the figures
 from the due time in the payload, which add the simulator's own lateness, are
 in the JSON too.
 
+At each level it also measures the machine's own floor: a child process on
+the simulator's core writes 8-byte timestamps at the same rate into a socket
+pair that this process reads with a plain blocking socket, doing nothing else.
+On a virtual machine, waking an idle core can take milliseconds; that floor
+is what no client can beat.
+
     python benchmarks/latency.py [--seconds 5] [--levels 0.1,0.5,0.9] [--shards 4]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import resource
+import socket
+import struct
 import sys
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from _common import (
+    PIN,
+    SIMULATOR_CPU,
     cpu_seconds,
     make_cluster,
     percentile,
@@ -66,12 +77,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 count = max(args.shards, int(rate * args.seconds))
                 results.append(measure(sim, cluster, shard_ids, count, rate, level))
                 r = results[-1]
+                r["floor"] = socket_floor(rate, args.seconds)
                 print(
                     f"  {level:.0%} ({rate:,.0f}/s): p50 {r['p50_ms']:.3f} ms, "
                     f"p99 {r['p99_ms']:.3f} ms, max {r['max_ms']:.3f} ms, "
                     f"client CPU {r['client_cpu_share']:.0%} "
                     f"({r['client_us_per_event']:.1f} us/event, "
-                    f"{r['client_system_us_per_event']:.1f} of them in the kernel)",
+                    f"{r['client_system_us_per_event']:.1f} of them in the kernel); "
+                    f"bare socket floor p99 {r['floor']['p99_ms']:.3f} ms",
                     flush=True,
                 )
         finally:
@@ -91,6 +104,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "max ms",
                 "from due p99",
                 "sim late max ms",
+                "client CPU",
+                "floor p99 ms",
             ],
             [
                 (
@@ -104,6 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     r["max_ms"],
                     r["from_due_p99_ms"],
                     r["sim_late_max_ms"],
+                    f"{r['client_cpu_share']:.0%}",
+                    r["floor"]["p99_ms"],
                 )
                 for r in results
             ],
@@ -139,6 +156,48 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(f"\nwrote {path}")
     return 0
+
+
+def socket_floor(rate: float, seconds: float) -> dict[str, float]:
+    """Latency of a bare blocking socket read at ``rate`` messages/s, in ms.
+
+    A forked child on the simulator's core writes its clock every 1/rate s;
+    this process reads and does nothing else.
+    """
+    count = max(10, int(rate * seconds))
+    ours, theirs = socket.socketpair()
+    pid = os.fork()
+    if pid == 0:  # the writer: no gevent, no hub, just a paced loop
+        try:
+            ours.close()
+            if PIN and hasattr(os, "sched_setaffinity"):
+                os.sched_setaffinity(0, {SIMULATOR_CPU})
+            start = time.monotonic() + 0.1
+            for n in range(count):
+                wait = start + n / rate - time.monotonic()
+                if wait > 0.0002:
+                    time.sleep(wait - 0.0001)
+                while time.monotonic() < start + n / rate:
+                    pass
+                theirs.sendall(struct.pack("d", time.monotonic()))
+        finally:
+            os._exit(0)
+    theirs.close()
+    latencies: list[float] = []
+    pending = b""
+    with ours:
+        while data := ours.recv(65536):
+            now = time.monotonic()
+            pending += data
+            whole = len(pending) - len(pending) % 8
+            latencies += [now - sent for (sent,) in struct.iter_unpack("d", pending[:whole])]
+            pending = pending[whole:]
+    os.waitpid(pid, 0)
+    return {
+        "p50_ms": percentile(latencies, 0.50) * 1000,
+        "p99_ms": percentile(latencies, 0.99) * 1000,
+        "max_ms": max(latencies) * 1000,
+    }
 
 
 def measure(
