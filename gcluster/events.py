@@ -10,6 +10,7 @@ in `Event.data`.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 __all__ = ["Event", "EventType", "EventTypeFlags", "dispatch_kind", "event_type", "flag_for"]
@@ -319,16 +320,23 @@ _FLAG_BY_KIND: dict[EventType, EventTypeFlags] = {
 }
 
 
+class _KindsAndBits(dict[str, tuple[EventType, int]]):
+    """Dispatch name -> (kind, filter bit); names this version does not know are UNKNOWN."""
+
+    def __missing__(self, name: str) -> tuple[EventType, int]:
+        return EventType.UNKNOWN, int(EventTypeFlags.UNKNOWN)
+
+
 # The hot path tests plain ints: IntFlag arithmetic costs several Python calls.
-_KIND_AND_BIT: dict[str, tuple[EventType, int]] = {
-    name: (kind, int(_FLAG_BY_KIND[kind])) for name, kind in _DISPATCH_BY_NAME.items()
-}
-_UNKNOWN_AND_BIT = (EventType.UNKNOWN, int(EventTypeFlags.UNKNOWN))
+_KIND_AND_BIT = _KindsAndBits(
+    {name: (kind, int(_FLAG_BY_KIND[kind])) for name, kind in _DISPATCH_BY_NAME.items()}
+)
 
+dispatch_kind: Callable[[str], tuple[EventType, int]] = _KIND_AND_BIT.__getitem__
+"""The kind of a dispatch named `name` and its filter bit, as a plain int.
 
-def dispatch_kind(name: str) -> tuple[EventType, int]:
-    """The kind of a dispatch named `name` and its filter bit, as a plain int."""
-    return _KIND_AND_BIT.get(name, _UNKNOWN_AND_BIT)
+A bound dict lookup rather than a function: it runs for every event.
+"""
 
 
 def event_type(name: str) -> EventType:

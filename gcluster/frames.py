@@ -55,7 +55,14 @@ class FrameParser:
     ping, pong) as they come, even between the fragments of a message.
     """
 
-    __slots__ = ("_buffer", "_fragments", "_fragment_opcode", "_fragment_size", "max_message")
+    __slots__ = (
+        "_buffer",
+        "_fragments",
+        "_fragment_opcode",
+        "_fragment_size",
+        "control_seen",
+        "max_message",
+    )
 
     def __init__(self, max_message: int = DEFAULT_MAX_MESSAGE) -> None:
         self._buffer = bytearray()
@@ -63,6 +70,9 @@ class FrameParser:
         self._fragment_opcode: int | None = None
         self._fragment_size = 0
         self.max_message = max_message
+        # Whether the last feed() returned a control frame (close, ping,
+        # pong): the caller need not look through the messages otherwise.
+        self.control_seen = False
 
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
         """Add received bytes; return the messages they completed, in order.
@@ -79,6 +89,7 @@ class FrameParser:
             # Nothing left over from the last read: parse the new bytes in place.
             view = memoryview(data)
         messages: list[tuple[int, bytes]] = []
+        self.control_seen = False
         end = len(view)
         pos = 0
         while end - pos >= 2:
@@ -114,6 +125,8 @@ class FrameParser:
             message = self._frame(b0, payload)
             if message is not None:
                 messages.append(message)
+                if message[0] in _CONTROL_OPCODES:
+                    self.control_seen = True
         view.release()
         if pos == end:
             buf.clear()

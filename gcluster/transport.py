@@ -153,6 +153,8 @@ class Connection:
                 raise ConnectionClosed(None, f"bad websocket frame: {err}") from err
             if not messages:
                 continue
+            if not self._parser.control_seen:
+                return messages
             for index, (opcode, payload) in enumerate(messages):
                 if opcode == OP_CLOSE:
                     code, reason = parse_close(payload)

@@ -11,6 +11,7 @@ from gcluster.frames import (
     OP_BINARY,
     OP_CLOSE,
     OP_PING,
+    OP_PONG,
     OP_TEXT,
     FrameError,
     FrameParser,
@@ -58,6 +59,16 @@ def test_many_frames_in_one_read_and_split_across_reads() -> None:
 def test_fragments_join_and_control_frames_pass_between_them() -> None:
     data = frame(b"hel", OP_TEXT, fin=False) + frame(b"ping", OP_PING) + frame(b"lo", 0x0)
     assert FrameParser().feed(data) == [(OP_PING, b"ping"), (OP_TEXT, b"hello")]
+
+
+def test_the_parser_says_whether_a_read_held_a_control_frame() -> None:
+    parser = FrameParser()
+    parser.feed(frame(b"data") + frame(b"more", OP_BINARY))
+    assert not parser.control_seen
+    parser.feed(frame(b"data") + frame(b"ping", OP_PING))
+    assert parser.control_seen
+    parser.feed(frame(b"data"))
+    assert not parser.control_seen
 
 
 def test_masked_frames_are_unmasked() -> None:
@@ -192,3 +203,36 @@ def test_compression_option_values() -> None:
     assert resolve_compression("best") == (ZSTD_STREAM if zstd_available() else ZLIB_STREAM)
     with pytest.raises(ValueError):
         resolve_compression("deflate")
+
+
+class _OneReadSocket:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def recv(self, size: int) -> bytes:
+        data, self.data = self.data, b""
+        return data
+
+    def shutdown(self, how: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class _RecordingWebSocket:
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes | str, int]] = []
+
+    def send(self, payload: bytes | str, opcode: int) -> None:
+        self.sent.append((payload, opcode))
+
+
+def test_a_ping_among_data_frames_is_answered_and_the_data_delivered() -> None:
+    from gcluster.transport import Connection
+
+    ws = _RecordingWebSocket()
+    data = frame(b"one") + frame(b"are you there", OP_PING) + frame(b"two")
+    conn = Connection(ws, _OneReadSocket(data), "ws://x")  # type: ignore[arg-type]
+    assert conn.receive() == [(OP_TEXT, b"one"), (OP_PING, b"are you there"), (OP_TEXT, b"two")]
+    assert ws.sent == [(b"are you there", OP_PONG)]
