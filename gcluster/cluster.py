@@ -349,15 +349,16 @@ class Cluster:
         consumed = self._consumed
         unfinished = self._unfinished
         while True:
-            shard_id, event = queue.next_event()
+            item = queue.next_event()
+            shard_id, event = item
             if shard_id is None:
-                queue.put((None, event))  # other iterators end too
+                queue.put(item)  # other iterators end too
                 if event is END:
                     self._save_sessions()
                     return
                 raise event  # every shard failed
             if consumed is None:
-                yield shard_id, event
+                yield item
                 continue
             if isinstance(event, SessionMark):
                 if manual_finish and unfinished:

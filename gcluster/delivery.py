@@ -37,6 +37,8 @@ __all__ = ["DECODERS", "END", "EventQueue", "Loads", "resolve_decoder"]
 
 log = logging.getLogger("gcluster.shard")
 
+_new_tuple = tuple.__new__
+
 END: Final = object()  # no more events: the shard or cluster was shut down
 
 Loads = Callable[[bytes], Any]
@@ -143,4 +145,5 @@ class EventQueue:
                     err,
                 )
                 continue
-            return shard_id, Event(kind, name, shard_id, sequence, data)
+            # tuple.__new__ directly: Event(...) would add a Python-level call.
+            return shard_id, _new_tuple(Event, (kind, name, shard_id, sequence, data))
