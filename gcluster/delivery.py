@@ -9,9 +9,9 @@ Two choices keep a busy stream cheap:
   application holds the event. Decoding in the reader kept every queued
   event's dicts alive across collections, and collecting was a third of the
   per-event cost (benchmarks/receive_profile.py).
-- A deque and a wake-up flag instead of a gevent Queue: putting and taking are
-  single C calls, and a waiting iterator is woken once per batch a reader put,
-  not once per event.
+- A deque instead of a gevent Queue: putting and taking are single C calls.
+  An iterator that finds it empty waits on a bare gevent Waiter, woken by the
+  next put; the readers' other puts until it runs cost nothing extra.
 
 What the queue holds, always a tuple:
 
