@@ -91,11 +91,6 @@ class EventQueue:
         if self._waiters:
             self._wake_one()
 
-    def get(self) -> tuple[Any, ...]:
-        """The next item as queued, waiting for one if there is none."""
-        self._wait()
-        return self._items.popleft()
-
     def _wait(self) -> None:
         """Return once an item is queued (at once if one already is)."""
         items = self._items

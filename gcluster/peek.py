@@ -27,7 +27,9 @@ def peek_dispatch(message: bytes) -> tuple[str, int] | None:
         return None
     start = end + 6
     comma = message.find(b",", start, start + 21)
+    if comma < 0:
+        return None
     digits = message[start:comma]
-    if comma < 0 or not digits.isdigit():
+    if not digits.isdigit():
         return None
     return message[6:end].decode("ascii", "replace"), int(digits)

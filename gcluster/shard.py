@@ -498,8 +498,9 @@ class Shard:
             # the hub per read at moderate rates, where the next receive
             # blocks (and so yields) anyway: yield once a time slice is used up
             # without the hub having run.
-            if loop.now() != hub_clock:
-                hub_clock = loop.now()
+            clock = loop.now()
+            if clock != hub_clock:
+                hub_clock = clock
                 slice_started = now
             elif now - slice_started >= _TIME_SLICE:
                 gevent.sleep(0)

@@ -62,7 +62,7 @@ def test_a_dispatch_that_is_not_json_is_logged_and_skipped(
 
 def test_a_waiting_iterator_wakes_for_the_next_item() -> None:
     queue = EventQueue()
-    taker = gevent.spawn(queue.get)
+    taker = gevent.spawn(queue.next_event)
     gevent.sleep(0)  # the taker is waiting now
     assert not taker.ready()
     queue.put((None, END))
@@ -71,7 +71,7 @@ def test_a_waiting_iterator_wakes_for_the_next_item() -> None:
 
 def test_every_waiting_iterator_gets_an_item_and_none_gets_one_twice() -> None:
     queue = EventQueue()
-    takers = [gevent.spawn(queue.get) for _ in range(3)]
+    takers = [gevent.spawn(queue.next_event) for _ in range(3)]
     gevent.sleep(0)
     for n in range(3):
         queue.put((n, "item"))
@@ -82,8 +82,8 @@ def test_every_waiting_iterator_gets_an_item_and_none_gets_one_twice() -> None:
 
 def test_an_iterator_killed_while_waiting_leaves_the_items_to_the_others() -> None:
     queue = EventQueue()
-    first = gevent.spawn(queue.get)
-    second = gevent.spawn(queue.get)
+    first = gevent.spawn(queue.next_event)
+    second = gevent.spawn(queue.next_event)
     gevent.sleep(0)  # both wait, the first in front
     first.kill(block=True)
     queue.put((7, "item"))
