@@ -163,8 +163,8 @@ class Cluster:
         backlog_warning: log a warning when this many events wait unread in
             `events()` (a consumer falling behind).
         decoder: how dispatches' JSON is decoded: "ujson" (the default),
-            "orjson" (the `gcluster[orjson]` extra; about 1.5x faster on
-            typical payloads; integers past 64 bits become floats), or any
+            "orjson" (the `gcluster[orjson]` extra; faster, see README's
+            benchmarks; integers past 64 bits become floats), or any
             callable taking bytes. Events are decoded by `events()` as it
             yields them, in the consumer's greenlet.
 
