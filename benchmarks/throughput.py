@@ -53,20 +53,31 @@ def frames_for(shard_id: int, total: int, count: int) -> list[bytes]:
 
 
 def decode_limit(
-    compression: bool | str, shard_ids: Sequence[int], per_shard: int, repeat: int = 3
+    compression: bool | str,
+    shard_ids: Sequence[int],
+    per_shard: int,
+    repeat: int = 3,
+    *,
+    total: int = TOTAL,
+    decode: bool = True,
 ) -> dict[str, Any]:
-    """Decompress + ujson.loads of the blast's payloads: one core, nothing else."""
+    """Decompress + ujson.loads of the blast's payloads: one core, nothing else.
+
+    With ``decode=False``, decompression alone: what even a filtered-out
+    event costs, since a compressed stream must be inflated message by
+    message to find where the next one starts.
+    """
     name = _common.compression_name(compression)
     streams = []
     for shard_id in shard_ids:
-        frames = frames_for(shard_id, TOTAL, per_shard)
+        frames = frames_for(shard_id, total, per_shard)
         compress = wire.compressor_for(name if name != "none" else None)
         streams.append([compress(f) for f in frames] if compress is not None else frames)
     events = sum(len(s) for s in streams)
     timings, cpu_timings = [], []
     for _ in range(repeat):
         decompressors = [_decompressor(name) for _ in streams]
-        loads = ujson.loads
+        loads = ujson.loads if decode else _ignore
         cpu_started = time.process_time()
         started = time.perf_counter()
         for stream, decompress in zip(streams, decompressors, strict=True):
@@ -89,6 +100,10 @@ def decode_limit(
         "cpu_us_per_event": cpu / events * 1e6,
         "wire_bytes_per_event": sum(len(m) for s in streams for m in s) / events,
     }
+
+
+def _ignore(message: bytes) -> None:
+    return None
 
 
 def _decompressor(name: str) -> Callable[[bytes], bytes] | None:
