@@ -60,12 +60,14 @@ class FrameParser:
         "_fragments",
         "_fragment_opcode",
         "_fragment_size",
+        "_needed",
         "control_seen",
         "max_message",
     )
 
     def __init__(self, max_message: int = DEFAULT_MAX_MESSAGE) -> None:
         self._buffer = bytearray()
+        self._needed = 0
         self._fragments: list[bytes] = []
         self._fragment_opcode: int | None = None
         self._fragment_size = 0
@@ -81,17 +83,23 @@ class FrameParser:
             FrameError: reserved bits, an unknown opcode, a fragmented control
                 frame or a message over `max_message`.
         """
+        self.control_seen = False
         buf = self._buffer
         if buf:
             buf += data
-            view = memoryview(buf)
+            if len(buf) < self._needed:
+                # Still inside a long frame: wait without copying anything.
+                return []
+            # Slicing bytes makes each payload in one copy (a memoryview slice
+            # takes two), so what was left over is joined to the read once.
+            view = bytes(buf)
+            buf.clear()
         else:
-            # Nothing left over from the last read: parse the new bytes in place.
-            view = memoryview(data)
+            view = data
         messages: list[tuple[int, bytes]] = []
-        self.control_seen = False
         end = len(view)
         pos = 0
+        needed = 0  # bytes the first incomplete frame needs, once its header is read
         while end - pos >= 2:
             b0 = view[pos]
             b1 = view[pos + 1]
@@ -113,11 +121,12 @@ class FrameParser:
             if length > self.max_message:
                 raise FrameError(f"frame of {length} bytes is over the limit of {self.max_message}")
             if end - pos < header + length:
+                needed = header + length
                 break
             start = pos + header
-            payload = bytes(view[start : start + length])
+            payload = view[start : start + length]
             if masked:
-                payload = _unmask(payload, bytes(view[start - 4 : start]))
+                payload = _unmask(payload, view[start - 4 : start])
             pos = start + length
             if b0 in _WHOLE_DATA and self._fragment_opcode is None:
                 messages.append((b0 & 0x0F, payload))
@@ -127,13 +136,9 @@ class FrameParser:
                 messages.append(message)
                 if message[0] in _CONTROL_OPCODES:
                     self.control_seen = True
-        view.release()
-        if pos == end:
-            buf.clear()
-        elif buf:
-            del buf[:pos]
-        else:
-            self._buffer = bytearray(data[pos:])
+        if pos < end:
+            buf += view[pos:]
+        self._needed = needed
         return messages
 
     def _frame(self, b0: int, payload: bytes) -> tuple[int, bytes] | None:

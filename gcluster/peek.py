@@ -9,27 +9,21 @@ but never wrong.
 
 from __future__ import annotations
 
+import re
 from typing import Final
 
 __all__ = ["peek_dispatch"]
 
-_PREFIX: Final = b'{"t":"'
-_NAME_END: Final = b'","s":'
+# One C-level match per message, no per-byte Python. Event names are
+# upper-case ASCII; the sequence is plain digits ending at the next comma
+# (so `null`, `1_0`, `+5` and a cut-off number do not match).
+_ENVELOPE: Final = re.compile(rb'\{"t":"([A-Z0-9_]{1,100})","s":([0-9]{1,20}),')
 
 
 def peek_dispatch(message: bytes) -> tuple[str, int] | None:
     """`(t, s)` of a dispatch laid out as Discord sends it, else None."""
-    # Runs for every message: only C-level bytes methods, no per-byte Python.
-    if not message.startswith(_PREFIX):
+    match = _ENVELOPE.match(message)
+    if match is None:
         return None
-    end = message.find(_NAME_END, 6, 200)
-    if end < 0:
-        return None
-    start = end + 6
-    comma = message.find(b",", start, start + 21)
-    if comma < 0:
-        return None
-    digits = message[start:comma]
-    if not digits.isdigit():
-        return None
-    return message[6:end].decode("ascii", "replace"), int(digits)
+    name, digits = match.groups()
+    return name.decode("ascii"), int(digits)

@@ -56,6 +56,20 @@ def test_many_frames_in_one_read_and_split_across_reads() -> None:
     assert parser.pending == 0
 
 
+def test_a_long_frame_split_over_many_reads() -> None:
+    # The parser waits for the whole frame (without re-parsing what it holds)
+    # and then returns it with whatever followed in the same read.
+    big = bytes(range(256)) * 1200
+    stream = frame(big, OP_BINARY) + frame(b"after")
+    parser = FrameParser()
+    reads = [stream[start : start + 4096] for start in range(0, len(stream), 4096)]
+    for read in reads[:-1]:
+        assert parser.feed(read) == []
+    assert parser.pending == len(stream) - len(reads[-1])
+    assert parser.feed(reads[-1]) == [(OP_BINARY, big), (OP_TEXT, b"after")]
+    assert parser.pending == 0
+
+
 def test_fragments_join_and_control_frames_pass_between_them() -> None:
     data = frame(b"hel", OP_TEXT, fin=False) + frame(b"ping", OP_PING) + frame(b"lo", 0x0)
     assert FrameParser().feed(data) == [(OP_PING, b"ping"), (OP_TEXT, b"hello")]
@@ -171,6 +185,9 @@ def test_inflater_rejects_a_bad_zlib_header(header: bytes) -> None:
         (b'{"t":"MESSAGE_CREATE","s":12', None),
         (b'{"t":"MESSAGE_CREATE","s":,"op":0}', None),
         (b'{"t":"X","s":%d,"op":0,"d":{}}' % (2**63), ("X", 2**63)),
+        # Names that are not plain upper-case ASCII are left to a full decode.
+        (b'{"t":"message_create","s":1,"op":0,"d":{}}', None),
+        (b'{"t":"\\u0041","s":1,"op":0,"d":{}}', None),
     ],
 )
 def test_peek(raw: bytes, expected: tuple[str, int] | None) -> None:
