@@ -508,6 +508,9 @@ class Shard:
                 slice_started = time.monotonic()
 
     def _process(self, payload: bytes, now: float) -> None:
+        if self._wants_payload:
+            # Every message the gateway sent, whether or not its own type is wanted.
+            self._put(Event(EventType.SHARD_PAYLOAD, "SHARD_PAYLOAD", self.id, None, payload))
         protocol = self._protocol
         peeked = peek_dispatch(payload)
         if peeked is not None and peeked[0] not in _SESSION_DISPATCHES:
@@ -519,13 +522,9 @@ class Shard:
             if kind is None:
                 self.stats.filtered += 1
                 return
-            if self._wants_payload:
-                self._put(Event(EventType.SHARD_PAYLOAD, "SHARD_PAYLOAD", self.id, None, payload))
             self.stats.events[name] += 1
             self._events.put((self.id, kind, name, sequence, payload))
             return
-        if self._wants_payload:
-            self._put(Event(EventType.SHARD_PAYLOAD, "SHARD_PAYLOAD", self.id, None, payload))
         try:
             message = self._events.loads(payload)
             name = message.get("t") or ""

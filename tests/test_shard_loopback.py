@@ -9,6 +9,7 @@ import textwrap
 from collections.abc import Callable
 
 import pytest
+import ujson
 from conftest import TIMEOUT, collect, has_numbers, numbers
 
 from gcluster import EventType, EventTypeFlags, Intents, Shard, Stage
@@ -87,6 +88,39 @@ def test_filtered_out_types_never_reach_the_iterator(make_sim: MakeSim) -> None:
         assert numbers(received, 0) == expected and len(expected) == 40
         # Dropped events still count toward the sequence a RESUME would send.
         assert shard.info().sequence == sim.records.dispatches[-1].s
+    finally:
+        shard.down()
+
+
+def test_shard_payload_carries_every_message_even_of_filtered_types(make_sim: MakeSim) -> None:
+    sim = make_sim()
+    shard = make_shard(sim, event_types=EventTypeFlags.MESSAGE_CREATE | EventTypeFlags.SHARD_PAYLOAD)
+    try:
+        assert shard.wait_until_ready(TIMEOUT)
+        sim.send_events(0, 50)  # MESSAGE_CREATE/UPDATE/DELETE, TYPING_START, PRESENCE_UPDATE
+        sim.dispatch(0, "MESSAGE_CREATE", {"marker": "last"})
+        received = collect(
+            shard.events(),
+            lambda got: (
+                isinstance(got[-1][1].data, dict) and got[-1][1].data.get("marker") == "last"
+            ),
+        )
+        events = [event for _, event in received]
+        payloads = [
+            ujson.loads(event.data) for event in events if event.kind is EventType.SHARD_PAYLOAD
+        ]
+        assert payloads[0]["op"] == 10  # HELLO: not a dispatch, still a payload
+        sent = [(d.t, d.s) for d in sim.records.dispatches]
+        assert [(p["t"], p["s"]) for p in payloads if p["op"] == 0] == sent
+        # Each delivered dispatch comes right after its own raw payload.
+        for index, event in enumerate(events):
+            if event.kind is EventType.MESSAGE_CREATE:
+                before = ujson.loads(events[index - 1].data)
+                assert (before["t"], before["s"]) == ("MESSAGE_CREATE", event.sequence)
+        assert {event.kind for event in events} == {
+            EventType.SHARD_PAYLOAD,
+            EventType.MESSAGE_CREATE,
+        }
     finally:
         shard.down()
 
