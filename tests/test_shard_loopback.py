@@ -94,7 +94,9 @@ def test_filtered_out_types_never_reach_the_iterator(make_sim: MakeSim) -> None:
 
 def test_shard_payload_carries_every_message_even_of_filtered_types(make_sim: MakeSim) -> None:
     sim = make_sim()
-    shard = make_shard(sim, event_types=EventTypeFlags.MESSAGE_CREATE | EventTypeFlags.SHARD_PAYLOAD)
+    shard = make_shard(
+        sim, event_types=EventTypeFlags.MESSAGE_CREATE | EventTypeFlags.SHARD_PAYLOAD
+    )
     try:
         assert shard.wait_until_ready(TIMEOUT)
         sim.send_events(0, 50)  # MESSAGE_CREATE/UPDATE/DELETE, TYPING_START, PRESENCE_UPDATE
