@@ -10,11 +10,15 @@ that per dispatch) to the moment ``cluster.events()`` yields it; the figures
 from the due time in the payload, which add the simulator's own lateness, are
 in the JSON too.
 
-At each level it also measures the machine's own floor: a child process on
+At each level it also measures two floors. The machine's: a child process on
 the simulator's core writes 8-byte timestamps at the same rate into a socket
 pair that this process reads with a plain blocking socket, doing nothing else.
 On a virtual machine, waking an idle core can take milliseconds; that floor
-is what no client can beat.
+is what no client can beat. And gevent's: the same child writes 280-byte
+messages round-robin into one socket pair per shard, read the way the cluster
+reads (a greenlet per socket, a deque, a consumer woken through a Waiter) with
+no frames, no inflating and no JSON: the CPU that the hub's wake-ups alone
+take at that rate.
 
     python benchmarks/latency.py [--seconds 5] [--levels 0.1,0.5,0.9] [--shards 4]
 """
@@ -29,9 +33,12 @@ import struct
 import sys
 import time
 from array import array
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
+import gevent
+import gevent.socket
 from _common import (
     PIN,
     SIMULATOR_CPU,
@@ -44,6 +51,7 @@ from _common import (
     write_results,
 )
 from _stream import blast_run, median_run
+from gevent.hub import Waiter
 
 from gcluster import EventType
 from gcluster.testing.payloads import DUE_KEY, NUMBER_KEY
@@ -79,13 +87,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 results.append(measure(sim, cluster, shard_ids, count, rate, level))
                 r = results[-1]
                 r["floor"] = socket_floor(rate, args.seconds)
+                r["gevent_floor"] = gevent_floor(rate, args.seconds, args.shards)
                 print(
                     f"  {level:.0%} ({rate:,.0f}/s): p50 {r['p50_ms']:.3f} ms, "
                     f"p99 {r['p99_ms']:.3f} ms, max {r['max_ms']:.3f} ms, "
                     f"client CPU {r['client_cpu_share']:.0%} "
                     f"({r['client_us_per_event']:.1f} us/event, "
                     f"{r['client_system_us_per_event']:.1f} of them in the kernel); "
-                    f"bare socket floor p99 {r['floor']['p99_ms']:.3f} ms",
+                    f"bare socket floor p99 {r['floor']['p99_ms']:.3f} ms; "
+                    f"gevent floor {r['gevent_floor']['cpu_share']:.0%} CPU "
+                    f"({r['gevent_floor']['us_per_message']:.1f} us/message), "
+                    f"p99 {r['gevent_floor']['p99_ms']:.3f} ms",
                     flush=True,
                 )
         finally:
@@ -107,6 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "sim late max ms",
                 "client CPU",
                 "floor p99 ms",
+                "gevent floor CPU",
+                "gevent floor p99 ms",
             ],
             [
                 (
@@ -122,6 +136,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     r["sim_late_max_ms"],
                     f"{r['client_cpu_share']:.0%}",
                     r["floor"]["p99_ms"],
+                    f"{r['gevent_floor']['cpu_share']:.0%}",
+                    r["gevent_floor"]["p99_ms"],
                 )
                 for r in results
             ],
@@ -165,25 +181,8 @@ def socket_floor(rate: float, seconds: float) -> dict[str, float]:
     A forked child on the simulator's core writes its clock every 1/rate s;
     this process reads and does nothing else.
     """
-    count = max(10, int(rate * seconds))
     ours, theirs = socket.socketpair()
-    pid = os.fork()
-    if pid == 0:  # the writer: no gevent, no hub, just a paced loop
-        try:
-            ours.close()
-            if PIN and hasattr(os, "sched_setaffinity"):
-                os.sched_setaffinity(0, {SIMULATOR_CPU})
-            start = time.monotonic() + 0.1
-            for n in range(count):
-                wait = start + n / rate - time.monotonic()
-                if wait > 0.0002:
-                    time.sleep(wait - 0.0001)
-                while time.monotonic() < start + n / rate:
-                    pass
-                theirs.sendall(struct.pack("d", time.monotonic()))
-        finally:
-            os._exit(0)
-    theirs.close()
+    pid = _paced_writer([theirs], rate, seconds, size=8)
     latencies: list[float] = []
     pending = b""
     with ours:
@@ -194,6 +193,102 @@ def socket_floor(rate: float, seconds: float) -> dict[str, float]:
             latencies += [now - sent for (sent,) in struct.iter_unpack("d", pending[:whole])]
             pending = pending[whole:]
     os.waitpid(pid, 0)
+    return _latency_figures(latencies)
+
+
+def gevent_floor(rate: float, seconds: float, sockets: int) -> dict[str, float]:
+    """What gevent itself costs at ``rate`` messages/s over ``sockets`` connections.
+
+    The cluster's skeleton with nothing in it: one greenlet per socket reads
+    into a deque and wakes the consumer (this greenlet) through a bare
+    Waiter, as `gcluster.delivery` does; no frames, no inflating, no JSON.
+    Messages are 280 bytes, about a compressed MESSAGE_CREATE. Gives the
+    CPU per message and share of a core that the hub's wake-ups take, and
+    the latency they allow.
+    """
+    pairs = [socket.socketpair() for _ in range(sockets)]
+    pid = _paced_writer([theirs for _, theirs in pairs], rate, seconds, size=_FLOOR_MESSAGE)
+    readers = [gevent.socket.socket(fileno=ours.detach()) for ours, _ in pairs]
+    arrived: deque[bytes] = deque()
+    waiting: deque[Waiter[Any]] = deque()
+
+    def wake() -> None:
+        if waiting:
+            waiter = waiting.popleft()
+            waiter.hub.loop.run_callback(waiter.switch, None)
+
+    def read(sock: Any) -> None:
+        pending = b""
+        while data := sock.recv(65536):
+            pending += data
+            whole = len(pending) - len(pending) % _FLOOR_MESSAGE
+            for start in range(0, whole, _FLOOR_MESSAGE):
+                arrived.append(pending[start : start + 8])
+            pending = pending[whole:]
+            wake()
+        arrived.append(b"")  # this socket is done
+        wake()
+
+    greenlets = [gevent.spawn(read, sock) for sock in readers]
+    latencies = array("d")
+    done = 0
+    cpu_before, started = cpu_seconds(), time.monotonic()
+    while done < sockets:
+        while not arrived:
+            waiter: Waiter[Any] = Waiter()
+            waiting.append(waiter)
+            waiter.get()
+        stamp = arrived.popleft()
+        if stamp:
+            latencies.append(time.monotonic() - struct.unpack("d", stamp)[0])
+        else:
+            done += 1
+    cpu, wall = cpu_seconds() - cpu_before, time.monotonic() - started
+    gevent.joinall(greenlets)
+    for sock in readers:
+        sock.close()
+    os.waitpid(pid, 0)
+    return {
+        **_latency_figures(latencies),
+        "cpu_share": cpu / wall,
+        "us_per_message": cpu / len(latencies) * 1e6,
+    }
+
+
+_FLOOR_MESSAGE = 280
+
+
+def _paced_writer(socks: list[socket.socket], rate: float, seconds: float, *, size: int) -> int:
+    """Fork a child on the simulator's core that writes ``size``-byte messages at ``rate``.
+
+    Each message starts with the child's clock (a double) and goes to the next
+    socket in turn; the child closes the sockets when done. Returns its pid.
+    """
+    count = max(10, int(rate * seconds))
+    pid = os.fork()
+    if pid == 0:  # the writer: no gevent, no hub, just a paced loop
+        try:
+            if PIN and hasattr(os, "sched_setaffinity"):
+                os.sched_setaffinity(0, {SIMULATOR_CPU})
+            padding = bytes(size - 8)
+            start = time.monotonic() + 0.1
+            for n in range(count):
+                wait = start + n / rate - time.monotonic()
+                if wait > 0.0002:
+                    time.sleep(wait - 0.0001)
+                while time.monotonic() < start + n / rate:
+                    pass
+                socks[n % len(socks)].sendall(struct.pack("d", time.monotonic()) + padding)
+            for sock in socks:
+                sock.close()
+        finally:
+            os._exit(0)
+    for sock in socks:
+        sock.close()
+    return pid
+
+
+def _latency_figures(latencies: Sequence[float]) -> dict[str, float]:
     return {
         "p50_ms": percentile(latencies, 0.50) * 1000,
         "p99_ms": percentile(latencies, 0.99) * 1000,
