@@ -28,7 +28,7 @@ VENV_PYTHON = VENV / "bin" / "python"
 # What the virtualenv holds; zstandard stays out so discord.py keeps to zlib-stream.
 # orjson: for peers.py's second pairing (discord.py's speed extra uses it).
 VENV_PACKAGES = ("discord.py>=2.4,<3", "orjson>=3.9", "matplotlib>=3.7", "py-spy>=0.3.14")
-ORDER = ("throughput", "filtered", "latency", "peers", "scale", "receive_profile")
+ORDER = ("throughput", "decoders", "filtered", "latency", "peers", "scale", "receive_profile")
 
 
 def setup() -> None:
