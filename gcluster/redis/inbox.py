@@ -425,14 +425,7 @@ class CommandInbox:
             except CommandSendingError as err:
                 left = None if deadline is None else deadline - time.monotonic()
                 if self._stopping or (left is not None and left <= 0):
-                    self._failed += 1
-                    log.warning(
-                        "command inbox: shard %d: dropping command op %s from %s: %s",
-                        shard_id,
-                        op,
-                        sender,
-                        err,
-                    )
+                    self._drop(shard_id, op, sender, err)
                     return
                 # Not connected (a reconnect): wait for the shard, then try again.
                 shard = self.cluster.shard(shard_id)
@@ -441,18 +434,18 @@ class CommandInbox:
                 gevent.sleep(_RETRY_SEND)
                 continue
             except (InvalidCommand, ShardNonexistent) as err:
-                self._failed += 1
-                log.warning(
-                    "command inbox: shard %d: dropping command op %s from %s: %s",
-                    shard_id,
-                    op,
-                    sender,
-                    err,
-                )
+                self._drop(shard_id, op, sender, err)
                 return
             self._sent += 1
             log.info("shard %d: sent command op %s from %s", shard_id, op, sender)
             return
+
+    def _drop(self, shard_id: int, op: Any, sender: str, err: Exception) -> None:
+        """Count and log a command that will not be sent."""
+        self._failed += 1
+        log.warning(
+            "command inbox: shard %d: dropping command op %s from %s: %s", shard_id, op, sender, err
+        )
 
     def _age(self, message_id: Any) -> float:
         """Seconds since Redis took the entry, by Redis's clock (its id is that time in ms)."""
