@@ -12,7 +12,7 @@ import pytest
 import ujson
 from conftest import TIMEOUT, collect, has_numbers, numbers
 
-from gcluster import EventType, EventTypeFlags, Intents, Shard, Stage
+from gcluster import Event, EventType, EventTypeFlags, Intents, Shard, Stage
 from gcluster.testing import GatewaySimulator
 
 MakeSim = Callable[..., GatewaySimulator]
@@ -22,6 +22,12 @@ def make_shard(sim: GatewaySimulator, **options: object) -> Shard:
     shard = Shard(0, 1, sim.token, Intents.GUILD_MESSAGES, gateway_url=sim.url, **options)  # type: ignore[arg-type]
     shard.start()
     return shard
+
+
+def _through_marker(got: list[tuple[int, Event]]) -> bool:
+    """Until the MESSAGE_CREATE whose data is ``{"marker": "last"}``."""
+    data = got[-1][1].data
+    return isinstance(data, dict) and data.get("marker") == "last"
 
 
 @pytest.mark.parametrize("compression", [True, False], ids=["zlib-stream", "uncompressed"])
@@ -72,12 +78,7 @@ def test_filtered_out_types_never_reach_the_iterator(make_sim: MakeSim) -> None:
         assert shard.wait_until_ready(TIMEOUT)
         sim.send_events(0, 100)  # MESSAGE_CREATE/UPDATE/DELETE, TYPING_START, PRESENCE_UPDATE
         sim.dispatch(0, "MESSAGE_CREATE", {"marker": "last"})
-        received = collect(
-            shard.events(),
-            lambda got: (
-                isinstance(got[-1][1].data, dict) and got[-1][1].data.get("marker") == "last"
-            ),
-        )
+        received = collect(shard.events(), _through_marker)
         kinds = {event.kind for _, event in received}
         assert kinds == {EventType.MESSAGE_CREATE, EventType.MESSAGE_DELETE}
         expected = [
@@ -101,12 +102,7 @@ def test_shard_payload_carries_every_message_even_of_filtered_types(make_sim: Ma
         assert shard.wait_until_ready(TIMEOUT)
         sim.send_events(0, 50)  # MESSAGE_CREATE/UPDATE/DELETE, TYPING_START, PRESENCE_UPDATE
         sim.dispatch(0, "MESSAGE_CREATE", {"marker": "last"})
-        received = collect(
-            shard.events(),
-            lambda got: (
-                isinstance(got[-1][1].data, dict) and got[-1][1].data.get("marker") == "last"
-            ),
-        )
+        received = collect(shard.events(), _through_marker)
         events = [event for _, event in received]
         payloads = [
             ujson.loads(event.data) for event in events if event.kind is EventType.SHARD_PAYLOAD
