@@ -23,6 +23,7 @@ from typing import Any
 import gevent
 import pytest
 import redis
+from conftest import collect
 from redis.crc import key_slot
 from redis_server import (  # noqa: F401 - fixtures
     RedisServer,
@@ -591,12 +592,7 @@ def test_workers_read_only_the_event_streams_they_ask_for(
     try:
         for shard_id in range(2):
             sim.send_events(shard_id, 10)  # 2 of each of 5 kinds per shard
-        got: list[tuple[int, Event]] = []
-        with gevent.Timeout(TIMEOUT):
-            for item in worker.events():
-                got.append(item)
-                if len(got) == 8:
-                    break
+        got = collect(worker.events(), lambda got: len(got) == 8, timeout=TIMEOUT)
         assert Counter(event.kind for _, event in got) == {
             EventType.MESSAGE_CREATE: 4,
             EventType.TYPING_START: 4,
