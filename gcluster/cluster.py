@@ -475,7 +475,7 @@ class Cluster:
                 session=sessions.get(shard_id),
                 queue=queue,
                 events=self._events,
-                compression=resolve_compression(config.compression),
+                compression=config.compression,  # the shard resolves it
                 connect_timeout=config.connect_timeout,
                 ssl_context=config.ssl_context,
                 on_fatal=self._shard_failed,
