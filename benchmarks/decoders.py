@@ -16,19 +16,15 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-import time
 import zlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import ujson
 from _common import pin_client, table, write_results
-from throughput import frames_for
+from throughput import decode_limit
 
-from gcluster.testing import wire
-
-SHARDS = 4
-TOTAL = 16  # as in throughput.py, so the payloads are the same
+SHARDS = 4  # the payloads of throughput.py's 4-shard blasts
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -40,14 +36,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.quick:
         args.events, args.repeat = 20_000, 2
     pin_client()
+    shard_ids = range(SHARDS)
     per_shard = args.events // SHARDS
-    plain = [frames_for(shard_id, TOTAL, per_shard) for shard_id in range(SHARDS)]
-    compressed = []
-    for frames in plain:
-        compress = wire.compressor_for(wire.ZLIB_STREAM)
-        assert compress is not None
-        compressed.append([compress(frame) for frame in frames])
-    events = sum(len(frames) for frames in plain)
 
     inflaters: dict[str, Callable[[], Any]] = {"zlib": zlib.decompressobj}
     decoders: dict[str, Callable[[bytes], Any]] = {"ujson": ujson.loads}
@@ -65,22 +55,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     rows = []
     for name, make in inflaters.items():
-
-        def inflate(make: Callable[[], Any] = make) -> None:
-            for stream in compressed:
-                decompress = make().decompress
-                for message in stream:
-                    decompress(message)
-
-        rows.append(("inflate", name, _cpu_per_event(inflate, events, args.repeat)))
+        limit = decode_limit(
+            "zlib-stream", shard_ids, per_shard, args.repeat, loads=None, decompressobj=make
+        )
+        rows.append(("inflate", name, limit["cpu_us_per_event"]))
     for name, loads in decoders.items():
-
-        def decode(loads: Callable[[bytes], Any] = loads) -> None:
-            for frames in plain:
-                for message in frames:
-                    loads(message)
-
-        rows.append(("decode", name, _cpu_per_event(decode, events, args.repeat)))
+        limit = decode_limit(False, shard_ids, per_shard, args.repeat, loads=loads)
+        rows.append(("decode", name, limit["cpu_us_per_event"]))
+    events = per_shard * SHARDS
 
     print(table(["step", "library", "us CPU/event"], rows))
     if missing:
@@ -102,16 +84,6 @@ def _optional(module: str) -> Any:
         return importlib.import_module(module)
     except ImportError:
         return None
-
-
-def _cpu_per_event(work: Callable[[], None], events: int, repeat: int) -> float:
-    """The best of ``repeat`` runs, in µs of CPU per event."""
-    best = float("inf")
-    for _ in range(repeat):
-        started = time.process_time()
-        work()
-        best = min(best, time.process_time() - started)
-    return best / events * 1e6
 
 
 if __name__ == "__main__":

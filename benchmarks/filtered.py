@@ -72,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             # The floor under any filter: decompressing the same payloads
             # alone, one core, no network (throughput.py's limit, undecoded).
             inflate = decode_limit(
-                compression, shard_ids, min(per_shard, 25_000), total=args.shards, decode=False
+                compression, shard_ids, min(per_shard, 25_000), total=args.shards, loads=None
             )
             inflate_us = inflate["cpu_us_per_event"]
             delivered_us = delivered.client_cpu_per_event * 1e6

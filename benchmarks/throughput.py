@@ -59,13 +59,15 @@ def decode_limit(
     repeat: int = 3,
     *,
     total: int = TOTAL,
-    decode: bool = True,
+    loads: Callable[[bytes], Any] | None = ujson.loads,
+    decompressobj: Callable[[], Any] | None = None,
 ) -> dict[str, Any]:
     """Decompress + ujson.loads of the blast's payloads: one core, nothing else.
 
-    With ``decode=False``, decompression alone: what even a filtered-out
-    event costs, since a compressed stream must be inflated message by
-    message to find where the next one starts.
+    ``loads`` may be another decoder, or None for decompression alone: what
+    even a filtered-out event costs, since a compressed stream must be
+    inflated message by message to find where the next one starts.
+    ``decompressobj`` replaces zlib's for zlib-stream (e.g. zlib-ng's).
     """
     name = _common.compression_name(compression)
     streams = []
@@ -76,17 +78,20 @@ def decode_limit(
     events = sum(len(s) for s in streams)
     timings, cpu_timings = [], []
     for _ in range(repeat):
-        decompressors = [_decompressor(name) for _ in streams]
-        loads = ujson.loads if decode else _ignore
+        if decompressobj is not None and name == "zlib-stream":
+            decompressors = [decompressobj().decompress for _ in streams]
+        else:
+            decompressors = [_decompressor(name) for _ in streams]
+        decode = loads if loads is not None else _ignore
         cpu_started = time.process_time()
         started = time.perf_counter()
         for stream, decompress in zip(streams, decompressors, strict=True):
             if decompress is None:
                 for message in stream:
-                    loads(message)
+                    decode(message)
             else:
                 for message in stream:
-                    loads(decompress(message))
+                    decode(decompress(message))
         timings.append(time.perf_counter() - started)
         cpu_timings.append(time.process_time() - cpu_started)
     seconds, cpu = min(timings), min(cpu_timings)
