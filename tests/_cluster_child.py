@@ -1,7 +1,7 @@
 """One process of a bot split over processes, driven by tests/test_multiprocess.py.
 
     python tests/_cluster_child.py --redis URL --api-base URL --token TOKEN \\
-        --index I --count N --total T [--interval S] [--lag S] [--namespace NS]
+        --index I --count N --total T [--interval S] [--margin S] [--lag S] [--namespace NS]
 
 It runs the shards `ShardScheme.process(index, count, total)` with a shared
 `RedisQueue` and `RedisSessionStore`, and talks to the test in JSON lines.
@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     top.add_argument("--count", type=int, required=True)
     top.add_argument("--total", type=int, required=True)
     top.add_argument("--interval", type=float, default=5.0)
+    top.add_argument("--margin", type=float, default=None, help="RedisQueue's margin")
     top.add_argument("--lag", type=float, default=0.0)
     top.add_argument("--namespace", default="gcluster-test")
     top.add_argument("--log-level", default=os.environ.get("GCLUSTER_CHILD_LOG", "WARNING"))
@@ -63,12 +64,13 @@ def main(argv: list[str] | None = None) -> int:
         format=f"%(asctime)s process {args.index} [{os.getpid()}] %(name)s: %(message)s",
     )
 
+    margin = {} if args.margin is None else {"margin": args.margin}
     cluster = Cluster(
         args.token,
         Intents.GUILDS | Intents.GUILD_MESSAGES,
         api_base=args.api_base,
         shard_scheme=ShardScheme.process(args.index, args.count, args.total),
-        queue=RedisQueue(args.redis, namespace=args.namespace, interval=args.interval),
+        queue=RedisQueue(args.redis, namespace=args.namespace, interval=args.interval, **margin),
         session_store=RedisSessionStore(args.redis, namespace=args.namespace),
     )
     stdin = FileObjectPosix(sys.stdin.fileno(), "rb", close=False)
