@@ -8,18 +8,24 @@ Authorization header) ask for it by name.
 
 from __future__ import annotations
 
+import re
 from typing import Final, NoReturn
 
 __all__ = ["Token"]
 
 _PREFIX: Final = "Bot "
+# What a token is made of (base64url and dots). The token is only redacted
+# where it stands alone, not inside a longer run of these: a short test token
+# like "1" must not turn 127.0.0.1 into <token>27.0.0.<token>.
+_TOKEN_CHARS: Final = "A-Za-z0-9_.-"
 
 
 class Token:
     """A bot token with or without the "Bot " prefix; never printed."""
 
-    __slots__ = ("_raw",)
+    __slots__ = ("_pattern", "_raw")
     _raw: str
+    _pattern: re.Pattern[str]
 
     def __init__(self, token: str | Token) -> None:
         if isinstance(token, Token):
@@ -32,6 +38,9 @@ class Token:
         if not token:
             raise ValueError("the token is empty")
         self._raw = token
+        self._pattern = re.compile(
+            f"(?<![{_TOKEN_CHARS}]){re.escape(token)}(?![{_TOKEN_CHARS}])"
+        )
 
     @property
     def authorization(self) -> str:
@@ -44,8 +53,12 @@ class Token:
         return self._raw
 
     def redact(self, text: str) -> str:
-        """`text` with every occurrence of the token replaced."""
-        return text.replace(self._raw, "<token>") if self._raw in text else text
+        """`text` with every occurrence of the token replaced by "<token>"."""
+        return self._pattern.sub("<token>", text) if self._raw in text else text
+
+    def appears_in(self, text: str) -> bool:
+        """Whether `text` holds the token (where `redact` would replace it)."""
+        return self._raw in text and self._pattern.search(text) is not None
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Token) and other._raw == self._raw

@@ -1,10 +1,15 @@
-"""Websocket frames from the gateway, parsed in bulk.
+"""Websocket frames from the gateway, parsed in bulk, with a client's duties.
 
-websocket-client does the handshake, sending and closing, but its receive path
-costs several Python calls and a small socket read per frame, which caps a
-shard far below what decompression and JSON decoding allow. The gateway's
-frames are unmasked and simple, so the reader takes whatever one socket read
-returned and splits it here into whole messages at once (RFC 6455 §5).
+A per-frame receive path costs several Python calls and a small socket read per
+frame, which caps a shard far below what decompression and JSON decoding
+allow. The gateway's frames are simple, so the reader takes whatever one
+socket read returned and splits it here into whole messages at once.
+
+Everything here comes from the peer and is checked as RFC 6455 asks of a
+client (§5.1-5.5, §7.4): a masked frame, reserved bits, an unknown opcode, a
+fragmented or long control frame, a text message that is not UTF-8 and a
+close frame with a bad code all fail the connection (`FrameError`, whose
+`code` is the close code to send). Nothing buffered grows past `max_message`.
 """
 
 from __future__ import annotations
@@ -13,6 +18,9 @@ import struct
 from typing import Final
 
 __all__ = [
+    "CLOSE_MESSAGE_TOO_BIG",
+    "CLOSE_INVALID_PAYLOAD",
+    "CLOSE_PROTOCOL_ERROR",
     "OP_BINARY",
     "OP_CLOSE",
     "OP_PING",
@@ -21,6 +29,7 @@ __all__ = [
     "FrameError",
     "FrameParser",
     "parse_close",
+    "valid_close_code",
 ]
 
 OP_CONTINUATION: Final = 0x0
@@ -34,17 +43,43 @@ _DATA_OPCODES: Final = frozenset({OP_CONTINUATION, OP_TEXT, OP_BINARY})
 _CONTROL_OPCODES: Final = frozenset({OP_CLOSE, OP_PING, OP_PONG})
 # First bytes of a whole (FIN) text or binary frame without reserved bits:
 # nearly every frame the gateway sends.
-_WHOLE_DATA: Final = frozenset({0x80 | OP_TEXT, 0x80 | OP_BINARY})
+_WHOLE_TEXT: Final = 0x80 | OP_TEXT
+_WHOLE_BINARY: Final = 0x80 | OP_BINARY
 _LENGTH_16: Final = struct.Struct("!H")
 _LENGTH_64: Final = struct.Struct("!Q")
 
 # GUILD_CREATE for the largest guilds runs to tens of megabytes; anything far
-# beyond that is a broken stream, not a message worth buffering.
-DEFAULT_MAX_MESSAGE: Final = 256 * 1024 * 1024
+# beyond that is a broken stream, not a message worth buffering. (tungstenite,
+# under twilight-gateway, has the same default.)
+DEFAULT_MAX_MESSAGE: Final = 64 * 1024 * 1024
+
+# Close codes a client sends when it fails the connection (RFC 6455 §7.4.1).
+CLOSE_PROTOCOL_ERROR: Final = 1002
+CLOSE_INVALID_PAYLOAD: Final = 1007
+CLOSE_MESSAGE_TOO_BIG: Final = 1009
+
+
+def valid_close_code(code: int) -> bool:
+    """Whether `code` may appear in a close frame on the wire (RFC 6455 §7.4).
+
+    1005, 1006 and 1015 stand for "no code" and "no close frame" and must never
+    be sent; 1004 and 1016-2999 are reserved; 3000-4999 belong to libraries and
+    applications (the gateway's own codes are 4000-4014).
+    """
+    return 1000 <= code <= 1014 and code not in (1004, 1005, 1006) or 3000 <= code <= 4999
 
 
 class FrameError(Exception):
-    """The bytes break the websocket framing rules; the connection must close (1002)."""
+    """The bytes break the websocket rules; the connection must be failed.
+
+    Attributes:
+        code: the close code to send: 1002 (protocol error), 1007 (text that
+            is not UTF-8) or 1009 (a message over the size limit).
+    """
+
+    def __init__(self, message: str, code: int = CLOSE_PROTOCOL_ERROR) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class FrameParser:
@@ -115,22 +150,33 @@ class FrameParser:
                     break
                 (length,) = _LENGTH_64.unpack_from(view, pos + 2)
                 header = 10
-            masked = b1 & 0x80
-            if masked:
-                header += 4
-            if length > self.max_message:
-                raise FrameError(f"frame of {length} bytes is over the limit of {self.max_message}")
+            if b1 & 0x80:
+                # §5.1: a client must close on a masked frame from the server.
+                raise FrameError("the server sent a masked frame")
+            # Checked on the header, before anything is buffered for the frame.
+            if length > 125 and b0 & 0x08:
+                raise FrameError("a control frame longer than 125 bytes")
+            if length + self._fragment_size > self.max_message:
+                raise FrameError(
+                    f"a message over the limit of {self.max_message} bytes",
+                    CLOSE_MESSAGE_TOO_BIG,
+                )
             if end - pos < header + length:
                 needed = header + length
                 break
             start = pos + header
-            payload = view[start : start + length]
-            if masked:
-                payload = _unmask(payload, view[start - 4 : start])
             pos = start + length
-            if b0 in _WHOLE_DATA and self._fragment_opcode is None:
-                messages.append((b0 & 0x0F, payload))
-                continue
+            payload = view[start:pos]
+            if self._fragment_opcode is None:
+                if b0 == _WHOLE_BINARY:
+                    messages.append((OP_BINARY, payload))
+                    continue
+                if b0 == _WHOLE_TEXT:
+                    # isascii() is one C pass; JSON from the gateway nearly always is.
+                    if not payload.isascii():
+                        _check_utf8(payload)
+                    messages.append((OP_TEXT, payload))
+                    continue
             message = self._frame(b0, payload)
             if message is not None:
                 messages.append(message)
@@ -147,8 +193,10 @@ class FrameParser:
         fin = b0 & 0x80
         opcode = b0 & 0x0F
         if opcode in _CONTROL_OPCODES:
-            if not fin or len(payload) > 125:
-                raise FrameError("control frames must be whole and at most 125 bytes")
+            if not fin:
+                raise FrameError("a fragmented control frame")
+            if opcode == OP_CLOSE:
+                parse_close(payload)  # a bad close frame fails the connection too
             return opcode, payload
         if opcode not in _DATA_OPCODES:
             raise FrameError(f"unknown opcode {opcode:#x}")
@@ -158,6 +206,8 @@ class FrameParser:
         elif self._fragment_opcode is not None:
             raise FrameError("new message before the previous one was finished")
         elif fin:
+            if opcode == OP_TEXT:
+                _check_utf8(payload)
             return opcode, payload
         else:
             self._fragment_opcode = opcode
@@ -173,6 +223,8 @@ class FrameParser:
         self._fragments.clear()
         self._fragment_opcode = None
         self._fragment_size = 0
+        if first == OP_TEXT:
+            _check_utf8(whole)
         return first, whole
 
     @property
@@ -181,16 +233,29 @@ class FrameParser:
         return len(self._buffer) + self._fragment_size
 
 
-def _unmask(payload: bytes, key: bytes) -> bytes:
-    # Servers must not mask, but unmasking costs nothing on the normal path.
-    n = len(payload)
-    repeated = (key * (n // 4 + 1))[:n]
-    return (int.from_bytes(payload, "big") ^ int.from_bytes(repeated, "big")).to_bytes(n, "big")
+def _check_utf8(payload: bytes) -> None:
+    try:
+        payload.decode("utf-8")
+    except UnicodeDecodeError:
+        raise FrameError("a text message that is not UTF-8", CLOSE_INVALID_PAYLOAD) from None
 
 
 def parse_close(payload: bytes) -> tuple[int | None, str]:
-    """The code and reason of a close frame's payload (RFC 6455 §5.5.1)."""
-    if len(payload) < 2:
+    """The code and reason of a close frame's payload (RFC 6455 §5.5.1).
+
+    Raises:
+        FrameError: a one-byte payload, a code no endpoint may send, or a
+            reason that is not UTF-8.
+    """
+    if not payload:
         return None, ""
+    if len(payload) == 1:
+        raise FrameError("a close frame with a one-byte payload")
     (code,) = _LENGTH_16.unpack_from(payload)
-    return code, payload[2:].decode("utf-8", "replace")
+    if not valid_close_code(code):
+        raise FrameError(f"a close frame with the invalid code {code}")
+    try:
+        reason = payload[2:].decode("utf-8")
+    except UnicodeDecodeError:
+        raise FrameError("a close reason that is not UTF-8", CLOSE_INVALID_PAYLOAD) from None
+    return code, reason

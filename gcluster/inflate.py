@@ -10,6 +10,11 @@ With `compress=zstd-stream` (needs the `zstandard` package) the connection is
 one zstd stream instead, flushed after each message: every websocket message
 decompresses to exactly one gateway message. Discord reports about 40% less
 traffic than zlib-stream.
+
+Both inflaters are bounded: a message's compressed bytes are buffered only up
+to `max_size`, and it is inflated only up to `max_size` bytes (never inflated
+whole and measured afterwards), so a decompression bomb costs at most about
+twice the limit before `MessageTooLarge` is raised.
 """
 
 from __future__ import annotations
@@ -17,11 +22,14 @@ from __future__ import annotations
 import zlib
 from typing import Any, Final, Protocol
 
+from gcluster.frames import DEFAULT_MAX_MESSAGE
+
 __all__ = [
     "ZLIB_SUFFIX",
     "ZSTD_STREAM",
     "ZLIB_STREAM",
     "Inflater",
+    "MessageTooLarge",
     "ZlibStreamInflater",
     "ZstdStreamInflater",
     "inflater_for",
@@ -32,6 +40,13 @@ __all__ = [
 ZLIB_SUFFIX = b"\x00\x00\xff\xff"
 ZLIB_STREAM: Final = "zlib-stream"
 ZSTD_STREAM: Final = "zstd-stream"
+# The most a zstd block can regenerate per input byte: 128 KiB from a 4-byte
+# RLE block. Bounds what one slice of input can inflate to.
+_ZSTD_MAX_RATIO: Final = 32 * 1024
+
+
+class MessageTooLarge(Exception):
+    """A compressed message, or what it inflates to, is over the size limit."""
 
 
 class Inflater(Protocol):
@@ -48,9 +63,17 @@ class ZlibStreamInflater:
     over between messages of one connection and means nothing on another.
     """
 
-    __slots__ = ("_buffer", "_decompressor", "_header", "compressed_bytes", "decompressed_bytes")
+    __slots__ = (
+        "_buffer",
+        "_decompressor",
+        "_header",
+        "compressed_bytes",
+        "decompressed_bytes",
+        "max_size",
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, max_size: int = DEFAULT_MAX_MESSAGE) -> None:
+        self.max_size = max_size
         # Raw deflate after reading the 2-byte zlib header ourselves: a stream
         # that never ends never delivers its adler32 trailer, so zlib would
         # checksum every byte for a check that can never happen.
@@ -67,9 +90,13 @@ class ZlibStreamInflater:
 
         Raises:
             zlib.error: the stream is corrupt; the connection cannot go on.
+            MessageTooLarge: the message is over `max_size`, compressed or not.
         """
         self.compressed_bytes += len(data)
         if not data.endswith(ZLIB_SUFFIX):
+            if len(self._buffer) + len(data) > self.max_size:
+                self._buffer.clear()
+                raise MessageTooLarge(f"a compressed message over {self.max_size} bytes")
             self._buffer += data
             return None
         if self._buffer:
@@ -79,7 +106,10 @@ class ZlibStreamInflater:
         if self._header:
             data = _strip_zlib_header(data)
             self._header = False
-        message = self._decompressor.decompress(data)
+        # One byte past the limit tells "exactly the limit" from "over it".
+        message = self._decompressor.decompress(data, self.max_size + 1)
+        if len(message) > self.max_size:
+            raise MessageTooLarge(f"a message inflating to over {self.max_size} bytes")
         self.decompressed_bytes += len(message)
         return message
 
@@ -105,11 +135,14 @@ def _strip_zlib_header(data: bytes) -> bytes:
 class ZstdStreamInflater:
     """Turns zstd-stream messages into JSON messages; one per connection."""
 
-    __slots__ = ("_decompressor", "compressed_bytes", "decompressed_bytes")
+    __slots__ = ("_decompressor", "compressed_bytes", "decompressed_bytes", "max_size")
 
-    def __init__(self) -> None:
+    def __init__(self, max_size: int = DEFAULT_MAX_MESSAGE) -> None:
         import zstandard
 
+        self.max_size = max_size
+        # zstd refuses windows over 128 MiB by default: that bounds what the
+        # decompressor keeps between messages.
         self._decompressor: Any = zstandard.ZstdDecompressor().decompressobj()
         self.compressed_bytes = 0
         self.decompressed_bytes = 0
@@ -120,16 +153,35 @@ class ZstdStreamInflater:
         Raises:
             zlib.error: the stream is corrupt (zstd's own error, translated so
                 the reader handles both transports alike).
+            MessageTooLarge: the message inflates to over `max_size` bytes.
         """
         import zstandard
 
         self.compressed_bytes += len(data)
+        limit = self.max_size
+        # zstandard's decompressobj has no output bound, so input goes in
+        # slices small enough that none can inflate past what is left of the
+        # limit; a normal message (under 2 KiB compressed at the default
+        # limit) is one slice.
+        pieces: list[bytes] = []
+        size = 0
+        start = 0
         try:
-            message: bytes = self._decompressor.decompress(data)
+            while start < len(data):
+                step = max(64, (limit - size) // _ZSTD_MAX_RATIO)
+                piece: bytes = self._decompressor.decompress(data[start : start + step])
+                start += step
+                if piece:
+                    size += len(piece)
+                    if size > limit:
+                        raise MessageTooLarge(f"a message inflating to over {limit} bytes")
+                    pieces.append(piece)
         except zstandard.ZstdError as err:
             raise zlib.error(f"zstd-stream: {err}") from err
-        self.decompressed_bytes += len(message)
-        return message or None
+        self.decompressed_bytes += size
+        if not pieces:
+            return None
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
 
 def zstd_available() -> bool:
@@ -163,9 +215,11 @@ def resolve_compression(value: bool | str | None) -> str | None:
     )
 
 
-def inflater_for(compression: str | None) -> Inflater | None:
+def inflater_for(
+    compression: str | None, max_size: int = DEFAULT_MAX_MESSAGE
+) -> Inflater | None:
     if compression == ZSTD_STREAM:
-        return ZstdStreamInflater()
+        return ZstdStreamInflater(max_size)
     if compression == ZLIB_STREAM:
-        return ZlibStreamInflater()
+        return ZlibStreamInflater(max_size)
     return None

@@ -11,18 +11,27 @@ codes and the current time, and carries out the actions it returns:
     Heartbeat   start the heartbeat timer (first beat after `first_delay`)
     Identify    wait for the identify queue, then call `identify()`
     Reconnect   close the socket with `code` and connect again
+    Skip        a dispatch that cannot be used was dropped: log `reason`
     Fail        a fatal close: stop the shard and surface `error`
+
+Nothing from the gateway is adopted unchecked: a message whose opcode, HELLO
+or READY breaks the rules becomes a reconnect (cause "protocol_error"), a
+dispatch with a bad name or sequence is skipped, a sequence at or below the
+last one handled is a replay and is never delivered twice, and a
+`resume_gateway_url` weaker than the connection it came on is ignored.
 """
 
 from __future__ import annotations
 
 import enum
+import math
 import platform
 import random
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, Literal
+from urllib.parse import urlsplit
 
 import ujson
 
@@ -43,11 +52,21 @@ __all__ = [
     "ResumeSession",
     "Send",
     "ShardProtocol",
+    "Skip",
     "Stage",
     "classify_close",
 ]
 
 API_VERSION: Final = 10
+
+# What a HELLO's heartbeat_interval is held to, in seconds. Discord's is 41.25;
+# a shorter one would spend the connection's 120-per-minute send budget on
+# beats, a longer one would leave a dead connection unnoticed for too long.
+MIN_HEARTBEAT_INTERVAL: Final = 1.0
+MAX_HEARTBEAT_INTERVAL: Final = 300.0
+# Sequences are what the heartbeat and RESUME send back as JSON integers.
+_MAX_SEQUENCE: Final = 2**63 - 1
+_MAX_SESSION_ID: Final = 256
 
 
 class Opcode(enum.IntEnum):
@@ -209,11 +228,24 @@ class ReconnectAction:
 
 
 @dataclass(frozen=True, slots=True)
+class Skip:
+    """Something the gateway sent was not used; the driver counts it and logs why.
+
+    `what` is "skipped" (a message that could not be used), "duplicate" (a
+    dispatch whose sequence was handled already) or "ignored" (one field of a
+    message, the rest was used).
+    """
+
+    reason: str
+    what: str = "skipped"
+
+
+@dataclass(frozen=True, slots=True)
 class Fail:
     error: GClusterError
 
 
-Action = Send | Deliver | Heartbeat | Identify | ReconnectAction | Fail
+Action = Send | Deliver | Heartbeat | Identify | ReconnectAction | Skip | Fail
 
 
 def default_properties() -> dict[str, str]:
@@ -291,6 +323,7 @@ class ShardProtocol:
         self.error: GClusterError | None = None
         self._identified = False  # IDENTIFY or RESUME sent on this connection
         self._heartbeats = _Heartbeats()
+        self._connection_url: str | None = None
 
     # --- what the driver asks ------------------------------------------------
 
@@ -302,8 +335,15 @@ class ShardProtocol:
         return ResumeSession(self.session_id, self.sequence, self.resume_url)
 
     def url(self, gateway_url: str) -> str:
-        """Where to connect: the resume URL when resuming, else `gateway_url`."""
-        base = self.resume_url if self.session is not None and self.resume_url else gateway_url
+        """Where to connect: the resume URL when resuming, else `gateway_url`.
+
+        A resume URL weaker than `gateway_url` (ws:// for a wss:// gateway,
+        say from a saved session) is not used: the RESUME carries the token.
+        """
+        base = gateway_url
+        if self.session is not None and self.resume_url:
+            if _as_strong(self.resume_url, gateway_url):
+                base = self.resume_url
         query = f"v={API_VERSION}&encoding=json"
         if self.compression:
             query += f"&compress={self.compression}"
@@ -333,20 +373,39 @@ class ShardProtocol:
     def wants(self, kind: EventType) -> bool:
         return bool(self._mask & int(flag_for(kind)))
 
-    def dispatch(self, name: str, sequence: int | None) -> EventType | None:
+    def dispatch(self, name: str, sequence: int | None) -> EventType | Literal[False] | None:
         """A dispatch other than READY and RESUMED arrived: its kind, if wanted.
 
         The common case, kept off the general `receive` path because it runs
         for every event: nothing but the sequence changes, and the driver
         needs only `t` and `s` to call it (the data is decoded later, or never
-        for a filtered event).
+        for a filtered event). `sequence` must be a checked integer.
+
+        Returns:
+            the kind to deliver; None when the filter drops it; False when its
+            sequence was handled already (a replay) and it must not be
+            delivered again.
         """
         if sequence is not None:
+            last = self.sequence
+            if last is not None and sequence <= last:
+                return False
             self.sequence = sequence
         kind, bit = dispatch_kind(name)
         if self._mask & bit:
             return kind
         return None
+
+    def abandon_resume_url(self) -> bool:
+        """Connecting to the resume URL failed: resume on the main gateway instead.
+
+        Discord accepts a RESUME on either; a dead resume URL must not keep
+        the shard away for good. Returns whether there was one to abandon.
+        """
+        if self.resume_url is None:
+            return False
+        self.resume_url = None
+        return True
 
     # --- connection life -----------------------------------------------------
 
@@ -355,19 +414,20 @@ class ShardProtocol:
         self.stage = Stage.CONNECTING
         self._identified = False
         self._heartbeats = _Heartbeats()
+        self._connection_url = url
         return self._lifecycle(EventType.SHARD_CONNECTING, {"url": url})
 
-    def receive(self, message: Mapping[str, Any], now: float) -> list[Action]:
-        """Handle one decoded message from the gateway.
+    def receive(self, message: Any, now: float) -> list[Action]:
+        """Handle one decoded message from the gateway (any JSON value).
 
-        Raises:
-            ValueError: the message is not a gateway payload; the driver
-                reconnects (Discord would never send it on a healthy connection).
+        A message that is not a gateway payload, or an opcode whose data
+        breaks the rules, gives a reconnect; a bad dispatch gives `Skip`.
         """
-        try:
-            op = message["op"]
-        except (KeyError, TypeError):
-            raise ValueError("gateway message without an opcode") from None
+        op = message.get("op") if isinstance(message, dict) else None
+        if type(op) is not int:
+            if isinstance(message, dict) and message.get("t") is not None:
+                return [Skip(f"a dispatch with the opcode {op!r}")]
+            return [self._violation("a gateway message without an integer opcode")]
         if op == Opcode.DISPATCH:
             return self._dispatch(message)
         if op == Opcode.HEARTBEAT_ACK:
@@ -376,7 +436,7 @@ class ShardProtocol:
             # The gateway asks for a beat now; it does not replace the timer.
             return [self._heartbeat_payload(now), *self._lifecycle(EventType.GATEWAY_HEARTBEAT)]
         if op == Opcode.HELLO:
-            return self._hello(message.get("d") or {})
+            return self._hello(message.get("d"))
         if op == Opcode.RECONNECT:
             return [
                 *self._lifecycle(EventType.GATEWAY_RECONNECT),
@@ -388,7 +448,8 @@ class ShardProtocol:
                 ),
             ]
         if op == Opcode.INVALID_SESSION:
-            return self._invalid_session(bool(message.get("d")))
+            # Only a JSON true keeps the session; anything else is "not resumable".
+            return self._invalid_session(message.get("d") is True)
         # Opcodes added after API v10 must not take the shard down.
         return self._unknown_opcode(op)
 
@@ -493,8 +554,19 @@ class ShardProtocol:
 
     # --- opcode handlers -----------------------------------------------------
 
-    def _hello(self, d: Mapping[str, Any]) -> list[Action]:
-        interval = float(d.get("heartbeat_interval", 41250)) / 1000.0
+    def _hello(self, d: Any) -> list[Action]:
+        if self.stage is not Stage.CONNECTING:
+            return [self._violation("a second HELLO on one connection")]
+        millis = d.get("heartbeat_interval") if isinstance(d, dict) else None
+        if (
+            not isinstance(millis, int | float)
+            or isinstance(millis, bool)
+            or not math.isfinite(millis)
+            or millis <= 0
+        ):
+            return [self._violation(f"HELLO with the heartbeat_interval {millis!r}")]
+        # Held within bounds rather than refused: the connection works either way.
+        interval = min(max(millis / 1000.0, MIN_HEARTBEAT_INTERVAL), MAX_HEARTBEAT_INTERVAL)
         self._heartbeats.interval = interval
         actions: list[Action] = [
             *self._lifecycle(EventType.GATEWAY_HELLO, {"heartbeat_interval": interval}),
@@ -523,26 +595,61 @@ class ShardProtocol:
 
     def _dispatch(self, message: Mapping[str, Any]) -> list[Action]:
         sequence = message.get("s")
-        if sequence is not None:
-            self.sequence = sequence
-        name = message.get("t") or ""
+        name = message.get("t")
+        if not isinstance(name, str) or not name:
+            return [Skip(f"a dispatch with the name {name!r}")]
+        if sequence is not None and (
+            type(sequence) is not int or not 0 <= sequence <= _MAX_SEQUENCE
+        ):
+            return [Skip(f"dispatch {name} with the sequence {sequence!r}")]
         data = message.get("d")
         kind = event_type(name)
-        connected: list[Action] = []
         if kind is EventType.READY:
-            if not isinstance(data, dict) or not isinstance(data.get("session_id"), str):
-                raise ValueError("READY without a session_id")
-            self.session_id = data["session_id"]
-            self.resume_url = data.get("resume_gateway_url")
+            # A new session starts its own count: READY is never a replay.
+            if sequence is not None:
+                self.sequence = sequence
+            return self._ready(name, sequence, data)
+        replay = sequence is not None and self.sequence is not None and sequence <= self.sequence
+        if sequence is not None and not replay:
+            self.sequence = sequence
+        if kind is EventType.RESUMED:
+            if self.stage is not Stage.RESUMING:
+                return [self._violation("RESUMED without a RESUME")]
             self.stage = Stage.CONNECTED
-            connected = self._lifecycle(EventType.SHARD_CONNECTED, {"resumed": False})
-        elif kind is EventType.RESUMED:
-            self.stage = Stage.CONNECTED
-            connected = self._lifecycle(EventType.SHARD_CONNECTED, {"resumed": True})
-        actions: list[Action] = []
+            actions = self._deliver(kind, name, sequence, data)
+            return actions + self._lifecycle(EventType.SHARD_CONNECTED, {"resumed": True})
+        if replay:
+            return [Skip(f"dispatch {name} s={sequence} again (a replay)", "duplicate")]
+        return self._deliver(kind, name, sequence, data)
+
+    def _ready(self, name: str, sequence: int | None, data: Any) -> list[Action]:
+        if self.stage is not Stage.IDENTIFYING:
+            return [self._violation("READY without an IDENTIFY")]
+        session_id = data.get("session_id") if isinstance(data, dict) else None
+        notes: list[Action] = []
+        if _valid_session_id(session_id, self._token):
+            self.session_id = session_id
+            url = data.get("resume_gateway_url")
+            current = self._connection_url or ""
+            # Ignored rather than refused: the main gateway takes a RESUME too.
+            self.resume_url = url if isinstance(url, str) and _as_strong(url, current) else None
+            if url is not None and self.resume_url is None:
+                notes.append(Skip(f"READY's resume_gateway_url {url!r} is unusable", "ignored"))
+        else:
+            # The session works, but cannot be resumed: the next one IDENTIFYs.
+            self._forget_session()
+            notes.append(Skip(f"READY's session_id {session_id!r} is unusable", "ignored"))
+        self.stage = Stage.CONNECTED
+        actions = self._deliver(EventType.READY, name, sequence, data)
+        connected = self._lifecycle(EventType.SHARD_CONNECTED, {"resumed": False})
+        return notes + actions + connected
+
+    def _deliver(
+        self, kind: EventType, name: str, sequence: int | None, data: Any
+    ) -> list[Action]:
         if self._mask & int(flag_for(kind)):
-            actions.append(Deliver(Event(kind, name, self.shard_id, sequence, data)))
-        return actions + connected
+            return [Deliver(Event(kind, name, self.shard_id, sequence, data))]
+        return []
 
     def _heartbeat_ack(self, now: float) -> list[Action]:
         hb = self._heartbeats
@@ -585,6 +692,12 @@ class ShardProtocol:
     def _unknown_opcode(self, op: Any) -> list[Action]:
         return self._lifecycle(EventType.UNKNOWN, {"op": op})
 
+    def _violation(self, reason: str) -> ReconnectAction:
+        # The connection cannot be trusted; the session can: resume it.
+        return self._reconnect(
+            resume=True, code=CloseCode.RESUMABLE, reason=reason, cause="protocol_error"
+        )
+
     # --- helpers -------------------------------------------------------------
 
     def _heartbeat_payload(self, now: float) -> Send:
@@ -616,6 +729,26 @@ class ShardProtocol:
         if not self._mask & int(flag_for(kind)):
             return []
         return [Deliver(Event(kind, kind.value, self.shard_id, None, data))]
+
+
+def _as_strong(url: str, than: str) -> bool:
+    """Whether `url` is a websocket URL as secure as `than` (wss stays wss)."""
+    try:
+        parts = urlsplit(url)
+        ok = parts.scheme in ("ws", "wss") and bool(parts.hostname) and not parts.username
+    except ValueError:
+        return False
+    return ok and (parts.scheme == "wss" or not than.startswith("wss:"))
+
+
+def _valid_session_id(value: Any, token: Token) -> bool:
+    # It goes back in RESUME and shows in info() and logs.
+    return (
+        isinstance(value, str)
+        and 0 < len(value) <= _MAX_SESSION_ID
+        and value.isprintable()
+        and not token.appears_in(value)
+    )
 
 
 def _encode(op: Opcode, d: Any) -> bytes:

@@ -10,6 +10,12 @@ heartbeat ACKs unread and call a healthy connection a zombie).
 Received messages go: socket → frames → zlib-stream inflater → peek at the
 dispatch name (events filtered out are dropped undecoded) → ujson → protocol
 → the event queue the shard was given.
+
+Reconnects back off only after failed attempts: a connection that could not
+be opened, one that ended before READY or RESUMED, or one lost within a second
+of it. A session that got going reconnects at once when it ends (op 7, a
+resumable close, a dropped socket), so Discord's routine reconnects never cost
+the backoff of an outage.
 """
 
 from __future__ import annotations
@@ -39,8 +45,8 @@ from gcluster.errors import (
     SessionStartLimitExhausted,
 )
 from gcluster.events import Event, EventType, EventTypeFlags
-from gcluster.frames import OP_BINARY, OP_TEXT
-from gcluster.inflate import inflater_for, resolve_compression
+from gcluster.frames import CLOSE_MESSAGE_TOO_BIG, DEFAULT_MAX_MESSAGE, OP_BINARY, OP_TEXT
+from gcluster.inflate import MessageTooLarge, inflater_for, resolve_compression
 from gcluster.message import Message, MessageKind
 from gcluster.peek import peek_dispatch
 from gcluster.protocol import (
@@ -56,6 +62,7 @@ from gcluster.protocol import (
     ResumeSession,
     Send,
     ShardProtocol,
+    Skip,
     Stage,
 )
 from gcluster.queue import NoOpQueue, Queue
@@ -72,8 +79,11 @@ log = logging.getLogger(__name__)
 _SESSION_DISPATCHES = frozenset({"READY", "RESUMED"})
 # Longest a reader keeps the hub while its socket keeps having data (seconds).
 _TIME_SLICE = 0.001
-# A connection that stayed up this long resets the reconnect backoff.
-_STABLE_AFTER = 30.0
+# A session lost sooner than this after READY/RESUMED counts as a failed
+# attempt, so a gateway that accepts and drops at once is still backed off.
+_SHORT_SESSION = 1.0
+# At most one line per this many seconds about skipped messages, per shard.
+_SKIP_LOG_INTERVAL = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +127,9 @@ class Shard:
         events: where to put events.
         compression: transport compression: True or "zlib-stream", "zstd-stream",
             "best", or False/None for none.
-        connect_timeout: seconds for TCP + TLS + handshake.
+        connect_timeout: seconds for TCP + TLS + handshake, and for HELLO after it.
+        max_message_size: the largest message, compressed or inflated, in
+            bytes; a bigger one closes the connection with 1009 (resumable).
         ssl_context: a gevent SSL context for wss (verifying by default).
         on_fatal: called with the shard once it is fatally closed.
         ratelimit_payloads: hold commands to 120 per 60 s per connection.
@@ -144,6 +156,7 @@ class Shard:
         events: EventQueue | None = None,
         compression: bool | str | None = "zlib-stream",
         connect_timeout: float = 10.0,
+        max_message_size: int = DEFAULT_MAX_MESSAGE,
         ssl_context: Any = None,
         on_fatal: Callable[[Shard], None] | None = None,
         ratelimit_payloads: bool = True,
@@ -161,6 +174,7 @@ class Shard:
         self._owns_events = events is None
         self._events: EventQueue = events if events is not None else EventQueue(loads)
         self._connect_timeout = connect_timeout
+        self._max_message = max_message_size
         self._ssl_context = ssl_context
         self._on_fatal = on_fatal
         self._ratelimiter = CommandRatelimiter() if ratelimit_payloads else None
@@ -189,6 +203,11 @@ class Shard:
         # (code, reason, cause) of a close this side sent; tells the reader why it ended.
         self._client_close: tuple[int, str, str] | None = None
         self._reconnect_delay = 0.0
+        self._connected_at: float | None = None  # READY/RESUMED on this connection
+        self._skips_unlogged = 0
+        self._skip_logged_at = -_SKIP_LOG_INTERVAL
+        # Why the last attempt or connection failed, for errors like up()'s timeout.
+        self.last_failure: str | None = None
         self._stop = Flag()  # down() was called or the shard failed
         self._started = Flag()  # IDENTIFY or RESUME sent (or the shard failed)
         self._ready = Flag()  # connected: READY or RESUMED received (or the shard failed)
@@ -388,15 +407,22 @@ class Shard:
         try:
             while not self._stop.is_set():
                 url = self._protocol.url(self._gateway_url)
+                resume_url = self._protocol.resume_url
+                via_resume_url = resume_url is not None and url.startswith(resume_url.rstrip("/"))
                 self._handle(self._protocol.connecting(url))
                 try:
                     conn = Connection.open(
-                        url, timeout=self._connect_timeout, ssl_context=self._ssl_context
+                        url,
+                        timeout=self._connect_timeout,
+                        ssl_context=self._ssl_context,
+                        max_message=self._max_message,
+                        redact=self._token.redact,
                     )
                 except ConnectionFailed as err:
-                    log.warning(
-                        "shard %d: connect failed: %s", self.id, self._token.redact(str(err))
-                    )
+                    self.last_failure = str(err)  # redacted by the transport
+                    log.warning("shard %d: connect failed: %s", self.id, err)
+                    if via_resume_url:
+                        self._abandon_resume_url()
                     self._handle(self._protocol.closed(None, "connect failed"))
                     backoff = backoff.increment()
                     self._pause(backoff.delay(self._rng))
@@ -409,7 +435,7 @@ class Shard:
                     self._ratelimiter.reset()
                 self._client_close = None
                 self._reconnect_delay = 0.0
-                opened = time.monotonic()
+                self._connected_at = None
                 self._spawn_helper(self._await_hello, conn)
                 try:
                     code, reason, by_client, cause = self._read(conn)
@@ -427,6 +453,18 @@ class Shard:
                 self._conn = None
                 self._ready.clear()
                 self.stats.close_codes[code] += 1
+                # (Set by _handle while reading; the annotation keeps mypy from
+                # assuming the None assigned before the read.)
+                connected_at: float | None = self._connected_at
+                self._connected_at = None
+                if connected_at is None:
+                    self.last_failure = (
+                        f"the connection ended before READY or RESUMED "
+                        f"({'no HELLO' if cause == 'no_hello' else f'close code {code}'}"
+                        f"{': ' + reason if reason else ''})"
+                    )
+                    if via_resume_url and cause == "no_hello":
+                        self._abandon_resume_url()
                 log.info(
                     "shard %d: connection closed code=%s by=%s cause=%s reason=%s",
                     self.id,
@@ -440,10 +478,11 @@ class Shard:
                     break
                 kind = "resume" if self._protocol.session is not None else "identify"
                 self.stats.reconnects[(kind, cause)] += 1
-                if time.monotonic() - opened >= _STABLE_AFTER:
-                    backoff = backoff.reset()
+                if connected_at is not None and time.monotonic() - connected_at >= _SHORT_SESSION:
+                    backoff = backoff.reset()  # a session that got going: back at once
+                else:
+                    backoff = backoff.increment()  # a failed attempt
                 delay = max(self._reconnect_delay, backoff.delay(self._rng))
-                backoff = backoff.increment()
                 self._handle(self._protocol.reconnecting())
                 self._pause(delay)
         finally:
@@ -462,7 +501,7 @@ class Shard:
 
     def _read(self, conn: Connection) -> tuple[int | None, str, bool, str]:
         """Read until the connection ends; return its close code, reason, who closed, and why."""
-        inflater = inflater_for(self._protocol.compression)
+        inflater = inflater_for(self._protocol.compression, self._max_message)
         # The hub loop's clock only moves when the loop goes round, which it
         # can only do while this greenlet waits: a changed value means the
         # last receive blocked and everything else has had its turn.
@@ -473,6 +512,12 @@ class Shard:
             try:
                 messages = conn.receive()
             except ConnectionClosed as closed:
+                if closed.failed:
+                    # The peer broke the websocket rules, or sent too much.
+                    too_big = closed.code == CLOSE_MESSAGE_TOO_BIG
+                    self._failed_connection(closed.code, closed.reason, too_big)
+                    cause = "message_too_large" if too_big else "protocol_error"
+                    return closed.code, closed.reason, True, cause
                 if self._client_close is not None:
                     code, reason, cause = self._client_close
                     return code, reason, True, cause
@@ -483,8 +528,12 @@ class Shard:
                 if opcode == OP_BINARY and inflater is not None:
                     try:
                         whole = inflater.feed(payload)
+                    except MessageTooLarge as err:
+                        self._failed_connection(CLOSE_MESSAGE_TOO_BIG, str(err), True)
+                        self._close_connection(CLOSE_MESSAGE_TOO_BIG, str(err), "message_too_large")
+                        break
                     except zlib.error as err:
-                        self._undecodable(f"zlib-stream error: {err}")
+                        self._corrupt_stream(str(err))
                         break
                     if whole is None:
                         continue
@@ -519,35 +568,66 @@ class Shard:
             # and never for a filtered type.
             name, sequence = peeked
             kind = protocol.dispatch(name, sequence)
-            if kind is None:
-                self.stats.filtered += 1
+            if not kind:
+                if kind is None:
+                    self.stats.filtered += 1
+                else:
+                    self.stats.duplicates += 1
                 return
             self.stats.events[name] += 1
             self._events.put((self.id, kind, name, sequence, payload))
             return
         try:
             message = self._events.loads(payload)
-            name = message.get("t") or ""
-            if message.get("op") == 0 and name not in _SESSION_DISPATCHES:
-                # A dispatch laid out unlike Discord's own: the same, already decoded.
-                sequence = message.get("s")
-                kind = protocol.dispatch(name, sequence)
-                if kind is None:
-                    self.stats.filtered += 1
-                else:
-                    self.stats.events[name] += 1
-                    self._put(Event(kind, name, self.id, sequence, message.get("d")))
-                return
-            actions = protocol.receive(message, now)
-        except (ValueError, TypeError, KeyError, AttributeError) as err:
-            self._undecodable(f"undecodable gateway message: {err}")
+        except (ValueError, TypeError, OverflowError, RecursionError) as err:
+            # Skipped like a dispatch that fails in events(): reconnecting
+            # would only have the gateway replay the same bytes.
+            self._skip(Skip(f"a message that is not valid JSON ({err})"))
             return
-        self._handle(actions)
+        self._handle(protocol.receive(message, now))
 
-    def _undecodable(self, reason: str) -> None:
-        # The stream can't be trusted past this point; resuming replays what was lost.
-        log.warning("shard %d: %s; reconnecting", self.id, reason)
-        self._close_connection(CloseCode.RESUMABLE, "undecodable payload", "undecodable")
+    def _skip(self, skip: Skip) -> None:
+        if skip.what == "duplicate":
+            self.stats.duplicates += 1
+            log.debug("shard %d: %s; skipped", self.id, skip.reason)
+            return
+        if skip.what == "skipped":
+            self.stats.skipped += 1
+        # A peer can send garbage as fast as it likes; the log must not follow.
+        now = time.monotonic()
+        if now - self._skip_logged_at < _SKIP_LOG_INTERVAL:
+            self._skips_unlogged += 1
+            return
+        more = f" ({self._skips_unlogged} more since the last line)" if self._skips_unlogged else ""
+        self._skips_unlogged = 0
+        self._skip_logged_at = now
+        log.error("shard %d: %s; %s%s", self.id, self._token.redact(skip.reason), skip.what, more)
+
+    def _failed_connection(self, code: int | None, reason: str, too_big: bool) -> None:
+        if too_big:
+            log.warning(
+                "shard %d: %s (max_message_size is %d bytes); closing with %s to resume",
+                self.id,
+                reason,
+                self._max_message,
+                code,
+            )
+        else:
+            log.warning("shard %d: the gateway broke the websocket rules: %s", self.id, reason)
+        self.last_failure = reason
+
+    def _corrupt_stream(self, error: str) -> None:
+        # The stream's state is lost with this message: only a new connection
+        # (and a new stream) can go on, resuming where this one stopped.
+        log.warning("shard %d: corrupt compressed stream (%s); resuming", self.id, error)
+        self.last_failure = f"corrupt compressed stream: {error}"
+        self._close_connection(CloseCode.RESUMABLE, "corrupt stream", "corrupt_stream")
+
+    def _abandon_resume_url(self) -> None:
+        if self._protocol.abandon_resume_url():
+            log.warning(
+                "shard %d: the resume URL failed; resuming on the main gateway instead", self.id
+            )
 
     # --- carrying out the protocol's actions ---------------------------------
 
@@ -572,11 +652,18 @@ class Shard:
             elif isinstance(action, Identify):
                 self._spawn_helper(self._identify)
             elif isinstance(action, ReconnectAction):
-                log.info("shard %d: reconnecting (%s)", self.id, action.reason)
+                if action.cause == "protocol_error":
+                    log.warning("shard %d: %s; reconnecting", self.id, action.reason)
+                    self.last_failure = action.reason
+                else:
+                    log.info("shard %d: reconnecting (%s)", self.id, action.reason)
                 self._reconnect_delay = action.delay
                 self._close_connection(action.code, action.reason, action.cause)
+            elif isinstance(action, Skip):
+                self._skip(action)
             elif isinstance(action, Fail):
                 log.error("shard %d: fatally closed: %s", self.id, action.error)
+                self.last_failure = str(action.error)
                 self._stop.set()
                 self._started.set()
                 self._ready.set()
@@ -586,6 +673,9 @@ class Shard:
         elif stage is Stage.CONNECTED:
             self._started.set()
             self._ready.set()
+            if self._connected_at is None:
+                self._connected_at = time.monotonic()
+                self.last_failure = None
 
     def _mark_new_session(self) -> None:
         # The protocol has already taken READY's session when its actions come

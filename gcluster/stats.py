@@ -24,6 +24,10 @@ class ShardStats:
     Attributes:
         events: dispatches delivered, by Discord's name.
         filtered: dispatches dropped by the event-type filter.
+        duplicates: dispatches dropped because their sequence was handled
+            already (a gateway replaying what it had sent).
+        skipped: messages dropped because they could not be used (not JSON,
+            a dispatch with a bad name or sequence); each is logged.
         reconnects: connections that ended and were followed by another, by
             `(kind, cause)`: kind "resume" or "identify", cause e.g. "zombie",
             "gateway_close", "dropped", "reconnect_requested", "invalid_session".
@@ -37,6 +41,8 @@ class ShardStats:
 
     events: Counter[str] = field(default_factory=Counter)
     filtered: int = 0
+    duplicates: int = 0
+    skipped: int = 0
     reconnects: Counter[tuple[str, str]] = field(default_factory=Counter)
     close_codes: Counter[int | None] = field(default_factory=Counter)
     identifies: int = 0

@@ -1,21 +1,25 @@
 """One websocket connection to the gateway, on gevent sockets.
 
-This is the only module that touches websocket-client. It opens the TCP (and
-TLS) connection with gevent's own socket and ssl modules, so the library works
-whether or not the application monkey-patched, and hands the connected socket
-to websocket-client for the handshake, sending and close frames. Reading is
+It opens the TCP (and TLS) connection with gevent's own socket and ssl
+modules, so the library works whether or not the application monkey-patched,
+and does the upgrade itself (`handshake.py`) on that socket: TCP, TLS and the
+upgrade share one deadline, and nothing in them can block the hub. Reading is
 done here in large chunks parsed by `frames.FrameParser`: one socket read can
-yield many messages.
+yield many messages. This is the only module that touches websocket-client,
+which builds (and masks) the frames the client sends.
 
-Errors from websocket-client, ssl and the socket are translated into
-`ConnectionFailed` (connecting) and `ConnectionClosed` (afterwards).
+Errors from ssl and the socket are translated into `ConnectionFailed`
+(connecting) and `ConnectionClosed` (afterwards). Every text that came from
+the peer passes through the `redact` function the connection was given, so a
+gateway echoing the token back cannot put it in an exception or a log line.
 """
 
 from __future__ import annotations
 
 import logging
 import ssl as _stdlib_ssl
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 import gevent
@@ -25,13 +29,23 @@ from gevent import ssl as gssl
 from gevent.lock import Semaphore
 
 from gcluster.errors import ConnectionFailed
-from gcluster.frames import OP_CLOSE, OP_PING, FrameError, FrameParser, parse_close
+from gcluster.frames import (
+    DEFAULT_MAX_MESSAGE,
+    OP_CLOSE,
+    OP_PING,
+    FrameError,
+    FrameParser,
+    parse_close,
+    valid_close_code,
+)
+from gcluster.handshake import ClientHandshake, HandshakeError
 
 __all__ = ["Connection", "ConnectionClosed", "default_ssl_context"]
 
 log = logging.getLogger(__name__)
 
 _READ_SIZE = 256 * 1024
+_HANDSHAKE_READ_SIZE = 4096
 # Close frames and the last sends of a dying connection must not hang a shard.
 _SEND_TIMEOUT = 10.0
 
@@ -40,14 +54,18 @@ class ConnectionClosed(Exception):
     """The connection is over.
 
     Attributes:
-        code: the close code the peer sent, None when it dropped without one.
+        code: the close code the peer sent, None when it dropped without one;
+            with `failed`, the code this side sent.
         reason: the close frame's reason.
+        failed: this side failed the connection because the peer broke the
+            websocket rules or sent a message over the size limit.
     """
 
-    def __init__(self, code: int | None, reason: str = "") -> None:
+    def __init__(self, code: int | None, reason: str = "", *, failed: bool = False) -> None:
         super().__init__(f"connection closed ({code}{': ' + reason if reason else ''})")
         self.code = code
         self.reason = reason
+        self.failed = failed
 
 
 def default_ssl_context() -> Any:
@@ -78,52 +96,83 @@ class Connection:
     so two payloads never interleave on the wire.
     """
 
-    def __init__(self, ws: websocket.WebSocket, sock: Any, url: str) -> None:
-        self._ws = ws
+    def __init__(
+        self,
+        sock: Any,
+        url: str,
+        *,
+        received: bytes = b"",
+        max_message: int = DEFAULT_MAX_MESSAGE,
+        redact: Callable[[str], str] = str,
+    ) -> None:
         self._sock = sock
         self.url = url
-        self._parser = FrameParser()
+        self._parser = FrameParser(max_message)
+        self._redact = redact
         self._send_lock = Semaphore()
         self.closed = False
         self.bytes_received = 0
+        # Frames that arrived with the end of the upgrade answer.
+        self._received = received
         # A close frame read together with messages before it: those are
         # returned first, the close is raised on the next call.
         self._pending_close: ConnectionClosed | None = None
 
     @classmethod
-    def open(cls, url: str, *, timeout: float = 10.0, ssl_context: Any = None) -> Connection:
+    def open(
+        cls,
+        url: str,
+        *,
+        timeout: float = 10.0,
+        ssl_context: Any = None,
+        max_message: int = DEFAULT_MAX_MESSAGE,
+        redact: Callable[[str], str] = str,
+    ) -> Connection:
         """Connect and complete the websocket handshake within `timeout` seconds.
 
+        DNS, TCP, TLS and the HTTP upgrade share the one deadline.
+
         Raises:
-            ConnectionFailed: DNS, TCP, TLS or the handshake failed or timed out.
+            ConnectionFailed: any of them failed or timed out, or the upgrade
+                was answered with anything but 101 (a redirect included: its
+                status and Location are in the message, and it is not followed).
         """
         parts = urlsplit(url)
         secure = parts.scheme == "wss"
         if parts.scheme not in ("ws", "wss") or not parts.hostname:
-            raise ConnectionFailed(f"not a websocket URL: {url}")
-        port = parts.port or (443 if secure else 80)
+            raise ConnectionFailed(redact(f"not a websocket URL: {url}"))
+        try:
+            port = parts.port or (443 if secure else 80)
+        except ValueError:
+            raise ConnectionFailed(redact(f"not a websocket URL: {url}")) from None
+        where = redact(parts.netloc)
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         sock = None
         try:
-            with gevent.Timeout(
-                timeout, ConnectionFailed(f"connecting to {parts.netloc} timed out")
-            ):
+            with gevent.Timeout(timeout, ConnectionFailed(f"connecting to {where} timed out")):
                 sock = gsocket.create_connection((parts.hostname, port))
                 sock.setsockopt(gsocket.IPPROTO_TCP, gsocket.TCP_NODELAY, 1)
                 if secure:
                     context = ssl_context if ssl_context is not None else default_ssl_context()
                     sock = _wrap(sock, context, parts.hostname)
-                ws = websocket.WebSocket(enable_multithread=False, skip_utf8_validation=True)
-                ws.connect(url, socket=sock, suppress_origin=True)  # type: ignore[no-untyped-call]
-                sock.settimeout(None)
-        except (OSError, _stdlib_ssl.SSLError, websocket.WebSocketException, ValueError) as err:
+                handshake = ClientHandshake(parts.netloc, target)
+                sock.sendall(handshake.request)
+                while True:
+                    received = handshake.receive(sock.recv(_HANDSHAKE_READ_SIZE))
+                    if received is not None:
+                        break
+        except HandshakeError as err:
             _close_quietly(sock)
-            raise ConnectionFailed(f"connecting to {parts.netloc} failed: {err}") from err
+            raise ConnectionFailed(redact(f"connecting to {where} failed: {err}")) from None
+        except (OSError, _stdlib_ssl.SSLError, ValueError) as err:
+            _close_quietly(sock)
+            raise ConnectionFailed(redact(f"connecting to {where} failed: {err}")) from err
         except BaseException:
             # ConnectionFailed from the timeout, or the greenlet being killed:
             # the socket must not outlive the attempt either way.
             _close_quietly(sock)
             raise
-        return cls(ws, sock, url)
+        return cls(sock, url, received=received, max_message=max_message, redact=redact)
 
     def receive(self) -> list[tuple[int, bytes]]:
         """Wait for the next socket read and return the messages it completed.
@@ -137,36 +186,48 @@ class Connection:
         if self._pending_close is not None:
             raise self._pending_close
         while True:
-            try:
-                data = self._sock.recv(_READ_SIZE)
-            except OSError as err:
-                self.closed = True
-                raise ConnectionClosed(None, f"socket error: {err}") from err
-            if not data:
-                self.closed = True
-                raise ConnectionClosed(None, "connection dropped")
+            if self._received:
+                data, self._received = self._received, b""
+            else:
+                try:
+                    data = self._sock.recv(_READ_SIZE)
+                except OSError as err:
+                    self.closed = True
+                    raise ConnectionClosed(None, f"socket error: {err}") from err
+                if not data:
+                    self.closed = True
+                    raise ConnectionClosed(None, "connection dropped")
             self.bytes_received += len(data)
             try:
                 messages = self._parser.feed(data)
             except FrameError as err:
-                self.abort()
-                raise ConnectionClosed(None, f"bad websocket frame: {err}") from err
+                self.fail(err.code, str(err))
             if not messages:
                 continue
             if not self._parser.control_seen:
                 return messages
             for index, (opcode, payload) in enumerate(messages):
                 if opcode == OP_CLOSE:
-                    code, reason = parse_close(payload)
+                    code, reason = parse_close(payload)  # checked by the parser already
                     self._answer_close(code)
+                    closed = ConnectionClosed(code, self._redact(reason))
                     if index:
                         # Deliver what came before the close; report it next call.
-                        self._pending_close = ConnectionClosed(code, reason)
+                        self._pending_close = closed
                         return messages[:index]
-                    raise ConnectionClosed(code, reason)
+                    raise closed
                 if opcode == OP_PING:
                     self._send_frame(payload, websocket.ABNF.OPCODE_PONG)
             return messages
+
+    def fail(self, code: int, reason: str) -> NoReturn:
+        """Fail the connection (RFC 6455 §7.1.7): send a close with `code`, drop it, raise.
+
+        Raises:
+            ConnectionClosed: always, with `failed` set.
+        """
+        self.close(code, reason)
+        raise ConnectionClosed(code, reason, failed=True)
 
     def send(self, payload: bytes | str) -> None:
         """Send one text message.
@@ -184,7 +245,12 @@ class Connection:
 
         The reader is woken by the shut-down socket; the gateway has what it
         needs (the code) once the frame is out.
+
+        Raises:
+            ValueError: `code` is one no endpoint may put on the wire (RFC 6455 §7.4).
         """
+        if not valid_close_code(code):
+            raise ValueError(f"close code {code} may not be sent")
         if not self.closed:
             try:
                 frame = code.to_bytes(2, "big") + reason.encode()[:123]
@@ -203,7 +269,7 @@ class Connection:
         _close_quietly(self._sock)
 
     def _answer_close(self, code: int | None) -> None:
-        # RFC 6455: echo the close, then the server ends the TCP connection.
+        # RFC 6455 §5.5.1: echo the code, then the server ends the TCP connection.
         try:
             reply = code.to_bytes(2, "big") if code is not None else b""
             self._send_frame(reply, websocket.ABNF.OPCODE_CLOSE)
@@ -214,16 +280,17 @@ class Connection:
     def _send_frame(self, payload: bytes | str, opcode: int) -> None:
         if self.closed:
             raise ConnectionClosed(None, "connection already closed")
+        frame = websocket.ABNF.create_frame(payload, opcode).format()
         try:
             with (
                 self._send_lock,
                 gevent.Timeout(_SEND_TIMEOUT, ConnectionClosed(None, "send timed out")),
             ):
-                self._ws.send(payload, opcode)
+                self._sock.sendall(frame)
         except ConnectionClosed:
             self.abort()
             raise
-        except (OSError, websocket.WebSocketException) as err:
+        except OSError as err:
             self.abort()
             raise ConnectionClosed(None, f"send failed: {err}") from err
 

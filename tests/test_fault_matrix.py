@@ -49,6 +49,7 @@ RESUMED = ("resumes the session", "none")
 REIDENTIFIED = ("identifies a new session", "only those sent to the ended session")
 FATAL = ("stops the shard: FATALLY_CLOSED, error in info()", "shard stops")
 CARRIES_ON = ("carries on, nothing to recover", "none")
+SKIPPED = ("logs it, skips it and carries on", "none")
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,8 @@ CASES = [
     Case("heartbeats no longer acknowledged", StopHeartbeatAcks(), RESUMED),
     Case("TCP dropped without a close frame", DropConnection(), RESUMED),
     Case("undecodable frame (broken zlib stream)", GarbageFrame(kind="zlib"), RESUMED),
-    Case("undecodable frame (not JSON)", GarbageFrame(kind="json"), RESUMED),
+    # Resuming would only replay the same bytes: skipped, never a reconnect loop.
+    Case("undecodable frame (not JSON)", GarbageFrame(kind="json"), SKIPPED),
     Case("unknown opcode", UnknownOpcode(op=99), CARRIES_ON),
     Case("8 MB GUILD_CREATE", HugeDispatch(size_bytes=8_000_000), CARRIES_ON),
     Case("stall: socket open, nothing sent", Stall(seconds=5.0), RESUMED),
@@ -217,7 +219,9 @@ def observe(
     assert got == sorted(set(got)), "events repeated or out of order"
     if len(identifies) == 1:
         assert got == list(range(1, last + 1)), f"lost {sorted(set(range(1, last + 1)) - set(got))}"
-        return RESUMED if resumed else CARRIES_ON
+        if resumed:
+            return RESUMED
+        return SKIPPED if shard.stats.skipped else CARRIES_ON
     # A new session: every event sent in it arrived, so whatever is missing
     # went to the ended session, which Discord would not replay either.
     assert len(identifies) == 2

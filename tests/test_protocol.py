@@ -21,6 +21,7 @@ from gcluster.protocol import (
     ResumeSession,
     Send,
     ShardProtocol,
+    Skip,
     Stage,
     classify_close,
 )
@@ -180,9 +181,12 @@ def test_unknown_opcode_is_not_an_error() -> None:
     assert proto.stage is Stage.CONNECTED
 
 
-def test_message_without_opcode_is_refused() -> None:
-    with pytest.raises(ValueError):
-        make().receive({"t": "X"}, 0.0)
+def test_message_without_an_integer_opcode_is_refused() -> None:
+    # A dispatch-like message is skipped; anything else makes the shard reconnect.
+    assert [type(a) for a in make().receive({"t": "X"}, 0.0)] == [Skip]
+    for message in ({"x": 1}, {"op": "10"}, {"op": True}, [1, 2], "op", None):
+        (action,) = make().receive(message, 0.0)
+        assert isinstance(action, ReconnectAction) and action.cause == "protocol_error"
 
 
 # --- heartbeats ---------------------------------------------------------------

@@ -85,8 +85,11 @@ def test_the_parser_says_whether_a_read_held_a_control_frame() -> None:
     assert not parser.control_seen
 
 
-def test_masked_frames_are_unmasked() -> None:
-    assert FrameParser().feed(frame(b"abcdef", mask=b"\x01\x02\x03\x04")) == [(OP_TEXT, b"abcdef")]
+def test_masked_frames_from_the_server_fail_the_connection() -> None:
+    # RFC 6455 §5.1: a client closes the connection on a masked frame.
+    with pytest.raises(FrameError) as caught:
+        FrameParser().feed(frame(b"abcdef", mask=b"\x01\x02\x03\x04"))
+    assert caught.value.code == 1002
 
 
 @pytest.mark.parametrize(
@@ -225,6 +228,10 @@ def test_compression_option_values() -> None:
 class _OneReadSocket:
     def __init__(self, data: bytes) -> None:
         self.data = data
+        self.sent = b""
+
+    def sendall(self, data: bytes) -> None:
+        self.sent += data
 
     def recv(self, size: int) -> bytes:
         data, self.data = self.data, b""
@@ -237,19 +244,19 @@ class _OneReadSocket:
         pass
 
 
-class _RecordingWebSocket:
-    def __init__(self) -> None:
-        self.sent: list[tuple[bytes | str, int]] = []
-
-    def send(self, payload: bytes | str, opcode: int) -> None:
-        self.sent.append((payload, opcode))
+def client_frame(data: bytes) -> tuple[int, bytes]:
+    """Opcode and unmasked payload of one short frame a client sent (always masked)."""
+    assert data[1] & 0x80, "a client frame must be masked"
+    n = data[1] & 0x7F
+    assert n < 126 and len(data) == 6 + n
+    key = data[2:6]
+    return data[0] & 0x0F, bytes(b ^ key[i % 4] for i, b in enumerate(data[6:]))
 
 
 def test_a_ping_among_data_frames_is_answered_and_the_data_delivered() -> None:
     from gcluster.transport import Connection
 
-    ws = _RecordingWebSocket()
-    data = frame(b"one") + frame(b"are you there", OP_PING) + frame(b"two")
-    conn = Connection(ws, _OneReadSocket(data), "ws://x")  # type: ignore[arg-type]
+    sock = _OneReadSocket(frame(b"one") + frame(b"are you there", OP_PING) + frame(b"two"))
+    conn = Connection(sock, "ws://x")
     assert conn.receive() == [(OP_TEXT, b"one"), (OP_PING, b"are you there"), (OP_TEXT, b"two")]
-    assert ws.sent == [(b"are you there", OP_PONG)]
+    assert client_frame(sock.sent) == (OP_PONG, b"are you there")
