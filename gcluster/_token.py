@@ -38,9 +38,7 @@ class Token:
         if not token:
             raise ValueError("the token is empty")
         self._raw = token
-        self._pattern = re.compile(
-            f"(?<![{_TOKEN_CHARS}]){re.escape(token)}(?![{_TOKEN_CHARS}])"
-        )
+        self._pattern = re.compile(f"(?<![{_TOKEN_CHARS}]){re.escape(token)}(?![{_TOKEN_CHARS}])")
 
     @property
     def authorization(self) -> str:

@@ -35,6 +35,7 @@ from gcluster.errors import (
     ShardNonexistent,
 )
 from gcluster.events import Event, EventTypeFlags
+from gcluster.frames import DEFAULT_MAX_MESSAGE
 from gcluster.http import DEFAULT_API_BASE, GatewayBot, get_gateway_bot
 from gcluster.inflate import resolve_compression
 from gcluster.message import Message
@@ -49,6 +50,8 @@ __all__ = ["Cluster", "ClusterBuilder", "ClusterConfig"]
 log = logging.getLogger(__name__)
 
 _HOUSEKEEPING_INTERVAL: Final = 1.0
+# READY alone can be tens of kilobytes; a limit below this only breaks shards.
+MIN_MAX_MESSAGE: Final = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +76,7 @@ class ClusterConfig:
     ratelimit_payloads: bool = True
     compression: bool | str | None = True
     connect_timeout: float = 10.0
+    max_message_size: int = DEFAULT_MAX_MESSAGE
     ssl_context: Any = None
     session_store: SessionStore | None = None
     backlog_warning: int = 10_000
@@ -89,6 +93,15 @@ class ClusterConfig:
             raise ConfigError("presence must be an UpdatePresence")
         if self.connect_timeout <= 0:
             raise ConfigError("connect_timeout must be positive")
+        if (
+            not isinstance(self.max_message_size, int)
+            or isinstance(self.max_message_size, bool)
+            or self.max_message_size < MIN_MAX_MESSAGE
+        ):
+            raise ConfigError(
+                f"max_message_size must be an int of at least {MIN_MAX_MESSAGE} bytes, "
+                f"not {self.max_message_size!r}"
+            )
         try:
             resolve_compression(self.compression)
         except ValueError as err:
@@ -154,6 +167,10 @@ class Cluster:
             else zlib), False for none.
         connect_timeout: seconds for one connection attempt (TCP, TLS, handshake)
             and for HELLO to follow.
+        max_message_size: the largest gateway message accepted, in bytes,
+            compressed or inflated (default 64 MiB, above the largest
+            GUILD_CREATE); a bigger one closes the connection with 1009 and
+            the shard resumes. At least 64 KiB.
         ssl_context: an `ssl.SSLContext` for wss (e.g. `ssl.create_default_context(
             cafile=...)` for a custom CA); the default verifies certificates and
             host names. The handshake runs on gevent's sockets either way.
@@ -477,6 +494,7 @@ class Cluster:
                 events=self._events,
                 compression=config.compression,  # the shard resolves it
                 connect_timeout=config.connect_timeout,
+                max_message_size=config.max_message_size,
                 ssl_context=config.ssl_context,
                 on_fatal=self._shard_failed,
                 ratelimit_payloads=config.ratelimit_payloads,
@@ -642,6 +660,9 @@ class ClusterBuilder:
 
     def connect_timeout(self, value: float) -> ClusterBuilder:
         return self._set("connect_timeout", value)
+
+    def max_message_size(self, value: int) -> ClusterBuilder:
+        return self._set("max_message_size", value)
 
     def ssl_context(self, value: Any) -> ClusterBuilder:
         return self._set("ssl_context", value)

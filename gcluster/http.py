@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import requests
 
@@ -59,18 +60,27 @@ def get_gateway_bot(api_base: str, token: Token, *, timeout: float = 10.0) -> Ga
     url = api_base.rstrip("/") + "/gateway/bot"
     headers = {"Authorization": token.authorization, "User-Agent": "DiscordBot (gcluster)"}
     try:
-        response = call_blocking(requests.get, url, headers=headers, timeout=timeout)
+        # Not redirected: requests would carry the Authorization header along
+        # to wherever a Location pointed on the same host, plaintext included.
+        response = call_blocking(
+            requests.get, url, headers=headers, timeout=timeout, allow_redirects=False
+        )
     except requests.RequestException as err:
         raise _start_error(f"GET {url} failed: {err}", token) from err
     if response.status_code == 401:
         raise AuthenticationFailed(None, reason=f"GET {url} answered 401: the token was refused")
     if response.status_code != 200:
-        raise _start_error(f"GET {url} answered {response.status_code}", token)
+        location = response.headers.get("Location")
+        where = f" (Location: {location}; not followed)" if location else ""
+        raise _start_error(f"GET {url} answered {response.status_code}{where}", token)
     try:
         body = response.json()
         limit = body["session_start_limit"]
+        gateway = body["url"]
+        if not _gateway_url_ok(gateway, api_base):
+            raise _start_error(f"GET {url} gave an unusable gateway url {gateway!r}", token)
         return GatewayBot(
-            url=str(body["url"]),
+            url=gateway,
             shards=int(body["shards"]),
             session_start_limit=SessionStartLimit(
                 total=int(limit["total"]),
@@ -81,6 +91,19 @@ def get_gateway_bot(api_base: str, token: Token, *, timeout: float = 10.0) -> Ga
         )
     except (ValueError, KeyError, TypeError) as err:
         raise _start_error(f"GET {url} gave an unexpected body ({err!r})", token) from None
+
+
+def _gateway_url_ok(value: object, api_base: str) -> bool:
+    # The token goes there in IDENTIFY: a ws:// gateway only from a plain-HTTP API.
+    if not isinstance(value, str):
+        return False
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return False
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        return False
+    return parts.scheme == "wss" or not api_base.startswith("https:")
 
 
 def _start_error(message: str, token: Token) -> ClusterStartError:

@@ -215,9 +215,7 @@ def resolve_compression(value: bool | str | None) -> str | None:
     )
 
 
-def inflater_for(
-    compression: str | None, max_size: int = DEFAULT_MAX_MESSAGE
-) -> Inflater | None:
+def inflater_for(compression: str | None, max_size: int = DEFAULT_MAX_MESSAGE) -> Inflater | None:
     if compression == ZSTD_STREAM:
         return ZstdStreamInflater(max_size)
     if compression == ZLIB_STREAM:

@@ -420,14 +420,15 @@ class ShardProtocol:
     def receive(self, message: Any, now: float) -> list[Action]:
         """Handle one decoded message from the gateway (any JSON value).
 
-        A message that is not a gateway payload, or an opcode whose data
-        breaks the rules, gives a reconnect; a bad dispatch gives `Skip`.
+        A message that is not a gateway payload, or a dispatch with a bad
+        name or sequence, gives `Skip`; HELLO, READY or RESUMED breaking the
+        rules (a bad interval, out of turn) gives a reconnect.
         """
         op = message.get("op") if isinstance(message, dict) else None
         if type(op) is not int:
-            if isinstance(message, dict) and message.get("t") is not None:
-                return [Skip(f"a dispatch with the opcode {op!r}")]
-            return [self._violation("a gateway message without an integer opcode")]
+            # Not a gateway payload at all: nothing in it can be acted on, and
+            # reconnecting would not make the gateway send something else.
+            return [Skip("a message that is not a gateway payload (no integer op)")]
         if op == Opcode.DISPATCH:
             return self._dispatch(message)
         if op == Opcode.HEARTBEAT_ACK:
@@ -644,9 +645,7 @@ class ShardProtocol:
         connected = self._lifecycle(EventType.SHARD_CONNECTED, {"resumed": False})
         return notes + actions + connected
 
-    def _deliver(
-        self, kind: EventType, name: str, sequence: int | None, data: Any
-    ) -> list[Action]:
+    def _deliver(self, kind: EventType, name: str, sequence: int | None, data: Any) -> list[Action]:
         if self._mask & int(flag_for(kind)):
             return [Deliver(Event(kind, name, self.shard_id, sequence, data))]
         return []

@@ -181,12 +181,18 @@ def test_unknown_opcode_is_not_an_error() -> None:
     assert proto.stage is Stage.CONNECTED
 
 
-def test_message_without_an_integer_opcode_is_refused() -> None:
-    # A dispatch-like message is skipped; anything else makes the shard reconnect.
-    assert [type(a) for a in make().receive({"t": "X"}, 0.0)] == [Skip]
-    for message in ({"x": 1}, {"op": "10"}, {"op": True}, [1, 2], "op", None):
+def test_message_without_an_integer_opcode_is_skipped() -> None:
+    for message in ({"t": "X"}, {"x": 1}, {"op": "10"}, {"op": True}, [1, 2], "op", None):
         (action,) = make().receive(message, 0.0)
+        assert isinstance(action, Skip) and action.what == "skipped"
+
+
+def test_hello_and_ready_out_of_turn_make_the_shard_reconnect() -> None:
+    proto = connected(make())
+    for message in (hello(), dispatch("READY", 5), dispatch("RESUMED", 6)):
+        (action,) = proto.receive(message, 0.0)
         assert isinstance(action, ReconnectAction) and action.cause == "protocol_error"
+        proto = connected(make())
 
 
 # --- heartbeats ---------------------------------------------------------------
@@ -357,3 +363,75 @@ def test_resume_session_rejects_bad_dicts(data: dict[str, Any]) -> None:
 def test_token_never_in_repr_of_protocol_state() -> None:
     proto = connected(make())
     assert "secret-token-value" not in repr(proto.__dict__)
+
+
+# --- values the gateway controls ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("millis", "seconds"), [(1, 1.0), (999, 1.0), (41250, 41.25), (10**12, 300.0), (2.5e5, 250.0)]
+)
+def test_heartbeat_interval_is_held_within_bounds(millis: float, seconds: float) -> None:
+    proto = make()
+    proto.connecting("wss://gateway")
+    (beat,) = of(proto.receive(hello(millis), 0.0), Heartbeat)
+    assert beat.interval == seconds
+
+
+def test_a_resume_url_weaker_than_the_connection_is_not_adopted() -> None:
+    for url, adopted in [
+        ("ws://resume.example", None),
+        ("https://resume.example", None),
+        ("wss://user:pw@resume.example", None),
+        ("wss:///no-host", None),
+        (42, None),
+        ("wss://resume.example", "wss://resume.example"),
+    ]:
+        proto = make()
+        proto.connecting("wss://gateway/?v=10")
+        proto.receive(hello(), 0.0)
+        proto.identify()
+        d = {"session_id": "s", "resume_gateway_url": url}
+        actions = proto.receive(dispatch("READY", 1, d), 0.0)
+        assert proto.resume_url == adopted
+        assert proto.session_id == "s" and proto.stage is Stage.CONNECTED
+        assert bool(of(actions, Skip)) == (adopted is None)
+
+
+def test_a_saved_plaintext_resume_url_is_not_used_for_a_tls_gateway() -> None:
+    proto = make(session=ResumeSession("sess", 41, "ws://resume.example"))
+    assert proto.url("wss://gateway").startswith("wss://gateway/")
+    assert proto.url("ws://local:1").startswith("ws://resume.example/")
+
+
+def test_abandoning_the_resume_url_keeps_the_session() -> None:
+    proto = make(session=ResumeSession("sess", 41, "wss://resume.example"))
+    assert proto.abandon_resume_url() and not proto.abandon_resume_url()
+    assert proto.session == ResumeSession("sess", 41, None)
+    assert proto.url("wss://gateway").startswith("wss://gateway/")
+
+
+@pytest.mark.parametrize("d", [True, False, None, "yes", 1])
+def test_only_a_json_true_keeps_the_session_on_op_9(d: Any) -> None:
+    proto = connected(make())
+    (reconnect,) = of(proto.receive({"op": 9, "d": d}, 0.0), ReconnectAction)
+    assert reconnect.resume is (d is True)
+
+
+@pytest.mark.parametrize("seq", ["4", -1, 1.5, True, 2**70, [4]])
+def test_a_dispatch_with_a_bad_sequence_is_skipped_and_the_resume_point_kept(seq: Any) -> None:
+    proto = connected(make())
+    proto.receive(dispatch("MESSAGE_CREATE", 7), 0.0)
+    (skip,) = proto.receive(dispatch("MESSAGE_CREATE", seq), 0.0)
+    assert isinstance(skip, Skip) and skip.what == "skipped"
+    assert proto.sequence == 7
+
+
+def test_a_replayed_sequence_is_not_delivered_again() -> None:
+    proto = connected(make())
+    assert kinds(proto.receive(dispatch("MESSAGE_CREATE", 5), 0.0)) == [EventType.MESSAGE_CREATE]
+    for seq in (5, 4, 1):
+        (skip,) = proto.receive(dispatch("MESSAGE_CREATE", seq), 0.0)
+        assert isinstance(skip, Skip) and skip.what == "duplicate"
+        assert proto.dispatch("MESSAGE_CREATE", seq) is False
+    assert proto.sequence == 5
