@@ -14,10 +14,12 @@ from typing import Final, NoReturn
 __all__ = ["Token"]
 
 _PREFIX: Final = "Bot "
-# What a token is made of (base64url and dots). The token is only redacted
-# where it stands alone, not inside a longer run of these: a short test token
-# like "1" must not turn 127.0.0.1 into <token>27.0.0.<token>.
+# What a token is made of (base64url and dots). A short token (a test's "1")
+# is only redacted where it stands alone, not inside a longer run of these, so
+# 127.0.0.1 does not become <token>27.0.0.<token>. A real token (about 70
+# characters) cannot turn up by chance and is redacted wherever it appears.
 _TOKEN_CHARS: Final = "A-Za-z0-9_.-"
+_SHORT: Final = 16
 
 
 class Token:
@@ -38,7 +40,10 @@ class Token:
         if not token:
             raise ValueError("the token is empty")
         self._raw = token
-        self._pattern = re.compile(f"(?<![{_TOKEN_CHARS}]){re.escape(token)}(?![{_TOKEN_CHARS}])")
+        escaped = re.escape(token)
+        if len(token) < _SHORT:
+            escaped = f"(?<![{_TOKEN_CHARS}]){escaped}(?![{_TOKEN_CHARS}])"
+        self._pattern = re.compile(escaped)
 
     @property
     def authorization(self) -> str:

@@ -16,8 +16,10 @@ __all__ = ["peek_dispatch"]
 
 # One C-level match per message, no per-byte Python. Event names are
 # upper-case ASCII; the sequence is plain digits ending at the next comma
-# (so `null`, `1_0`, `+5` and a cut-off number do not match).
-_ENVELOPE: Final = re.compile(rb'\{"t":"([A-Z0-9_]{1,100})","s":([0-9]{1,20}),')
+# (so `null`, `1_0`, `+5` and a cut-off number do not match). At most 18
+# digits, so every peeked sequence fits the heartbeat's 64-bit integer; a
+# longer one is decoded in full and checked there.
+_ENVELOPE: Final = re.compile(rb'\{"t":"([A-Z0-9_]{1,100})","s":([0-9]{1,18}),')
 
 
 def peek_dispatch(message: bytes) -> tuple[str, int] | None:
