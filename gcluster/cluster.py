@@ -29,9 +29,11 @@ from gcluster._token import Token
 from gcluster.commands import Command, UpdatePresence, shard_for_guild
 from gcluster.delivery import END, EventQueue, Loads, resolve_decoder
 from gcluster.errors import (
+    ClusterNotUp,
     ClusterStartError,
     ClusterStartErrorType,
     ConfigError,
+    EventStreamBusy,
     ShardNonexistent,
 )
 from gcluster.events import Event, EventTypeFlags
@@ -183,6 +185,8 @@ class Cluster:
         self._consumed: ConsumedSessions | None = None
         # events(manual_finish=True): what was given and not finished yet, in order.
         self._unfinished: deque[tuple[int, SessionMark | int | None]] = deque()
+        # An events() iterator is open: a second one would get nothing.
+        self._reading = False
         self._housekeeper: gevent.Greenlet | None = None
         self._queue: Queue | None = None
 
@@ -240,7 +244,14 @@ class Cluster:
                 raise shard.error
 
     def wait_until_ready(self, timeout: float | None = None) -> bool:
-        """Wait until every shard has received READY or RESUMED; False on timeout or failure."""
+        """Wait until every shard has received READY or RESUMED.
+
+        Returns:
+            True once they all have; False on timeout, when a shard was
+            closed for good, or when the cluster was never brought up.
+        """
+        if not self._shards:
+            return False
         if not self._wait_all(Shard.wait_until_ready, timeout):
             return False
         return all(shard.wait_until_ready(0) for shard in self._shards.values())
@@ -286,22 +297,23 @@ class Cluster:
         """The id of the shard that receives a guild's events: `(guild_id >> 22) % total`.
 
         Raises:
-            ClusterStartError: the cluster is not up, so the total is unknown.
+            ClusterNotUp: `up()` was never called, so the total is unknown.
         """
         total = self.total
         if total is None:
-            raise ClusterStartError(
-                "the shard count is known once up() ran", kind=ClusterStartErrorType.SHARD_START
-            )
+            raise ClusterNotUp(self._not_up("does not know the shard count yet"))
         return shard_for_guild(guild_id, total)
 
     def shard(self, shard_id: int) -> Shard | None:
+        """The shard with this id, or None when the cluster has none (before `up()`, none)."""
         return self._shards.get(shard_id)
 
     def shards(self) -> list[Shard]:
+        """Every shard of this cluster, in id order (none before `up()`)."""
         return [self._shards[shard_id] for shard_id in sorted(self._shards)]
 
     def info(self) -> dict[int, Information]:
+        """`{shard_id: Information}`, in id order: a snapshot of each shard ({} before `up()`)."""
         return {shard_id: self._shards[shard_id].info() for shard_id in sorted(self._shards)}
 
     def command(
@@ -312,8 +324,10 @@ class Cluster:
         Waits cooperatively (up to `timeout` seconds) for a rate-limit slot.
 
         Raises:
-            ShardNonexistent: the cluster has no such shard.
-            CommandSendingError: the shard is not connected or the send failed.
+            ClusterNotUp: `up()` was never called, so there are no shards yet.
+            ShardNonexistent: the cluster is up and has no such shard.
+            CommandSendingError: the shard is not connected, no slot came
+                within `timeout`, or the send failed.
             InvalidCommand, PayloadTooLarge: the command is invalid.
         """
         self._get(shard_id).command(command, timeout=timeout)
@@ -328,7 +342,11 @@ class Cluster:
         self._get(shard_id).command_raw(payload)
 
     def send(self, shard_id: int, message: Message) -> None:
-        """Send a raw websocket message (e.g. `Message.close(4000)`) through one shard."""
+        """Send a raw websocket message (e.g. `Message.close(4000)`) through one shard.
+
+        Raises:
+            ClusterNotUp, ShardNonexistent, CommandSendingError: as `command`.
+        """
         self._get(shard_id).send(message)
 
     # --- events ----------------------------------------------------------------
@@ -337,44 +355,73 @@ class Cluster:
         """Every delivered event of every shard, as `(shard_id, event)`.
 
         Order is kept within each shard. The iterator ends after `down()` once
-        the events queued before it are drained; if every shard closed fatally,
-        it raises that shard's error instead of waiting forever.
+        the events queued before it are drained; if every shard closed
+        fatally, it raises the error of the last one to close instead of
+        waiting forever.
+
+        One iterator at a time: each event goes to one reader, so a second
+        loop would get only what the first one left. An iterator holds the
+        stream from the first time its loop asks for an event until the loop
+        ends or the iterator is closed; then a new one carries on with the
+        events still queued. To handle events concurrently, use one loop and
+        a `Dispatcher`.
 
         With a session store, an event counts as finished (the saved session
         moves past it) when the loop asks for the next one. A consumer that
         is done with events later than that (e.g. one that publishes them in
         batches) passes ``manual_finish=True`` and calls `finish` instead.
+
+        The checks below run when the loop asks for its first event (the
+        iterator may be made before `up()`, as twilight's is).
+
+        Raises:
+            ClusterNotUp: the cluster was never brought up (and not shut
+                down): no event would ever arrive.
+            EventStreamBusy: another iterator of this cluster is open.
+            GatewayClosedError (or SessionStartLimitExhausted): every shard
+                was closed for good.
         """
+        if not self._started and not self._stopped:
+            raise ClusterNotUp(self._not_up("has no shards to deliver events"))
+        if self._reading:
+            raise EventStreamBusy(
+                "another events() iterator of this cluster is open; read from one loop "
+                "(a Dispatcher runs handlers concurrently) or end the first loop first"
+            )
+        self._reading = True
         queue = self._events
         consumed = self._consumed
         unfinished = self._unfinished
-        while True:
-            item = queue.next_event()
-            shard_id, event = item
-            if shard_id is None:
-                queue.put(item)  # other iterators end too
-                if event is END:
-                    self._save_sessions()
-                    return
-                raise event  # every shard failed
-            if consumed is None:
-                yield item
-                continue
-            if isinstance(event, SessionMark):
-                if manual_finish and unfinished:
-                    # Events given before it are not finished yet: it waits its turn.
-                    unfinished.append((shard_id, event))
-                else:
-                    consumed.mark(shard_id, event.session)
-                continue
-            if manual_finish:
-                unfinished.append((shard_id, event.sequence))
+        try:
+            while True:
+                item = queue.next_event()
+                shard_id, event = item
+                if shard_id is None:
+                    queue.put(item)  # a later iterator ends too
+                    if event is END:
+                        self._save_sessions()
+                        return
+                    raise event  # every shard failed
+                if consumed is None:
+                    yield item
+                    continue
+                if isinstance(event, SessionMark):
+                    if manual_finish and unfinished:
+                        # Events given before it are not finished yet: it waits its turn.
+                        unfinished.append((shard_id, event))
+                    else:
+                        consumed.mark(shard_id, event.session)
+                    continue
+                if manual_finish:
+                    unfinished.append((shard_id, event.sequence))
+                    yield shard_id, event
+                    continue
                 yield shard_id, event
-                continue
-            yield shard_id, event
-            # Back for the next one: the application has finished with this event.
-            if event.sequence is not None:
-                consumed.finished(shard_id, event.sequence)
+                # Back for the next one: the application has finished with this event.
+                if event.sequence is not None:
+                    consumed.finished(shard_id, event.sequence)
+        finally:
+            self._reading = False
 
     def finish(self, count: int = 1) -> None:
         """Mark the next `count` events given by `events(manual_finish=True)` as finished.
@@ -402,7 +449,8 @@ class Cluster:
         Also revives a shard that was fatally closed.
 
         Raises:
-            ShardNonexistent: the cluster has no such shard.
+            ClusterNotUp: `up()` was never called.
+            ShardNonexistent: the cluster is up and has no such shard.
         """
         self._get(shard_id).restart()
 
@@ -431,8 +479,15 @@ class Cluster:
     def _get(self, shard_id: int) -> Shard:
         shard = self._shards.get(shard_id)
         if shard is None:
+            if not self._started:
+                raise ClusterNotUp(self._not_up(f"has no shard {shard_id} yet"))
             raise ShardNonexistent(shard_id)
         return shard
+
+    def _not_up(self, what: str) -> str:
+        if self._stopped:
+            return f"the cluster was shut down without being brought up, so it {what}"
+        return f"the cluster is not up, so it {what}: call cluster.up() first"
 
     def _create_shards(self) -> None:
         config = self._config

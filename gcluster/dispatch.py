@@ -214,6 +214,8 @@ class Dispatcher:
 
         Raises:
             RuntimeError: the dispatcher is already running.
+            ClusterNotUp, EventStreamBusy: from the cluster's `events()`: it
+                was never brought up, or another loop is reading it.
         """
         if self._running:
             raise RuntimeError("this dispatcher is already running")

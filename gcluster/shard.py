@@ -32,6 +32,7 @@ from gcluster.backoff import Backoff
 from gcluster.commands import Command, encode
 from gcluster.delivery import END, EventQueue, Loads
 from gcluster.errors import (
+    ClusterNotUp,
     CommandSendingError,
     ConnectionFailed,
     GClusterError,
@@ -302,9 +303,23 @@ class Shard:
         )
 
     def events(self) -> Iterator[tuple[int, Event]]:
-        """Iterate this shard's events (only for a shard that owns its queue)."""
+        """Iterate this shard's events (only for a shard that owns its queue).
+
+        Ends after `down()` or a fatal close (see `error`) once the events
+        queued before it are read.
+
+        Raises:
+            RuntimeError: the shard's events go to a shared queue (a cluster's).
+            ClusterNotUp: the shard was never started (nor shut down), so no
+                event would ever arrive.
+        """
         if not self._owns_events:
             raise RuntimeError("this shard's events go to a shared queue; read that instead")
+        if self._runner is None and not self._stopped.is_set():
+            raise ClusterNotUp(
+                f"shard {self.id} was never started, so no event would arrive: "
+                "call shard.start() first"
+            )
         events = self._events
         while True:
             shard_id, event = events.next_event()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
+import gevent
 import pytest
 from conftest import TIMEOUT, assert_exactly_once_in_order, collect, has_numbers, numbers
 
@@ -14,6 +15,7 @@ from gcluster import (
     ClusterStartErrorType,
     CommandSendingError,
     DisallowedIntents,
+    EventStreamBusy,
     EventType,
     Intents,
     Message,
@@ -317,3 +319,21 @@ def test_too_few_session_starts_fail_before_any_identify(make_sim: MakeSim) -> N
     assert caught.value.needed == 4 and caught.value.remaining == 2
     assert sim.records.connections == [] and sim.records.identifies == []
     cluster.down()
+
+
+def test_a_second_events_iterator_while_one_is_open_is_refused(
+    sim: GatewaySimulator, cluster: Cluster
+) -> None:
+    sim.send_events(0, 10)
+    first = cluster.events()
+    collect(first, has_numbers([0], 5))  # `first` stays open: it may be read on
+    with gevent.Timeout(TIMEOUT, AssertionError("the second iterator waited")):
+        with pytest.raises(EventStreamBusy, match="another events"):
+            next(cluster.events())
+    rest = collect(first, has_numbers([0], 10))
+    assert numbers(rest, 0) == list(range(6, 11))
+    first.close()
+    # Closed: the next iterator carries on with what comes after.
+    sim.send_events(0, 5)
+    received = collect(cluster.events(), has_numbers([0], 15))
+    assert numbers(received, 0) == list(range(11, 16))

@@ -23,6 +23,7 @@ from conftest import TIMEOUT
 from gevent import subprocess
 
 from gcluster import (
+    ClusterNotUp,
     ClusterStartError,
     ClusterStartErrorType,
     CommandSendingError,
@@ -191,13 +192,53 @@ def test_a_config_error_raises_in_the_calling_thread_and_leaves_no_thread() -> N
     assert hub_threads() == []
 
 
+def in_thread(func: Callable[[], object]) -> object:
+    """What `func()` returned or raised in another thread; a failed test if it still waits."""
+    outcome: list[object] = []
+
+    def run() -> None:
+        try:
+            outcome.append(func())
+        except Exception as err:  # noqa: BLE001 - handed to the test
+            outcome.append(err)
+
+    # A daemon: if it waits forever, it must not keep the test run from ending.
+    thread = threading.Thread(target=run, name="in-thread", daemon=True)
+    thread.start()
+    thread.join(TIMEOUT)
+    assert not thread.is_alive(), f"still waiting after {TIMEOUT} s"
+    return outcome[0]
+
+
+def test_before_up_events_raise_and_commands_say_the_cluster_is_not_up() -> None:
+    cluster = ThreadedCluster("token", Intents.GUILDS, api_base=UNREACHABLE, call_timeout=5)
+    try:
+        error = in_thread(lambda: next(iter(cluster.events())))
+        assert isinstance(error, ClusterNotUp) and "call cluster.up() first" in str(error)
+        assert cluster.wait_until_ready(0.1) is False
+        with pytest.raises(ClusterNotUp, match=r"call cluster\.up\(\) first"):
+            cluster.command(0, UpdatePresence())
+        with pytest.raises(ClusterNotUp):
+            with pytest.deprecated_call():
+                cluster.command_raw(0, b"{}")
+        assert cluster.shard(0) is None and cluster.info() == {}
+    finally:
+        cluster.down()
+    assert in_thread(lambda: list(cluster.events())) == []  # after down(): ends at once
+
+
 def test_a_start_error_raises_in_the_calling_thread_and_down_ends_it_all() -> None:
     cluster = ThreadedCluster("token", Intents.GUILDS, api_base=UNREACHABLE, call_timeout=5)
     assert cluster.config().api_base == UNREACHABLE
     with pytest.raises(ClusterStartError) as caught:
         cluster.up(timeout=5)
     assert caught.value.kind is ClusterStartErrorType.RETRIEVING_GATEWAY_INFO
+    # The cluster never came up: no event would ever arrive.
+    assert isinstance(in_thread(lambda: next(iter(cluster.events()))), ClusterNotUp)
 
+    stopper = threading.Thread(target=cluster.down, name="stopper")
+    stopper.start()
+    stopper.join(TIMEOUT)
     seen: list[object] = []
     readers = [
         threading.Thread(target=lambda: seen.extend(cluster.events()), name=f"reader-{i}")
@@ -205,12 +246,9 @@ def test_a_start_error_raises_in_the_calling_thread_and_down_ends_it_all() -> No
     ]
     for reader in readers:
         reader.start()
-    stopper = threading.Thread(target=cluster.down, name="stopper")
-    stopper.start()
-    stopper.join(TIMEOUT)
     for reader in readers:
         reader.join(TIMEOUT)
-        assert not reader.is_alive()  # every events() loop ended
+        assert not reader.is_alive()  # after down(), every events() loop ends
     assert seen == []
     assert hub_threads() == []
     cluster.down()  # idempotent
