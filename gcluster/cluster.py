@@ -24,6 +24,7 @@ from types import TracebackType
 from typing import Any, Final
 
 import gevent
+from gevent.event import Event as Flag
 
 from gcluster._token import Token
 from gcluster.commands import Command, UpdatePresence, shard_for_guild
@@ -34,13 +35,14 @@ from gcluster.errors import (
     ClusterStartErrorType,
     ConfigError,
     EventStreamBusy,
+    GClusterError,
     ShardNonexistent,
 )
 from gcluster.events import Event, EventTypeFlags
 from gcluster.http import DEFAULT_API_BASE, GatewayBot, get_gateway_bot
 from gcluster.inflate import resolve_compression
 from gcluster.message import Message
-from gcluster.protocol import ResumeSession, default_properties
+from gcluster.protocol import ResumeSession, Stage, default_properties
 from gcluster.queue import ConfigurableQueue, LocalQueue, Queue
 from gcluster.scheme import ShardScheme
 from gcluster.sessions import ConsumedSessions, SessionMark, SessionStore
@@ -189,6 +191,10 @@ class Cluster:
         self._reading = False
         self._housekeeper: gevent.Greenlet | None = None
         self._queue: Queue | None = None
+        # Shards closed for good, in the order they were, and a flag that
+        # wakes up() when one is.
+        self._failed_order: dict[int, None] = {}
+        self._fatal = Flag()
 
     @classmethod
     def new(cls, token: str | Token, intents: int, **options: Any) -> Cluster:
@@ -210,17 +216,42 @@ class Cluster:
     # --- life ----------------------------------------------------------------
 
     def up(self, block: bool = True, timeout: float | None = None) -> None:
-        """Start every shard through the identify queue.
+        """Start every shard and, by default, wait until each one has a session.
+
+        Whatever `block` says, the calling greenlet first does what can fail
+        before any shard connects: GET /gateway/bot (skipped when
+        `gateway_url` is given, the scheme is not auto and the queue needs no
+        limits), the identify queue's check of the day's session starts, and
+        the session store's load. Then every shard starts connecting in its
+        own greenlets and IDENTIFYs when the identify queue lets it (one per
+        5 s per bucket), or RESUMEs a session it was given.
+
+        Calling it again on a cluster that is up starts nothing new; with
+        `block` it waits again.
 
         Args:
-            block: wait until every shard has sent IDENTIFY or RESUME.
-            timeout: seconds to wait for that; None waits as long as the queue needs.
+            block: wait until every shard has received READY or RESUMED, or
+                until the gateway closes a shard for good. False returns as
+                soon as the shards are started; `wait_until_ready` waits
+                later, and a fatal close shows in `info()[id].error`, as a
+                SHARD_DISCONNECTED event, and from `events()` once every
+                shard has stopped.
+            timeout: seconds to wait for that; None waits as long as the
+                identify queue needs (about 5 s per shard in a bucket).
 
         Raises:
-            ClusterStartError: GET /gateway/bot failed (kind RETRIEVING_GATEWAY_INFO)
-                or the shards did not start within `timeout` (kind TIMEOUT).
-            AuthenticationFailed, DisallowedIntents, ...: a shard was closed
-                fatally while starting.
+            ClusterStartError: GET /gateway/bot failed (kind
+                RETRIEVING_GATEWAY_INFO); not every shard was ready within
+                `timeout` (kind TIMEOUT; the shards go on starting); the
+                cluster was shut down, before or during the wait (kind
+                SHARD_START).
+            SessionStartLimitExhausted: too few of the day's session starts
+                remain; raised before any shard connects.
+            AuthenticationFailed, InvalidShard, ShardingRequired,
+                InvalidApiVersion, InvalidIntents, DisallowedIntents: with
+                `block`, the gateway closed a shard with 4004 or 4010-4014
+                before every shard was ready. This is the error of the first
+                shard closed so; the others keep running (`down()` stops them).
         """
         if self._stopped:
             raise ClusterStartError(
@@ -233,15 +264,8 @@ class Cluster:
             for shard in self._shards.values():
                 shard.start()
             self._housekeeper = gevent.spawn(self._housekeeping)
-        if not block:
-            return
-        if not self._wait_all(Shard.wait_until_started, timeout):
-            raise ClusterStartError(
-                f"shards did not start within {timeout} s", kind=ClusterStartErrorType.TIMEOUT
-            )
-        for shard in self._shards.values():
-            if shard.error is not None:
-                raise shard.error
+        if block:
+            self._wait_for_sessions(timeout)
 
     def wait_until_ready(self, timeout: float | None = None) -> bool:
         """Wait until every shard has received READY or RESUMED.
@@ -563,7 +587,61 @@ class Cluster:
                 return True
         return True
 
+    def _wait_for_sessions(self, timeout: float | None) -> None:
+        """up()'s wait: every shard READY or RESUMED, or else the first fatal close."""
+        error = self._fatal_error()
+        if error is not None:
+            raise error
+        shards = list(self._shards.values())
+        if all(shard.stage is Stage.CONNECTED for shard in shards):
+            return
+        # Nothing is down for good now: only a close from here on sets it.
+        self._fatal.clear()
+
+        def each_ready() -> None:
+            # A shard closed for good is "ready" too (its flag is set): the
+            # error check below tells the two apart.
+            for shard in shards:
+                shard.wait_until_ready()
+
+        walker = gevent.spawn(each_ready)
+        try:
+            # The walker waits for the shards in id order; the flag wakes
+            # this wait as soon as any shard, waited for yet or not, is closed.
+            gevent.wait([walker, self._fatal], timeout=timeout, count=1)
+            finished = walker.ready()
+        finally:
+            walker.kill(block=False)
+        error = self._fatal_error()
+        if error is not None:
+            raise error
+        if self._stopped:
+            raise ClusterStartError(
+                "the cluster was shut down while it was starting",
+                kind=ClusterStartErrorType.SHARD_START,
+            )
+        if not finished:
+            raise ClusterStartError(
+                f"not every shard was ready within {timeout} s",
+                kind=ClusterStartErrorType.TIMEOUT,
+            )
+
+    def _fatal_error(self) -> GClusterError | None:
+        """The error of the first shard closed for good (and not restarted since)."""
+        for shard_id in self._failed_order:
+            error = self._shards[shard_id].error
+            if error is not None:
+                return error
+        # Closed, but its greenlet has not reported it yet.
+        for shard in self._shards.values():
+            if shard.error is not None:
+                return shard.error
+        return None
+
     def _shard_failed(self, shard: Shard) -> None:
+        self._failed_order.pop(shard.id, None)
+        self._failed_order[shard.id] = None
+        self._fatal.set()
         if all(s.error is not None for s in self._shards.values()):
             # Nothing will ever arrive again: wake the reader with the error.
             assert shard.error is not None

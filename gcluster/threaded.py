@@ -321,6 +321,10 @@ class ThreadedCluster:
     def up(self, block: bool = True, timeout: float | None = None) -> None:
         """Start every shard; as `Cluster.up`, waiting in the calling thread.
 
+        With `block`, returns once every shard has received READY or
+        RESUMED; `events()` may be read (from any thread) as soon as the
+        shards are started, so also while this call waits.
+
         Raises:
             ClusterStartError, AuthenticationFailed, ...: as `Cluster.up`, and
                 ClusterStartError when the cluster was shut down.

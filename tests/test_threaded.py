@@ -3,19 +3,22 @@
 The loopback test runs the application in a child process that never imports
 gevent itself nor monkey-patches: the simulator lives in this test's hub, and
 a thread of this process blocked on the child would stall it, so the child is
-awaited through `gevent.subprocess`. The other tests need no gateway and run
-in this process.
+awaited through `gevent.subprocess`. Tests of start-up failures run the
+simulator in a `HubThread` of its own instead, so this thread may block on the
+cluster; the others need no gateway.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 import threading
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import gevent
 import pytest
@@ -28,6 +31,7 @@ from gcluster import (
     ClusterStartErrorType,
     CommandSendingError,
     ConfigError,
+    DisallowedIntents,
     Intents,
     UpdatePresence,
 )
@@ -225,6 +229,35 @@ def test_before_up_events_raise_and_commands_say_the_cluster_is_not_up() -> None
     finally:
         cluster.down()
     assert in_thread(lambda: list(cluster.events())) == []  # after down(): ends at once
+
+
+@contextlib.contextmanager
+def simulator_thread(**options: Any) -> Iterator[GatewaySimulator]:
+    """A simulator in a hub thread of its own, so this thread may block on the cluster."""
+    hub = HubThread("simulator").start()
+    options.setdefault("heartbeat_interval", 0.5)
+    sim = hub.call(lambda: GatewaySimulator(**options).start(), timeout=TIMEOUT)
+    try:
+        yield sim
+    finally:
+        hub.call(sim.stop, timeout=TIMEOUT)
+        hub.stop(TIMEOUT)
+
+
+def test_up_raises_a_fatal_close_and_events_raise_it_in_every_reader() -> None:
+    with simulator_thread(shards=2, max_concurrency=2, privileged_intents=0) as sim:
+        cluster = ThreadedCluster(
+            sim.token, Intents.MESSAGE_CONTENT, api_base=sim.api_base, call_timeout=TIMEOUT
+        )
+        try:
+            with pytest.raises(DisallowedIntents):
+                cluster.up(timeout=TIMEOUT)
+            for _ in range(2):
+                assert isinstance(in_thread(lambda: list(cluster.events())), DisallowedIntents)
+            assert sim.records.identifies == []
+            assert len(sim.records.connections) == 2
+        finally:
+            cluster.down()
 
 
 def test_a_start_error_raises_in_the_calling_thread_and_down_ends_it_all() -> None:
