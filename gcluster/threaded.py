@@ -49,7 +49,6 @@ from gcluster.errors import (
     ClusterStartError,
     ClusterStartErrorType,
     CommandSendingError,
-    GatewayClosedError,
     HubThreadStopped,
     ShardNonexistent,
     ThreadedClusterTimeout,
@@ -455,14 +454,15 @@ class ThreadedCluster:
         """Every delivered event as `(shard_id, event)`, for any ordinary thread.
 
         Order is kept within each shard. Ends after `down()` once the events
-        received before it are read; raises the fatal close error when every
-        shard is fatally closed. Several threads may iterate at once; each
-        event goes to one of them.
+        received before it are read; raises the fatal close error (in every
+        iterating thread) when every shard is fatally closed. Several threads
+        may iterate at once; each event goes to one of them.
 
         Raises:
             ClusterNotUp: `up()` was never called (or failed before any shard
                 started), and `down()` was not called either.
-            GatewayClosedError: every shard was fatally closed.
+            GatewayClosedError (or SessionStartLimitExhausted): every shard
+                was closed for good.
         """
         if not self._pumping and not self._down_started:
             raise ClusterNotUp(
@@ -482,8 +482,8 @@ class ThreadedCluster:
             if item is _END:
                 events.put(_END)  # other iterators end too
                 return
-            if isinstance(item, GatewayClosedError):
-                events.put(item)
+            if isinstance(item, Exception):
+                events.put(item)  # other iterators raise it too
                 raise item
             yield item
 
@@ -554,7 +554,7 @@ class ThreadedCluster:
         try:
             for item in cluster.events():
                 self._forward(item)
-        except GatewayClosedError as err:
+        except Exception as err:  # noqa: BLE001 - handed to the reading threads, which raise it
             self._events.put(err)
             return
         self._events.put(_END)

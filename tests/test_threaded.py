@@ -33,6 +33,7 @@ from gcluster import (
     ConfigError,
     DisallowedIntents,
     Intents,
+    SessionStartLimitExhausted,
     UpdatePresence,
 )
 from gcluster.testing import GatewaySimulator
@@ -256,6 +257,32 @@ def test_up_raises_a_fatal_close_and_events_raise_it_in_every_reader() -> None:
                 assert isinstance(in_thread(lambda: list(cluster.events())), DisallowedIntents)
             assert sim.records.identifies == []
             assert len(sim.records.connections) == 2
+        finally:
+            cluster.down()
+
+
+class ExhaustedQueue:
+    """An identify queue with none of the day's session starts left."""
+
+    def request(self, shard_id: int, total: int) -> None:
+        raise SessionStartLimitExhausted(remaining=0, needed=1, reset_after=60.0)
+
+
+def test_events_raise_a_shard_stop_that_is_not_a_gateway_close() -> None:
+    with simulator_thread(shards=1) as sim:
+        cluster = ThreadedCluster(
+            sim.token,
+            Intents.GUILDS,
+            api_base=sim.api_base,
+            queue=ExhaustedQueue(),
+            call_timeout=TIMEOUT,
+        )
+        try:
+            with pytest.raises(SessionStartLimitExhausted):
+                cluster.up(timeout=TIMEOUT)
+            # The pump hands it over, as it does a GatewayClosedError, instead of dying.
+            assert isinstance(in_thread(lambda: list(cluster.events())), SessionStartLimitExhausted)
+            assert sim.records.identifies == []
         finally:
             cluster.down()
 
