@@ -27,6 +27,7 @@ import ujson
 from gevent.event import Event as Flag
 
 from gcluster import hubwatch
+from gcluster._json import JsonReady
 from gcluster._token import Token
 from gcluster.backoff import Backoff
 from gcluster.commands import Command, encode
@@ -78,8 +79,12 @@ _STABLE_AFTER = 30.0
 
 
 @dataclass(frozen=True, slots=True)
-class Information:
+class Information(JsonReady):
     """A snapshot of one shard, as `Cluster.info()` returns it.
+
+    `to_dict()` gives it as a dict `json.dumps` takes as it is: stage as its
+    value ("connected"), latency as a dict, ratelimit as a list, error as its
+    message.
 
     Attributes:
         id: the shard id.
@@ -87,7 +92,8 @@ class Information:
         latency: heartbeat round trips of the current connection.
         session_id, sequence, resume_url: the session it would resume.
         ratelimit: `(commands left, seconds until refilled)`, None when unlimited.
-        error: the fatal close error once stage is FATALLY_CLOSED.
+        error: what stopped it for good once stage is FATALLY_CLOSED: the
+            fatal close's `GatewayClosedError`, or `SessionStartLimitExhausted`.
     """
 
     id: int

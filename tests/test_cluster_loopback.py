@@ -411,3 +411,27 @@ def test_a_second_events_iterator_while_one_is_open_is_refused(
     sim.send_events(0, 5)
     received = collect(cluster.events(), has_numbers([0], 15))
     assert numbers(received, 0) == list(range(11, 16))
+
+
+def test_info_and_stats_convert_to_json(sim: GatewaySimulator, cluster: Cluster) -> None:
+    sim.send_events(1, 5)
+    collect(cluster.events(), has_numbers([1], 5))
+    served = json.loads(
+        json.dumps(
+            {
+                "shards": [i.to_dict() for i in cluster.info().values()],
+                "stats": {s.id: s.stats.to_dict() for s in cluster.shards()},
+            }
+        )
+    )
+    shard = served["shards"][1]
+    session = sim.session(1)
+    assert session is not None
+    assert shard["id"] == 1 and shard["stage"] == "connected" and shard["error"] is None
+    assert shard["session_id"] == session.session_id and shard["sequence"] == session.sequence
+    assert shard["resume_url"] == sim.resume_url
+    assert isinstance(shard["latency"]["recent"], list) and isinstance(shard["ratelimit"], list)
+    stats = served["stats"]["1"]
+    dispatched = [d for d in sim.records.dispatches if d.shard_id == 1]
+    assert stats["identifies"] == 1 and stats["delivered"] == len(dispatched)
+    assert sum(stats["events"].values()) == len(dispatched)
