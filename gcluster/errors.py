@@ -31,7 +31,7 @@ in the one module that calls them and re-raised from here with the cause kept.
     └── HubThreadStopped (also RuntimeError)        ThreadedCluster's thread has ended
 
 Messages never contain the bot token: code that formats one passes it through
-`gcluster._redact.redact` first.
+`gcluster._token.Token.redact` first.
 """
 
 from __future__ import annotations
