@@ -24,14 +24,18 @@ from types import TracebackType
 from typing import Any, Final
 
 import gevent
+from gevent.event import Event as Flag
 
 from gcluster._token import Token
 from gcluster.commands import Command, UpdatePresence, shard_for_guild
 from gcluster.delivery import END, EventQueue, Loads, resolve_decoder
 from gcluster.errors import (
+    ClusterNotUp,
     ClusterStartError,
     ClusterStartErrorType,
     ConfigError,
+    EventStreamBusy,
+    GClusterError,
     ShardNonexistent,
 )
 from gcluster.events import Event, EventTypeFlags
@@ -39,7 +43,7 @@ from gcluster.frames import DEFAULT_MAX_MESSAGE
 from gcluster.http import DEFAULT_API_BASE, GatewayBot, get_gateway_bot
 from gcluster.inflate import resolve_compression
 from gcluster.message import Message
-from gcluster.protocol import ResumeSession, default_properties
+from gcluster.protocol import ResumeSession, Stage, default_properties
 from gcluster.queue import ConfigurableQueue, LocalQueue, Queue
 from gcluster.scheme import ShardScheme
 from gcluster.sessions import ConsumedSessions, SessionMark, SessionStore
@@ -200,8 +204,14 @@ class Cluster:
         self._consumed: ConsumedSessions | None = None
         # events(manual_finish=True): what was given and not finished yet, in order.
         self._unfinished: deque[tuple[int, SessionMark | int | None]] = deque()
+        # An events() iterator is open: a second one would get nothing.
+        self._reading = False
         self._housekeeper: gevent.Greenlet | None = None
         self._queue: Queue | None = None
+        # Shards closed for good, in the order they were, and a flag that
+        # wakes up() when one is.
+        self._failed_order: dict[int, None] = {}
+        self._fatal = Flag()
 
     @classmethod
     def new(cls, token: str | Token, intents: int, **options: Any) -> Cluster:
@@ -223,17 +233,42 @@ class Cluster:
     # --- life ----------------------------------------------------------------
 
     def up(self, block: bool = True, timeout: float | None = None) -> None:
-        """Start every shard through the identify queue.
+        """Start every shard and, by default, wait until each one has a session.
+
+        Whatever `block` says, the calling greenlet first does what can fail
+        before any shard connects: GET /gateway/bot (skipped when
+        `gateway_url` is given, the scheme is not auto and the queue needs no
+        limits), the identify queue's check of the day's session starts, and
+        the session store's load. Then every shard starts connecting in its
+        own greenlets and IDENTIFYs when the identify queue lets it (one per
+        5 s per bucket), or RESUMEs a session it was given.
+
+        Calling it again on a cluster that is up starts nothing new; with
+        `block` it waits again.
 
         Args:
-            block: wait until every shard has sent IDENTIFY or RESUME.
-            timeout: seconds to wait for that; None waits as long as the queue needs.
+            block: wait until every shard has received READY or RESUMED, or
+                until the gateway closes a shard for good. False returns as
+                soon as the shards are started; `wait_until_ready` waits
+                later, and a fatal close shows in `info()[id].error`, as a
+                SHARD_DISCONNECTED event, and from `events()` once every
+                shard has stopped.
+            timeout: seconds to wait for that; None waits as long as the
+                identify queue needs (about 5 s per shard in a bucket).
 
         Raises:
-            ClusterStartError: GET /gateway/bot failed (kind RETRIEVING_GATEWAY_INFO)
-                or the shards did not start within `timeout` (kind TIMEOUT).
-            AuthenticationFailed, DisallowedIntents, ...: a shard was closed
-                fatally while starting.
+            ClusterStartError: GET /gateway/bot failed (kind
+                RETRIEVING_GATEWAY_INFO); not every shard was ready within
+                `timeout` (kind TIMEOUT; the shards go on starting); the
+                cluster was shut down, before or during the wait (kind
+                SHARD_START).
+            SessionStartLimitExhausted: too few of the day's session starts
+                remain; raised before any shard connects.
+            AuthenticationFailed, InvalidShard, ShardingRequired,
+                InvalidApiVersion, InvalidIntents, DisallowedIntents: with
+                `block`, the gateway closed a shard with 4004 or 4010-4014
+                before every shard was ready. This is the error of the first
+                shard closed so; the others keep running (`down()` stops them).
         """
         if self._stopped:
             raise ClusterStartError(
@@ -246,18 +281,18 @@ class Cluster:
             for shard in self._shards.values():
                 shard.start()
             self._housekeeper = gevent.spawn(self._housekeeping)
-        if not block:
-            return
-        if not self._wait_all(Shard.wait_until_started, timeout):
-            raise ClusterStartError(
-                f"shards did not start within {timeout} s", kind=ClusterStartErrorType.TIMEOUT
-            )
-        for shard in self._shards.values():
-            if shard.error is not None:
-                raise shard.error
+        if block:
+            self._wait_for_sessions(timeout)
 
     def wait_until_ready(self, timeout: float | None = None) -> bool:
-        """Wait until every shard has received READY or RESUMED; False on timeout or failure."""
+        """Wait until every shard has received READY or RESUMED.
+
+        Returns:
+            True once they all have; False on timeout, when a shard was
+            closed for good, or when the cluster was never brought up.
+        """
+        if not self._shards:
+            return False
         if not self._wait_all(Shard.wait_until_ready, timeout):
             return False
         return all(shard.wait_until_ready(0) for shard in self._shards.values())
@@ -303,22 +338,23 @@ class Cluster:
         """The id of the shard that receives a guild's events: `(guild_id >> 22) % total`.
 
         Raises:
-            ClusterStartError: the cluster is not up, so the total is unknown.
+            ClusterNotUp: `up()` was never called, so the total is unknown.
         """
         total = self.total
         if total is None:
-            raise ClusterStartError(
-                "the shard count is known once up() ran", kind=ClusterStartErrorType.SHARD_START
-            )
+            raise ClusterNotUp(self._not_up("does not know the shard count yet"))
         return shard_for_guild(guild_id, total)
 
     def shard(self, shard_id: int) -> Shard | None:
+        """The shard with this id, or None when the cluster has none (before `up()`, none)."""
         return self._shards.get(shard_id)
 
     def shards(self) -> list[Shard]:
+        """Every shard of this cluster, in id order (none before `up()`)."""
         return [self._shards[shard_id] for shard_id in sorted(self._shards)]
 
     def info(self) -> dict[int, Information]:
+        """`{shard_id: Information}`, in id order: a snapshot of each shard ({} before `up()`)."""
         return {shard_id: self._shards[shard_id].info() for shard_id in sorted(self._shards)}
 
     def command(
@@ -329,8 +365,10 @@ class Cluster:
         Waits cooperatively (up to `timeout` seconds) for a rate-limit slot.
 
         Raises:
-            ShardNonexistent: the cluster has no such shard.
-            CommandSendingError: the shard is not connected or the send failed.
+            ClusterNotUp: `up()` was never called, so there are no shards yet.
+            ShardNonexistent: the cluster is up and has no such shard.
+            CommandSendingError: the shard is not connected, no slot came
+                within `timeout`, or the send failed.
             InvalidCommand, PayloadTooLarge: the command is invalid.
         """
         self._get(shard_id).command(command, timeout=timeout)
@@ -345,7 +383,11 @@ class Cluster:
         self._get(shard_id).command_raw(payload)
 
     def send(self, shard_id: int, message: Message) -> None:
-        """Send a raw websocket message (e.g. `Message.close(4000)`) through one shard."""
+        """Send a raw websocket message (e.g. `Message.close(4000)`) through one shard.
+
+        Raises:
+            ClusterNotUp, ShardNonexistent, CommandSendingError: as `command`.
+        """
         self._get(shard_id).send(message)
 
     # --- events ----------------------------------------------------------------
@@ -354,44 +396,73 @@ class Cluster:
         """Every delivered event of every shard, as `(shard_id, event)`.
 
         Order is kept within each shard. The iterator ends after `down()` once
-        the events queued before it are drained; if every shard closed fatally,
-        it raises that shard's error instead of waiting forever.
+        the events queued before it are drained; if every shard closed
+        fatally, it raises the error of the last one to close instead of
+        waiting forever.
+
+        One iterator at a time: each event goes to one reader, so a second
+        loop would get only what the first one left. An iterator holds the
+        stream from the first time its loop asks for an event until the loop
+        ends or the iterator is closed; then a new one carries on with the
+        events still queued. To handle events concurrently, use one loop and
+        a `Dispatcher`.
 
         With a session store, an event counts as finished (the saved session
         moves past it) when the loop asks for the next one. A consumer that
         is done with events later than that (e.g. one that publishes them in
         batches) passes ``manual_finish=True`` and calls `finish` instead.
+
+        The checks below run when the loop asks for its first event (the
+        iterator may be made before `up()`, as twilight's is).
+
+        Raises:
+            ClusterNotUp: the cluster was never brought up (and not shut
+                down): no event would ever arrive.
+            EventStreamBusy: another iterator of this cluster is open.
+            GatewayClosedError (or SessionStartLimitExhausted): every shard
+                was closed for good.
         """
+        if not self._started and not self._stopped:
+            raise ClusterNotUp(self._not_up("has no shards to deliver events"))
+        if self._reading:
+            raise EventStreamBusy(
+                "another events() iterator of this cluster is open; read from one loop "
+                "(a Dispatcher runs handlers concurrently) or end the first loop first"
+            )
+        self._reading = True
         queue = self._events
         consumed = self._consumed
         unfinished = self._unfinished
-        while True:
-            item = queue.next_event()
-            shard_id, event = item
-            if shard_id is None:
-                queue.put(item)  # other iterators end too
-                if event is END:
-                    self._save_sessions()
-                    return
-                raise event  # every shard failed
-            if consumed is None:
-                yield item
-                continue
-            if isinstance(event, SessionMark):
-                if manual_finish and unfinished:
-                    # Events given before it are not finished yet: it waits its turn.
-                    unfinished.append((shard_id, event))
-                else:
-                    consumed.mark(shard_id, event.session)
-                continue
-            if manual_finish:
-                unfinished.append((shard_id, event.sequence))
+        try:
+            while True:
+                item = queue.next_event()
+                shard_id, event = item
+                if shard_id is None:
+                    queue.put(item)  # a later iterator ends too
+                    if event is END:
+                        self._save_sessions()
+                        return
+                    raise event  # every shard failed
+                if consumed is None:
+                    yield item
+                    continue
+                if isinstance(event, SessionMark):
+                    if manual_finish and unfinished:
+                        # Events given before it are not finished yet: it waits its turn.
+                        unfinished.append((shard_id, event))
+                    else:
+                        consumed.mark(shard_id, event.session)
+                    continue
+                if manual_finish:
+                    unfinished.append((shard_id, event.sequence))
+                    yield shard_id, event
+                    continue
                 yield shard_id, event
-                continue
-            yield shard_id, event
-            # Back for the next one: the application has finished with this event.
-            if event.sequence is not None:
-                consumed.finished(shard_id, event.sequence)
+                # Back for the next one: the application has finished with this event.
+                if event.sequence is not None:
+                    consumed.finished(shard_id, event.sequence)
+        finally:
+            self._reading = False
 
     def finish(self, count: int = 1) -> None:
         """Mark the next `count` events given by `events(manual_finish=True)` as finished.
@@ -419,7 +490,8 @@ class Cluster:
         Also revives a shard that was fatally closed.
 
         Raises:
-            ShardNonexistent: the cluster has no such shard.
+            ClusterNotUp: `up()` was never called.
+            ShardNonexistent: the cluster is up and has no such shard.
         """
         self._get(shard_id).restart()
 
@@ -448,8 +520,15 @@ class Cluster:
     def _get(self, shard_id: int) -> Shard:
         shard = self._shards.get(shard_id)
         if shard is None:
+            if not self._started:
+                raise ClusterNotUp(self._not_up(f"has no shard {shard_id} yet"))
             raise ShardNonexistent(shard_id)
         return shard
+
+    def _not_up(self, what: str) -> str:
+        if self._stopped:
+            return f"the cluster was shut down without being brought up, so it {what}"
+        return f"the cluster is not up, so it {what}: call cluster.up() first"
 
     def _create_shards(self) -> None:
         config = self._config
@@ -526,7 +605,61 @@ class Cluster:
                 return True
         return True
 
+    def _wait_for_sessions(self, timeout: float | None) -> None:
+        """up()'s wait: every shard READY or RESUMED, or else the first fatal close."""
+        error = self._fatal_error()
+        if error is not None:
+            raise error
+        shards = list(self._shards.values())
+        if all(shard.stage is Stage.CONNECTED for shard in shards):
+            return
+        # Nothing is down for good now: only a close from here on sets it.
+        self._fatal.clear()
+
+        def each_ready() -> None:
+            # A shard closed for good is "ready" too (its flag is set): the
+            # error check below tells the two apart.
+            for shard in shards:
+                shard.wait_until_ready()
+
+        walker = gevent.spawn(each_ready)
+        try:
+            # The walker waits for the shards in id order; the flag wakes
+            # this wait as soon as any shard, waited for yet or not, is closed.
+            gevent.wait([walker, self._fatal], timeout=timeout, count=1)
+            finished = walker.ready()
+        finally:
+            walker.kill(block=False)
+        error = self._fatal_error()
+        if error is not None:
+            raise error
+        if self._stopped:
+            raise ClusterStartError(
+                "the cluster was shut down while it was starting",
+                kind=ClusterStartErrorType.SHARD_START,
+            )
+        if not finished:
+            raise ClusterStartError(
+                f"not every shard was ready within {timeout} s",
+                kind=ClusterStartErrorType.TIMEOUT,
+            )
+
+    def _fatal_error(self) -> GClusterError | None:
+        """The error of the first shard closed for good (and not restarted since)."""
+        for shard_id in self._failed_order:
+            error = self._shards[shard_id].error
+            if error is not None:
+                return error
+        # Closed, but its greenlet has not reported it yet.
+        for shard in self._shards.values():
+            if shard.error is not None:
+                return shard.error
+        return None
+
     def _shard_failed(self, shard: Shard) -> None:
+        self._failed_order.pop(shard.id, None)
+        self._failed_order[shard.id] = None
+        self._fatal.set()
         if all(s.error is not None for s in self._shards.values()):
             # Nothing will ever arrive again: wake the reader with the error.
             assert shard.error is not None

@@ -40,6 +40,7 @@ import gevent
 from gevent.event import Event as Flag
 from gevent.pool import Pool
 
+from gcluster._json import JsonReady
 from gcluster.errors import ConfigError
 from gcluster.events import Event, EventType
 
@@ -75,7 +76,7 @@ class EventSource(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
-class DispatcherStats:
+class DispatcherStats(JsonReady):
     """A snapshot of a dispatcher's counters (`Dispatcher.stats()`).
 
     Attributes:
@@ -214,6 +215,8 @@ class Dispatcher:
 
         Raises:
             RuntimeError: the dispatcher is already running.
+            ClusterNotUp, EventStreamBusy: from the cluster's `events()`: it
+                was never brought up, or another loop is reading it.
         """
         if self._running:
             raise RuntimeError("this dispatcher is already running")

@@ -6,6 +6,8 @@ in the one module that calls them and re-raised from here with the cause kept.
 
     GClusterError
     ├── ClusterStartError                 kind: ClusterStartErrorType
+    ├── ClusterNotUp (also RuntimeError)  used before up(): events(), command(), ...
+    ├── EventStreamBusy (also RuntimeError)  a second events() iterator while one is open
     ├── ClusterCommandError               kind: ClusterCommandErrorType
     │   ├── ShardNonexistent              SHARD_NONEXISTENT
     │   └── CommandSendingError           SENDING
@@ -29,7 +31,7 @@ in the one module that calls them and re-raised from here with the cause kept.
     └── HubThreadStopped (also RuntimeError)        ThreadedCluster's thread has ended
 
 Messages never contain the bot token: code that formats one passes it through
-`gcluster._redact.redact` first.
+`gcluster._token.Token.redact` first.
 """
 
 from __future__ import annotations
@@ -40,12 +42,14 @@ __all__ = [
     "AuthenticationFailed",
     "ClusterCommandError",
     "ClusterCommandErrorType",
+    "ClusterNotUp",
     "ClusterStartError",
     "ClusterStartErrorType",
     "CommandSendingError",
     "ConfigError",
     "ConnectionFailed",
     "DisallowedIntents",
+    "EventStreamBusy",
     "GClusterError",
     "GatewayClosedError",
     "InvalidApiVersion",
@@ -86,6 +90,24 @@ class ClusterStartError(GClusterError):
     def __init__(self, message: str, *, kind: ClusterStartErrorType) -> None:
         super().__init__(message)
         self.kind = kind
+
+
+class ClusterNotUp(GClusterError, RuntimeError):
+    """The cluster was used before `up()` (or a standalone shard before `start()`).
+
+    A cluster has no shards until `up()` creates them, so nothing would ever
+    arrive through `events()` and no shard could send a command. The message
+    says what to do.
+    """
+
+
+class EventStreamBusy(GClusterError, RuntimeError):
+    """`events()` was iterated while another iterator of the same cluster is open.
+
+    Each event goes to one reader, so a second loop would silently get only
+    what the first one left. An iterator is open from its first event until
+    its loop ends (the stream ended, `break`, an exception) or it is closed.
+    """
 
 
 class ClusterCommandErrorType(enum.Enum):

@@ -35,6 +35,7 @@ from urllib.parse import urlsplit
 
 import ujson
 
+from gcluster._json import JsonReady
 from gcluster._token import Token
 from gcluster.errors import GClusterError, closed_error
 from gcluster.events import Event, EventType, EventTypeFlags, dispatch_kind, event_type, flag_for
@@ -143,6 +144,7 @@ class ResumeSession:
     resume_url: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """The session as a dict `json.dumps` takes as it is; `from_dict` reads it back."""
         return {
             "session_id": self.session_id,
             "sequence": self.sequence,
@@ -172,7 +174,7 @@ class ResumeSession:
 
 
 @dataclass(frozen=True, slots=True)
-class Latency:
+class Latency(JsonReady):
     """Heartbeat round trips of the current connection, in seconds.
 
     Attributes:

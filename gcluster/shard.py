@@ -33,11 +33,13 @@ import ujson
 from gevent.event import Event as Flag
 
 from gcluster import hubwatch
+from gcluster._json import JsonReady
 from gcluster._token import Token
 from gcluster.backoff import Backoff
 from gcluster.commands import Command, encode
 from gcluster.delivery import END, EventQueue, Loads
 from gcluster.errors import (
+    ClusterNotUp,
     CommandSendingError,
     ConnectionFailed,
     GClusterError,
@@ -87,8 +89,12 @@ _SKIP_LOG_INTERVAL = 10.0
 
 
 @dataclass(frozen=True, slots=True)
-class Information:
+class Information(JsonReady):
     """A snapshot of one shard, as `Cluster.info()` returns it.
+
+    `to_dict()` gives it as a dict `json.dumps` takes as it is: stage as its
+    value ("connected"), latency as a dict, ratelimit as a list, error as its
+    message.
 
     Attributes:
         id: the shard id.
@@ -96,7 +102,8 @@ class Information:
         latency: heartbeat round trips of the current connection.
         session_id, sequence, resume_url: the session it would resume.
         ratelimit: `(commands left, seconds until refilled)`, None when unlimited.
-        error: the fatal close error once stage is FATALLY_CLOSED.
+        error: what stopped it for good once stage is FATALLY_CLOSED: the
+            fatal close's `GatewayClosedError`, or `SessionStartLimitExhausted`.
     """
 
     id: int
@@ -321,9 +328,23 @@ class Shard:
         )
 
     def events(self) -> Iterator[tuple[int, Event]]:
-        """Iterate this shard's events (only for a shard that owns its queue)."""
+        """Iterate this shard's events (only for a shard that owns its queue).
+
+        Ends after `down()` or a fatal close (see `error`) once the events
+        queued before it are read.
+
+        Raises:
+            RuntimeError: the shard's events go to a shared queue (a cluster's).
+            ClusterNotUp: the shard was never started (nor shut down), so no
+                event would ever arrive.
+        """
         if not self._owns_events:
             raise RuntimeError("this shard's events go to a shared queue; read that instead")
+        if self._runner is None and not self._stopped.is_set():
+            raise ClusterNotUp(
+                f"shard {self.id} was never started, so no event would arrive: "
+                "call shard.start() first"
+            )
         events = self._events
         while True:
             shard_id, event = events.next_event()

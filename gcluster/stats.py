@@ -10,6 +10,9 @@ from __future__ import annotations
 import bisect
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
+
+from gcluster._json import JsonReady
 
 __all__ = ["LATENCY_BUCKETS", "ShardStats"]
 
@@ -18,7 +21,7 @@ LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 @dataclass(slots=True)
-class ShardStats:
+class ShardStats(JsonReady):
     """Running totals for one shard since it was built.
 
     Attributes:
@@ -65,3 +68,18 @@ class ShardStats:
     @property
     def delivered(self) -> int:
         return sum(self.events.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        """The counters now, as a dict `json.dumps` takes as it is.
+
+        One key per attribute, plus "delivered". `reconnects` becomes
+        `{kind: {cause: count}}` and `close_codes` `{"4000": count, ...}`
+        ("none" for connections dropped without a code).
+        """
+        data = JsonReady.to_dict(self)  # not super(): slots=True makes a new class
+        reconnects: dict[str, dict[str, int]] = {}
+        for (kind, cause), count in sorted(self.reconnects.items()):
+            reconnects.setdefault(kind, {})[cause] = count
+        data["reconnects"] = reconnects
+        data["delivered"] = self.delivered
+        return data

@@ -12,10 +12,11 @@ every other thread:
   greenlet that runs it on the cluster; the calling thread waits on a
   `threading.Event` for the result and re-raises the exception, if any, as
   its own. Every such wait has a timeout and notices a hub thread that died.
-- `events()` reads a `queue.Queue` that a pump greenlet in the hub fills from
-  `Cluster.events()`. When the application falls behind by `event_buffer`
-  events, the pump waits (cooperatively, so heartbeats go on) and the events
-  stay in the cluster's queue; a reader that takes one wakes it again.
+- `events()` reads a `queue.Queue` that a pump greenlet in the hub, started
+  by `up()`, fills from `Cluster.events()`. When the application falls
+  behind by `event_buffer` events, the pump waits (cooperatively, so
+  heartbeats go on) and the events stay in the cluster's queue; a reader
+  that takes one wakes it again.
 - `down()` shuts the cluster down, hands the events queued before it through,
   and ends the hub thread; from then on `info()` and `shards()` answer from the
   last snapshot and `events()` ends once drained.
@@ -44,10 +45,10 @@ from gcluster._token import Token
 from gcluster.cluster import Cluster, ClusterConfig
 from gcluster.commands import Command
 from gcluster.errors import (
+    ClusterNotUp,
     ClusterStartError,
     ClusterStartErrorType,
     CommandSendingError,
-    GatewayClosedError,
     HubThreadStopped,
     ShardNonexistent,
     ThreadedClusterTimeout,
@@ -291,11 +292,12 @@ class ThreadedCluster:
         self._final_info: dict[int, Information] = {}
         self._total: int | None = None
         self._pump_waiting = False
-        # Made in the hub thread by _build.
+        # Made in the hub thread: the cluster and _room by _build, the pump by up().
         self._cluster: Cluster | None = None
         self._room: Any = None
         self._draining = False
         self._pump: Any = None
+        self._pumping = False  # the pump was started: events() has something to read
         self._hub = HubThread("gcluster-cluster").start()
         try:
             self._config: ClusterConfig = self._hub.call(
@@ -318,6 +320,10 @@ class ThreadedCluster:
     def up(self, block: bool = True, timeout: float | None = None) -> None:
         """Start every shard; as `Cluster.up`, waiting in the calling thread.
 
+        With `block`, returns once every shard has received READY or
+        RESUMED; `events()` may be read (from any thread) as soon as the
+        shards are started, so also while this call waits.
+
         Raises:
             ClusterStartError, AuthenticationFailed, ...: as `Cluster.up`, and
                 ClusterStartError when the cluster was shut down.
@@ -329,7 +335,7 @@ class ThreadedCluster:
             )
         wait = self._call_timeout if not block else _plus_grace(timeout)
         try:
-            self._call(self._in_hub().up, block, timeout, timeout=wait)
+            self._call(self._in_hub_up, block, timeout, timeout=wait)
         except ThreadedClusterTimeout as err:
             raise ClusterStartError(
                 f"shards did not start within {timeout} s", kind=ClusterStartErrorType.TIMEOUT
@@ -342,7 +348,12 @@ class ThreadedCluster:
         self._total = self._call(self._shard_total, timeout=self._call_timeout)
 
     def wait_until_ready(self, timeout: float | None = None) -> bool:
-        """Wait until every shard has READY or RESUMED; False on timeout, failure or after down."""
+        """Wait until every shard has READY or RESUMED.
+
+        Returns:
+            False on timeout, when a shard was closed for good, before `up()`
+            or after `down()`.
+        """
         if self._down_started:
             return False
         try:
@@ -385,11 +396,12 @@ class ThreadedCluster:
         return self._total
 
     def shard(self, shard_id: int) -> Information | None:
-        """A snapshot of one shard (`Information`), or None when there is no such shard."""
+        """A snapshot of one shard (`Information`, not the `Shard`, which lives in the
+        hub thread), or None when the cluster has no such shard (before `up()`, none)."""
         return self.info().get(shard_id)
 
     def shards(self) -> list[Information]:
-        """Snapshots of every shard, in id order."""
+        """Snapshots of every shard, in id order (none before `up()`)."""
         return list(self.info().values())
 
     def info(self) -> dict[int, Information]:
@@ -415,7 +427,8 @@ class ThreadedCluster:
         """Send a gateway command through one shard; as `Cluster.command`.
 
         Raises:
-            ShardNonexistent, CommandSendingError, InvalidCommand, PayloadTooLarge.
+            ClusterNotUp, ShardNonexistent, CommandSendingError, InvalidCommand,
+            PayloadTooLarge.
         """
         self._send(
             shard_id, self._in_hub_command, shard_id, command, timeout, wait=_plus_grace(timeout)
@@ -441,10 +454,21 @@ class ThreadedCluster:
         """Every delivered event as `(shard_id, event)`, for any ordinary thread.
 
         Order is kept within each shard. Ends after `down()` once the events
-        received before it are read; raises the fatal close error when every
-        shard is fatally closed. Several threads may iterate at once; each
-        event goes to one of them.
+        received before it are read; raises the fatal close error (in every
+        iterating thread) when every shard is fatally closed. Several threads
+        may iterate at once; each event goes to one of them.
+
+        Raises:
+            ClusterNotUp: `up()` was never called (or failed before any shard
+                started), and `down()` was not called either.
+            GatewayClosedError (or SessionStartLimitExhausted): every shard
+                was closed for good.
         """
+        if not self._pumping and not self._down_started:
+            raise ClusterNotUp(
+                "the cluster is not up, so it has no shards to deliver events: "
+                "call cluster.up() first"
+            )
         events = self._events
         while True:
             try:
@@ -458,8 +482,8 @@ class ThreadedCluster:
             if item is _END:
                 events.put(_END)  # other iterators end too
                 return
-            if isinstance(item, GatewayClosedError):
-                events.put(item)
+            if isinstance(item, Exception):
+                events.put(item)  # other iterators raise it too
                 raise item
             yield item
 
@@ -512,16 +536,25 @@ class ThreadedCluster:
     def _build(self, token: str | Token, intents: int, options: dict[str, Any]) -> ClusterConfig:
         self._cluster = Cluster(token, intents, **options)
         self._room = Flag()
-        self._pump = gevent.spawn(self._run_pump)
-        self._pump.name = "gcluster-threaded-pump"
         return self._cluster.config()
+
+    def _in_hub_up(self, block: bool, timeout: float | None) -> None:
+        cluster = self._in_hub()
+        cluster.up(block=False)
+        if self._pump is None:
+            # Only now: the cluster's events() refuses a cluster that is not up.
+            self._pump = gevent.spawn(self._run_pump)
+            self._pump.name = "gcluster-threaded-pump"
+            self._pumping = True
+        if block:
+            cluster.up(block=True, timeout=timeout)
 
     def _run_pump(self) -> None:
         cluster = self._in_hub()
         try:
             for item in cluster.events():
                 self._forward(item)
-        except GatewayClosedError as err:
+        except Exception as err:  # noqa: BLE001 - handed to the reading threads, which raise it
             self._events.put(err)
             return
         self._events.put(_END)
@@ -550,10 +583,14 @@ class ThreadedCluster:
             # Hand over everything queued before down(), however far behind the reader is.
             self._draining = True
             self._room.set()
-            self._pump.join(_GRACE)
-            if not self._pump.dead:
-                self._pump.kill(block=False)
-                self._events.put(_END)
+            pump = self._pump
+            if pump is None:
+                self._events.put(_END)  # never up: nothing to hand over
+            else:
+                pump.join(_GRACE)
+                if not pump.dead:
+                    pump.kill(block=False)
+                    self._events.put(_END)
         return sessions
 
     def _shard_total(self) -> int | None:
@@ -570,7 +607,12 @@ class ThreadedCluster:
 
     def _in_hub_command_raw(self, shard_id: int, payload: bytes | str) -> None:
         # The shard's own method: Cluster.command_raw would warn a second time, in this thread.
-        shard = self._in_hub().shard(shard_id)
+        cluster = self._in_hub()
+        shard = cluster.shard(shard_id)
+        if shard is None and cluster.total is None:
+            raise ClusterNotUp(
+                f"the cluster is not up, so it has no shard {shard_id} yet: call cluster.up() first"
+            )
         if shard is None:
             raise ShardNonexistent(shard_id)
         shard.command_raw(payload)

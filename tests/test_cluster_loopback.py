@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
+import gevent
 import pytest
 from conftest import TIMEOUT, assert_exactly_once_in_order, collect, has_numbers, numbers
+from gevent.event import Event as Flag
 
 from gcluster import (
     AuthenticationFailed,
@@ -14,8 +16,11 @@ from gcluster import (
     ClusterStartErrorType,
     CommandSendingError,
     DisallowedIntents,
+    EventStreamBusy,
     EventType,
     Intents,
+    InvalidShard,
+    LocalQueue,
     Message,
     NoOpQueue,
     RequestGuildMembers,
@@ -28,7 +33,7 @@ from gcluster import (
     shard_for_guild,
 )
 from gcluster.cluster import Cluster
-from gcluster.testing import GatewaySimulator
+from gcluster.testing import GatewaySimulator, faults
 
 MakeSim = Callable[..., GatewaySimulator]
 SHARDS = 4
@@ -256,10 +261,8 @@ def test_bad_token_on_the_gateway_fails_the_shards_and_ends_events(make_sim: Mak
         queue=NoOpQueue(),
     )
     try:
-        try:
+        with pytest.raises(AuthenticationFailed):
             cluster.up(timeout=TIMEOUT)
-        except AuthenticationFailed:
-            pass  # the close may arrive while up() still waits for the other shard
         with pytest.raises(AuthenticationFailed):
             collect(cluster.events(), lambda got: False)
         info = cluster.info()
@@ -273,10 +276,13 @@ def test_disallowed_intents_fail_fatally(make_sim: MakeSim) -> None:
     sim = make_sim(shards=1, privileged_intents=0)
     cluster = Cluster(sim.token, Intents.MESSAGE_CONTENT, api_base=sim.api_base)
     try:
-        try:
+        # As README says: up() raises it, rather than return before the close came.
+        with pytest.raises(DisallowedIntents) as caught:
             cluster.up(timeout=TIMEOUT)
-        except DisallowedIntents:
-            pass
+        assert caught.value.shard_id == 0 and caught.value.code == 4014
+        # The simulator records the close once the closing handshake is over.
+        assert sim.wait_until(lambda: sim.records.closes, timeout=TIMEOUT)
+        assert [(c.code, c.initiator) for c in sim.records.closes] == [(4014, "server")]
         received = []
         with pytest.raises(DisallowedIntents):
             for item in cluster.events():
@@ -317,3 +323,115 @@ def test_too_few_session_starts_fail_before_any_identify(make_sim: MakeSim) -> N
     assert caught.value.needed == 4 and caught.value.remaining == 2
     assert sim.records.connections == [] and sim.records.identifies == []
     cluster.down()
+
+
+def test_up_returns_once_every_shard_has_received_ready(make_sim: MakeSim) -> None:
+    # Two buckets 0.3 s apart: the second bucket's IDENTIFYs are the last thing
+    # up() would have waited for before; now it waits for their READYs too.
+    sim = make_sim(shards=SHARDS, max_concurrency=2, identify_interval=0.3)
+    cluster = make_cluster(sim, queue=LocalQueue(interval=0.3))
+    try:
+        cluster.up(timeout=TIMEOUT)
+        # Checked before anything else can run: up() returned after the READYs.
+        info = cluster.info()
+        assert [i.stage for i in info.values()] == [Stage.CONNECTED] * SHARDS
+        assert sorted(i.shard_id for i in sim.records.identifies) == list(range(SHARDS))
+        for shard_id, shard in info.items():
+            session = sim.session(shard_id)
+            assert session is not None and shard.session_id == session.session_id
+    finally:
+        cluster.down()
+
+
+def test_up_without_blocking_returns_before_any_identify(sim: GatewaySimulator) -> None:
+    cluster = make_cluster(sim)
+    try:
+        cluster.up(block=False)
+        assert sim.records.identifies == []
+        assert [s.id for s in cluster.shards()] == list(range(SHARDS))
+        assert cluster.wait_until_ready(TIMEOUT)
+        assert len(sim.records.identifies) == SHARDS
+    finally:
+        cluster.down()
+
+
+class HeldQueue:
+    """An identify queue that keeps some shards waiting until released."""
+
+    def __init__(self, held: set[int]) -> None:
+        self.held = held
+        self.released = Flag()
+
+    def request(self, shard_id: int, total: int) -> None:
+        if shard_id in self.held:
+            self.released.wait()
+
+
+def test_up_raises_the_first_fatal_close_while_other_shards_still_wait(
+    make_sim: MakeSim,
+) -> None:
+    sim = make_sim(shards=3, max_concurrency=3)
+    queue = HeldQueue({0, 1})
+    # Shard 2 alone may identify; the gateway closes it for good after its READY.
+    sim.schedule_fault(2, faults.CloseConnection(code=4010), after_dispatches=1)
+    cluster = make_cluster(sim, queue=queue)
+    try:
+        with gevent.Timeout(TIMEOUT, AssertionError("up() did not raise while shards waited")):
+            with pytest.raises(InvalidShard) as caught:
+                cluster.up(timeout=TIMEOUT)
+        assert caught.value.shard_id == 2 and caught.value.code == 4010
+        assert sim.wait_until(lambda: sim.records.closes, timeout=TIMEOUT)
+        assert [(c.shard_id, c.code, c.initiator) for c in sim.records.closes] == [
+            (2, 4010, "server")
+        ]
+        assert [i.shard_id for i in sim.records.identifies] == [2]
+        # The other shards go on: they identify once the queue lets them.
+        queue.released.set()
+        assert sim.wait_until(lambda: len(sim.records.identifies) == 3, timeout=TIMEOUT)
+        info = cluster.info()
+        assert info[2].stage is Stage.FATALLY_CLOSED and isinstance(info[2].error, InvalidShard)
+    finally:
+        queue.released.set()
+        cluster.down()
+
+
+def test_a_second_events_iterator_while_one_is_open_is_refused(
+    sim: GatewaySimulator, cluster: Cluster
+) -> None:
+    sim.send_events(0, 10)
+    first = cluster.events()
+    collect(first, has_numbers([0], 5))  # `first` stays open: it may be read on
+    with gevent.Timeout(TIMEOUT, AssertionError("the second iterator waited")):
+        with pytest.raises(EventStreamBusy, match="another events"):
+            next(cluster.events())
+    rest = collect(first, has_numbers([0], 10))
+    assert numbers(rest, 0) == list(range(6, 11))
+    first.close()
+    # Closed: the next iterator carries on with what comes after.
+    sim.send_events(0, 5)
+    received = collect(cluster.events(), has_numbers([0], 15))
+    assert numbers(received, 0) == list(range(11, 16))
+
+
+def test_info_and_stats_convert_to_json(sim: GatewaySimulator, cluster: Cluster) -> None:
+    sim.send_events(1, 5)
+    collect(cluster.events(), has_numbers([1], 5))
+    served = json.loads(
+        json.dumps(
+            {
+                "shards": [i.to_dict() for i in cluster.info().values()],
+                "stats": {s.id: s.stats.to_dict() for s in cluster.shards()},
+            }
+        )
+    )
+    shard = served["shards"][1]
+    session = sim.session(1)
+    assert session is not None
+    assert shard["id"] == 1 and shard["stage"] == "connected" and shard["error"] is None
+    assert shard["session_id"] == session.session_id and shard["sequence"] == session.sequence
+    assert shard["resume_url"] == sim.resume_url
+    assert isinstance(shard["latency"]["recent"], list) and isinstance(shard["ratelimit"], list)
+    stats = served["stats"]["1"]
+    dispatched = [d for d in sim.records.dispatches if d.shard_id == 1]
+    assert stats["identifies"] == 1 and stats["delivered"] == len(dispatched)
+    assert sum(stats["events"].values()) == len(dispatched)

@@ -3,19 +3,22 @@
 The loopback test runs the application in a child process that never imports
 gevent itself nor monkey-patches: the simulator lives in this test's hub, and
 a thread of this process blocked on the child would stall it, so the child is
-awaited through `gevent.subprocess`. The other tests need no gateway and run
-in this process.
+awaited through `gevent.subprocess`. Tests of start-up failures run the
+simulator in a `HubThread` of its own instead, so this thread may block on the
+cluster; the others need no gateway.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 import threading
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import gevent
 import pytest
@@ -23,11 +26,14 @@ from conftest import TIMEOUT
 from gevent import subprocess
 
 from gcluster import (
+    ClusterNotUp,
     ClusterStartError,
     ClusterStartErrorType,
     CommandSendingError,
     ConfigError,
+    DisallowedIntents,
     Intents,
+    SessionStartLimitExhausted,
     UpdatePresence,
 )
 from gcluster.testing import GatewaySimulator
@@ -191,13 +197,108 @@ def test_a_config_error_raises_in_the_calling_thread_and_leaves_no_thread() -> N
     assert hub_threads() == []
 
 
+def in_thread(func: Callable[[], object]) -> object:
+    """What `func()` returned or raised in another thread; a failed test if it still waits."""
+    outcome: list[object] = []
+
+    def run() -> None:
+        try:
+            outcome.append(func())
+        except Exception as err:  # noqa: BLE001 - handed to the test
+            outcome.append(err)
+
+    # A daemon: if it waits forever, it must not keep the test run from ending.
+    thread = threading.Thread(target=run, name="in-thread", daemon=True)
+    thread.start()
+    thread.join(TIMEOUT)
+    assert not thread.is_alive(), f"still waiting after {TIMEOUT} s"
+    return outcome[0]
+
+
+def test_before_up_events_raise_and_commands_say_the_cluster_is_not_up() -> None:
+    cluster = ThreadedCluster("token", Intents.GUILDS, api_base=UNREACHABLE, call_timeout=5)
+    try:
+        error = in_thread(lambda: next(iter(cluster.events())))
+        assert isinstance(error, ClusterNotUp) and "call cluster.up() first" in str(error)
+        assert cluster.wait_until_ready(0.1) is False
+        with pytest.raises(ClusterNotUp, match=r"call cluster\.up\(\) first"):
+            cluster.command(0, UpdatePresence())
+        with pytest.raises(ClusterNotUp):
+            with pytest.deprecated_call():
+                cluster.command_raw(0, b"{}")
+        assert cluster.shard(0) is None and cluster.info() == {}
+    finally:
+        cluster.down()
+    assert in_thread(lambda: list(cluster.events())) == []  # after down(): ends at once
+
+
+@contextlib.contextmanager
+def simulator_thread(**options: Any) -> Iterator[GatewaySimulator]:
+    """A simulator in a hub thread of its own, so this thread may block on the cluster."""
+    hub = HubThread("simulator").start()
+    options.setdefault("heartbeat_interval", 0.5)
+    sim = hub.call(lambda: GatewaySimulator(**options).start(), timeout=TIMEOUT)
+    try:
+        yield sim
+    finally:
+        hub.call(sim.stop, timeout=TIMEOUT)
+        hub.stop(TIMEOUT)
+
+
+def test_up_raises_a_fatal_close_and_events_raise_it_in_every_reader() -> None:
+    with simulator_thread(shards=2, max_concurrency=2, privileged_intents=0) as sim:
+        cluster = ThreadedCluster(
+            sim.token, Intents.MESSAGE_CONTENT, api_base=sim.api_base, call_timeout=TIMEOUT
+        )
+        try:
+            with pytest.raises(DisallowedIntents):
+                cluster.up(timeout=TIMEOUT)
+            for _ in range(2):
+                assert isinstance(in_thread(lambda: list(cluster.events())), DisallowedIntents)
+            assert sim.records.identifies == []
+            assert len(sim.records.connections) == 2
+        finally:
+            cluster.down()
+
+
+class ExhaustedQueue:
+    """An identify queue with none of the day's session starts left."""
+
+    def request(self, shard_id: int, total: int) -> None:
+        raise SessionStartLimitExhausted(remaining=0, needed=1, reset_after=60.0)
+
+
+def test_events_raise_a_shard_stop_that_is_not_a_gateway_close() -> None:
+    with simulator_thread(shards=1) as sim:
+        cluster = ThreadedCluster(
+            sim.token,
+            Intents.GUILDS,
+            api_base=sim.api_base,
+            queue=ExhaustedQueue(),
+            call_timeout=TIMEOUT,
+        )
+        try:
+            with pytest.raises(SessionStartLimitExhausted):
+                cluster.up(timeout=TIMEOUT)
+            # The pump hands it over, as it does a GatewayClosedError, instead of dying.
+            assert isinstance(in_thread(lambda: list(cluster.events())), SessionStartLimitExhausted)
+            assert sim.records.identifies == []
+        finally:
+            cluster.down()
+
+
 def test_a_start_error_raises_in_the_calling_thread_and_down_ends_it_all() -> None:
     cluster = ThreadedCluster("token", Intents.GUILDS, api_base=UNREACHABLE, call_timeout=5)
     assert cluster.config().api_base == UNREACHABLE
     with pytest.raises(ClusterStartError) as caught:
         cluster.up(timeout=5)
     assert caught.value.kind is ClusterStartErrorType.RETRIEVING_GATEWAY_INFO
+    # The cluster never came up: no event would ever arrive.
+    assert isinstance(in_thread(lambda: next(iter(cluster.events()))), ClusterNotUp)
 
+    stopper = threading.Thread(target=cluster.down, name="stopper")
+    stopper.start()
+    stopper.join(TIMEOUT)
     seen: list[object] = []
     readers = [
         threading.Thread(target=lambda: seen.extend(cluster.events()), name=f"reader-{i}")
@@ -205,12 +306,9 @@ def test_a_start_error_raises_in_the_calling_thread_and_down_ends_it_all() -> No
     ]
     for reader in readers:
         reader.start()
-    stopper = threading.Thread(target=cluster.down, name="stopper")
-    stopper.start()
-    stopper.join(TIMEOUT)
     for reader in readers:
         reader.join(TIMEOUT)
-        assert not reader.is_alive()  # every events() loop ended
+        assert not reader.is_alive()  # after down(), every events() loop ends
     assert seen == []
     assert hub_threads() == []
     cluster.down()  # idempotent

@@ -39,6 +39,7 @@ from gevent.event import Event as Flag
 from gevent.queue import Queue
 from redis.exceptions import RedisError, ResponseError
 
+from gcluster._json import JsonReady
 from gcluster.backoff import Backoff
 from gcluster.errors import (
     CommandSendingError,
@@ -90,7 +91,7 @@ def default_consumer() -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class InboxStats:
+class InboxStats(JsonReady):
     """A snapshot of an inbox's counters (`CommandInbox.stats()`).
 
     Attributes:

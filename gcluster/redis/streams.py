@@ -47,6 +47,7 @@ from gevent.event import Event as Flag
 from redis.exceptions import RedisError, ResponseError
 from redis.typing import EncodableT, FieldT
 
+from gcluster._json import JsonReady
 from gcluster.backoff import Backoff
 from gcluster.errors import GClusterError, StreamError
 from gcluster.events import Event, EventType
@@ -137,7 +138,7 @@ def decode_event(fields: Mapping[bytes, bytes]) -> tuple[int, Event]:
 
 
 @dataclass(frozen=True, slots=True)
-class SinkStats:
+class SinkStats(JsonReady):
     """A snapshot of a sink's counters (`StreamSink.stats()`).
 
     Attributes:

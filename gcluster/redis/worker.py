@@ -35,6 +35,7 @@ from typing import Any, Final
 import gevent
 from redis.exceptions import RedisError, ResponseError
 
+from gcluster._json import JsonReady
 from gcluster.backoff import Backoff
 from gcluster.commands import Command, encode, shard_for_guild
 from gcluster.errors import ConfigError
@@ -53,7 +54,7 @@ _TOTAL_TTL: Final = 60.0
 
 
 @dataclass(frozen=True, slots=True)
-class WorkerStats:
+class WorkerStats(JsonReady):
     """A snapshot of a worker's counters (`StreamWorker.stats()`).
 
     Attributes:
