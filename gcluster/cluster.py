@@ -639,8 +639,10 @@ class Cluster:
                 kind=ClusterStartErrorType.SHARD_START,
             )
         if not finished:
+            waiting = [shard for shard in shards if shard.stage is not Stage.CONNECTED]
             raise ClusterStartError(
-                f"not every shard was ready within {timeout} s",
+                f"not every shard was ready within {timeout} s: "
+                + "; ".join(_why_not_ready(shard) for shard in waiting),
                 kind=ClusterStartErrorType.TIMEOUT,
             )
 
@@ -725,6 +727,12 @@ class Cluster:
             store.save(shard_id, session)
         except Exception as err:  # noqa: BLE001 - a store outage must not stop the shards
             log.warning("shard %d: could not save its session: %s", shard_id, err)
+
+
+def _why_not_ready(shard: Shard) -> str:
+    # The last failure is redacted already (the transport and shard see to it).
+    why = shard.last_failure or "no failure seen yet"
+    return f"shard {shard.id} ({shard.stage.value}): {why}"
 
 
 class ClusterBuilder:

@@ -477,3 +477,30 @@ def test_frames_split_byte_by_byte_still_work(shards: list[Shard]) -> None:
         shards.append(shard)
         shard.start()
         assert dispatched(collect(shard.events(), has_marker)) == [2]
+
+
+def test_up_times_out_naming_each_shards_last_failure() -> None:
+    from gcluster import Cluster, ClusterStartError, Intents, ShardScheme
+
+    def forbid(peer: Peer) -> None:
+        peer.read_request()
+        peer.write(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+        peer.wait_closed()
+
+    with HostileGateway(forbid) as gateway:
+        cluster = Cluster(
+            TOKEN,
+            Intents.GUILDS,
+            gateway_url=gateway.url,
+            shard_scheme=ShardScheme.range(range(0, 2), total=2),
+            connect_timeout=1.0,
+        )
+        try:
+            with pytest.raises(ClusterStartError) as caught:
+                cluster.up(timeout=1.5)
+        finally:
+            cluster.down()
+        message = str(caught.value)
+        for shard_id in (0, 1):
+            assert f"shard {shard_id} (" in message
+        assert message.count("answered 403 Forbidden") == 2
