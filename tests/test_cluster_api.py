@@ -166,6 +166,8 @@ def test_shard_stats_to_dict_is_json_ready() -> None:
         "events": {"MESSAGE_CREATE": 3},
         "delivered": 3,
         "filtered": 2,
+        "duplicates": 0,
+        "skipped": 0,
         "reconnects": {"identify": {"invalid_session": 1}, "resume": {"zombie": 1}},
         "close_codes": {"4000": 1, "none": 1},
         "identifies": 1,
