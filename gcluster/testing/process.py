@@ -9,6 +9,7 @@ rest of the hub (a cluster under test) run.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
@@ -21,6 +22,8 @@ from typing import Any, Self
 import gevent
 from gevent import subprocess
 from gevent.event import AsyncResult
+
+from .faults import Fault
 
 __all__ = ["SimulatorError", "SimulatorProcess"]
 
@@ -214,6 +217,23 @@ class SimulatorProcess:
     def close_shard(self, shard_id: int, code: int, reason: str = "") -> int:
         arguments = {"shard_id": shard_id, "code": code, "reason": reason}
         return int(self.call("close_shard", arguments))
+
+    def apply_fault(self, shard_id: int | None, fault: Fault) -> int:
+        """`GatewaySimulator.apply_fault` in the child: any `gcluster.testing.faults` value, now.
+
+        Returns how many live connections it reached (0 when the shard was
+        between connections, or for `RefuseConnections`).
+
+        Raises:
+            SimulatorError: as `GatewaySimulator.apply_fault` would raise
+                ValueError, e.g. for a bad shard id.
+        """
+        arguments = {
+            "shard_id": shard_id,
+            "fault": type(fault).__name__,
+            "fields": dataclasses.asdict(fault),
+        }
+        return int(self.call("apply_fault", arguments))
 
     def traffic(self) -> list[dict[str, Any]]:
         """Per connection: shard id, compression, messages and bytes written so far."""
