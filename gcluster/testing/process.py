@@ -22,6 +22,7 @@ from typing import Any, Self
 import gevent
 from gevent import subprocess
 from gevent.event import AsyncResult
+from gevent.lock import Semaphore
 
 from .faults import Fault
 
@@ -72,6 +73,8 @@ class SimulatorProcess:
             os.sched_setaffinity(self._proc.pid, {cpu})
         self._ids = itertools.count(1)
         self._waiting: dict[int, AsyncResult] = {}
+        # Requests from several greenlets: one line at a time into the pipe.
+        self._write_lock = Semaphore()
         try:
             with gevent.Timeout(start_timeout, SimulatorError("the simulator did not start")):
                 line = self._proc.stdout.readline()
@@ -120,13 +123,13 @@ class SimulatorProcess:
         if self._proc.poll() is not None:
             raise SimulatorError(f"the simulator exited with {self._proc.returncode}")
         request_id = next(self._ids)
+        line = (json.dumps({**(arguments or {}), "id": request_id, "op": op}) + "\n").encode()
         result: AsyncResult = AsyncResult()
         self._waiting[request_id] = result
         try:
-            self._proc.stdin.write(
-                (json.dumps({**(arguments or {}), "id": request_id, "op": op}) + "\n").encode()
-            )
-            self._proc.stdin.flush()
+            with self._write_lock:
+                self._proc.stdin.write(line)
+                self._proc.stdin.flush()
             reply = result.get(timeout=timeout)
         except gevent.Timeout as err:
             raise SimulatorError(f"{op}: no answer within {timeout} s") from err
