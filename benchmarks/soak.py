@@ -94,6 +94,7 @@ class ShardTally:
         # The fault just injected, to file the disconnect it causes under.
         self.pending: str | None = None
         self.down_since: float | None = None
+        self.received_when_down = 0
         self.down_cause = ""
         self.down_detail: dict[str, Any] = {}
         self.disconnects_while_down = 0
@@ -121,6 +122,7 @@ class ShardTally:
             return
         code, reason = data.get("code"), data.get("reason")
         self.down_since = now
+        self.received_when_down = self.received
         self.down_cause = cause or f"other: {code} {reason}"
         self.down_detail = {"code": code, "reason": reason}
 
@@ -133,6 +135,8 @@ class ShardTally:
                 "cause": self.down_cause,
                 "seconds": now - self.down_since,
                 "resumed": bool(data.get("resumed")),
+                # RESUME's replay comes before RESUMED: what the shard missed while away.
+                "replayed": self.received - self.received_when_down,
                 **self.down_detail,
             }
         )
@@ -153,9 +157,23 @@ class ShardTally:
             self.outages[-1]["still_down"] = True
 
 
-def consume(cluster: Cluster, tallies: dict[int, ShardTally]) -> None:
+class Backlog:
+    """The most events waiting unread in the cluster's queue since the last `take`."""
+
+    def __init__(self) -> None:
+        self.peak = 0
+
+    def take(self) -> int:
+        peak, self.peak = self.peak, 0
+        return peak
+
+
+def consume(cluster: Cluster, tallies: dict[int, ShardTally], backlog: Backlog) -> None:
     disconnected, connected = EventType.SHARD_DISCONNECTED, EventType.SHARD_CONNECTED
-    for shard_id, event in cluster.events():
+    for count, (shard_id, event) in enumerate(cluster.events()):
+        if not count & 63:
+            # Often enough to see a replay's burst, too rarely to cost anything.
+            backlog.peak = max(backlog.peak, cluster.backlog)
         if event.sequence is not None:
             n = event_number(event.data)
             if n is not None:
@@ -207,9 +225,16 @@ def inject(
             tally.pending = None  # it was between connections: nothing happened
 
 
-def sample_rss(samples: list[tuple[float, int]], started: float, every: float, stop: Flag) -> None:
+def sample_rss(
+    samples: list[tuple[float, int, int]],
+    started: float,
+    every: float,
+    backlog: Backlog,
+    stop: Flag,
+) -> None:
+    """RSS every ``every`` s, with the peak backlog since the sample before."""
     while True:
-        samples.append((time.monotonic() - started, rss_kb()))
+        samples.append((time.monotonic() - started, rss_kb(), backlog.take()))
         if stop.wait(every):
             return
 
@@ -226,9 +251,9 @@ def progress(tallies: list[ShardTally], started: float, stop: Flag) -> None:
         )
 
 
-def rss_verdict(samples: list[tuple[float, int]], warm_up: float) -> dict[str, Any]:
+def rss_verdict(samples: list[tuple[float, int, int]], warm_up: float) -> dict[str, Any]:
     """Whether RSS is flat after ``warm_up`` s: the last third's peak against the first's."""
-    after = [(t, kb) for t, kb in samples if t >= warm_up]
+    after = [(t, kb) for t, kb, _ in samples if t >= warm_up]
     third = len(after) // 3
     if third < 2:
         return {"flat": None, "why": f"{len(after)} samples after the warm-up: too few to tell"}
@@ -287,7 +312,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     shard_ids = list(range(args.shards))
     injected: Counter[str] = Counter()
     struck: Counter[str] = Counter()
-    samples: list[tuple[float, int]] = []
+    samples: list[tuple[float, int, int]] = []
+    backlog = Backlog()
     print(
         f"soak: {args.shards} shards x {args.rate:g} events/s for {args.duration:g} s, "
         f"a fault every {args.fault_every:g} s on average (seed {args.seed})",
@@ -303,14 +329,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             started = time.monotonic()
             tallies = {shard_id: ShardTally(shard_id, started) for shard_id in shard_ids}
             shards = list(tallies.values())
-            consumer = gevent.spawn(consume, cluster, tallies)
+            consumer = gevent.spawn(consume, cluster, tallies, backlog)
             sim_before = sim.stats()
             cpu_before = cpu_seconds()
             stop = Flag()
             helpers = [
                 gevent.spawn(feed, sim, shards, args.rate, stop),
                 gevent.spawn(inject, sim, shards, rng, args.fault_every, stop, injected, struck),
-                gevent.spawn(sample_rss, samples, started, args.rss_every, stop),
+                gevent.spawn(sample_rss, samples, started, args.rss_every, backlog, stop),
                 gevent.spawn(progress, shards, started, stop),
             ]
             gevent.joinall(helpers, timeout=args.duration, raise_error=True)
@@ -325,6 +351,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 gevent.sleep(0.1)
             drained = time.monotonic() - drain_started
             rss_end = rss_kb()
+            drain_backlog_peak = backlog.take()
             consumer.kill()
             ended = time.monotonic()
             for tally in shards:
@@ -341,6 +368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report["client_cpu_share"] = client_cpu / wall
     report["simulator_cpu_seconds"] = sim_after["cpu_seconds"] - sim_before["cpu_seconds"]
     report["rss_after_drain_kb"] = rss_end
+    report["backlog_peak"] = max(report["backlog_peak"], drain_backlog_peak)
     report["simulator"] = {
         "identifies": sim_end["identifies"],
         "resumes": sim_end["resumes"],
@@ -359,7 +387,7 @@ def summarize(
     shards: list[ShardTally],
     injected: Counter[str],
     struck: Counter[str],
-    samples: list[tuple[float, int]],
+    samples: list[tuple[float, int, int]],
     library_reconnects: Counter[tuple[str, str]],
     wall: float,
     drained: float,
@@ -429,7 +457,11 @@ def summarize(
         "most_time_disconnected_s": max(s["down_seconds"] for s in per_shard),
         "per_shard": per_shard,
         "outages": sorted(outages, key=lambda o: o["at"]),
-        "rss_samples": [{"t": round(t, 1), "kb": kb} for t, kb in samples],
+        "rss_samples": [
+            {"t": round(t, 1), "kb": kb, "backlog_peak": peak} for t, kb, peak in samples
+        ],
+        "largest_replay": max((o["replayed"] for o in outages), default=0),
+        "backlog_peak": max((peak for _, _, peak in samples), default=0),
         "rss": rss,
         "targets": targets,
     }
@@ -517,6 +549,11 @@ def print_report(report: dict[str, Any]) -> None:
             "simulator saw",
             f"{report['simulator']['identifies']} identifies, "
             f"{report['simulator']['resumes']} resumes",
+        ),
+        (
+            "largest replay / backlog",
+            f"{report['largest_replay']:,} events after one outage; "
+            f"{report['backlog_peak']:,} waiting unread at most",
         ),
         ("drain after the traffic", f"{report['drain_seconds']:.1f} s"),
         (
