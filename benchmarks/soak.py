@@ -11,9 +11,12 @@ SHARD_CONNECTED events give how long each one was away every time (its
 reconnect delay, from the disconnect to READY or RESUMED, filed under the
 fault that caused it) and in all. The client's RSS is sampled throughout; it
 counts as flat when, after the warm-up, the last third's peak is within 5%
-of the first third's. When the time is up, faults and traffic stop and the
-shards get up to 120 s (more than the 60 s backoff cap) to come back and
-deliver the rest before a missing event counts as lost.
+of the first third's. RSS keeps the high-water mark of the largest backlog,
+so a long outage, whose RESUME replays thousands of events into the queue at
+once, raises it in a step; each sample's peak backlog (in the JSON) tells
+such a step from a leak, which keeps growing. When the time is up, faults
+and traffic stop and the shards get up to 120 s (more than the 60 s backoff
+cap) to come back and deliver the rest before a missing event counts as lost.
 
     python benchmarks/soak.py [--duration 300] [--shards 8] [--rate 100] [--fault-every 2]
                               [--seed 1] [--quick]
