@@ -28,7 +28,18 @@ VENV_PYTHON = VENV / "bin" / "python"
 # What the virtualenv holds; zstandard stays out so discord.py keeps to zlib-stream.
 # orjson: for peers.py's second pairing (discord.py's speed extra uses it).
 VENV_PACKAGES = ("discord.py>=2.4,<3", "orjson>=3.9", "matplotlib>=3.7", "py-spy>=0.3.14")
-ORDER = ("throughput", "decoders", "filtered", "latency", "peers", "scale", "receive_profile")
+ORDER = (
+    "throughput",
+    "decoders",
+    "filtered",
+    "latency",
+    "peers",
+    "scale",
+    "soak",
+    "receive_profile",
+)
+# Arguments for a full run: the soak's default five minutes would be half the run.
+FULL_ARGUMENTS: dict[str, tuple[str, ...]] = {"soak": ("--duration", "120")}
 
 
 def setup() -> None:
@@ -46,6 +57,8 @@ def run(name: str, quick: bool) -> int:
     command = [sys.executable, str(BENCHMARKS / f"{name}.py")]
     if quick and name != "receive_profile":
         command.append("--quick")
+    elif not quick:
+        command.extend(FULL_ARGUMENTS.get(name, ()))
     print(f"\n=== {name}: {' '.join(command[1:])}  (load {os.getloadavg()[0]:.2f})", flush=True)
     started = time.monotonic()
     code = subprocess.run(command, check=False).returncode

@@ -22,7 +22,11 @@ from conftest import TIMEOUT, collect, has_numbers, numbers
 from gcluster import Cluster, EventType, Intents, Message, Shard, ShardScheme
 from gcluster.events import Event
 from gcluster.testing import (
+    CloseConnection,
+    DropConnection,
     GatewaySimulator,
+    InvalidateSession,
+    Reconnect,
     SimulatorProcess,
     StopHeartbeatAcks,
     due_offset,
@@ -32,6 +36,7 @@ from gcluster.testing import (
     wire,
 )
 from gcluster.testing.payloads import shard_for_guild
+from gcluster.testing.process import SimulatorError
 
 MakeSim = Callable[..., GatewaySimulator]
 SHARDS = 4
@@ -321,3 +326,34 @@ def test_a_simulator_process_serves_and_blasts() -> None:
             cluster.down()
     with pytest.raises(Exception, match="exited|gone"):
         sim.stats()
+
+
+def test_a_simulator_process_applies_faults_by_name() -> None:
+    options = {"shards": 1, "identify_interval": 0, "heartbeat_interval": 1e3}
+    faults = (
+        Reconnect(),
+        InvalidateSession(resumable=True),
+        CloseConnection(code=1001, reason="test"),
+        DropConnection(),
+    )
+    with SimulatorProcess(options) as sim:
+        shard = Shard(0, 1, sim.token, INTENTS, gateway_url=sim.url)
+        shard.start()
+        try:
+            assert shard.wait_until_ready(TIMEOUT)
+            received: list[tuple[int, Event]] = []
+            for round_, fault in enumerate(faults, 1):
+                assert sim.wait_connected([0], timeout=TIMEOUT)
+                assert sim.apply_fault(0, fault) == 1
+                # Sent while the shard is away (or about to be): replayed on RESUME.
+                sim.send_events(0, 10)
+                received += collect(shard.events(), has_numbers([0], 10 * round_))
+            assert numbers(received, 0) == list(range(1, 41))
+            stats = sim.stats()
+            assert stats["resumes"] == len(faults) and stats["identifies"] == 1
+            with pytest.raises(SimulatorError, match="no fault 'Meteor'"):
+                sim.call("apply_fault", {"shard_id": 0, "fault": "Meteor"})
+            with pytest.raises(SimulatorError, match="no shard 1"):
+                sim.apply_fault(1, Reconnect())
+        finally:
+            shard.down()

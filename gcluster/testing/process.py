@@ -9,6 +9,7 @@ rest of the hub (a cluster under test) run.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
@@ -21,6 +22,9 @@ from typing import Any, Self
 import gevent
 from gevent import subprocess
 from gevent.event import AsyncResult
+from gevent.lock import Semaphore
+
+from .faults import Fault
 
 __all__ = ["SimulatorError", "SimulatorProcess"]
 
@@ -69,6 +73,8 @@ class SimulatorProcess:
             os.sched_setaffinity(self._proc.pid, {cpu})
         self._ids = itertools.count(1)
         self._waiting: dict[int, AsyncResult] = {}
+        # Requests from several greenlets: one line at a time into the pipe.
+        self._write_lock = Semaphore()
         try:
             with gevent.Timeout(start_timeout, SimulatorError("the simulator did not start")):
                 line = self._proc.stdout.readline()
@@ -117,13 +123,13 @@ class SimulatorProcess:
         if self._proc.poll() is not None:
             raise SimulatorError(f"the simulator exited with {self._proc.returncode}")
         request_id = next(self._ids)
+        line = (json.dumps({**(arguments or {}), "id": request_id, "op": op}) + "\n").encode()
         result: AsyncResult = AsyncResult()
         self._waiting[request_id] = result
         try:
-            self._proc.stdin.write(
-                (json.dumps({**(arguments or {}), "id": request_id, "op": op}) + "\n").encode()
-            )
-            self._proc.stdin.flush()
+            with self._write_lock:
+                self._proc.stdin.write(line)
+                self._proc.stdin.flush()
             reply = result.get(timeout=timeout)
         except gevent.Timeout as err:
             raise SimulatorError(f"{op}: no answer within {timeout} s") from err
@@ -214,6 +220,23 @@ class SimulatorProcess:
     def close_shard(self, shard_id: int, code: int, reason: str = "") -> int:
         arguments = {"shard_id": shard_id, "code": code, "reason": reason}
         return int(self.call("close_shard", arguments))
+
+    def apply_fault(self, shard_id: int | None, fault: Fault) -> int:
+        """`GatewaySimulator.apply_fault` in the child: any `gcluster.testing.faults` value, now.
+
+        Returns how many live connections it reached (0 when the shard was
+        between connections, or for `RefuseConnections`).
+
+        Raises:
+            SimulatorError: as `GatewaySimulator.apply_fault` would raise
+                ValueError, e.g. for a bad shard id.
+        """
+        arguments = {
+            "shard_id": shard_id,
+            "fault": type(fault).__name__,
+            "fields": dataclasses.asdict(fault),
+        }
+        return int(self.call("apply_fault", arguments))
 
     def traffic(self) -> list[dict[str, Any]]:
         """Per connection: shard id, compression, messages and bytes written so far."""

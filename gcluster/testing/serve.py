@@ -26,6 +26,7 @@ import resource
 import signal
 import sys
 import time
+import typing
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any
@@ -35,6 +36,7 @@ from gevent.event import Event as Flag
 from gevent.fileobject import FileObjectPosix
 from gevent.lock import Semaphore
 
+from . import faults
 from .gateway import Blast
 from .simulator import GatewaySimulator
 
@@ -54,6 +56,9 @@ _FLAGS: dict[str, type] = {
     "host": str,
     "port": int,
 }
+
+# Every kind of fault, by class name, as the ``apply_fault`` request names it.
+_FAULTS: dict[str, type] = {kind.__name__: kind for kind in typing.get_args(faults.Fault)}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -157,6 +162,7 @@ class Control:
             "close_shard": lambda shard_id, code, reason="": self._sim.close_shard(
                 shard_id, code, reason
             ),
+            "apply_fault": self.apply_fault,
             "traffic": self.traffic,
             "stop": self.shutdown,
         }
@@ -261,6 +267,16 @@ class Control:
 
     def send_events(self, shard_id: int, count: int, kinds: list[str] | None = None) -> list[int]:
         return self._sim.send_events(shard_id, count, kinds)
+
+    def apply_fault(
+        self, shard_id: int | None, fault: str, fields: dict[str, Any] | None = None
+    ) -> int:
+        """`GatewaySimulator.apply_fault` with the `faults` class named ``fault``,
+        built from ``fields``; how many live connections it reached."""
+        kind = _FAULTS.get(fault)
+        if kind is None:
+            raise ValueError(f"no fault {fault!r}: one of {', '.join(sorted(_FAULTS))}")
+        return self._sim.apply_fault(shard_id, kind(**(fields or {})))
 
     def traffic(self) -> list[dict[str, Any]]:
         """Per connection: its shard (once it identified or resumed) and bytes written."""
