@@ -173,12 +173,12 @@ class ZstdStreamInflater:
                 start += step
                 if piece:
                     size += len(piece)
+                    self.decompressed_bytes += len(piece)
                     if size > limit:
                         raise MessageTooLarge(f"a message inflating to over {limit} bytes")
                     pieces.append(piece)
         except zstandard.ZstdError as err:
             raise zlib.error(f"zstd-stream: {err}") from err
-        self.decompressed_bytes += size
         if not pieces:
             return None
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)

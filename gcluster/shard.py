@@ -674,8 +674,10 @@ class Shard:
                 self._spawn_helper(self._identify)
             elif isinstance(action, ReconnectAction):
                 if action.cause == "protocol_error":
-                    log.warning("shard %d: %s; reconnecting", self.id, action.reason)
-                    self.last_failure = action.reason
+                    # The reason quotes what the gateway sent, which may echo the token.
+                    reason = self._token.redact(action.reason)
+                    log.warning("shard %d: %s; reconnecting", self.id, reason)
+                    self.last_failure = reason
                 else:
                     log.info("shard %d: reconnecting (%s)", self.id, action.reason)
                 self._reconnect_delay = action.delay

@@ -504,3 +504,25 @@ def test_up_times_out_naming_each_shards_last_failure() -> None:
         for shard_id in (0, 1):
             assert f"shard {shard_id} (" in message
         assert message.count("answered 403 Forbidden") == 2
+
+
+def test_a_token_echoed_in_a_hello_is_not_logged(
+    shards: list[Shard], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    closes: list[ClientFrame | None] = []
+
+    def echo(peer: Peer) -> None:
+        peer.read_request()
+        peer.accept()
+        peer.hello(f"interval {TOKEN}")
+        closes.append(peer.read_close())
+
+    with HostileGateway(echo) as gateway:
+        shard = make_shard(gateway)
+        shards.append(shard)
+        shard.start()
+        assert gateway.wait_for(lambda: bool(closes))
+        texts = [r.getMessage() for r in caplog.records] + [shard.last_failure or ""]
+        assert any("heartbeat_interval" in t and "<token>" in t for t in texts)
+        assert not [t for t in texts if TOKEN in t]

@@ -97,3 +97,21 @@ def test_zstd_puts_fewer_bytes_on_the_wire_than_zlib(make_sim: MakeSim) -> None:
         finally:
             cluster.down()
     assert per_event["zstd-stream"] < per_event["zlib-stream"], per_event
+
+
+def test_a_zstd_bomb_is_refused_while_inflating_not_after() -> None:
+    import zstandard
+
+    from gcluster.inflate import MessageTooLarge, ZstdStreamInflater
+
+    limit = 1 << 20
+    compressor = zstandard.ZstdCompressor().compressobj()
+    normal = compressor.compress(b'{"op":11}') + compressor.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
+    bomb = compressor.compress(b"\x00" * (256 << 20))
+    bomb += compressor.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
+    inflater = ZstdStreamInflater(max_size=limit)
+    assert inflater.feed(normal) == b'{"op":11}'
+    with pytest.raises(MessageTooLarge):
+        inflater.feed(bomb)
+    # It stopped within a slice of the limit, not after inflating 256 MiB.
+    assert inflater.decompressed_bytes < 4 * limit
