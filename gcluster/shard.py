@@ -457,6 +457,7 @@ class Shard:
                 self._client_close = None
                 self._reconnect_delay = 0.0
                 self._connected_at = None
+                failure_before = self.last_failure
                 self._spawn_helper(self._await_hello, conn)
                 try:
                     code, reason, by_client, cause = self._read(conn)
@@ -478,7 +479,8 @@ class Shard:
                 # assuming the None assigned before the read.)
                 connected_at: float | None = self._connected_at
                 self._connected_at = None
-                if connected_at is None:
+                if connected_at is None and self.last_failure is failure_before:
+                    # Nothing more telling was noted while it lasted.
                     self.last_failure = (
                         f"the connection ended before READY or RESUMED "
                         f"({'no HELLO' if cause == 'no_hello' else f'close code {code}'}"
@@ -673,15 +675,17 @@ class Shard:
             elif isinstance(action, Identify):
                 self._spawn_helper(self._identify)
             elif isinstance(action, ReconnectAction):
+                # A protocol error's reason quotes what the gateway sent, which
+                # may echo the token: it goes to the log, not back on the wire.
+                reason = self._token.redact(action.reason)
                 if action.cause == "protocol_error":
-                    # The reason quotes what the gateway sent, which may echo the token.
-                    reason = self._token.redact(action.reason)
                     log.warning("shard %d: %s; reconnecting", self.id, reason)
                     self.last_failure = reason
+                    reason = "protocol error"
                 else:
-                    log.info("shard %d: reconnecting (%s)", self.id, action.reason)
+                    log.info("shard %d: reconnecting (%s)", self.id, reason)
                 self._reconnect_delay = action.delay
-                self._close_connection(action.code, action.reason, action.cause)
+                self._close_connection(action.code, reason, action.cause)
             elif isinstance(action, Skip):
                 self._skip(action)
             elif isinstance(action, Fail):
