@@ -62,6 +62,16 @@ class ClusterCollector(Collector):
             "Dispatches dropped by the event-type filter.",
             labels=["shard"],
         )
+        duplicates = CounterMetricFamily(
+            f"{ns}_shard_events_duplicate",
+            "Dispatches the gateway sent again (a sequence handled already), not delivered.",
+            labels=["shard"],
+        )
+        skipped = CounterMetricFamily(
+            f"{ns}_shard_messages_skipped",
+            "Gateway messages that could not be used (not JSON, a bad dispatch), logged.",
+            labels=["shard"],
+        )
         reconnects = CounterMetricFamily(
             f"{ns}_shard_reconnects",
             "Reconnects, by kind (resume or identify) and cause.",
@@ -101,6 +111,8 @@ class ClusterCollector(Collector):
             for name, count in stats.events.items():
                 events.add_metric([sid, name], count)
             filtered.add_metric([sid], stats.filtered)
+            duplicates.add_metric([sid], stats.duplicates)
+            skipped.add_metric([sid], stats.skipped)
             for (kind, cause), count in stats.reconnects.items():
                 reconnects.add_metric([sid, kind, cause], count)
             for code, count in stats.close_codes.items():
@@ -119,7 +131,8 @@ class ClusterCollector(Collector):
             latency.add_metric([sid], buckets, stats.latency_sum)
             identify_waits += stats.identify_waits
             identify_seconds += stats.identify_wait_seconds
-        yield from (stage, sequence, events, filtered, reconnects, closes, identifies, resumes)
+        yield from (stage, sequence, events, filtered, duplicates, skipped, reconnects, closes)
+        yield from (identifies, resumes)
         yield from (rl_waits, rl_seconds, latency)
         yield GaugeMetricFamily(
             f"{ns}_events_backlog",

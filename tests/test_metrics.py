@@ -71,6 +71,8 @@ def test_metrics_show_events_latency_and_a_reconnect_with_its_cause(make_sim: Ma
         assert value(samples, "gcluster_shard_stage", shard=sid, stage="connected") == 1
         assert value(samples, "gcluster_shard_heartbeat_latency_seconds_count", shard=sid) >= 2
         assert value(samples, "gcluster_shard_identifies_total", shard=sid) == 1
+        assert value(samples, "gcluster_shard_events_duplicate_total", shard=sid) == 0
+        assert value(samples, "gcluster_shard_messages_skipped_total", shard=sid) == 0
     reconnects = value(
         samples,
         "gcluster_shard_reconnects_total",
