@@ -111,6 +111,11 @@ class Peer:
                 return value.strip()
         raise AssertionError("no Sec-WebSocket-Key in the upgrade request")
 
+    def upgrade(self) -> None:
+        """Read the upgrade request and accept it."""
+        self.read_request()
+        self.accept()
+
     def accept(self, extra_headers: bytes = b"", then: bytes = b"") -> None:
         """Answer 101 as a good server would, maybe followed at once by `then`."""
         self.write(

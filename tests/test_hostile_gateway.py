@@ -42,9 +42,17 @@ def make_shard(gateway: HostileGateway, **options: Any) -> Shard:
 
 
 @pytest.fixture
-def shards() -> Iterator[list[Shard]]:
+def start_shard() -> Iterator[Callable[..., Shard]]:
+    """Start shards on a hostile gateway; all are stopped after the test."""
     started: list[Shard] = []
-    yield started
+
+    def start(gateway: HostileGateway, **options: Any) -> Shard:
+        shard = make_shard(gateway, **options)
+        started.append(shard)
+        shard.start()
+        return shard
+
+    yield start
     for shard in started:
         shard.down(timeout=1)
 
@@ -107,8 +115,7 @@ def test_a_frame_no_server_may_send_fails_the_connection_with_the_rfc_code(name:
     closes: list[ClientFrame | None] = []
 
     def send_bad(peer: Peer) -> None:
-        peer.read_request()
-        peer.accept()
+        peer.upgrade()
         peer.write(data)
         closes.append(peer.read_close())
 
@@ -132,8 +139,7 @@ def test_a_valid_close_is_echoed_and_reported(payload: bytes, echo: bytes) -> No
     closes: list[ClientFrame | None] = []
 
     def close(peer: Peer) -> None:
-        peer.read_request()
-        peer.accept()
+        peer.upgrade()
         peer.write(frame(b"", 0xA))  # an unsolicited pong is ignored
         peer.write(frame(payload, 0x8))
         closes.append(peer.read_close())
@@ -153,8 +159,7 @@ def test_the_client_never_sends_a_close_code_reserved_by_the_rfc() -> None:
     from gcluster.frames import valid_close_code
 
     def accept(peer: Peer) -> None:
-        peer.read_request()
-        peer.accept()
+        peer.upgrade()
         peer.drain()
 
     with HostileGateway(accept) as gateway:
@@ -171,20 +176,17 @@ def test_the_client_never_sends_a_close_code_reserved_by_the_rfc() -> None:
 
 @pytest.mark.parametrize("interval", [0, -41250, "41250", None, True, [1], {"x": 1}], ids=repr)
 def test_a_hello_with_an_unusable_heartbeat_interval_means_a_clean_reconnect(
-    interval: Any, shards: list[Shard]
+    interval: Any, start_shard: Callable[..., Shard]
 ) -> None:
     closes: list[ClientFrame | None] = []
 
     def bad_hello(peer: Peer) -> None:
-        peer.read_request()
-        peer.accept()
+        peer.upgrade()
         peer.hello(interval)
         closes.append(peer.read_close())
 
     with HostileGateway(bad_hello) as gateway:
-        shard = make_shard(gateway)
-        shards.append(shard)
-        shard.start()
+        shard = start_shard(gateway)
         assert gateway.wait_for(lambda: len(closes) >= 2)
         # Nothing but the close: no IDENTIFY, no heartbeat storm.
         assert [f.opcode for f in gateway.peers[0].frames] == [0x8]
@@ -196,7 +198,9 @@ def test_a_hello_with_an_unusable_heartbeat_interval_means_a_clean_reconnect(
         assert opened[2] - opened[1] > opened[1] - opened[0]
 
 
-def test_a_tiny_heartbeat_interval_does_not_flood_the_send_budget(shards: list[Shard]) -> None:
+def test_a_tiny_heartbeat_interval_does_not_flood_the_send_budget(
+    start_shard: Callable[..., Shard],
+) -> None:
     beats: list[float] = []
     counted: list[bool] = []
 
@@ -213,9 +217,7 @@ def test_a_tiny_heartbeat_interval_does_not_flood_the_send_budget(shards: list[S
         peer.drain()
 
     with HostileGateway(tiny) as gateway:
-        shard = make_shard(gateway)
-        shards.append(shard)
-        shard.start()
+        shard = start_shard(gateway)
         assert shard.wait_until_ready(TIMEOUT)
         assert gateway.wait_for(lambda: bool(counted))
         # Held to one beat a second at most (2,500 at the asked-for 1 ms).
@@ -223,7 +225,7 @@ def test_a_tiny_heartbeat_interval_does_not_flood_the_send_budget(shards: list[S
 
 
 def test_sequences_are_checked_and_a_replayed_dispatch_is_delivered_once(
-    shards: list[Shard],
+    start_shard: Callable[..., Shard],
 ) -> None:
     resumes: list[dict] = []
 
@@ -249,9 +251,7 @@ def test_sequences_are_checked_and_a_replayed_dispatch_is_delivered_once(
         peer.drain()
 
     with HostileGateway([first, second]) as gateway:
-        shard = make_shard(gateway)
-        shards.append(shard)
-        shard.start()
+        shard = start_shard(gateway)
         received = collect(shard.events(), has_marker)
         assert dispatched(received) == [2, 3, 4, 5, 6, 7]
         assert resumes[0]["op"] == 6 and resumes[0]["d"]["seq"] == 5
@@ -260,7 +260,7 @@ def test_sequences_are_checked_and_a_replayed_dispatch_is_delivered_once(
 
 
 def test_an_undecodable_message_is_skipped_on_either_path_without_reconnecting(
-    shards: list[Shard], caplog: pytest.LogCaptureFixture
+    start_shard: Callable[..., Shard], caplog: pytest.LogCaptureFixture
 ) -> None:
     def garbage(peer: Peer) -> None:
         session(peer)
@@ -272,25 +272,23 @@ def test_an_undecodable_message_is_skipped_on_either_path_without_reconnecting(
         peer.drain()
 
     with HostileGateway(garbage) as gateway:
-        shard = make_shard(gateway)
-        shards.append(shard)
-        shard.start()
+        shard = start_shard(gateway)
         received = collect(shard.events(), has_marker)
         assert dispatched(received) == [4]
         assert len(gateway.peers) == 1 and shard.stage is Stage.CONNECTED
         assert sum(shard.stats.reconnects.values()) == 0
 
 
-def test_a_session_id_or_resume_url_that_is_unusable_is_not_adopted(shards: list[Shard]) -> None:
+def test_a_session_id_or_resume_url_that_is_unusable_is_not_adopted(
+    start_shard: Callable[..., Shard],
+) -> None:
     def odd_ready(peer: Peer) -> None:
         session(peer, session_id=f"echo {TOKEN}", resume_url="http://not-a-websocket")
         peer.dispatch("MESSAGE_CREATE", 2, {"marker": True})
         peer.drain()
 
     with HostileGateway(odd_ready) as gateway:
-        shard = make_shard(gateway)
-        shards.append(shard)
-        shard.start()
+        shard = start_shard(gateway)
         collect(shard.events(), has_marker)
         info = shard.info()
         assert info.session_id is None and info.resume_url is None
@@ -301,7 +299,7 @@ def test_a_session_id_or_resume_url_that_is_unusable_is_not_adopted(shards: list
 
 
 def test_a_token_echoed_in_a_close_reason_is_redacted_everywhere(
-    shards: list[Shard], caplog: pytest.LogCaptureFixture
+    start_shard: Callable[..., Shard], caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
 
@@ -311,9 +309,7 @@ def test_a_token_echoed_in_a_close_reason_is_redacted_everywhere(
         peer.drain()
 
     with HostileGateway(echo) as gateway:
-        shard = make_shard(gateway)
-        shards.append(shard)
-        shard.start()
+        shard = start_shard(gateway)
         received = collect(
             shard.events(),
             lambda got: any(e.kind is EventType.SHARD_DISCONNECTED for _, e in got),
@@ -328,7 +324,9 @@ def test_a_token_echoed_in_a_close_reason_is_redacted_everywhere(
 # --- reconnecting -------------------------------------------------------------
 
 
-def test_a_dead_resume_url_is_abandoned_for_the_main_gateway(shards: list[Shard]) -> None:
+def test_a_dead_resume_url_is_abandoned_for_the_main_gateway(
+    start_shard: Callable[..., Shard],
+) -> None:
     dead = gevent.socket.socket()
     dead.bind(("127.0.0.1", 0))
     dead_url = f"ws://127.0.0.1:{dead.getsockname()[1]}"
@@ -347,9 +345,7 @@ def test_a_dead_resume_url_is_abandoned_for_the_main_gateway(shards: list[Shard]
         peer.drain()
 
     with HostileGateway([first, second]) as gateway:
-        shard = make_shard(gateway)
-        shards.append(shard)
-        shard.start()
+        shard = start_shard(gateway)
         received = collect(shard.events(), has_marker)
         assert dispatched(received) == [2, 3]
         # One attempt at the resume URL, then the RESUME went to the main gateway.
@@ -358,7 +354,9 @@ def test_a_dead_resume_url_is_abandoned_for_the_main_gateway(shards: list[Shard]
         assert shard.info().resume_url is None
 
 
-def test_reconnects_the_gateway_asks_for_are_not_backed_off(shards: list[Shard]) -> None:
+def test_reconnects_the_gateway_asks_for_are_not_backed_off(
+    start_shard: Callable[..., Shard],
+) -> None:
     def reconnect_after_a_while(peer: Peer) -> None:
         session(peer)
         gevent.sleep(1.2)  # the session got going
@@ -366,9 +364,7 @@ def test_reconnects_the_gateway_asks_for_are_not_backed_off(shards: list[Shard])
         peer.drain()
 
     with HostileGateway(reconnect_after_a_while) as gateway:
-        shard = make_shard(gateway)
-        shards.append(shard)
-        shard.start()
+        shard = start_shard(gateway)
         assert gateway.wait_for(lambda: len(gateway.peers) >= 6, 30)
         gaps = [
             later.opened - (earlier.closed_at or later.opened)
@@ -379,16 +375,16 @@ def test_reconnects_the_gateway_asks_for_are_not_backed_off(shards: list[Shard])
         assert sum(shard.stats.reconnects.values()) >= 5
 
 
-def test_a_gateway_that_drops_every_session_at_once_is_backed_off(shards: list[Shard]) -> None:
+def test_a_gateway_that_drops_every_session_at_once_is_backed_off(
+    start_shard: Callable[..., Shard],
+) -> None:
     def drop_at_once(peer: Peer) -> None:
         session(peer)
         peer.close(4000)
         peer.drain()
 
     with HostileGateway(drop_at_once) as gateway:
-        shard = make_shard(gateway)
-        shards.append(shard)
-        shard.start()
+        start_shard(gateway)
         assert gateway.wait_for(lambda: len(gateway.peers) >= 5, 30)
         opened = [p.opened for p in gateway.peers[:5]]
         gaps = [b - a for a, b in zip(opened, opened[1:], strict=False)]
@@ -408,7 +404,7 @@ def _bomb(size: int) -> Callable[[Any], bytes]:
 
 
 def test_a_decompression_bomb_closes_with_1009_and_the_shard_resumes(
-    shards: list[Shard], caplog: pytest.LogCaptureFixture
+    start_shard: Callable[..., Shard], caplog: pytest.LogCaptureFixture
 ) -> None:
     closes: list[ClientFrame | None] = []
     resumes: list[dict] = []
@@ -427,9 +423,7 @@ def test_a_decompression_bomb_closes_with_1009_and_the_shard_resumes(
         peer.drain()
 
     with HostileGateway([bomb, second]) as gateway:
-        shard = make_shard(gateway, compression=True, max_message_size=LIMIT)
-        shards.append(shard)
-        shard.start()
+        shard = start_shard(gateway, compression=True, max_message_size=LIMIT)
         received = collect(shard.events(), has_marker)
         assert dispatched(received) == [2, 3]
         assert closes[0] is not None and closes[0].close_code == 1009
@@ -438,7 +432,9 @@ def test_a_decompression_bomb_closes_with_1009_and_the_shard_resumes(
         assert len(lines) == 1 and "1009" in lines[0]
 
 
-def test_a_compressed_message_that_never_ends_closes_with_1009(shards: list[Shard]) -> None:
+def test_a_compressed_message_that_never_ends_closes_with_1009(
+    start_shard: Callable[..., Shard],
+) -> None:
     closes: list[ClientFrame | None] = []
 
     def endless(peer: Peer) -> None:
@@ -449,14 +445,12 @@ def test_a_compressed_message_that_never_ends_closes_with_1009(shards: list[Shar
         closes.append(peer.read_close())
 
     with HostileGateway(endless) as gateway:
-        shard = make_shard(gateway, compression=True, max_message_size=LIMIT)
-        shards.append(shard)
-        shard.start()
+        start_shard(gateway, compression=True, max_message_size=LIMIT)
         assert gateway.wait_for(lambda: bool(closes))
         assert closes[0] is not None and closes[0].close_code == 1009
 
 
-def test_frames_split_byte_by_byte_still_work(shards: list[Shard]) -> None:
+def test_frames_split_byte_by_byte_still_work(start_shard: Callable[..., Shard]) -> None:
     def trickle(peer: Peer) -> None:
         peer.read_request()
         data = b""
@@ -473,9 +467,7 @@ def test_frames_split_byte_by_byte_still_work(shards: list[Shard]) -> None:
         peer.drain()
 
     with HostileGateway(trickle) as gateway:
-        shard = make_shard(gateway)
-        shards.append(shard)
-        shard.start()
+        shard = start_shard(gateway)
         assert dispatched(collect(shard.events(), has_marker)) == [2]
 
 
@@ -507,21 +499,18 @@ def test_up_times_out_naming_each_shards_last_failure() -> None:
 
 
 def test_a_token_echoed_in_a_hello_is_not_logged(
-    shards: list[Shard], caplog: pytest.LogCaptureFixture
+    start_shard: Callable[..., Shard], caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
     closes: list[ClientFrame | None] = []
 
     def echo(peer: Peer) -> None:
-        peer.read_request()
-        peer.accept()
+        peer.upgrade()
         peer.hello(f"interval {TOKEN}")
         closes.append(peer.read_close())
 
     with HostileGateway(echo) as gateway:
-        shard = make_shard(gateway)
-        shards.append(shard)
-        shard.start()
+        shard = start_shard(gateway)
         assert gateway.wait_for(lambda: bool(closes))
         texts = [r.getMessage() for r in caplog.records] + [shard.last_failure or ""]
         assert any("heartbeat_interval" in t and "<token>" in t for t in texts)

@@ -220,8 +220,7 @@ def test_frames_sent_with_the_101_are_not_lost() -> None:
 
 def test_the_upgrade_request_is_a_valid_websocket_request() -> None:
     def check(peer: Peer) -> None:
-        peer.read_request()
-        peer.accept()
+        peer.upgrade()
         peer.drain()
 
     with HostileGateway(check) as gateway:

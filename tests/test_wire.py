@@ -6,6 +6,7 @@ import struct
 import zlib
 
 import pytest
+from hostile import frame  # the raw server's frame builder, shared by the tests
 
 from gcluster.frames import (
     OP_BINARY,
@@ -19,24 +20,6 @@ from gcluster.frames import (
 )
 from gcluster.inflate import ZlibStreamInflater
 from gcluster.peek import peek_dispatch
-
-
-def frame(
-    payload: bytes, opcode: int = OP_TEXT, *, fin: bool = True, mask: bytes | None = None
-) -> bytes:
-    b0 = (0x80 if fin else 0) | opcode
-    n = len(payload)
-    mask_bit = 0x80 if mask else 0
-    if n < 126:
-        header = bytes([b0, mask_bit | n])
-    elif n < 1 << 16:
-        header = bytes([b0, mask_bit | 126]) + struct.pack("!H", n)
-    else:
-        header = bytes([b0, mask_bit | 127]) + struct.pack("!Q", n)
-    if mask:
-        payload = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        header += mask
-    return header + payload
 
 
 @pytest.mark.parametrize("size", [0, 5, 125, 126, 65535, 65536, 300_000])
