@@ -41,6 +41,7 @@ def test_builder_sets_every_option_like_the_constructor() -> None:
         .ratelimit_payloads(False)
         .compression(False)
         .connect_timeout(3.0)
+        .max_message_size(1 << 20)
         .decoder(json.loads)
         .build()
     )
@@ -58,6 +59,8 @@ def test_builder_sets_every_option_like_the_constructor() -> None:
         3.0,
     )
     assert config.decoder is json.loads
+    assert config.max_message_size == 1 << 20
+    assert Cluster(SECRET, 1).config().max_message_size == 64 << 20
     assert config.token.authorization == "Bot " + SECRET
     assert Cluster.new(SECRET, 1).config().token == Cluster(f"Bot {SECRET}", 1).config().token
 
@@ -82,6 +85,10 @@ def test_large_threshold_outside_50_to_250_is_refused(value: int) -> None:
         (SECRET, 1, {"presence": {"status": "idle"}}),
         (SECRET, 1, {"resume_sessions": {0: {"session_id": "x"}}}),
         (SECRET, 1, {"connect_timeout": 0}),
+        (SECRET, 1, {"max_message_size": 1000}),
+        (SECRET, 1, {"max_message_size": True}),
+        (SECRET, 1, {"max_message_size": "64MiB"}),
+        (SECRET, 1, {"max_message_size": 2.0**30}),
     ],
 )
 def test_bad_options_raise_config_error(
