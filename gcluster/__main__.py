@@ -17,6 +17,7 @@ import argparse
 import math
 import os
 import signal
+import stat
 import sys
 import time
 from collections import Counter
@@ -27,6 +28,7 @@ from urllib.parse import urlsplit
 
 import gevent
 import gevent.event
+import gevent.socket
 import ujson
 
 from gcluster._exit import EPILOG, ExitStatus, exit_status
@@ -130,10 +132,76 @@ def render_shards(shards: Sequence[Shard]) -> list[str]:
     return lines
 
 
+class Output:
+    """stdout for a command whose reader may stop reading early (``| head``).
+
+    Once the reader has gone, `write` returns False and `gone` is set instead
+    of BrokenPipeError being raised: the command ends as it would at its end,
+    quietly, as Unix tools do. `watch` notices a pipe's reader leaving even
+    while nothing is being written.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.gone = gevent.event.Event()
+        self._watcher: Any = None
+
+    def isatty(self) -> bool:
+        return self.stream.isatty()
+
+    def write(self, text: str) -> bool:
+        """Write and flush `text`; False once the reader has gone."""
+        if self.gone.is_set():
+            return False
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except BrokenPipeError:
+            self._reader_left()
+            return False
+        return True
+
+    def watch(self) -> None:
+        """When stdout is a pipe, set `gone` as soon as its reader closes it."""
+        try:
+            fd = self.stream.fileno()
+            is_pipe = stat.S_ISFIFO(os.fstat(fd).st_mode)
+        except (OSError, ValueError):  # io.UnsupportedOperation is a ValueError too
+            return
+        if is_pipe:
+            self._watcher = gevent.spawn(self._wait_for_reader_to_leave, fd)
+
+    def close(self) -> None:
+        """Stop watching (idempotent)."""
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None and watcher is not gevent.getcurrent():
+            watcher.kill()
+
+    def _wait_for_reader_to_leave(self, fd: int) -> None:
+        # Nothing makes the write end of a pipe readable, but once the read end
+        # is closed poll() reports an error on it, and that wakes a read watcher.
+        gevent.socket.wait_read(fd)
+        self._reader_left()
+
+    def _reader_left(self) -> None:
+        if self.gone.is_set():
+            return
+        self.close()
+        # What is still buffered, and whatever is written later, goes to
+        # /dev/null instead of raising again when the interpreter flushes
+        # stdout at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, self.stream.fileno())
+        finally:
+            os.close(devnull)
+        self.gone.set()
+
+
 class Display:
     """Redraws the table in place on a terminal; prints plain lines when piped."""
 
-    def __init__(self, out: TextIO) -> None:
+    def __init__(self, out: Output) -> None:
         self.out = out
         self.live = out.isatty()
         self._drawn = 0
@@ -145,7 +213,6 @@ class Display:
             self._drawn = len(lines)
         else:
             self.out.write(" | ".join(line.strip() for line in lines[1:]) + "\n")
-        self.out.flush()
 
     def line(self, text: str) -> None:
         erase = ""
@@ -154,7 +221,6 @@ class Display:
             erase = f"\x1b[{self._drawn}F\x1b[J"
             self._drawn = 0
         self.out.write(erase + text + "\n")
-        self.out.flush()
 
 
 def _describe(event: Event) -> str:
@@ -197,7 +263,8 @@ def start_simulator(shards: int, **options: Any) -> GatewaySimulator:
 
 
 def demo(args: argparse.Namespace) -> int:
-    display = Display(sys.stdout)
+    out = Output(sys.stdout)
+    display = Display(out)
     shard_ids = list(range(args.shards))
     sim = start_simulator(args.shards, heartbeat_interval=args.heartbeat)
     cluster = Cluster(
@@ -211,6 +278,8 @@ def demo(args: argparse.Namespace) -> int:
     stop = gevent.event.Event()
     gevent.signal_handler(signal.SIGINT, stop.set)
     gevent.signal_handler(signal.SIGTERM, stop.set)
+    out.gone.rawlink(lambda _: stop.set())
+    out.watch()
     display.line(f"gcluster demo: {args.shards} shards on the embedded simulator at {sim.url}")
     status = ExitStatus.OK
     try:
@@ -228,6 +297,7 @@ def demo(args: argparse.Namespace) -> int:
         summary = render_summary(tallies) + render_shards(cluster.shards())
         cluster.down()
         sim.stop()
+        out.close()
     for line in summary:
         display.line(line)
     return status
@@ -375,7 +445,8 @@ def _token_from_environment() -> str:
 def _print_stream(
     args: argparse.Namespace, token: str, options: dict[str, Any], sim: GatewaySimulator | None
 ) -> int:
-    """Print every event as a JSON line until `--limit` or a signal."""
+    """Print every event as a JSON line until `--limit`, a signal, or stdout's reader leaves."""
+    out = Output(sys.stdout)
     stop = gevent.event.Event()
     gevent.signal_handler(signal.SIGINT, stop.set)
     gevent.signal_handler(signal.SIGTERM, stop.set)
@@ -387,8 +458,9 @@ def _print_stream(
         if sim is not None and args.simulate_events:
             for shard in cluster.shards():
                 sim.send_events(shard.id, args.simulate_events)
-        printer = gevent.spawn(_print_events, cluster, sys.stdout, args.limit)
-        gevent.wait([printer, stop], count=1)
+        out.watch()
+        printer = gevent.spawn(_print_events, cluster, out, args.limit)
+        gevent.wait([printer, stop, out.gone], count=1)
         error = printer.value if printer.ready() else None
         if error is not None:
             raise error
@@ -396,6 +468,7 @@ def _print_stream(
         print(f"error: {err}", file=sys.stderr)
         status = exit_status(err)
     finally:
+        out.close()
         if cluster is not None:
             shards = render_shards(cluster.shards())
             cluster.down()
@@ -407,14 +480,14 @@ def _print_stream(
     return status
 
 
-def _print_events(cluster: Cluster, out: TextIO, limit: int | None) -> GClusterError | None:
-    """Print events until `limit`; the error that ended the stream, if one did."""
+def _print_events(cluster: Cluster, out: Output, limit: int | None) -> GClusterError | None:
+    """Print events until `limit` or stdout's reader leaves; the error that ended the stream."""
     printed = 0
     try:
         for shard_id, event in cluster.events():
             line = {"shard": shard_id, "t": event.name, "s": event.sequence, "d": event.data}
-            out.write(ujson.dumps(line, ensure_ascii=False) + "\n")
-            out.flush()
+            if not out.write(ujson.dumps(line, ensure_ascii=False) + "\n"):
+                return None
             printed += 1
             if limit is not None and printed >= limit:
                 return None

@@ -26,7 +26,7 @@ class ExitStatus(enum.IntEnum):
 EPILOG = """\
 exit status:
   0  done: run's --limit or the demo's --events or --duration reached,
-     SIGINT or SIGTERM
+     SIGINT or SIGTERM, or the reader of stdout went away (| head)
   1  an error: the gateway, the simulator or Redis failed or was
      unreachable, the shards did not start, events read but not published
      (--sink), a lost --lease, a missing extra

@@ -11,9 +11,11 @@ import json
 import os
 import re
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
+import gevent
 import pytest
 from gevent import subprocess
 
@@ -23,6 +25,9 @@ from gcluster.testing import GatewaySimulator
 
 MakeSim = Callable[..., GatewaySimulator]
 ROOT = Path(__file__).resolve().parent.parent
+# Far below the simulator's 41.25 s heartbeat in `run --simulate`: a command
+# that ends within it did not wait for the next event to notice anything.
+PROMPTLY = 20.0
 
 
 def environment(token: str | None = None, path: str | None = None) -> dict[str, str]:
@@ -43,6 +48,19 @@ def gcluster_cli(
         text=True,
         timeout=timeout,
         env=environment(token, path),
+        cwd=ROOT,
+    )
+
+
+def shell(pipeline: str, timeout: float = PROMPTLY) -> subprocess.CompletedProcess[str]:
+    """Run a shell pipeline in which `gcluster` is the command line; pipefail is on."""
+    command = f"set -o pipefail; {pipeline.replace('gcluster', f'{sys.executable} -m gcluster')}"
+    return subprocess.run(
+        ["bash", "-c", command],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=environment(),
         cwd=ROOT,
     )
 
@@ -246,3 +264,49 @@ def test_integer_intents_reach_the_identify(make_sim: MakeSim) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert [identify.intents for identify in sim.records.identifies] == [33281]
+
+
+# --- a reader that leaves early -------------------------------------------------------------
+
+
+def test_run_piped_into_head_ends_quietly() -> None:
+    result = shell("gcluster run --simulate | head -1")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["shard"] == 0
+    assert_quiet(result.stderr)
+
+
+def test_demo_piped_into_head_ends_quietly_and_promptly() -> None:
+    # Ten lines come at once; at 100 events/s the demo alone would take 200 s.
+    result = shell("gcluster demo --rate 100 --sample 1 | head")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("gcluster demo: 4 shards")
+    assert_quiet(result.stderr)
+
+
+def test_run_notices_its_reader_leaving_while_no_event_comes() -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gcluster", "run", "--simulate", "--simulate-events", "3"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment(),
+        cwd=ROOT,
+    )
+    try:
+        assert process.stdout is not None
+        numbered = 0
+        with gevent.Timeout(PROMPTLY):
+            while numbered < 4:  # READY and the 3 events: nothing more comes until a heartbeat
+                numbered += json.loads(process.stdout.readline())["s"] is not None
+        process.stdout.close()
+        started = time.monotonic()
+        status = process.wait(timeout=PROMPTLY)
+        assert status == 0
+        assert time.monotonic() - started < PROMPTLY
+        assert process.stderr is not None
+        assert_quiet(process.stderr.read())
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
