@@ -1,4 +1,4 @@
-"""The command line: `python -m gcluster demo` and `python -m gcluster run`.
+"""The command line: `python -m gcluster demo`, `python -m gcluster run` and `--version`.
 
 `demo` needs nothing but this package: it starts the embedded gateway
 simulator, brings a cluster up on it, streams events through it and shows
@@ -14,12 +14,16 @@ status 2; the statuses are listed in `gcluster._exit` and under ``--help``.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import math
 import os
+import platform
+import resource
 import signal
 import stat
 import sys
 import time
+import zlib
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,12 +35,14 @@ import gevent.event
 import gevent.socket
 import ujson
 
+import gcluster
 from gcluster._exit import EPILOG, ExitStatus, exit_status
 from gcluster._token import Token
 from gcluster.cluster import Cluster
 from gcluster.errors import GClusterError
 from gcluster.events import Event, EventType, EventTypeFlags
 from gcluster.intents import Intents
+from gcluster.queue import DEFAULT_SPARE
 from gcluster.scheme import ShardScheme
 from gcluster.shard import Information, Shard
 
@@ -46,6 +52,9 @@ if TYPE_CHECKING:
 DEFAULT_DEMO_INTENTS = Intents.GUILDS | Intents.GUILD_MESSAGES | Intents.GUILD_MESSAGE_TYPING
 # Dispatches that open or resume a session; the demo counts only the stream itself.
 _SESSION_STARTS = frozenset({EventType.READY, EventType.RESUMED})
+# The daily session starts Discord gives most bots; the embedded simulator
+# grants at least as many (see `start_simulator`).
+_DAILY_SESSION_STARTS: Final = 1000
 _LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
 
 _N = TypeVar("_N", int, float)
@@ -256,10 +265,34 @@ def _feed(sim: Any, shard_ids: Sequence[int], total_events: int, rate: float) ->
 
 
 def start_simulator(shards: int, **options: Any) -> GatewaySimulator:
-    """The embedded simulator for a cluster of `shards`, all identifying at once."""
+    """The embedded simulator, sized for a cluster of `shards` in this process.
+
+    Every shard identifies at once (one identify bucket each), and the daily
+    session starts cover every shard's first IDENTIFY and as many again for
+    sessions lost during the run, on top of the one the identify queue keeps
+    spare: Discord's 1,000 would stop a 1,000-shard demo before it started.
+    """
     from gcluster.testing import GatewaySimulator
 
-    return GatewaySimulator(shards=shards, max_concurrency=shards, **options).start()
+    # Each shard holds a socket here and the simulator its end of it.
+    _allow_open_files(2 * shards + 100)
+    starts = max(_DAILY_SESSION_STARTS, 2 * shards + DEFAULT_SPARE)
+    return GatewaySimulator(
+        shards=shards,
+        max_concurrency=shards,
+        session_start_limit_total=starts,
+        session_start_remaining=starts,
+        **options,
+    ).start()
+
+
+def _allow_open_files(needed: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return
+    limit = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    if limit > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
 
 
 def demo(args: argparse.Namespace) -> int:
@@ -578,6 +611,53 @@ def api_base_option(text: str) -> str:
 # --- the command line ---------------------------------------------------------------
 
 
+def version_text() -> str:
+    """What `--version` prints: gcluster and what it runs on, for a bug report."""
+    orjson = _installed("orjson")
+    zstandard = _installed("zstandard")
+    loop = gevent.config.loop
+    return "\n".join(
+        [
+            f"gcluster {gcluster.__version__}",
+            f"Python {platform.python_version()} ({platform.python_implementation()})",
+            f"gevent {gevent.__version__} (loop {loop.__module__})",
+            f"JSON decoder: ujson {ujson.__version__}"
+            + (
+                f' (orjson {orjson} is installed: Cluster(decoder="orjson"))'
+                if orjson
+                else " (orjson is not installed)"
+            ),
+            f"zlib-stream: the zlib module, zlib {zlib.ZLIB_RUNTIME_VERSION}",
+            "zstd-stream: "
+            + (f"zstandard {zstandard}" if zstandard else "zstandard is not installed"),
+        ]
+    )
+
+
+def _installed(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+class _Version(argparse.Action):
+    """``--version``: computed only when asked for."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, help: str | None = None) -> None:
+        super().__init__(option_strings, dest=argparse.SUPPRESS, nargs=0, help=help)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> NoReturn:
+        sys.stdout.write(version_text() + "\n")
+        parser.exit(ExitStatus.OK)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse's parser, but a usage error is one line (what is wrong), status 2."""
 
@@ -600,6 +680,11 @@ def parser() -> argparse.ArgumentParser:
         description=__doc__.split("\n")[0],
         epilog=EPILOG,
         formatter_class=_Formatter,
+    )
+    top.add_argument(
+        "--version",
+        action=_Version,
+        help="print gcluster's version, and Python's, gevent's and the decoders' in use",
     )
     commands = top.add_subparsers(dest="command", required=True)
 

@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import re
 import sys
 import time
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
 import gevent
 import pytest
+import ujson
 from gevent import subprocess
 
+import gcluster
 from gcluster import Intents
 from gcluster.__main__ import parser
 from gcluster.testing import GatewaySimulator
@@ -310,3 +314,30 @@ def test_run_notices_its_reader_leaving_while_no_event_comes() -> None:
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+# --- version and scale ----------------------------------------------------
+
+
+def test_version_names_what_gcluster_runs_on() -> None:
+    result = gcluster_cli("--version", timeout=30)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"gcluster {gcluster.__version__}"
+    assert lines[1].startswith(f"Python {platform.python_version()} ")
+    assert lines[2].startswith(f"gevent {gevent.__version__} ")
+    assert lines[3].startswith(f"JSON decoder: ujson {ujson.__version__}")
+    assert lines[4] == f"zlib-stream: the zlib module, zlib {zlib.ZLIB_RUNTIME_VERSION}"
+    assert lines[5].startswith("zstd-stream: zstandard ")
+
+
+def test_the_demo_starts_a_thousand_shards() -> None:
+    # Discord's 1,000 daily session starts, one kept spare, would not cover them.
+    result = gcluster_cli("demo", "--shards", "1000", "--events", "1000", "--rate", "0")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr
+    lines = result.stdout.splitlines()
+    summary = lines.index(next(line for line in lines if line.startswith("summary:")))
+    assert lines[summary].startswith("summary: 1000 events")
+    rows = [line.split() for line in lines[summary + 2 :]]
+    assert len(rows) == 1000
+    assert all(row[2] == "1" and row[-1] == "connected" for row in rows)  # one IDENTIFY each
