@@ -55,6 +55,8 @@ _SESSION_STARTS = frozenset({EventType.READY, EventType.RESUMED})
 # The daily session starts Discord gives most bots; the embedded simulator
 # grants at least as many (see `start_simulator`).
 _DAILY_SESSION_STARTS: Final = 1000
+# Piped, the demo prints a progress line this often instead of a table per refresh.
+_PROGRESS_EVERY: Final = 5.0
 _LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
 
 _N = TypeVar("_N", int, float)
@@ -114,6 +116,15 @@ def render_table(info: dict[int, Information], tallies: Tallies) -> list[str]:
             f"{tallies.rates[shard_id]:>9.0f} {tally.events:>8} {shard.sequence or 0:>9}"
         )
     return lines
+
+
+def render_progress(info: dict[int, Information], tallies: Tallies) -> str:
+    """One line however many shards: what a log file gets instead of the live table."""
+    elapsed = time.monotonic() - tallies.started
+    stages = Counter(shard.stage.value for shard in info.values())
+    shards = ", ".join(f"{count} {stage}" for stage, count in sorted(stages.items()))
+    rate = sum(tallies.rates.values())
+    return f"{elapsed:.0f} s: {tallies.total} events, {rate:.0f} events/s; shards: {shards}"
 
 
 def render_summary(tallies: Tallies) -> list[str]:
@@ -208,20 +219,30 @@ class Output:
 
 
 class Display:
-    """Redraws the table in place on a terminal; prints plain lines when piped."""
+    """The demo's screen.
+
+    On a terminal, the shard table is redrawn in place. Piped or redirected,
+    it prints one progress line every `_PROGRESS_EVERY` seconds instead, so a
+    log gets neither escape codes nor a table's worth of text per refresh.
+    """
 
     def __init__(self, out: Output) -> None:
         self.out = out
         self.live = out.isatty()
         self._drawn = 0
+        self._last_progress = time.monotonic()
 
-    def table(self, lines: list[str]) -> None:
+    def refresh(self, info: dict[int, Information], tallies: Tallies) -> None:
         if self.live:
+            lines = render_table(info, tallies)
             erase = f"\x1b[{self._drawn}F\x1b[J" if self._drawn else ""
             self.out.write(erase + "\n".join(lines) + "\n")
             self._drawn = len(lines)
-        else:
-            self.out.write(" | ".join(line.strip() for line in lines[1:]) + "\n")
+            return
+        now = time.monotonic()
+        if now - self._last_progress >= _PROGRESS_EVERY:
+            self._last_progress = now
+            self.out.write(render_progress(info, tallies) + "\n")
 
     def line(self, text: str) -> None:
         erase = ""
@@ -352,7 +373,7 @@ def _stream(
     try:
         while not stop.is_set() and not reader.dead:
             tallies.roll()
-            display.table(render_table(cluster.info(), tallies))
+            display.refresh(cluster.info(), tallies)
             if deadline is not None and time.monotonic() >= deadline:
                 break
             stop.wait(0.5 if display.live else 1.0)
@@ -692,7 +713,8 @@ def parser() -> argparse.ArgumentParser:
         "demo",
         help="run a cluster against the embedded gateway simulator",
         description="Start the embedded gateway simulator and a cluster on it, stream events "
-        "through every shard, show a live table of the shards and finish with a summary.",
+        "through every shard, show a live table of the shards (on a terminal; piped, a "
+        "progress line every 5 s) and finish with a summary.",
         epilog=EPILOG,
         formatter_class=_Formatter,
     )

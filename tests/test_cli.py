@@ -316,7 +316,7 @@ def test_run_notices_its_reader_leaving_while_no_event_comes() -> None:
             process.wait()
 
 
-# --- version and scale ----------------------------------------------------
+# --- version, scale, and a demo that is piped ----------------------------------------------------
 
 
 def test_version_names_what_gcluster_runs_on() -> None:
@@ -341,3 +341,18 @@ def test_the_demo_starts_a_thousand_shards() -> None:
     rows = [line.split() for line in lines[summary + 2 :]]
     assert len(rows) == 1000
     assert all(row[2] == "1" and row[-1] == "connected" for row in rows)  # one IDENTIFY each
+
+
+def test_a_piped_demo_prints_progress_lines_not_the_table() -> None:
+    result = gcluster_cli(
+        "demo", "--events", "100000", "--rate", "1000", "--duration", "5.5", "--sample", "100000"
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "\x1b[" not in result.stdout
+    assert not any(" | " in line or line.lstrip().startswith("shard  stage") for line in lines)
+    progress = [line for line in lines if re.match(r"^\d+ s: \d+ events, \d+ events/s; ", line)]
+    assert len(progress) == 1, lines
+    assert progress[0].endswith("; shards: 4 connected")
+    assert all(len(line) <= 100 for line in lines)
+    assert any(line.startswith("summary: ") for line in lines)
