@@ -57,12 +57,15 @@ def main(argv: list[str] | None = None) -> int:
         in_order = all(seqs == sorted(seqs) for seqs in handled.values())
         print(f"handled {messages} messages in {len(handled)} channels in {elapsed:.1f} s")
         print(f"order kept in every channel: {'yes' if in_order else 'NO'}")
-        print(f"most handled at once: {stats.peak_in_flight} (pool of {dispatcher.pool_size})")
         print(
-            f"stats: received={stats.received} handled={stats.handled} failed={stats.failed} "
-            f"in_flight={stats.in_flight} pending={stats.pending}"
+            f"most handled at once: {stats.peak_events_in_flight} (pool of {dispatcher.pool_size})"
         )
-        print("events: " + ", ".join(f"{name}={n}" for name, n in sorted(kinds.items())))
+        print(
+            f"events: received={stats.events_received} handled={stats.events_handled} "
+            f"in_flight={stats.events_in_flight} pending={stats.events_pending}; "
+            f"handler calls: returned={stats.calls_returned} failed={stats.calls_failed}"
+        )
+        print("by kind: " + ", ".join(f"{name}={n}" for name, n in sorted(kinds.items())))
     return 0
 
 

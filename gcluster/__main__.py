@@ -1,4 +1,4 @@
-"""The command line: `python -m gcluster demo` and `python -m gcluster run`.
+"""The command line: `python -m gcluster demo`, `python -m gcluster run` and `--version`.
 
 `demo` needs nothing but this package: it starts the embedded gateway
 simulator, brings a cluster up on it, streams events through it and shows
@@ -6,34 +6,64 @@ each shard's state as it goes. `run` connects to Discord with DISCORD_TOKEN
 and prints every event as one JSON line, for piping into jq; with `--sink
 redis://...` it runs as a gateway service feeding worker processes through
 Redis Streams (see `gcluster.redis.service`).
+
+Bad input is refused before anything starts, with one line on stderr and
+status 2; the statuses are listed in `gcluster._exit` and under ``--help``.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
+import math
 import os
+import platform
+import resource
 import signal
+import stat
 import sys
 import time
+import zlib
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, Final, NoReturn, TextIO, TypeVar
+from urllib.parse import urlsplit
 
 import gevent
 import gevent.event
+import gevent.socket
 import ujson
 
+import gcluster
+from gcluster._exit import EPILOG, ExitStatus, exit_status
+from gcluster._token import Token
 from gcluster.cluster import Cluster
 from gcluster.errors import GClusterError
 from gcluster.events import Event, EventType, EventTypeFlags
 from gcluster.intents import Intents
+from gcluster.queue import DEFAULT_SPARE
 from gcluster.scheme import ShardScheme
 from gcluster.shard import Information, Shard
+
+if TYPE_CHECKING:
+    from gcluster.testing import GatewaySimulator
 
 DEFAULT_DEMO_INTENTS = Intents.GUILDS | Intents.GUILD_MESSAGES | Intents.GUILD_MESSAGE_TYPING
 # Dispatches that open or resume a session; the demo counts only the stream itself.
 _SESSION_STARTS = frozenset({EventType.READY, EventType.RESUMED})
+# The daily session starts Discord gives most bots; the embedded simulator
+# grants at least as many (see `start_simulator`).
+_DAILY_SESSION_STARTS: Final = 1000
+# Piped, the demo prints a progress line this often instead of a table per refresh.
+_PROGRESS_EVERY: Final = 5.0
+_LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
+
+_N = TypeVar("_N", int, float)
+
+
+class UsageError(ValueError):
+    """Options that make no sense together; reported like argparse's own errors (status 2)."""
 
 
 @dataclass
@@ -88,6 +118,15 @@ def render_table(info: dict[int, Information], tallies: Tallies) -> list[str]:
     return lines
 
 
+def render_progress(info: dict[int, Information], tallies: Tallies) -> str:
+    """One line however many shards: what a log file gets instead of the live table."""
+    elapsed = time.monotonic() - tallies.started
+    stages = Counter(shard.stage.value for shard in info.values())
+    shards = ", ".join(f"{count} {stage}" for stage, count in sorted(stages.items()))
+    rate = sum(tallies.rates.values())
+    return f"{elapsed:.0f} s: {tallies.total} events, {rate:.0f} events/s; shards: {shards}"
+
+
 def render_summary(tallies: Tallies) -> list[str]:
     elapsed = time.monotonic() - tallies.started
     return [
@@ -113,31 +152,105 @@ def render_shards(shards: Sequence[Shard]) -> list[str]:
     return lines
 
 
-class Display:
-    """Redraws the table in place on a terminal; prints plain lines when piped."""
+class Output:
+    """stdout for a command whose reader may stop reading early (``| head``).
 
-    def __init__(self, out: TextIO) -> None:
+    Once the reader has gone, `write` returns False and `gone` is set instead
+    of BrokenPipeError being raised: the command ends as it would at its end,
+    quietly, as Unix tools do. `watch` notices a pipe's reader leaving even
+    while nothing is being written.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.gone = gevent.event.Event()
+        self._watcher: Any = None
+
+    def isatty(self) -> bool:
+        return self.stream.isatty()
+
+    def write(self, text: str) -> bool:
+        """Write and flush `text`; False once the reader has gone."""
+        if self.gone.is_set():
+            return False
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except BrokenPipeError:
+            self._reader_left()
+            return False
+        return True
+
+    def watch(self) -> None:
+        """When stdout is a pipe, set `gone` as soon as its reader closes it."""
+        try:
+            fd = self.stream.fileno()
+            is_pipe = stat.S_ISFIFO(os.fstat(fd).st_mode)
+        except (OSError, ValueError):  # io.UnsupportedOperation is a ValueError too
+            return
+        if is_pipe:
+            self._watcher = gevent.spawn(self._wait_for_reader_to_leave, fd)
+
+    def close(self) -> None:
+        """Stop watching (idempotent)."""
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None and watcher is not gevent.getcurrent():
+            watcher.kill()
+
+    def _wait_for_reader_to_leave(self, fd: int) -> None:
+        # Nothing makes the write end of a pipe readable, but once the read end
+        # is closed poll() reports an error on it, and that wakes a read watcher.
+        gevent.socket.wait_read(fd)
+        self._reader_left()
+
+    def _reader_left(self) -> None:
+        if self.gone.is_set():
+            return
+        self.close()
+        # What is still buffered, and whatever is written later, goes to
+        # /dev/null instead of raising again when the interpreter flushes
+        # stdout at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, self.stream.fileno())
+        finally:
+            os.close(devnull)
+        self.gone.set()
+
+
+class Display:
+    """The demo's screen.
+
+    On a terminal, the shard table is redrawn in place. Piped or redirected,
+    it prints one progress line every `_PROGRESS_EVERY` seconds instead, so a
+    log gets neither escape codes nor a table's worth of text per refresh.
+    """
+
+    def __init__(self, out: Output) -> None:
         self.out = out
         self.live = out.isatty()
         self._drawn = 0
+        self._last_progress = time.monotonic()
 
-    def table(self, lines: list[str]) -> None:
+    def refresh(self, info: dict[int, Information], tallies: Tallies) -> None:
         if self.live:
-            if self._drawn:
-                self.out.write(f"\x1b[{self._drawn}F\x1b[J")
-            self.out.write("\n".join(lines) + "\n")
+            lines = render_table(info, tallies)
+            erase = f"\x1b[{self._drawn}F\x1b[J" if self._drawn else ""
+            self.out.write(erase + "\n".join(lines) + "\n")
             self._drawn = len(lines)
-        else:
-            self.out.write(" | ".join(line.strip() for line in lines[1:]) + "\n")
-        self.out.flush()
+            return
+        now = time.monotonic()
+        if now - self._last_progress >= _PROGRESS_EVERY:
+            self._last_progress = now
+            self.out.write(render_progress(info, tallies) + "\n")
 
     def line(self, text: str) -> None:
+        erase = ""
         if self.live and self._drawn:
             # Print above the table, then redraw it on the next tick.
-            self.out.write(f"\x1b[{self._drawn}F\x1b[J")
+            erase = f"\x1b[{self._drawn}F\x1b[J"
             self._drawn = 0
-        self.out.write(text + "\n")
-        self.out.flush()
+        self.out.write(erase + text + "\n")
 
 
 def _describe(event: Event) -> str:
@@ -172,16 +285,42 @@ def _feed(sim: Any, shard_ids: Sequence[int], total_events: int, rate: float) ->
         gevent.sleep(max(0.0, ahead))
 
 
-def demo(args: argparse.Namespace) -> int:
+def start_simulator(shards: int, **options: Any) -> GatewaySimulator:
+    """The embedded simulator, sized for a cluster of `shards` in this process.
+
+    Every shard identifies at once (one identify bucket each), and the daily
+    session starts cover every shard's first IDENTIFY and as many again for
+    sessions lost during the run, on top of the one the identify queue keeps
+    spare: Discord's 1,000 would stop a 1,000-shard demo before it started.
+    """
     from gcluster.testing import GatewaySimulator
 
-    out = sys.stdout
-    display = Display(out)
-    sim = GatewaySimulator(
-        shards=args.shards,
-        max_concurrency=args.shards,
-        heartbeat_interval=args.heartbeat,
+    # Each shard holds a socket here and the simulator its end of it.
+    _allow_open_files(2 * shards + 100)
+    starts = max(_DAILY_SESSION_STARTS, 2 * shards + DEFAULT_SPARE)
+    return GatewaySimulator(
+        shards=shards,
+        max_concurrency=shards,
+        session_start_limit_total=starts,
+        session_start_remaining=starts,
+        **options,
     ).start()
+
+
+def _allow_open_files(needed: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return
+    limit = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    if limit > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+
+
+def demo(args: argparse.Namespace) -> int:
+    out = Output(sys.stdout)
+    display = Display(out)
+    shard_ids = list(range(args.shards))
+    sim = start_simulator(args.shards, heartbeat_interval=args.heartbeat)
     cluster = Cluster(
         sim.token,
         DEFAULT_DEMO_INTENTS,
@@ -189,41 +328,60 @@ def demo(args: argparse.Namespace) -> int:
         shard_scheme=ShardScheme.range(range(args.shards), args.shards),
         event_types=EventTypeFlags.ALL,
     )
-    shard_ids = list(range(args.shards))
     tallies = Tallies(shard_ids)
     stop = gevent.event.Event()
     gevent.signal_handler(signal.SIGINT, stop.set)
     gevent.signal_handler(signal.SIGTERM, stop.set)
+    out.gone.rawlink(lambda _: stop.set())
+    out.watch()
     display.line(f"gcluster demo: {args.shards} shards on the embedded simulator at {sim.url}")
+    status = ExitStatus.OK
     try:
         cluster.up(timeout=30)
         if not cluster.wait_until_ready(timeout=30):
             display.line("shards did not become ready within 30 s")
-            return 1
-        feeder = gevent.spawn(_feed, sim, shard_ids, args.events, args.rate)
-        reader = gevent.spawn(_consume, cluster, tallies, display, args, stop)
-        deadline = time.monotonic() + args.duration if args.duration else None
-        while not stop.is_set():
-            tallies.roll()
-            display.table(render_table(cluster.info(), tallies))
-            if deadline is not None and time.monotonic() >= deadline:
-                break
-            if reader.dead:
-                break
-            stop.wait(0.5 if display.live else 1.0)
-        feeder.kill()
-        display.table(render_table(cluster.info(), tallies))
+            status = ExitStatus.ERROR
+        else:
+            _stream(sim, cluster, tallies, display, args, stop)
     except GClusterError as err:
         display.line(f"error: {err}")
-        return 1
+        status = exit_status(err)
     finally:
         # Before down(): the table shows the stages the run ended in.
         summary = render_summary(tallies) + render_shards(cluster.shards())
         cluster.down()
         sim.stop()
+        out.close()
     for line in summary:
         display.line(line)
-    return 0
+    return status
+
+
+def _stream(
+    sim: GatewaySimulator,
+    cluster: Cluster,
+    tallies: Tallies,
+    display: Display,
+    args: argparse.Namespace,
+    stop: gevent.event.Event,
+) -> None:
+    """Feed the events and show the shards until all arrived, `--duration` or `stop`."""
+    shard_ids = list(tallies.shards)
+    feeder = gevent.spawn(_feed, sim, shard_ids, args.events, args.rate)
+    reader = gevent.spawn(_consume, cluster, tallies, display, args, stop)
+    deadline = time.monotonic() + args.duration if args.duration else None
+    try:
+        while not stop.is_set() and not reader.dead:
+            tallies.roll()
+            display.refresh(cluster.info(), tallies)
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            stop.wait(0.5 if display.live else 1.0)
+    finally:
+        feeder.kill()
+    error = reader.value if reader.ready() else None
+    if error is not None:
+        raise error
 
 
 def _consume(
@@ -232,33 +390,35 @@ def _consume(
     display: Display,
     args: argparse.Namespace,
     done: gevent.event.Event,
-) -> None:
-    every = max(1, args.sample)
-    for shard_id, event in cluster.events():
-        tallies.count(shard_id, event)
-        if tallies.total >= args.events:
-            done.set()
-        if event.sequence is not None and tallies.shards[shard_id].events % every == 1:
-            display.line(f"[shard {shard_id}] #{event.sequence} {event.name}: {_describe(event)}")
+) -> GClusterError | None:
+    """Count and sample the events; the error that ended the stream, if one did."""
+    try:
+        for shard_id, event in cluster.events():
+            tallies.count(shard_id, event)
+            if tallies.total >= args.events:
+                done.set()
+            if event.sequence is None or event.kind in _SESSION_STARTS:
+                continue
+            # The first of every `--sample` events of the shard.
+            if (tallies.shards[shard_id].events - 1) % args.sample == 0:
+                display.line(
+                    f"[shard {shard_id}] #{event.sequence} {event.name}: {_describe(event)}"
+                )
+    except GClusterError as err:  # returned: a greenlet that raised would print it
+        return err
+    return None
 
 
-def _parse_flags(text: str, enum: Any, what: str) -> Any:
-    value = enum(0)
-    for name in filter(None, (part.strip().upper() for part in text.split(","))):
-        if name.isdigit():
-            value |= enum(int(name))
-            continue
-        try:
-            value |= enum[name]
-        except KeyError:
-            raise SystemExit(f"unknown {what}: {name}") from None
-    return value
+# --- run ------------------------------------------------------------------------
 
 
 def parse_scheme(text: str | None, total: int | None) -> ShardScheme | None:
     """`--scheme`: "auto", "process:I/N" or "range:A-B" (with `--shards` as the total).
 
     Without `--scheme`, `--shards N` means shards 0..N-1 of N, and neither means auto.
+
+    Raises:
+        UsageError: a scheme that is malformed, or needs `--shards` and has none.
     """
     if not text:
         return ShardScheme.range(range(total), total) if total else None
@@ -266,9 +426,9 @@ def parse_scheme(text: str | None, total: int | None) -> ShardScheme | None:
     if kind == "auto" and not value:
         return ShardScheme.auto()
     if kind not in ("process", "range") or not value:
-        raise SystemExit(f"--scheme must be auto, process:I/N or range:A-B, not {text!r}")
+        raise UsageError(f"--scheme must be auto, process:I/N or range:A-B, not {text!r}")
     if not total:
-        raise SystemExit(f"--scheme {text} needs the bot's shard count: --shards TOTAL")
+        raise UsageError(f"--scheme {text} needs the bot's shard count: --shards TOTAL")
     try:
         if kind == "process":
             index, count = (int(part) for part in value.split("/"))
@@ -276,112 +436,317 @@ def parse_scheme(text: str | None, total: int | None) -> ShardScheme | None:
         first, last = (int(part) for part in value.split("-"))
         return ShardScheme.range(range(first, last + 1), total)
     except ValueError as err:  # bad numbers, or ShardSchemeError
-        raise SystemExit(f"--scheme {text}: {err}") from None
+        raise UsageError(f"--scheme {text}: {err}") from None
 
 
 def run(args: argparse.Namespace) -> int:
-    token = os.environ.get("DISCORD_TOKEN", "")
+    # Everything the command line alone decides is checked before anything starts.
+    if args.simulate and args.api_base:
+        raise UsageError("--simulate serves its own REST API: leave out --api-base")
+    if args.sink and args.limit is not None:
+        raise UsageError("--limit counts the events printed, and with --sink none are")
     scheme = parse_scheme(args.scheme, args.shards)
+    token = ""
+    if not args.simulate:
+        token = _token_from_environment()
+    serve: Callable[..., int] | None = None
+    if args.sink:
+        try:
+            from gcluster.redis.service import serve
+        except ImportError as err:
+            print(
+                f"error: --sink needs the redis extra: pip install 'gcluster[redis]' ({err})",
+                file=sys.stderr,
+            )
+            return ExitStatus.ERROR
     sim = None
     options: dict[str, Any] = {}
     if args.simulate:
-        from gcluster.testing import GatewaySimulator
-
         total = args.shards or 1
-        sim = GatewaySimulator(shards=total, max_concurrency=total).start()
+        sim = start_simulator(total)
         token = sim.token
         options["api_base"] = sim.api_base
         scheme = scheme or ShardScheme.range(range(total), total)
-    elif not token:
-        print("DISCORD_TOKEN is not set (or use --simulate)", file=sys.stderr)
-        return 2
     elif args.api_base:
         options["api_base"] = args.api_base
-    intents = _parse_flags(args.intents, Intents, "intent")
-    event_types = _parse_flags(args.events, EventTypeFlags, "event type") if args.events else None
-    if event_types is not None:
-        options["event_types"] = event_types
-    if args.sink:
-        from gcluster.redis.service import serve
-
+    if args.events is not None:
+        options["event_types"] = args.events
+    if serve is not None:
         return serve(
             args,
             token=token,
-            intents=intents,
+            intents=args.intents,
             scheme=scheme or ShardScheme.auto(),
             options=options,
             simulate=sim,
         )
     if scheme is not None:
         options["shard_scheme"] = scheme
-    cluster = Cluster(token, intents, **options)
+    return _print_stream(args, token, options, sim)
+
+
+def _token_from_environment() -> str:
+    token = os.environ.get("DISCORD_TOKEN")
+    if token is None:
+        raise UsageError("DISCORD_TOKEN is not set (or use --simulate)")
+    try:
+        Token(token)
+    except ValueError:
+        raise UsageError("DISCORD_TOKEN is blank (or use --simulate)") from None
+    return token
+
+
+def _print_stream(
+    args: argparse.Namespace, token: str, options: dict[str, Any], sim: GatewaySimulator | None
+) -> int:
+    """Print every event as a JSON line until `--limit`, a signal, or stdout's reader leaves."""
+    out = Output(sys.stdout)
     stop = gevent.event.Event()
     gevent.signal_handler(signal.SIGINT, stop.set)
     gevent.signal_handler(signal.SIGTERM, stop.set)
-    out = sys.stdout
+    status = ExitStatus.OK
+    cluster = None
     try:
+        cluster = Cluster(token, args.intents, **options)
         cluster.up()
-        if sim is not None:
+        if sim is not None and args.simulate_events:
             for shard in cluster.shards():
                 sim.send_events(shard.id, args.simulate_events)
+        out.watch()
         printer = gevent.spawn(_print_events, cluster, out, args.limit)
-        gevent.wait([printer, stop], count=1)
+        gevent.wait([printer, stop, out.gone], count=1)
+        error = printer.value if printer.ready() else None
+        if error is not None:
+            raise error
     except GClusterError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 1
+        status = exit_status(err)
     finally:
-        shards = render_shards(cluster.shards())
-        cluster.down()
+        out.close()
+        if cluster is not None:
+            shards = render_shards(cluster.shards())
+            cluster.down()
+            # stdout carries the JSON lines; the operator's summary goes to stderr.
+            for line in shards:
+                print(line, file=sys.stderr)
         if sim is not None:
             sim.stop()
-        # stdout carries the JSON lines; the operator's summary goes to stderr.
-        for line in shards:
-            print(line, file=sys.stderr)
-    return 0
+    return status
 
 
-def _print_events(cluster: Cluster, out: TextIO, limit: int | None) -> None:
+def _print_events(cluster: Cluster, out: Output, limit: int | None) -> GClusterError | None:
+    """Print events until `limit` or stdout's reader leaves; the error that ended the stream."""
     printed = 0
-    for shard_id, event in cluster.events():
-        line = {"shard": shard_id, "t": event.name, "s": event.sequence, "d": event.data}
-        out.write(ujson.dumps(line, ensure_ascii=False) + "\n")
-        out.flush()
-        printed += 1
-        if limit is not None and printed >= limit:
-            return
+    try:
+        for shard_id, event in cluster.events():
+            line = {"shard": shard_id, "t": event.name, "s": event.sequence, "d": event.data}
+            if not out.write(ujson.dumps(line, ensure_ascii=False) + "\n"):
+                return None
+            printed += 1
+            if limit is not None and printed >= limit:
+                return None
+    except GClusterError as err:  # returned: a greenlet that raised would print it
+        return err
+    return None
+
+
+# --- options ----------------------------------------------------------------------
+
+
+def positive_int(text: str) -> int:
+    return _number(text, int, lambda value: value > 0, "a positive integer")
+
+
+def non_negative_int(text: str) -> int:
+    return _number(text, int, lambda value: value >= 0, "an integer, 0 or more")
+
+
+def positive_float(text: str) -> float:
+    return _number(text, float, lambda value: value > 0, "a positive number")
+
+
+def non_negative_float(text: str) -> float:
+    return _number(text, float, lambda value: value >= 0, "a number, 0 or more")
+
+
+def _number(text: str, kind: Callable[[str], _N], fits: Callable[[_N], bool], what: str) -> _N:
+    try:
+        value = kind(text)
+    except ValueError:
+        value = None
+    # NaN fits nothing; infinity is refused too, as no option means "forever" by it.
+    if value is None or not math.isfinite(value) or not fits(value):
+        raise argparse.ArgumentTypeError(f"must be {what}, not {text!r}")
+    return value
+
+
+def intents_option(text: str) -> Intents:
+    """`--intents`: Intents names and integers, comma-separated, OR-ed together."""
+    value = Intents(0)
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if not parts:
+        raise argparse.ArgumentTypeError("no intents given (0 asks for none)")
+    for part in parts:
+        if part.isdigit():
+            number = int(part)
+            unknown = number & ~int(Intents.ALL)  # ~ on the flag keeps only its own bits
+            if unknown:
+                raise argparse.ArgumentTypeError(
+                    f"{part} sets bits no intent has ({unknown:#x}); Discord would close with 4013"
+                )
+            value |= Intents(number)
+        elif part.upper() in Intents.__members__:
+            value |= Intents[part.upper()]
+        else:
+            raise argparse.ArgumentTypeError(f"unknown intent {part!r}")
+    return value
+
+
+def event_types_option(text: str) -> EventTypeFlags:
+    """`--events` of `run`: EventType names, comma-separated."""
+    value = EventTypeFlags(0)
+    parts = [part.strip().upper() for part in text.split(",") if part.strip()]
+    if not parts:
+        raise argparse.ArgumentTypeError("no event types given (leave --events out for all)")
+    for part in parts:
+        if part not in EventTypeFlags.__members__:
+            raise argparse.ArgumentTypeError(f"unknown event type {part!r}")
+        value |= EventTypeFlags[part]
+    return value
+
+
+def api_base_option(text: str) -> str:
+    """`--api-base`: an http:// or https:// URL with a host."""
+    parts = urlsplit(text)
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        parts = parts._replace(netloc="")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise argparse.ArgumentTypeError(
+            f"must be an http:// or https:// URL such as https://discord.com/api/v10, not {text!r}"
+        )
+    return text
+
+
+# --- the command line ---------------------------------------------------------------
+
+
+def version_text() -> str:
+    """What `--version` prints: gcluster and what it runs on, for a bug report."""
+    orjson = _installed("orjson")
+    zstandard = _installed("zstandard")
+    loop = gevent.config.loop
+    return "\n".join(
+        [
+            f"gcluster {gcluster.__version__}",
+            f"Python {platform.python_version()} ({platform.python_implementation()})",
+            f"gevent {gevent.__version__} (loop {loop.__module__})",
+            f"JSON decoder: ujson {ujson.__version__}"
+            + (
+                f' (orjson {orjson} is installed: Cluster(decoder="orjson"))'
+                if orjson
+                else " (orjson is not installed)"
+            ),
+            f"zlib-stream: the zlib module, zlib {zlib.ZLIB_RUNTIME_VERSION}",
+            "zstd-stream: "
+            + (f"zstandard {zstandard}" if zstandard else "zstandard is not installed"),
+        ]
+    )
+
+
+def _installed(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+class _Version(argparse.Action):
+    """``--version``: computed only when asked for."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, help: str | None = None) -> None:
+        super().__init__(option_strings, dest=argparse.SUPPRESS, nargs=0, help=help)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> NoReturn:
+        sys.stdout.write(version_text() + "\n")
+        parser.exit(ExitStatus.OK)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, but a usage error is one line (what is wrong), status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(ExitStatus.USAGE, f"{self.prog}: error: {message}\n")
+
+
+class _Formatter(argparse.HelpFormatter):
+    """Wraps descriptions as usual, and keeps the layout of the exit status table."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text is EPILOG:
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
 
 
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="python -m gcluster", description=__doc__.split("\n")[0])
+    top = _Parser(
+        prog="python -m gcluster",
+        description=__doc__.split("\n")[0],
+        epilog=EPILOG,
+        formatter_class=_Formatter,
+    )
+    top.add_argument(
+        "--version",
+        action=_Version,
+        help="print gcluster's version, and Python's, gevent's and the decoders' in use",
+    )
     commands = top.add_subparsers(dest="command", required=True)
 
     d = commands.add_parser(
         "demo",
         help="run a cluster against the embedded gateway simulator",
         description="Start the embedded gateway simulator and a cluster on it, stream events "
-        "through every shard, show a live table of the shards and finish with a summary.",
+        "through every shard, show a live table of the shards (on a terminal; piped, a "
+        "progress line every 5 s) and finish with a summary.",
+        epilog=EPILOG,
+        formatter_class=_Formatter,
     )
-    d.add_argument("--shards", type=int, default=4, help="number of shards (default 4)")
+    d.add_argument("--shards", type=positive_int, default=4, help="number of shards (default 4)")
     d.add_argument(
-        "--events", type=int, default=20_000, help="events to stream in total (default 20000)"
+        "--events",
+        type=positive_int,
+        default=20_000,
+        help="events to stream in total (default 20000)",
     )
-    d.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    d.add_argument(
+        "--duration", type=positive_float, default=None, help="stop after this many seconds"
+    )
     d.add_argument(
         "--rate",
-        type=float,
+        type=non_negative_float,
         default=5_000,
-        help="events per second to inject (0: as fast as possible)",
+        help="events per second to inject (default 5000; 0: as fast as possible)",
     )
     d.add_argument(
         "--heartbeat",
-        type=float,
+        type=positive_float,
         default=5.0,
-        help="heartbeat interval the simulator asks for, seconds",
+        help="heartbeat interval the simulator asks for, seconds (default 5)",
     )
     d.add_argument(
-        "--sample", type=int, default=2_000, help="print one event in this many per shard"
+        "--sample",
+        type=positive_int,
+        default=2_000,
+        help="print the first of every this many events of each shard (default 2000)",
     )
-    d.set_defaults(func=demo)
+    d.set_defaults(func=demo, parser=d)
 
     r = commands.add_parser(
         "run",
@@ -393,16 +758,25 @@ def parser() -> argparse.ArgumentParser:
         "processes, send the commands workers post to this process's shards, identify "
         "through a RedisQueue and keep sessions in a RedisSessionStore; SIGTERM saves "
         "resumable sessions and exits 0.",
+        epilog=EPILOG,
+        formatter_class=_Formatter,
     )
     r.add_argument(
-        "--intents", default="GUILDS,GUILD_MESSAGES", help="comma-separated Intents names or an int"
+        "--intents",
+        type=intents_option,
+        default=Intents.GUILDS | Intents.GUILD_MESSAGES,
+        help="comma-separated Intents names or integers, e.g. GUILDS,GUILD_MESSAGES or 513 "
+        "(the default)",
     )
     r.add_argument(
-        "--events", default="", help="comma-separated event types to deliver (default: all)"
+        "--events",
+        type=event_types_option,
+        default=None,
+        help="comma-separated event types to deliver, e.g. MESSAGE_CREATE (default: all)",
     )
     r.add_argument(
         "--shards",
-        type=int,
+        type=positive_int,
         default=None,
         help="the bot's shard count; alone, run shards 0..N-1 of N (default: Discord's count)",
     )
@@ -412,9 +786,12 @@ def parser() -> argparse.ArgumentParser:
         help="which shards this process runs: auto, process:I/N (the I-th of N slices of "
         "--shards) or range:A-B",
     )
-    r.add_argument("--limit", type=int, default=None, help="exit after printing this many events")
+    r.add_argument(
+        "--limit", type=positive_int, default=None, help="exit after printing this many events"
+    )
     r.add_argument(
         "--api-base",
+        type=api_base_option,
         default=None,
         help="REST base URL instead of Discord's, e.g. a gateway proxy or a simulator "
         "started elsewhere (the token still comes from DISCORD_TOKEN)",
@@ -423,14 +800,18 @@ def parser() -> argparse.ArgumentParser:
         "--simulate", action="store_true", help="use the embedded simulator instead of Discord"
     )
     r.add_argument(
-        "--simulate-events", type=int, default=10, help="with --simulate: events per shard"
+        "--simulate-events",
+        type=non_negative_int,
+        default=10,
+        help="with --simulate: events per shard (default 10)",
     )
     service = r.add_argument_group("service mode")
     service.add_argument(
         "--sink",
         metavar="REDIS_URL",
         default=None,
-        help="run as a service publishing to Redis Streams at this URL (e.g. redis://host:6379/0)",
+        help="run as a service publishing to Redis Streams at this URL (e.g. "
+        "redis://host:6379/0); needs gcluster[redis]",
     )
     service.add_argument(
         "--namespace",
@@ -445,13 +826,13 @@ def parser() -> argparse.ArgumentParser:
     )
     service.add_argument(
         "--maxlen",
-        type=int,
+        type=non_negative_int,
         default=1_000_000,
         help="trim each stream to about this many entries; 0 never trims",
     )
     service.add_argument(
         "--drain-timeout",
-        type=float,
+        type=non_negative_float,
         default=10.0,
         help="on SIGTERM, seconds to publish the events already read",
     )
@@ -463,21 +844,29 @@ def parser() -> argparse.ArgumentParser:
     )
     service.add_argument(
         "--lease-ttl",
-        type=float,
+        type=positive_float,
         default=15.0,
         help="seconds a dead holder's lease lasts before a standby takes over (default 15)",
     )
     service.add_argument(
-        "--log-level", default="info", help="debug, info, warning or error (default info)"
+        "--log-level",
+        type=str.lower,
+        choices=_LOG_LEVELS,
+        default="info",
+        help="the service log's level (default info)",
     )
-    r.set_defaults(func=run)
+    r.set_defaults(func=run, parser=r)
     return top
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    code: int = args.func(args)
-    return code
+    try:
+        status: int = args.func(args)
+    except UsageError as err:
+        command: argparse.ArgumentParser = args.parser
+        command.error(str(err))
+    return status
 
 
 if __name__ == "__main__":

@@ -22,6 +22,12 @@ concurrently. Nothing grows without bound: when every pool slot is busy, or
 reading and the events wait in the cluster's queue (`cluster.backlog`), with a
 warning in the log; the shards keep reading their sockets and heartbeating.
 
+A handler that raises does not stop the others. Its exception goes to the
+`on_error` hook when one was given; otherwise it is logged on
+``gcluster.dispatch`` when the application configured logging, and printed
+to stderr with its traceback when it did not (as gevent prints a failed
+greenlet's), so it is never lost to the NullHandler gcluster installs.
+
 .. important:: A gevent object: use a dispatcher from the hub (thread) its
    cluster runs in. Handlers must not block the hub itself (CPU-heavy work,
    unpatched blocking I/O), or every shard waits too.
@@ -30,7 +36,9 @@ warning in the log; the shards keep reading their sockets and heartbeating.
 from __future__ import annotations
 
 import logging
+import sys
 import time
+import traceback
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass
@@ -44,12 +52,14 @@ from gcluster._json import JsonReady
 from gcluster.errors import ConfigError
 from gcluster.events import Event, EventType
 
-__all__ = ["Dispatcher", "DispatcherStats", "EventSource", "Handler", "Ordering"]
+__all__ = ["Dispatcher", "DispatcherStats", "ErrorHook", "EventSource", "Handler", "Ordering"]
 
 log = logging.getLogger(__name__)
 
 #: `handler(shard_id, event)`; its return value is ignored.
 Handler: TypeAlias = Callable[[int, Event], object]
+#: `on_error(shard_id, event, handler, error)`: told of a handler call that raised.
+ErrorHook: TypeAlias = Callable[[int, Event, Handler, BaseException], object]
 #: What events of one key are handled in order: None (no order), or the key.
 Ordering: TypeAlias = Literal["shard", "guild", "channel"] | None
 
@@ -79,21 +89,27 @@ class EventSource(Protocol):
 class DispatcherStats(JsonReady):
     """A snapshot of a dispatcher's counters (`Dispatcher.stats()`).
 
+    The ``events_`` fields count events; the ``calls_`` fields count handler
+    calls (an event with three handlers makes three calls).
+
     Attributes:
-        received: events read from the cluster.
-        handled: handler calls that returned.
-        failed: handler calls that raised (each one is logged).
-        in_flight: events whose handlers are running now.
-        pending: events read and waiting behind an earlier event of their key.
-        peak_in_flight: the most events ever handled at once (at most `pool_size`).
+        events_received: events read from the cluster.
+        events_handled: events whose handlers have all run, returning or
+            raising (events no handler is registered for are not counted).
+        events_in_flight: events whose handlers are running now.
+        events_pending: events read and waiting behind an earlier event of their key.
+        peak_events_in_flight: the most events ever handled at once (at most `pool_size`).
+        calls_returned: handler calls that returned.
+        calls_failed: handler calls that raised (each one reported, see `Dispatcher`).
     """
 
-    received: int
-    handled: int
-    failed: int
-    in_flight: int
-    pending: int
-    peak_in_flight: int
+    events_received: int
+    events_handled: int
+    events_in_flight: int
+    events_pending: int
+    peak_events_in_flight: int
+    calls_returned: int
+    calls_failed: int
 
 
 class _StopReading(BaseException):
@@ -118,6 +134,13 @@ class Dispatcher:
             back to their guild, then their shard.
         max_pending: with an ordering, at most this many events wait behind
             their key before reading pauses; default 10 × `pool_size`.
+        on_error: called as ``on_error(shard_id, event, handler, error)`` in
+            the handler's greenlet when a handler raises. Without it, the
+            error is logged on ``gcluster.dispatch`` if the application
+            configured logging (a handler other than a NullHandler on that
+            logger or an ancestor it propagates to, the root included), and
+            printed to stderr with its traceback if not. An exception from
+            `on_error` itself is reported the same default way.
 
     Raises:
         ConfigError: a size is not positive or the ordering is unknown.
@@ -130,6 +153,7 @@ class Dispatcher:
         ordering: Ordering = None,
         *,
         max_pending: int | None = None,
+        on_error: ErrorHook | None = None,
     ) -> None:
         if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
             raise ConfigError(f"pool_size must be a positive int, not {pool_size!r}")
@@ -145,6 +169,7 @@ class Dispatcher:
         self.pool_size = pool_size
         self.ordering: Ordering = ordering
         self.max_pending = max_pending
+        self.on_error = on_error
         self._pool = Pool(pool_size)
         self._handlers: dict[EventType, list[Handler]] = {}
         self._any: list[Handler] = []
@@ -158,7 +183,8 @@ class Dispatcher:
         self._stopping = False
         self._last_warning = float("-inf")
         self._received = 0
-        self._handled = 0
+        self._events_handled = 0
+        self._returned = 0
         self._failed = 0
         self._in_flight = 0
         self._pending = 0
@@ -263,12 +289,13 @@ class Dispatcher:
     def stats(self) -> DispatcherStats:
         """The counters now."""
         return DispatcherStats(
-            received=self._received,
-            handled=self._handled,
-            failed=self._failed,
-            in_flight=self._in_flight,
-            pending=self._pending,
-            peak_in_flight=self._peak,
+            events_received=self._received,
+            events_handled=self._events_handled,
+            events_in_flight=self._in_flight,
+            events_pending=self._pending,
+            peak_events_in_flight=self._peak,
+            calls_returned=self._returned,
+            calls_failed=self._failed,
         )
 
     def key(self, shard_id: int, event: Event) -> Hashable | None:
@@ -410,26 +437,62 @@ class Dispatcher:
             for handler in handlers:
                 try:
                     handler(shard_id, event)
-                except (Exception, gevent.Timeout):
+                except (Exception, gevent.Timeout) as error:  # noqa: BLE001 - reported below
                     # A Timeout here is the handler's own (timeouts belong to
                     # the greenlet that started them): a failure like any other.
                     self._failed += 1
-                    log.exception(
-                        "handler %s failed: shard %s, event %s, sequence %s",
-                        getattr(handler, "__qualname__", repr(handler)),
-                        shard_id,
-                        event.name,
-                        event.sequence,
-                        extra={
-                            "shard_id": shard_id,
-                            "event_name": event.name,
-                            "sequence": event.sequence,
-                        },
-                    )
+                    self._report(shard_id, event, handler, error)
                 else:
-                    self._handled += 1
+                    self._returned += 1
+            self._events_handled += 1
         finally:
             self._in_flight -= 1
+
+    def _report(self, shard_id: int, event: Event, handler: Handler, error: BaseException) -> None:
+        if self.on_error is not None:
+            try:
+                self.on_error(shard_id, event, handler, error)
+                return
+            except (Exception, gevent.Timeout) as hook_error:  # noqa: BLE001 - reported below
+                # With the handler's error as its context: both tracebacks show.
+                error = hook_error
+        name = getattr(handler, "__qualname__", repr(handler))
+        if _logging_configured(log):
+            log.error(
+                "handler %s failed: shard %s, event %s, sequence %s",
+                name,
+                shard_id,
+                event.name,
+                event.sequence,
+                exc_info=error,
+                extra={"shard_id": shard_id, "event_name": event.name, "sequence": event.sequence},
+            )
+            return
+        # Nobody configured logging: the NullHandler would swallow the record.
+        # Print it the way gevent prints a greenlet that died of an exception.
+        lines = traceback.format_exception(error)
+        lines.append(
+            f"handler {name} failed: shard {shard_id}, event {event.name}, "
+            f"sequence {event.sequence}\n"
+        )
+        sys.stderr.write("".join(lines))
+        sys.stderr.flush()
+
+
+def _logging_configured(logger: logging.Logger) -> bool:
+    """Whether a record from `logger` reaches a handler the application set up.
+
+    Not `logger.hasHandlers()`: the NullHandler gcluster adds to its own
+    logger counts there, so it is always True.
+    """
+    current: logging.Logger | None = logger
+    while current is not None:
+        if any(not isinstance(handler, logging.NullHandler) for handler in current.handlers):
+            return True
+        if not current.propagate:
+            return False
+        current = current.parent
+    return False
 
 
 def _remaining(deadline: float | None) -> float | None:

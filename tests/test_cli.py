@@ -1,31 +1,84 @@
-"""`python -m gcluster`: the demo runs to completion and `run --simulate` prints JSON lines."""
+"""`python -m gcluster`: what it prints, what it refuses, and the status it exits with.
+
+The command line runs as a subprocess, as a user or a script runs it. Its
+pipes are gevent's, so a simulator started by the test keeps serving while
+the test waits for the command to finish.
+"""
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
+import platform
+import re
 import sys
+import time
+import zlib
+from collections.abc import Callable
+from pathlib import Path
 
+import gevent
 import pytest
+import ujson
+from gevent import subprocess
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import gcluster
+from gcluster import Intents
+from gcluster.__main__ import parser
+from gcluster.testing import GatewaySimulator
+
+MakeSim = Callable[..., GatewaySimulator]
+ROOT = Path(__file__).resolve().parent.parent
+# Far below the simulator's 41.25 s heartbeat in `run --simulate`: a command
+# that ends within it did not wait for the next event to notice anything.
+PROMPTLY = 20.0
 
 
-def gcluster(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=ROOT)
+def environment(token: str | None = None, path: str | None = None) -> dict[str, str]:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [path, str(ROOT)])))
+    env.pop("DISCORD_TOKEN", None)
+    if token is not None:
+        env["DISCORD_TOKEN"] = token
+    return env
+
+
+def gcluster_cli(
+    *args: str, token: str | None = None, path: str | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run `python -m gcluster ARGS` to its end; DISCORD_TOKEN only when `token` is given."""
     return subprocess.run(
         [sys.executable, "-m", "gcluster", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=env,
+        env=environment(token, path),
         cwd=ROOT,
     )
 
 
+def shell(pipeline: str, timeout: float = PROMPTLY) -> subprocess.CompletedProcess[str]:
+    """Run a shell pipeline in which `gcluster` is the command line; pipefail is on."""
+    command = f"set -o pipefail; {pipeline.replace('gcluster', f'{sys.executable} -m gcluster')}"
+    return subprocess.run(
+        ["bash", "-c", command],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=environment(),
+        cwd=ROOT,
+    )
+
+
+def assert_quiet(stderr: str) -> None:
+    for noise in ("Traceback", "BrokenPipeError", "Exception ignored"):
+        assert noise not in stderr, stderr
+
+
+# --- what it does -------------------------------------------------------------------
+
+
 def test_demo_runs_to_completion_with_a_summary() -> None:
-    result = gcluster("demo", "--shards", "4", "--events", "2000", "--rate", "0")
+    result = gcluster_cli("demo", "--shards", "4", "--events", "2000", "--rate", "0")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     summary = lines.index(next(line for line in lines if line.startswith("summary:")))
@@ -37,7 +90,7 @@ def test_demo_runs_to_completion_with_a_summary() -> None:
 
 
 def test_run_simulate_prints_one_json_object_per_line() -> None:
-    result = gcluster(
+    result = gcluster_cli(
         "run",
         "--simulate",
         "--shards",
@@ -57,18 +110,249 @@ def test_run_simulate_prints_one_json_object_per_line() -> None:
 
 
 def test_run_without_a_token_says_so() -> None:
-    env_token = os.environ.pop("DISCORD_TOKEN", None)
-    try:
-        result = gcluster("run")
-    finally:
-        if env_token is not None:
-            os.environ["DISCORD_TOKEN"] = env_token
+    result = gcluster_cli("run")
     assert result.returncode == 2
-    assert "DISCORD_TOKEN" in result.stderr
+    assert result.stderr.splitlines() == [
+        "python -m gcluster run: error: DISCORD_TOKEN is not set (or use --simulate)"
+    ]
 
 
 @pytest.mark.parametrize("command", ["demo", "run"])
 def test_help_says_what_each_command_does(command: str) -> None:
-    result = gcluster(command, "--help")
+    result = gcluster_cli(command, "--help")
     assert result.returncode == 0
     assert "simulator" in result.stdout if command == "demo" else "DISCORD_TOKEN" in result.stdout
+
+
+# --- exit status ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", [(), ("demo",), ("run",)])
+def test_help_lists_every_exit_status(command: tuple[str, ...]) -> None:
+    result = gcluster_cli(*command, "--help")
+    assert result.returncode == 0
+    epilog = result.stdout[result.stdout.index("exit status:") :]
+    for status, meaning in [("0", "done"), ("1", "an error"), ("2", "usage"), ("3", "4014")]:
+        assert re.search(rf"^  {status}  .*{meaning}", epilog, re.M | re.S), epilog
+
+
+def test_disallowed_intents_exit_3_with_the_close_in_one_line(make_sim: MakeSim) -> None:
+    sim = make_sim(shards=1, privileged_intents=0)
+    result = gcluster_cli(
+        "run",
+        "--api-base",
+        sim.api_base,
+        "--shards",
+        "1",
+        "--intents",
+        "GUILDS,GUILD_MEMBERS",
+        token=sim.token,
+        timeout=60,
+    )
+    assert result.returncode == 3, result.stderr
+    assert [close.code for close in sim.records.closes] == [4014]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: shard 0 closed by the gateway with 4014: Disallowed intent(s)."]
+    assert_quiet(result.stderr)
+
+
+def test_a_refused_token_exits_3(make_sim: MakeSim) -> None:
+    sim = make_sim(shards=1)
+    result = gcluster_cli("run", "--api-base", sim.api_base, token="not-the-token", timeout=60)
+    assert result.returncode == 3, result.stderr
+    assert [(r.path, r.status) for r in sim.records.requests] == [("/api/v10/gateway/bot", 401)]
+    assert sim.records.identifies == []
+    assert "error: refused with 4004" in result.stderr
+    assert_quiet(result.stderr)
+
+
+# --- bad input ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "complaint"),
+    [
+        (("demo", "--shards", "0"), "argument --shards: must be a positive integer, not '0'"),
+        (("demo", "--shards", "-3"), "argument --shards"),
+        (("demo", "--shards", "many"), "argument --shards"),
+        (("demo", "--events", "-5"), "argument --events: must be a positive integer, not '-5'"),
+        (("demo", "--events", "0"), "argument --events"),
+        (("demo", "--rate", "-1"), "argument --rate: must be a number, 0 or more"),
+        (("demo", "--rate", "nan"), "argument --rate"),
+        (("demo", "--duration", "0"), "argument --duration: must be a positive number"),
+        (("demo", "--heartbeat", "0"), "argument --heartbeat"),
+        (("demo", "--heartbeat", "inf"), "argument --heartbeat"),
+        (("demo", "--sample", "0"), "argument --sample"),
+        (("run", "--simulate", "--shards", "0"), "argument --shards"),
+        (("run", "--limit", "0"), "argument --limit"),
+        (("run", "--limit", "-1"), "argument --limit"),
+        (("run", "--simulate-events", "-1"), "argument --simulate-events"),
+        (("run", "--log-level", "loud"), "argument --log-level: invalid choice: 'loud'"),
+        (("run", "--intents", "GUILDS,NOPE"), "argument --intents: unknown intent 'NOPE'"),
+        (("run", "--intents", "-1"), "argument --intents: unknown intent '-1'"),
+        (("run", "--intents", "67108864"), "argument --intents: 67108864 sets bits no intent"),
+        (("run", "--intents", ","), "argument --intents: no intents given"),
+        (("run", "--events", "NOPE"), "argument --events: unknown event type 'NOPE'"),
+        (("run", "--api-base", "localhost:8080"), "argument --api-base: must be an http://"),
+        (("run", "--api-base", "ftp://example.com/api"), "argument --api-base"),
+        (("run", "--api-base", "http://"), "argument --api-base"),
+        (("run", "--api-base", "http://example.com:port"), "argument --api-base"),
+        (("run", "--scheme", "slices:1"), "--scheme must be auto, process:I/N or range:A-B"),
+        (("run", "--scheme", "process:0/2"), "needs the bot's shard count"),
+        (("run", "--simulate", "--api-base", "http://example.com"), "leave out --api-base"),
+        (("run", "--sink", "redis://127.0.0.1:1/0", "--limit", "5"), "--limit counts"),
+        (("run", "--maxlen", "-1"), "argument --maxlen"),
+        (("run", "--drain-timeout", "-1"), "argument --drain-timeout"),
+        (("run", "--lease-ttl", "0"), "argument --lease-ttl"),
+        ((), "the following arguments are required: command"),
+    ],
+)
+def test_bad_input_gets_one_line_and_status_2(args: tuple[str, ...], complaint: str) -> None:
+    # A token is set: the command line must be refused for itself, not for lacking one.
+    result = gcluster_cli(*args, token="a-token", timeout=30)
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith("python -m gcluster") and complaint in line, line
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize("token", ["", "   ", "Bot "])
+def test_a_blank_token_gets_one_line_and_status_2(token: str) -> None:
+    result = gcluster_cli("run", token=token, timeout=30)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == [
+        "python -m gcluster run: error: DISCORD_TOKEN is blank (or use --simulate)"
+    ]
+
+
+def test_sink_without_the_redis_extra_gets_one_line_and_status_1(tmp_path: Path) -> None:
+    # A `redis` package that fails to import, found before the installed one.
+    hidden = tmp_path / "redis"
+    hidden.mkdir()
+    (hidden / "__init__.py").write_text("raise ImportError(\"No module named 'redis'\")\n")
+    result = gcluster_cli(
+        "run", "--simulate", "--sink", "redis://127.0.0.1:1/0", path=str(tmp_path), timeout=30
+    )
+    assert result.returncode == 1, result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith("error: --sink needs the redis extra: pip install 'gcluster[redis]'")
+
+
+def test_intents_may_be_names_integers_or_both() -> None:
+    def intents(text: str) -> Intents:
+        parsed: Intents = parser().parse_args(["run", "--intents", text]).intents
+        return parsed
+
+    assert intents("513") == Intents.GUILDS | Intents.GUILD_MESSAGES
+    assert intents("guilds, 512") == Intents.GUILDS | Intents.GUILD_MESSAGES
+    assert intents("0") == Intents(0)
+    assert parser().parse_args(["run"]).intents == Intents.GUILDS | Intents.GUILD_MESSAGES
+
+
+def test_integer_intents_reach_the_identify(make_sim: MakeSim) -> None:
+    sim = make_sim(shards=1)
+    result = gcluster_cli(
+        "run",
+        "--api-base",
+        sim.api_base,
+        "--shards",
+        "1",
+        "--intents",
+        "33281",  # GUILDS | GUILD_MESSAGES | MESSAGE_CONTENT
+        "--events",
+        "READY",
+        "--limit",
+        "1",
+        token=sim.token,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert [identify.intents for identify in sim.records.identifies] == [33281]
+
+
+# --- a reader that leaves early -------------------------------------------------------------
+
+
+def test_run_piped_into_head_ends_quietly() -> None:
+    result = shell("gcluster run --simulate | head -1")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["shard"] == 0
+    assert_quiet(result.stderr)
+
+
+def test_demo_piped_into_head_ends_quietly_and_promptly() -> None:
+    # Ten lines come at once; at 100 events/s the demo alone would take 200 s.
+    result = shell("gcluster demo --rate 100 --sample 1 | head")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("gcluster demo: 4 shards")
+    assert_quiet(result.stderr)
+
+
+def test_run_notices_its_reader_leaving_while_no_event_comes() -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gcluster", "run", "--simulate", "--simulate-events", "3"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment(),
+        cwd=ROOT,
+    )
+    try:
+        assert process.stdout is not None
+        numbered = 0
+        with gevent.Timeout(PROMPTLY):
+            while numbered < 4:  # READY and the 3 events: nothing more comes until a heartbeat
+                numbered += json.loads(process.stdout.readline())["s"] is not None
+        process.stdout.close()
+        started = time.monotonic()
+        status = process.wait(timeout=PROMPTLY)
+        assert status == 0
+        assert time.monotonic() - started < PROMPTLY
+        assert process.stderr is not None
+        assert_quiet(process.stderr.read())
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+# --- version, scale, and a demo that is piped ----------------------------------------------------
+
+
+def test_version_names_what_gcluster_runs_on() -> None:
+    result = gcluster_cli("--version", timeout=30)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"gcluster {gcluster.__version__}"
+    assert lines[1].startswith(f"Python {platform.python_version()} ")
+    assert lines[2].startswith(f"gevent {gevent.__version__} ")
+    assert lines[3].startswith(f"JSON decoder: ujson {ujson.__version__}")
+    assert lines[4] == f"zlib-stream: the zlib module, zlib {zlib.ZLIB_RUNTIME_VERSION}"
+    assert lines[5].startswith("zstd-stream: zstandard ")
+
+
+def test_the_demo_starts_a_thousand_shards() -> None:
+    # Discord's 1,000 daily session starts, one kept spare, would not cover them.
+    result = gcluster_cli("demo", "--shards", "1000", "--events", "1000", "--rate", "0")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr
+    lines = result.stdout.splitlines()
+    summary = lines.index(next(line for line in lines if line.startswith("summary:")))
+    assert lines[summary].startswith("summary: 1000 events")
+    rows = [line.split() for line in lines[summary + 2 :]]
+    assert len(rows) == 1000
+    assert all(row[2] == "1" and row[-1] == "connected" for row in rows)  # one IDENTIFY each
+
+
+def test_a_piped_demo_prints_progress_lines_not_the_table() -> None:
+    result = gcluster_cli(
+        "demo", "--events", "100000", "--rate", "1000", "--duration", "5.5", "--sample", "100000"
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "\x1b[" not in result.stdout
+    assert not any(" | " in line or line.lstrip().startswith("shard  stage") for line in lines)
+    progress = [line for line in lines if re.match(r"^\d+ s: \d+ events, \d+ events/s; ", line)]
+    assert len(progress) == 1, lines
+    assert progress[0].endswith("; shards: 4 connected")
+    assert all(len(line) <= 100 for line in lines)
+    assert any(line.startswith("summary: ") for line in lines)

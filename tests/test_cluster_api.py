@@ -61,7 +61,7 @@ def test_a_dispatcher_on_a_cluster_that_is_not_up_raises_from_run() -> None:
     with gevent.Timeout(TIMEOUT, AssertionError("run() waited instead of raising")):
         with pytest.raises(ClusterNotUp, match=r"call cluster\.up\(\) first"):
             dispatcher.run()
-    assert dispatcher.stats().received == 0
+    assert dispatcher.stats().events_received == 0
 
 
 def test_wait_until_ready_before_up_is_false() -> None:
@@ -183,17 +183,16 @@ def test_shard_stats_to_dict_is_json_ready() -> None:
 
 
 def test_dispatcher_stats_to_dict_is_json_ready() -> None:
-    dispatcher = DispatcherStats(
-        received=5, handled=4, failed=1, in_flight=0, pending=0, peak_in_flight=2
-    )
-    assert round_trip(dispatcher.to_dict()) == {
-        "received": 5,
-        "handled": 4,
-        "failed": 1,
-        "in_flight": 0,
-        "pending": 0,
-        "peak_in_flight": 2,
+    fields = {
+        "events_received": 5,
+        "events_handled": 4,
+        "events_in_flight": 0,
+        "events_pending": 0,
+        "peak_events_in_flight": 2,
+        "calls_returned": 6,
+        "calls_failed": 1,
     }
+    assert round_trip(DispatcherStats(**fields).to_dict()) == fields
 
 
 @pytest.mark.extras

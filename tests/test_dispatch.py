@@ -6,6 +6,7 @@ import logging
 import random
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import gevent
 import pytest
@@ -15,7 +16,7 @@ from gevent.queue import Queue
 
 from gcluster import ConfigError, Event, EventType, GatewayClosedError, Intents
 from gcluster.cluster import Cluster
-from gcluster.dispatch import Dispatcher
+from gcluster.dispatch import Dispatcher, Handler
 from gcluster.testing import STREAM_KINDS, GatewaySimulator, event_number
 
 MakeSim = Callable[..., GatewaySimulator]
@@ -110,13 +111,14 @@ def test_a_thousand_slow_events_are_all_handled_within_the_pool_bound(
 
     assert 1 < running.most <= 25
     stats = dispatcher.stats()
-    assert stats.peak_in_flight == running.most
-    assert stats.handled == 1000 and stats.failed == 0
+    assert stats.peak_events_in_flight == running.most
+    assert stats.events_handled == 1000
+    assert stats.calls_returned == 1000 and stats.calls_failed == 0
     for shard_id in range(SHARDS):
         assert sorted(seen[shard_id]) == list(range(1, 251))
     assert dispatcher.stop(timeout=TIMEOUT)
     assert runner.join(TIMEOUT) is None and runner.dead
-    assert dispatcher.stats().in_flight == 0
+    assert dispatcher.stats().events_in_flight == 0
 
 
 @pytest.mark.parametrize("ordering", ["shard", "guild", "channel"])
@@ -206,7 +208,8 @@ def test_a_raising_handler_is_logged_and_counted_and_the_rest_go_on(
 
     assert sorted(counted) == list(range(1, 51))  # type: ignore[type-var]
     stats = dispatcher.stats()
-    assert stats.failed == 10 and stats.handled == 50
+    assert stats.calls_failed == 10 and stats.calls_returned == 50
+    assert stats.events_handled == 50
     records = [r for r in caplog.records if r.name == "gcluster.dispatch"]
     assert len(records) == 10
     first = records[0]
@@ -216,6 +219,165 @@ def test_a_raising_handler_is_logged_and_counted_and_the_rest_go_on(
     assert "shard 1" in message and "MESSAGE_CREATE" in message
     assert f"sequence {first.sequence}" in message  # type: ignore[attr-defined]
     assert first.exc_info is not None and first.exc_info[0] is ValueError
+
+
+@contextmanager
+def no_logging_configured() -> Iterator[None]:
+    """Logging as an application that configured none sees it: gcluster's NullHandler only.
+
+    pytest's own handlers on the root logger are set aside meanwhile.
+    """
+    root = logging.getLogger()
+    saved = list(root.handlers)
+    for handler in saved:
+        root.removeHandler(handler)
+    try:
+        yield
+    finally:
+        for handler in saved:
+            root.addHandler(handler)
+
+
+class Records(logging.Handler):
+    """What an application's own logging handler would receive."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def run_one_failing_event(dispatcher: Dispatcher, source: FakeSource) -> None:
+    """Dispatch one MESSAGE_CREATE (shard 2, sequence 7) to a handler that raises."""
+
+    @dispatcher.on(EventType.MESSAGE_CREATE)
+    def broken(shard_id: int, event: Event) -> None:
+        raise ValueError("cannot handle it")
+
+    source.put(2, EventType.MESSAGE_CREATE, 7, channel_id="5")
+    source.end()
+    with gevent.Timeout(TIMEOUT):
+        dispatcher.run()
+
+
+def test_with_nothing_configured_a_failure_is_printed_to_stderr(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    source = FakeSource()
+    dispatcher = Dispatcher(source)
+    with no_logging_configured():
+        run_one_failing_event(dispatcher, source)
+
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last):" in err
+    assert "ValueError: cannot handle it" in err
+    assert "broken failed: shard 2, event MESSAGE_CREATE, sequence 7" in err
+    assert dispatcher.stats().calls_failed == 1
+
+
+@pytest.mark.parametrize("where", ["gcluster", "gcluster.dispatch", ""])
+def test_with_logging_configured_a_failure_is_logged_not_printed(
+    capsys: pytest.CaptureFixture[str], where: str
+) -> None:
+    source = FakeSource()
+    dispatcher = Dispatcher(source)
+    handler = Records()
+    logger = logging.getLogger(where)  # "" is the root logger: logging.basicConfig()
+    with no_logging_configured():
+        logger.addHandler(handler)
+        try:
+            run_one_failing_event(dispatcher, source)
+        finally:
+            logger.removeHandler(handler)
+
+    assert capsys.readouterr().err == ""
+    [record] = handler.records
+    assert record.name == "gcluster.dispatch" and record.levelno == logging.ERROR
+    assert "shard 2, event MESSAGE_CREATE, sequence 7" in record.getMessage()
+    assert record.exc_info is not None and record.exc_info[0] is ValueError
+
+
+def test_a_handler_on_a_logger_that_does_not_propagate_there_does_not_count(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    source = FakeSource()
+    dispatcher = Dispatcher(source)
+    handler = Records()
+    root, library = logging.getLogger(), logging.getLogger("gcluster")
+    with no_logging_configured():
+        root.addHandler(handler)
+        library.propagate = False
+        try:
+            run_one_failing_event(dispatcher, source)
+        finally:
+            library.propagate = True
+            root.removeHandler(handler)
+
+    assert handler.records == []
+    assert "ValueError: cannot handle it" in capsys.readouterr().err
+
+
+def test_an_error_hook_gets_the_failure_instead(
+    capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    source = FakeSource()
+    told: list[tuple[int, Event, Handler, BaseException]] = []
+    dispatcher = Dispatcher(source, on_error=lambda *failure: told.append(failure))
+    with caplog.at_level(logging.DEBUG, logger="gcluster.dispatch"):
+        run_one_failing_event(dispatcher, source)
+
+    [(shard_id, event, handler, error)] = told
+    assert (shard_id, event.name, event.sequence) == (2, "MESSAGE_CREATE", 7)
+    assert getattr(handler, "__name__", None) == "broken"
+    assert isinstance(error, ValueError) and str(error) == "cannot handle it"
+    assert [r for r in caplog.records if r.name == "gcluster.dispatch"] == []
+    assert capsys.readouterr().err == ""
+    assert dispatcher.stats().calls_failed == 1
+
+
+def test_an_error_hook_that_raises_is_reported_with_the_handlers_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    source = FakeSource()
+
+    def on_error(shard_id: int, event: Event, handler: Handler, error: BaseException) -> None:
+        raise RuntimeError("the hook broke too")
+
+    dispatcher = Dispatcher(source, on_error=on_error)
+    with no_logging_configured():
+        run_one_failing_event(dispatcher, source)
+
+    err = capsys.readouterr().err
+    assert "ValueError: cannot handle it" in err
+    assert "RuntimeError: the hook broke too" in err
+    assert "broken failed: shard 2, event MESSAGE_CREATE, sequence 7" in err
+
+
+def test_stats_count_events_and_handler_calls_apart() -> None:
+    source = FakeSource()
+    dispatcher = Dispatcher(source, on_error=lambda *failure: None)
+
+    @dispatcher.on(EventType.MESSAGE_CREATE)
+    def fails(shard_id: int, event: Event) -> None:
+        raise ValueError("no")
+
+    @dispatcher.on_any
+    def returns(shard_id: int, event: Event) -> None:
+        pass
+
+    source.put(0, EventType.MESSAGE_CREATE, 1, channel_id="5")
+    source.put(0, EventType.MESSAGE_CREATE, 2, channel_id="5")
+    source.put(0, EventType.TYPING_START, 3, channel_id="5")
+    source.end()
+    with gevent.Timeout(TIMEOUT):
+        dispatcher.run()
+
+    stats = dispatcher.stats()
+    assert (stats.events_received, stats.events_handled) == (3, 3)
+    assert (stats.calls_returned, stats.calls_failed) == (3, 2)
+    assert (stats.events_in_flight, stats.events_pending) == (0, 0)
 
 
 def test_a_slow_handler_delays_neither_heartbeats_nor_other_events(
@@ -237,7 +399,7 @@ def test_a_slow_handler_delays_neither_heartbeats_nor_other_events(
     runner = gevent.spawn(dispatcher.run)
     sim.send_events(0, 20)
     wait_for(lambda: len(others) == 8)  # every other kind, while #1 is still stuck
-    assert dispatcher.stats().in_flight == 1
+    assert dispatcher.stats().events_in_flight == 1
     acked = len(sim.records.heartbeats)
     # The simulator asks for a heartbeat every 0.5 s: they go on meanwhile.
     assert sim.wait_until(lambda: len(sim.records.heartbeats) >= acked + 2 * SHARDS, TIMEOUT)
@@ -264,16 +426,16 @@ def test_a_backlog_stays_in_the_cluster_not_in_the_dispatcher(
     with caplog.at_level(logging.WARNING, logger="gcluster.dispatch"):
         sim.send_events(2, 100)
         wait_for(lambda: cluster.info()[2].sequence == 101)  # READY + all 100 received
-        wait_for(lambda: dispatcher.stats().pending == 10)
+        wait_for(lambda: dispatcher.stats().events_pending == 10)
         stats = dispatcher.stats()
-        assert stats.in_flight == 1 and stats.handled == 0
+        assert stats.events_in_flight == 1 and stats.events_handled == 0
         # One handled, ten waiting, one in the reader's hands: the rest wait in the cluster.
         assert cluster.backlog >= 100 - 12
     assert any("paused reading" in r.getMessage() for r in caplog.records)
     release.set()
     wait_for(lambda: len(seen) == 100)
     assert seen == list(range(1, 101))
-    assert dispatcher.stats().pending == 0
+    assert dispatcher.stats().events_pending == 0
     assert dispatcher.stop(timeout=TIMEOUT)
     runner.join(TIMEOUT)
 
@@ -284,10 +446,10 @@ def test_stop_wakes_an_idle_reader_without_taking_an_event(
     dispatcher = Dispatcher(cluster)
     dispatcher.on_any(lambda shard_id, event: None)
     runner = gevent.spawn(dispatcher.run)
-    wait_for(lambda: dispatcher.stats().received >= 3 * SHARDS)  # what up() queued
+    wait_for(lambda: dispatcher.stats().events_received >= 3 * SHARDS)  # what up() queued
     assert dispatcher.stop(timeout=TIMEOUT)
     assert runner.join(TIMEOUT) is None and runner.dead
-    received = dispatcher.stats().received
+    received = dispatcher.stats().events_received
     # The cluster is still up, and what comes next is read by whoever reads next.
     sim.send_events(0, 3)
     got = []
@@ -298,7 +460,7 @@ def test_stop_wakes_an_idle_reader_without_taking_an_event(
             if len(got) == 3:
                 break
     assert got == [1, 2, 3]
-    assert dispatcher.stats().received == received
+    assert dispatcher.stats().events_received == received
 
 
 def test_stop_waits_for_running_handlers_within_its_timeout() -> None:
@@ -315,7 +477,7 @@ def test_stop_waits_for_running_handlers_within_its_timeout() -> None:
     runner = gevent.spawn(dispatcher.run)
     for sequence in range(3):
         source.put(0, EventType.MESSAGE_CREATE, sequence)
-    wait_for(lambda: dispatcher.stats().in_flight == 3)
+    wait_for(lambda: dispatcher.stats().events_in_flight == 3)
     assert dispatcher.stop(timeout=0.1) is False
     release.set()
     assert dispatcher.stop(timeout=TIMEOUT) is True
@@ -340,7 +502,7 @@ def test_run_returns_when_the_stream_ends_after_the_handlers_finish() -> None:
     with gevent.Timeout(TIMEOUT):
         dispatcher.run()
     assert sorted(finished) == list(range(10))
-    assert dispatcher.stats().in_flight == 0
+    assert dispatcher.stats().events_in_flight == 0
 
 
 def test_run_raises_what_the_stream_raises_once_handlers_finish() -> None:

@@ -24,7 +24,7 @@ from gevent import subprocess
 from redis_server import redis_server_fixture, redis_url_fixture  # noqa: F401 - fixtures
 
 from gcluster import ResumeSession, UpdatePresence
-from gcluster.__main__ import parse_scheme
+from gcluster.__main__ import UsageError, parse_scheme
 from gcluster.redis import ShardLease, StreamWorker, decode_event, inbox_key
 from gcluster.testing import GatewaySimulator, event_number
 
@@ -251,6 +251,27 @@ def test_a_service_without_redis_says_so_and_exits_1(services: list[Service]) ->
     assert "Traceback" not in service.log
 
 
+def test_intents_the_gateway_refuses_exit_3(
+    redis_url: str, make_sim: Callable[..., GatewaySimulator], services: list[Service]
+) -> None:
+    sim = make_sim(shards=1, privileged_intents=0)
+    service = Service(
+        "--sink", redis_url,
+        "--namespace", NAMESPACE,
+        "--api-base", sim.api_base,
+        "--shards", "1",
+        "--intents", "GUILDS,GUILD_MEMBERS",
+        token=sim.token,
+    )  # fmt: skip
+    services.append(service)
+    code = service.process.wait(timeout=TIMEOUT)
+    service._reader.join(timeout=5)
+    assert code == 3, service.log
+    assert [close.code for close in sim.records.closes] == [4014]
+    assert "closed by the gateway with 4014" in service.log
+    assert "Traceback" not in service.log
+
+
 @pytest.mark.parametrize(
     ("text", "total", "ids"),
     [
@@ -275,5 +296,5 @@ def test_scheme_option(text: str | None, total: int, ids: tuple[int, ...]) -> No
     ],
 )
 def test_bad_scheme_options_say_what_is_wrong(text: str, total: int | None, message: str) -> None:
-    with pytest.raises(SystemExit, match=message):
+    with pytest.raises(UsageError, match=message):
         parse_scheme(text, total)

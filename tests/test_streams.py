@@ -633,7 +633,7 @@ def test_a_dispatcher_runs_handlers_over_a_stream_worker(
         assert sorted(seen) == sorted((s, n) for s in range(2) for n in (1, 2, 6, 7))
         assert dispatcher.stop(timeout=5)
         running.join(timeout=5)
-        assert running.dead and dispatcher.stats().failed == 0
+        assert running.dead and dispatcher.stats().calls_failed == 0
     finally:
         worker.close()
 

@@ -10,7 +10,9 @@ The log goes to stderr, one line per thing that happened, with the shard id
 first where there is one; it never contains the token. SIGTERM (or SIGINT)
 stops reading events, publishes what was read, closes the shards with
 `down_resumable()` so their sessions are saved for the next process, and
-exits 0 (1 if events read could not be published).
+exits 0 (1 if events read could not be published). A gateway that closes the
+shards for good (a refused token, disallowed intents: `GatewayClosedError`)
+makes it exit 3, the command line's status for that.
 
 With `--lease`, the slice is held through a `ShardLease`: a second process
 started with the same `--scheme` waits as a standby, and takes over (resuming
@@ -30,6 +32,7 @@ import gevent
 import gevent.event
 from redis.exceptions import RedisError
 
+from gcluster._exit import ExitStatus, exit_status
 from gcluster.cluster import Cluster
 from gcluster.errors import GClusterError
 from gcluster.protocol import Stage
@@ -136,14 +139,14 @@ def serve(
             f"{hash_tag(namespace)}:commands:<shard>",
         )
         gevent.spawn(_announce_ready, cluster, ids, simulate, args.simulate_events)
-        publishing = gevent.spawn(sink.run)
+        publishing = gevent.spawn(_publish, sink)
         gevent.wait([publishing, stop], count=1)
         if publishing.ready():
             # The event stream ended by itself: every shard was fatally closed.
-            error = publishing.exception
+            error = publishing.value
             log.error("service: stopped publishing: %s", error or "the event stream ended")
             cluster.down()
-            return 1
+            return exit_status(error) if error is not None else ExitStatus.ERROR
         log.info("service: %s received: stopping", received[0])
         flushed = sink.stop(timeout=args.drain_timeout)
         stats = sink.stats()
@@ -165,7 +168,7 @@ def serve(
     except GClusterError as err:
         log.error("service: %s", err)
         cluster.down_resumable()
-        return 1
+        return exit_status(err)
     finally:
         if lease is not None:
             lease.close()
@@ -174,6 +177,15 @@ def serve(
         store.close()
         if simulate is not None:
             simulate.stop()
+
+
+def _publish(sink: StreamSink) -> GClusterError | None:
+    """`sink.run()`, returning the error that ended it: a greenlet that raised would print it."""
+    try:
+        sink.run()
+    except GClusterError as err:
+        return err
+    return None
 
 
 def _check_redis(url: str) -> None:
