@@ -119,15 +119,15 @@ def serve(
                 acquiring.kill()
                 log.info("service: %s while waiting for the lease: stopped", received[0])
                 return 0
-        starting = gevent.spawn(cluster.up)
+        starting = gevent.spawn(_start, cluster)
         gevent.wait([starting, stop], count=1)
         if not starting.ready():
             log.info("service: %s during start: stopping", received[0])
             starting.kill()
             cluster.down_resumable()
             return 0
-        if starting.exception is not None:
-            raise starting.exception
+        if starting.value is not None:
+            raise starting.value
         ids = [shard.id for shard in cluster.shards()]
         log.info(
             "service: shards %s of %d started; events to %s %r at %s; commands from %s",
@@ -177,6 +177,15 @@ def serve(
         store.close()
         if simulate is not None:
             simulate.stop()
+
+
+def _start(cluster: Cluster) -> GClusterError | None:
+    """`cluster.up()` in a greenlet of its own: its error is returned, not printed by gevent."""
+    try:
+        cluster.up()
+    except GClusterError as err:
+        return err
+    return None
 
 
 def _publish(sink: StreamSink) -> GClusterError | None:
