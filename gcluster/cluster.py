@@ -17,7 +17,6 @@ import logging
 import ssl
 import time
 import warnings
-from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from types import TracebackType
@@ -28,7 +27,7 @@ from gevent.event import Event as Flag
 
 from gcluster._token import Token
 from gcluster.commands import Command, UpdatePresence, shard_for_guild
-from gcluster.delivery import END, EventQueue, Loads, resolve_decoder
+from gcluster.delivery import EventQueue, Loads, resolve_decoder
 from gcluster.errors import (
     ClusterNotUp,
     ClusterStartError,
@@ -46,7 +45,7 @@ from gcluster.message import Message
 from gcluster.protocol import ResumeSession, Stage, default_properties
 from gcluster.queue import ConfigurableQueue, LocalQueue, Queue
 from gcluster.scheme import ShardScheme
-from gcluster.sessions import ConsumedSessions, SessionMark, SessionStore
+from gcluster.sessions import ConsumedSessions, SessionStore
 from gcluster.shard import Information, Shard
 
 __all__ = ["Cluster", "ClusterBuilder", "ClusterConfig"]
@@ -203,7 +202,6 @@ class Cluster:
         # What the application has finished with; only kept with a session store.
         self._consumed: ConsumedSessions | None = None
         # events(manual_finish=True): what was given and not finished yet, in order.
-        self._unfinished: deque[tuple[int, SessionMark | int | None]] = deque()
         # An events() iterator is open: a second one would get nothing.
         self._reading = False
         self._housekeeper: gevent.Greenlet | None = None
@@ -432,35 +430,22 @@ class Cluster:
         self._reading = True
         queue = self._events
         consumed = self._consumed
-        unfinished = self._unfinished
         try:
             while True:
-                item = queue.next_event()
-                shard_id, event = item
-                if shard_id is None:
-                    queue.put(item)  # a later iterator ends too
-                    if event is END:
-                        self._save_sessions()
-                        return
-                    raise event  # every shard failed
+                item = queue.next_event()  # raises the error of the last shard to fail
+                if item is None:
+                    self._save_sessions()
+                    return
                 if consumed is None:
                     yield item
                     continue
-                if isinstance(event, SessionMark):
-                    if manual_finish and unfinished:
-                        # Events given before it are not finished yet: it waits its turn.
-                        unfinished.append((shard_id, event))
-                    else:
-                        consumed.mark(shard_id, event.session)
-                    continue
-                if manual_finish:
-                    unfinished.append((shard_id, event.sequence))
-                    yield shard_id, event
-                    continue
-                yield shard_id, event
-                # Back for the next one: the application has finished with this event.
-                if event.sequence is not None:
-                    consumed.finished(shard_id, event.sequence)
+                shard_id, event = item
+                if not consumed.arrived(shard_id, event, manual=manual_finish):
+                    continue  # a session mark, for the saved sessions only
+                yield item
+                if not manual_finish:
+                    # Back for the next one: the application has finished with this event.
+                    consumed.handled(shard_id, event.sequence)
         finally:
             self._reading = False
 
@@ -470,19 +455,8 @@ class Cluster:
         Events are finished in the order they were given; the saved sessions
         move past them. Without a session store this does nothing.
         """
-        consumed = self._consumed
-        unfinished = self._unfinished
-        if consumed is None:
-            unfinished.clear()
-            return
-        while unfinished and (count > 0 or isinstance(unfinished[0][1], SessionMark)):
-            shard_id, what = unfinished.popleft()
-            if isinstance(what, SessionMark):
-                consumed.mark(shard_id, what.session)
-                continue
-            count -= 1
-            if what is not None:
-                consumed.finished(shard_id, what)
+        if self._consumed is not None:
+            self._consumed.finish(count)
 
     def restart(self, shard_id: int) -> None:
         """Reconnect one shard now: RESUME if its session allows, else IDENTIFY.
@@ -494,6 +468,8 @@ class Cluster:
             ShardNonexistent: the cluster is up and has no such shard.
         """
         self._get(shard_id).restart()
+        # Events will flow again, even if every shard had failed.
+        self._events.reopen()
 
     @property
     def session_starts_remaining(self) -> int | None:
@@ -578,7 +554,6 @@ class Cluster:
                 on_fatal=self._shard_failed,
                 ratelimit_payloads=config.ratelimit_payloads,
                 session_marks=self._consumed is not None,
-                on_new_session=self._consumed.started if self._consumed is not None else None,
                 properties=config.identify_properties,
                 large_threshold=config.large_threshold,
                 presence=self._presence_for(shard_id),
@@ -665,7 +640,7 @@ class Cluster:
         if all(s.error is not None for s in self._shards.values()):
             # Nothing will ever arrive again: wake the reader with the error.
             assert shard.error is not None
-            self._events.put((None, shard.error))
+            self._events.close(shard.error)
 
     def _shutdown(self, *, resumable: bool) -> dict[int, ResumeSession]:
         if self._stopped:
@@ -676,7 +651,7 @@ class Cluster:
         shards = self.shards()
         jobs = [gevent.spawn(shard.down, resumable=resumable) for shard in shards]
         gevent.joinall(jobs)
-        self._events.put((None, END))
+        self._events.close()
         sessions = {shard.id: job.value for shard, job in zip(shards, jobs, strict=True)}
         store = self._config.session_store
         if store is not None and not resumable:
@@ -717,9 +692,12 @@ class Cluster:
 
     def _save_sessions(self) -> None:
         store = self._config.session_store
-        if store is None or self._consumed is None:
+        consumed = self._consumed
+        if store is None or consumed is None:
             return
-        for shard_id, session in self._consumed.take_dirty().items():
+        for shard in self._shards.values():
+            consumed.started(shard.id, shard.started_session)
+        for shard_id, session in consumed.take_dirty().items():
             self._store(store, shard_id, session)
 
     def _store(self, store: SessionStore, shard_id: int, session: ResumeSession | None) -> None:

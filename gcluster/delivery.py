@@ -13,11 +13,13 @@ Two choices keep a busy stream cheap:
   An iterator that finds it empty waits on a bare gevent Waiter, woken by the
   next put; the readers' other puts until it runs cost nothing extra.
 
-What the queue holds, always a tuple:
+What the queue holds, told apart by type:
 
-    (shard_id, kind, name, sequence, payload)   a dispatch, payload still raw JSON
-    (shard_id, event)                           an Event the shard made, or a SessionMark
-    (None, END) or (None, error)                the stream ended; every shard failed
+    RawDispatch(shard_id, kind, name, sequence, payload)   a dispatch, still raw JSON
+    (shard_id, event)                  an Event the shard made, or a SessionMark
+
+and `close(error=None)` ends it: every iterator, waiting or to come, gets
+what is still queued and then the end (or the error).
 """
 
 from __future__ import annotations
@@ -26,20 +28,32 @@ import importlib
 import logging
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, NamedTuple, TypeAlias
 
 import ujson
 from gevent.hub import Waiter
 
-from gcluster.events import Event
+from gcluster.events import Event, EventType
 
-__all__ = ["DECODERS", "END", "EventQueue", "Loads", "resolve_decoder"]
+__all__ = ["DECODERS", "EventQueue", "Item", "Loads", "RawDispatch", "resolve_decoder"]
 
 log = logging.getLogger("gcluster.shard")
 
 _new_tuple = tuple.__new__
 
-END: Final = object()  # no more events: the shard or cluster was shut down
+
+class RawDispatch(NamedTuple):
+    """A dispatch waiting in the queue undecoded (its `t` and `s` were peeked)."""
+
+    shard_id: int
+    kind: EventType
+    name: str
+    sequence: int
+    payload: bytes
+
+
+# A RawDispatch, or (shard_id, Event or a shard's marker such as SessionMark).
+Item: TypeAlias = RawDispatch | tuple[int, Any]
 
 Loads = Callable[[bytes], Any]
 
@@ -74,11 +88,13 @@ def resolve_decoder(decoder: str | Loads) -> Loads:
 class EventQueue:
     """First in, first out, for any number of readers and iterators in one hub."""
 
-    __slots__ = ("_items", "_waiters", "loads")
+    __slots__ = ("_closed", "_error", "_items", "_waiters", "loads")
 
     def __init__(self, loads: Loads = ujson.loads) -> None:
         self.loads = loads
-        self._items: deque[tuple[Any, ...]] = deque()
+        self._items: deque[Item] = deque()
+        self._closed = False
+        self._error: BaseException | None = None
         # Iterators waiting for an item, oldest first. A bare Waiter, not a
         # gevent Event: waking through it costs half as much, once per batch.
         self._waiters: deque[Waiter[Any]] = deque()
@@ -86,16 +102,29 @@ class EventQueue:
     def __len__(self) -> int:
         return len(self._items)
 
-    def put(self, item: tuple[Any, ...]) -> None:
+    def put(self, item: Item) -> None:
         self._items.append(item)
         if self._waiters:
             self._wake_one()
+
+    def close(self, error: BaseException | None = None) -> None:
+        """End the stream once what is queued is read: iterators stop, or raise `error`."""
+        self._closed = True
+        self._error = error
+        while self._waiters:
+            self._wake_one()
+
+    def reopen(self) -> None:
+        """Undo a `close(error)`: a shard that had failed is running again."""
+        if self._error is not None:
+            self._closed = False
+            self._error = None
 
     def _wait(self) -> None:
         """Return once an item is queued (at once if one already is)."""
         items = self._items
         waiters = self._waiters
-        while not items:
+        while not items and not self._closed:
             waiter: Waiter[Any] = Waiter()
             waiters.append(waiter)
             try:
@@ -113,21 +142,28 @@ class EventQueue:
         waiter = self._waiters.popleft()
         waiter.hub.loop.run_callback(waiter.switch, None)
 
-    def next_event(self) -> tuple[Any, Any]:
-        """`(shard_id, Event or SessionMark)`, or `(None, END or error)`.
+    def next_event(self) -> tuple[int, Any] | None:
+        """The next `(shard_id, Event or marker)`; None once the queue is closed and read.
 
         A dispatch is decoded here. One that is not valid JSON despite a
         well-formed envelope is logged and skipped: its sequence was already
         counted, and resuming would only replay the same bytes.
+
+        Raises:
+            the error the queue was closed with, once what was queued is read.
         """
         items = self._items
         loads = self.loads
         while True:
             if not items:
                 self._wait()
+                if not items:
+                    if self._error is not None:
+                        raise self._error
+                    return None
             item = items.popleft()
-            if len(item) == 2:
-                return item
+            if type(item) is not RawDispatch:
+                return item  # type: ignore[return-value]
             shard_id, kind, name, sequence, payload = item
             try:
                 data = loads(payload)["d"]

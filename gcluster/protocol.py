@@ -1,18 +1,31 @@
-"""The shard's gateway state machine, without sockets, greenlets or clocks.
+"""The shard's gateway rules, without sockets, greenlets or clocks.
 
 Everything Discord's gateway rules decide lives here, so it can be read in one
-place and tested with plain dicts: which stage a shard is in, whether it
-IDENTIFYs or RESUMEs, what each opcode and close code means, when a connection
-is a zombie. The driver (`shard.py`) feeds it decoded server messages, close
-codes and the current time, and carries out the actions it returns:
+place and tested with plain bytes: which stage a shard is in (moves checked
+against the table in `stages.py`), whether it IDENTIFYs or RESUMEs, what each
+opcode and close code means, which dispatches are delivered, when a
+connection is a zombie. The driver (`shard.py`) feeds it each decompressed
+message with `receive(payload, now)`, close codes and the current time, and
+carries out what it returns: a `RawDispatch` to queue as it is (nearly every
+event), or a list of actions:
 
     Send        write this payload to the websocket
     Deliver     hand this event to the application
+    DeliverRaw  queue this dispatch undecoded
     Heartbeat   start the heartbeat timer (first beat after `first_delay`)
     Identify    wait for the identify queue, then call `identify()`
     Reconnect   close the socket with `code` and connect again
     Skip        a dispatch that cannot be used was dropped: log `reason`
     Fail        a fatal close: stop the shard and surface `error`
+
+The driver's calls, and the greenlet each comes from:
+
+    reader       connecting, receive, closed, reconnecting, abandon_resume_url
+                 (every stage change the gateway causes)
+    heartbeat    heartbeat (heartbeat state only; a zombie is a Reconnect the
+                 reader then sees as a closed connection)
+    identify     identify, give_up (session starts spent: FATALLY_CLOSED)
+    application  shutting_down (down()), revive (restart())
 
 Nothing from the gateway is adopted unchecked: a message whose opcode, HELLO
 or READY breaks the rules becomes a reconnect (cause "protocol_error"), a
@@ -30,24 +43,30 @@ import random
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 import ujson
 
 from gcluster._json import JsonReady
 from gcluster._token import Token
+from gcluster.delivery import Loads, RawDispatch
 from gcluster.errors import GClusterError, closed_error
 from gcluster.events import Event, EventType, EventTypeFlags, dispatch_kind, event_type, flag_for
+from gcluster.peek import peek_dispatch
+from gcluster.stages import LocalProtocolError, Stage, StageMachine, Trigger
+from gcluster.stats import ShardStats
 
 __all__ = [
     "API_VERSION",
     "CloseCode",
     "Deliver",
+    "DeliverRaw",
     "Fail",
     "Heartbeat",
     "Identify",
     "Latency",
+    "LocalProtocolError",
     "Opcode",
     "ReconnectAction",
     "ResumeSession",
@@ -68,6 +87,9 @@ MAX_HEARTBEAT_INTERVAL: Final = 300.0
 # Sequences are what the heartbeat and RESUME send back as JSON integers.
 _MAX_SEQUENCE: Final = 2**63 - 1
 _MAX_SESSION_ID: Final = 256
+# Dispatches that change the session: always decoded, whatever the filter says.
+_SESSION_DISPATCHES: Final = frozenset({"READY", "RESUMED"})
+_new_tuple = tuple.__new__
 
 
 class Opcode(enum.IntEnum):
@@ -83,17 +105,6 @@ class Opcode(enum.IntEnum):
     HELLO = 10
     HEARTBEAT_ACK = 11
     REQUEST_SOUNDBOARD_SOUNDS = 31
-
-
-class Stage(enum.Enum):
-    """Where a shard is in its connection's life."""
-
-    DISCONNECTED = "disconnected"
-    CONNECTING = "connecting"  # socket opening, or waiting for HELLO
-    IDENTIFYING = "identifying"  # HELLO received, IDENTIFY pending or sent
-    RESUMING = "resuming"  # RESUME sent, replay not finished
-    CONNECTED = "connected"  # READY or RESUMED received
-    FATALLY_CLOSED = "fatally_closed"  # a close code that forbids retrying
 
 
 class CloseCode(enum.IntEnum):
@@ -209,6 +220,13 @@ class Deliver:
 
 
 @dataclass(frozen=True, slots=True)
+class DeliverRaw:
+    """A dispatch to queue undecoded (when it comes with other actions)."""
+
+    dispatch: RawDispatch
+
+
+@dataclass(frozen=True, slots=True)
 class Heartbeat:
     interval: float
     first_delay: float
@@ -247,7 +265,7 @@ class Fail:
     error: GClusterError
 
 
-Action = Send | Deliver | Heartbeat | Identify | ReconnectAction | Skip | Fail
+Action = Send | Deliver | DeliverRaw | Heartbeat | Identify | ReconnectAction | Skip | Fail
 
 
 def default_properties() -> dict[str, str]:
@@ -286,7 +304,9 @@ class ShardProtocol:
         compression: the transport compression to ask for ("zlib-stream",
             "zstd-stream") or None.
         rng: source of the heartbeat jitter and the op 9 wait (injectable for tests).
-        observe_latency: called with each heartbeat round trip, in seconds.
+        loads: the JSON decoder for what is not queued undecoded.
+        stats: the counters the protocol keeps (events, filtered, duplicates,
+            skipped, heartbeat latency); a fresh `ShardStats` by default.
     """
 
     def __init__(
@@ -303,7 +323,8 @@ class ShardProtocol:
         presence: Mapping[str, Any] | None = None,
         compression: str | None = "zlib-stream",
         rng: Callable[[], float] = random.random,
-        observe_latency: Callable[[float], None] | None = None,
+        loads: Loads = ujson.loads,
+        stats: ShardStats | None = None,
     ) -> None:
         self.shard_id = shard_id
         self.total = total
@@ -316,9 +337,12 @@ class ShardProtocol:
         self.presence = dict(presence) if presence is not None else None
         self.compression = compression
         self._rng = rng
-        self._observe_latency = observe_latency
+        self._loads = loads
+        self.stats = stats if stats is not None else ShardStats()
+        # Every message the gateway sent, as a SHARD_PAYLOAD event of its own.
+        self._wants_payload = bool(self._mask & int(EventTypeFlags.SHARD_PAYLOAD))
 
-        self.stage = Stage.DISCONNECTED
+        self._stages = StageMachine()
         self.session_id: str | None = session.session_id if session else None
         self.sequence: int | None = session.sequence if session else None
         self.resume_url: str | None = session.resume_url if session else None
@@ -328,6 +352,10 @@ class ShardProtocol:
         self._connection_url: str | None = None
 
     # --- what the driver asks ------------------------------------------------
+
+    @property
+    def stage(self) -> Stage:
+        return self._stages.stage
 
     @property
     def session(self) -> ResumeSession | None:
@@ -375,29 +403,6 @@ class ShardProtocol:
     def wants(self, kind: EventType) -> bool:
         return bool(self._mask & int(flag_for(kind)))
 
-    def dispatch(self, name: str, sequence: int | None) -> EventType | Literal[False] | None:
-        """A dispatch other than READY and RESUMED arrived: its kind, if wanted.
-
-        The common case, kept off the general `receive` path because it runs
-        for every event: nothing but the sequence changes, and the driver
-        needs only `t` and `s` to call it (the data is decoded later, or never
-        for a filtered event). `sequence` must be a checked integer.
-
-        Returns:
-            the kind to deliver; None when the filter drops it; False when its
-            sequence was handled already (a replay) and it must not be
-            delivered again.
-        """
-        if sequence is not None:
-            last = self.sequence
-            if last is not None and sequence <= last:
-                return False
-            self.sequence = sequence
-        kind, bit = dispatch_kind(name)
-        if self._mask & bit:
-            return kind
-        return None
-
     def abandon_resume_url(self) -> bool:
         """Connecting to the resume URL failed: resume on the main gateway instead.
 
@@ -413,24 +418,68 @@ class ShardProtocol:
 
     def connecting(self, url: str) -> list[Action]:
         """A new connection is being opened to `url`."""
-        self.stage = Stage.CONNECTING
+        self._stages.move(Trigger.CONNECT)
         self._identified = False
         self._heartbeats = _Heartbeats()
         self._connection_url = url
         return self._lifecycle(EventType.SHARD_CONNECTING, {"url": url})
 
-    def receive(self, message: Any, now: float) -> list[Action]:
-        """Handle one decoded message from the gateway (any JSON value).
+    def receive(self, payload: bytes, now: float) -> RawDispatch | list[Action] | None:
+        """One whole, decompressed message from the gateway: what to do with it.
 
-        A message that is not a gateway payload, or a dispatch with a bad
-        name or sequence, gives `Skip`; HELLO, READY or RESUMED breaking the
-        rules (a bad interval, out of turn) gives a reconnect.
+        Returns:
+            a `RawDispatch` to queue undecoded: a dispatch laid out as Discord
+            sends it (see peek.py), wanted, and not a replay; nearly every
+            message. None when nothing is to be done (filtered out, or a
+            replay). Otherwise the actions, after decoding the message: a
+            message that is not a gateway payload, or a dispatch with a bad
+            name or sequence, gives `Skip`; HELLO, READY or RESUMED breaking
+            the rules (a bad interval, out of turn) gives a reconnect.
         """
+        peeked = peek_dispatch(payload)
+        if peeked is not None and not self._wants_payload:
+            name, sequence = peeked
+            if name not in _SESSION_DISPATCHES:
+                return self._raw_dispatch(name, sequence, payload)
+        actions: list[Action] = []
+        if self._wants_payload:
+            # Every message, whether or not its own type is wanted.
+            event = Event(EventType.SHARD_PAYLOAD, "SHARD_PAYLOAD", self.shard_id, None, payload)
+            actions.append(Deliver(event))
+            if peeked is not None and peeked[0] not in _SESSION_DISPATCHES:
+                raw = self._raw_dispatch(peeked[0], peeked[1], payload)
+                return actions + [DeliverRaw(raw)] if raw is not None else actions
+        try:
+            message = self._loads(payload)
+        except (ValueError, TypeError, OverflowError, RecursionError) as err:
+            # Skipped like a dispatch that fails in events(): a reconnect would
+            # only have the gateway replay the same bytes.
+            return [*actions, self._skip(f"a message that is not valid JSON ({err})")]
+        return actions + self._message(message, now)
+
+    def _raw_dispatch(self, name: str, sequence: int, payload: bytes) -> RawDispatch | None:
+        # The common case, run for nearly every event: only t and s matter
+        # (peeked, so s is a plain integer); the JSON is decoded by events()
+        # as it hands the event over, and never for a filtered type.
+        last = self.sequence
+        if last is not None and sequence <= last:
+            self.stats.duplicates += 1
+            return None
+        self.sequence = sequence
+        kind, bit = dispatch_kind(name)
+        if not self._mask & bit:
+            self.stats.filtered += 1
+            return None
+        self.stats.events[name] += 1
+        return _new_tuple(RawDispatch, (self.shard_id, kind, name, sequence, payload))
+
+    def _message(self, message: Any, now: float) -> list[Action]:
+        """A decoded message (any JSON value)."""
         op = message.get("op") if isinstance(message, dict) else None
         if type(op) is not int:
             # Not a gateway payload at all: nothing in it can be acted on, and
             # reconnecting would not make the gateway send something else.
-            return [Skip("a message that is not a gateway payload (no integer op)")]
+            return [self._skip("a message that is not a gateway payload (no integer op)")]
         if op == Opcode.DISPATCH:
             return self._dispatch(message)
         if op == Opcode.HEARTBEAT_ACK:
@@ -457,8 +506,13 @@ class ShardProtocol:
         return self._unknown_opcode(op)
 
     def identify(self) -> list[Action]:
-        """The identify queue granted a slot: send IDENTIFY."""
-        self.stage = Stage.IDENTIFYING
+        """The identify queue granted a slot: send IDENTIFY.
+
+        Raises:
+            LocalProtocolError: not after a HELLO that asked for it, or twice.
+        """
+        if self.stage is not Stage.IDENTIFYING or self._identified:
+            raise LocalProtocolError(f"IDENTIFY is not due in stage {self.stage.value}")
         self._identified = True
         d: dict[str, Any] = {
             "token": self._token.secret,
@@ -505,6 +559,7 @@ class ShardProtocol:
         """
         self._identified = False
         if self.stage is Stage.FATALLY_CLOSED:
+            self._stages.move(Trigger.CLOSED)
             return []  # the shard gave up before the socket closed (see give_up)
         if by_client:
             if code in (CloseCode.NORMAL, CloseCode.GOING_AWAY):
@@ -520,10 +575,10 @@ class ShardProtocol:
             assert code is not None
             # The gateway ended the session with the connection.
             self._forget_session()
-            self.stage = Stage.FATALLY_CLOSED
+            self._stages.move(Trigger.FATAL)
             self.error = closed_error(self.shard_id, code, reason)
             return [*events, Fail(self.error)]
-        self.stage = Stage.DISCONNECTED
+        self._stages.move(Trigger.CLOSED)
         if verdict is CloseVerdict.REIDENTIFY:
             self._forget_session()
         return events
@@ -531,7 +586,7 @@ class ShardProtocol:
     def give_up(self, error: GClusterError) -> list[Action]:
         """Stop for good for a reason of this side's (the day's session starts are spent)."""
         self._forget_session()
-        self.stage = Stage.FATALLY_CLOSED
+        self._stages.move(Trigger.FATAL)
         self.error = error
         events = self._lifecycle(
             EventType.SHARD_DISCONNECTED, {"code": None, "reason": str(error), "fatal": True}
@@ -540,7 +595,7 @@ class ShardProtocol:
 
     def shutting_down(self, *, resumable: bool) -> int:
         """The application stops the shard; returns the close code to send."""
-        self.stage = Stage.DISCONNECTED
+        self._stages.move(Trigger.SHUT_DOWN)
         if resumable:
             return int(CloseCode.RESUMABLE)
         self._forget_session()
@@ -549,7 +604,7 @@ class ShardProtocol:
     def revive(self) -> None:
         """Leave FATALLY_CLOSED so the shard may try again (an explicit restart)."""
         if self.stage is Stage.FATALLY_CLOSED:
-            self.stage = Stage.DISCONNECTED
+            self._stages.move(Trigger.REVIVE)
             self.error = None
 
     def reconnecting(self) -> list[Action]:
@@ -558,7 +613,7 @@ class ShardProtocol:
     # --- opcode handlers -----------------------------------------------------
 
     def _hello(self, d: Any) -> list[Action]:
-        if self.stage is not Stage.CONNECTING:
+        if not self._stages.allows(Trigger.HELLO_IDENTIFY):
             return [self._violation("a second HELLO on one connection")]
         millis = d.get("heartbeat_interval") if isinstance(d, dict) else None
         if (
@@ -578,11 +633,11 @@ class ShardProtocol:
         ]
         session = self.session
         if session is None:
-            self.stage = Stage.IDENTIFYING
+            self._stages.move(Trigger.HELLO_IDENTIFY)
             actions += self._lifecycle(EventType.SHARD_IDENTIFYING)
             actions.append(Identify())
             return actions
-        self.stage = Stage.RESUMING
+        self._stages.move(Trigger.HELLO_RESUME)
         self._identified = True
         actions += self._lifecycle(
             EventType.SHARD_RESUMING,
@@ -600,11 +655,11 @@ class ShardProtocol:
         sequence = message.get("s")
         name = message.get("t")
         if not isinstance(name, str) or not name:
-            return [Skip(f"a dispatch with the name {name!r}")]
+            return [self._skip(f"a dispatch with the name {name!r}")]
         if sequence is not None and (
             type(sequence) is not int or not 0 <= sequence <= _MAX_SEQUENCE
         ):
-            return [Skip(f"dispatch {name} with the sequence {sequence!r}")]
+            return [self._skip(f"dispatch {name} with the sequence {sequence!r}")]
         data = message.get("d")
         kind = event_type(name)
         if kind is EventType.READY:
@@ -616,17 +671,17 @@ class ShardProtocol:
         if sequence is not None and not replay:
             self.sequence = sequence
         if kind is EventType.RESUMED:
-            if self.stage is not Stage.RESUMING:
+            if not self._stages.allows(Trigger.RESUMED):
                 return [self._violation("RESUMED without a RESUME")]
-            self.stage = Stage.CONNECTED
+            self._stages.move(Trigger.RESUMED)
             actions = self._deliver(kind, name, sequence, data)
             return actions + self._lifecycle(EventType.SHARD_CONNECTED, {"resumed": True})
         if replay:
-            return [Skip(f"dispatch {name} s={sequence} again (a replay)", "duplicate")]
+            return [self._skip(f"dispatch {name} s={sequence} again (a replay)", "duplicate")]
         return self._deliver(kind, name, sequence, data)
 
     def _ready(self, name: str, sequence: int | None, data: Any) -> list[Action]:
-        if self.stage is not Stage.IDENTIFYING:
+        if not self._stages.allows(Trigger.READY) or not self._identified:
             return [self._violation("READY without an IDENTIFY")]
         session_id = data.get("session_id") if isinstance(data, dict) else None
         notes: list[Action] = []
@@ -642,14 +697,16 @@ class ShardProtocol:
             # The session works, but cannot be resumed: the next one IDENTIFYs.
             self._forget_session()
             notes.append(Skip(f"READY's session_id {session_id!r} is unusable", "ignored"))
-        self.stage = Stage.CONNECTED
+        self._stages.move(Trigger.READY)
         actions = self._deliver(EventType.READY, name, sequence, data)
         connected = self._lifecycle(EventType.SHARD_CONNECTED, {"resumed": False})
         return notes + actions + connected
 
     def _deliver(self, kind: EventType, name: str, sequence: int | None, data: Any) -> list[Action]:
         if self._mask & int(flag_for(kind)):
+            self.stats.events[name] += 1
             return [Deliver(Event(kind, name, self.shard_id, sequence, data))]
+        self.stats.filtered += 1
         return []
 
     def _heartbeat_ack(self, now: float) -> list[Action]:
@@ -659,8 +716,7 @@ class ShardProtocol:
             hb.count += 1
             hb.total += rtt
             hb.recent.append(rtt)
-            if self._observe_latency is not None:
-                self._observe_latency(rtt)
+            self.stats.observe_latency(rtt)
         hb.awaiting_ack = False
         hb.last_ack = now
         return self._lifecycle(EventType.GATEWAY_HEARTBEAT_ACK)
@@ -693,6 +749,13 @@ class ShardProtocol:
     def _unknown_opcode(self, op: Any) -> list[Action]:
         return self._lifecycle(EventType.UNKNOWN, {"op": op})
 
+    def _skip(self, reason: str, what: str = "skipped") -> Skip:
+        if what == "duplicate":
+            self.stats.duplicates += 1
+        else:
+            self.stats.skipped += 1
+        return Skip(reason, what)
+
     def _violation(self, reason: str) -> ReconnectAction:
         # The connection cannot be trusted; the session can: resume it.
         return self._reconnect(
@@ -710,7 +773,7 @@ class ShardProtocol:
     def _reconnect(
         self, *, resume: bool, code: int, reason: str, cause: str, delay: float = 0.0
     ) -> ReconnectAction:
-        self.stage = Stage.DISCONNECTED
+        # The stage moves when the connection has closed (see closed()).
         if not resume:
             self._forget_session()
         return ReconnectAction(

@@ -9,8 +9,9 @@ has finished with, so events received but not yet handled come back on resume.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from gcluster.protocol import ResumeSession
 
@@ -70,6 +71,9 @@ class ConsumedSessions:
 
     Saving this, rather than what the shard received, means events still queued
     when a process dies are replayed on resume: at-least-once across crashes.
+    `events()` tells it what it hands out (`arrived`) and when the application
+    is done with it (`handled`, or `finish` for a consumer that finishes later
+    than it reads); the cluster saves `take_dirty()` once a second.
     """
 
     def __init__(self, initial: dict[int, ResumeSession]) -> None:
@@ -77,28 +81,64 @@ class ConsumedSessions:
         # Sessions a shard started whose READY the application has not reached:
         # the session it was reading is dead on the gateway's side already.
         self._pending: dict[int, ResumeSession] = {}
+        # The last session id each shard was known to start, so one is noted once.
+        self._seen = {shard_id: session.session_id for shard_id, session in initial.items()}
         self._dirty: set[int] = set()
+        # What events(manual_finish=True) gave and the application has not
+        # finished: an event's sequence (None for one without), or a mark
+        # that must wait for the events given before it.
+        self._unfinished: deque[tuple[int, SessionMark | int | None]] = deque()
 
-    def started(self, shard_id: int, session: ResumeSession) -> None:
-        """A shard got READY (called by the shard, ahead of the application)."""
+    # --- what events() reports ------------------------------------------------
+
+    def arrived(self, shard_id: int, item: Any, *, manual: bool) -> bool:
+        """An item came out of the queue; whether it is an event for the application.
+
+        A `SessionMark` is taken here (at once, or after the events before it
+        are finished, with `manual`); anything else is handed out.
+        """
+        if isinstance(item, SessionMark):
+            if manual and self._unfinished:
+                self._unfinished.append((shard_id, item))
+            else:
+                self._mark(shard_id, item.session)
+            return False
+        if manual:
+            self._unfinished.append((shard_id, getattr(item, "sequence", None)))
+        return True
+
+    def handled(self, shard_id: int, sequence: int | None) -> None:
+        """The application is done with an event it was given."""
+        if sequence is not None:
+            self._finished(shard_id, sequence)
+
+    def finish(self, count: int) -> None:
+        """The next `count` events given with `manual` are done, in the order given."""
+        unfinished = self._unfinished
+        while unfinished and (count > 0 or isinstance(unfinished[0][1], SessionMark)):
+            shard_id, what = unfinished.popleft()
+            if isinstance(what, SessionMark):
+                self._mark(shard_id, what.session)
+                continue
+            count -= 1
+            if what is not None:
+                self._finished(shard_id, what)
+
+    # --- what the shards report -------------------------------------------------
+
+    def started(self, shard_id: int, session: ResumeSession | None) -> None:
+        """A shard's latest session as at its READY (`Shard.started_session`).
+
+        Called before saving: a new one is saved at once, ahead of the
+        application, whose events from the old session can no longer resume.
+        """
+        if session is None or self._seen.get(shard_id) == session.session_id:
+            return
+        self._seen[shard_id] = session.session_id
         self._pending[shard_id] = session
         self._dirty.add(shard_id)
 
-    def mark(self, shard_id: int, session: ResumeSession) -> None:
-        """The application reached the new session's mark."""
-        pending = self._pending.get(shard_id)
-        if pending is not None and pending.session_id == session.session_id:
-            del self._pending[shard_id]
-        self._sessions[shard_id] = session
-        self._dirty.add(shard_id)
-
-    def finished(self, shard_id: int, sequence: int) -> None:
-        session = self._sessions.get(shard_id)
-        if session is not None and sequence > session.sequence:
-            self._sessions[shard_id] = ResumeSession(
-                session.session_id, sequence, session.resume_url
-            )
-            self._dirty.add(shard_id)
+    # --- what is saved ---------------------------------------------------------
 
     def take_dirty(self) -> dict[int, ResumeSession]:
         """The sessions changed since the last call; a pending new session wins.
@@ -112,6 +152,23 @@ class ConsumedSessions:
 
     def all(self) -> dict[int, ResumeSession]:
         return {shard_id: self._current(shard_id) for shard_id in self._sessions | self._pending}
+
+    def _mark(self, shard_id: int, session: ResumeSession) -> None:
+        # The application reached the new session's mark.
+        self._seen[shard_id] = session.session_id
+        pending = self._pending.get(shard_id)
+        if pending is not None and pending.session_id == session.session_id:
+            del self._pending[shard_id]
+        self._sessions[shard_id] = session
+        self._dirty.add(shard_id)
+
+    def _finished(self, shard_id: int, sequence: int) -> None:
+        session = self._sessions.get(shard_id)
+        if session is not None and sequence > session.sequence:
+            self._sessions[shard_id] = ResumeSession(
+                session.session_id, sequence, session.resume_url
+            )
+            self._dirty.add(shard_id)
 
     def _current(self, shard_id: int) -> ResumeSession:
         pending = self._pending.get(shard_id)

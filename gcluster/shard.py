@@ -37,7 +37,7 @@ from gcluster._json import JsonReady
 from gcluster._token import Token
 from gcluster.backoff import Backoff
 from gcluster.commands import Command, encode
-from gcluster.delivery import END, EventQueue, Loads
+from gcluster.delivery import EventQueue, Loads, RawDispatch
 from gcluster.errors import (
     ClusterNotUp,
     CommandSendingError,
@@ -46,15 +46,15 @@ from gcluster.errors import (
     QueueError,
     SessionStartLimitExhausted,
 )
-from gcluster.events import Event, EventType, EventTypeFlags
+from gcluster.events import Event, EventTypeFlags
 from gcluster.frames import CLOSE_MESSAGE_TOO_BIG, DEFAULT_MAX_MESSAGE, OP_BINARY, OP_TEXT
 from gcluster.inflate import MessageTooLarge, inflater_for, resolve_compression
 from gcluster.message import Message, MessageKind
-from gcluster.peek import peek_dispatch
 from gcluster.protocol import (
     Action,
     CloseCode,
     Deliver,
+    DeliverRaw,
     Fail,
     Heartbeat,
     Identify,
@@ -77,8 +77,6 @@ __all__ = ["Information", "Shard"]
 
 log = logging.getLogger(__name__)
 
-# Dispatches the protocol must read even when the application filters them out.
-_SESSION_DISPATCHES = frozenset({"READY", "RESUMED"})
 # Longest a reader keeps the hub while its socket keeps having data (seconds).
 _TIME_SLICE = 0.001
 # A session lost sooner than this after READY/RESUMED counts as a failed
@@ -144,8 +142,6 @@ class Shard:
             queue, given as `events`, brings its own).
         session_marks: put a `SessionMark` in `events` before each new session's
             events (for a cluster that saves consumed sessions).
-        on_new_session: called with (shard id, session) when READY starts one,
-            before the application has read that far.
         protocol_options: passed to `ShardProtocol` (properties, large_threshold, presence).
     """
 
@@ -168,7 +164,6 @@ class Shard:
         on_fatal: Callable[[Shard], None] | None = None,
         ratelimit_payloads: bool = True,
         session_marks: bool = False,
-        on_new_session: Callable[[int, ResumeSession], None] | None = None,
         rng: Callable[[], float] = random.random,
         loads: Loads = ujson.loads,
         **protocol_options: Any,
@@ -186,7 +181,9 @@ class Shard:
         self._on_fatal = on_fatal
         self._ratelimiter = CommandRatelimiter() if ratelimit_payloads else None
         self._session_marks = session_marks
-        self._on_new_session = on_new_session
+        # The latest session as it was at its READY (what a new session's
+        # saved state starts from; see sessions.ConsumedSessions).
+        self.started_session: ResumeSession | None = session
         self._marked_session: str | None = session.session_id if session is not None else None
         self._rng = rng
         self.stats = ShardStats()
@@ -199,10 +196,10 @@ class Shard:
             session=session,
             compression=resolve_compression(compression),
             rng=rng,
-            observe_latency=self.stats.observe_latency,
+            loads=self._events.loads,
+            stats=self.stats,
             **protocol_options,
         )
-        self._wants_payload = bool(event_types & EventTypeFlags.SHARD_PAYLOAD)
 
         self._runner: gevent.Greenlet | None = None
         self._helpers: list[gevent.Greenlet] = []
@@ -288,6 +285,9 @@ class Shard:
         if runner is not None and not runner.dead:
             # Between connections (backing off, connecting): skip the rest of the wait.
             runner.kill(block=True)
+            if self._protocol.stage not in (Stage.DISCONNECTED, Stage.FATALLY_CLOSED):
+                # Killed while connecting: that attempt is over.
+                self._handle(self._protocol.closed(None, "restart requested", by_client=True))
             self._handle(self._protocol.reconnecting())
         # Not running (never started, or stopped by a fatal close): start over.
         self._protocol.revive()
@@ -347,11 +347,10 @@ class Shard:
             )
         events = self._events
         while True:
-            shard_id, event = events.next_event()
-            if shard_id is None:
-                events.put((None, END))  # other iterators end too
+            item = events.next_event()
+            if item is None:
                 return
-            yield shard_id, event
+            yield item
 
     # --- sending ---------------------------------------------------------------
 
@@ -580,42 +579,18 @@ class Shard:
                 slice_started = time.monotonic()
 
     def _process(self, payload: bytes, now: float) -> None:
-        if self._wants_payload:
-            # Every message the gateway sent, whether or not its own type is wanted.
-            self._put(Event(EventType.SHARD_PAYLOAD, "SHARD_PAYLOAD", self.id, None, payload))
-        protocol = self._protocol
-        peeked = peek_dispatch(payload)
-        if peeked is not None and peeked[0] not in _SESSION_DISPATCHES:
-            # The common case. Only t and s matter to the protocol; the JSON is
-            # decoded by events() as it hands the event over (see delivery.py),
-            # and never for a filtered type.
-            name, sequence = peeked
-            kind = protocol.dispatch(name, sequence)
-            if not kind:
-                if kind is None:
-                    self.stats.filtered += 1
-                else:
-                    self.stats.duplicates += 1
-                return
-            self.stats.events[name] += 1
-            self._events.put((self.id, kind, name, sequence, payload))
-            return
-        try:
-            message = self._events.loads(payload)
-        except (ValueError, TypeError, OverflowError, RecursionError) as err:
-            # Skipped like a dispatch that fails in events(): reconnecting
-            # would only have the gateway replay the same bytes.
-            self._skip(Skip(f"a message that is not valid JSON ({err})"))
-            return
-        self._handle(protocol.receive(message, now))
+        result = self._protocol.receive(payload, now)
+        # (A class check, not isinstance: the hot path, and a list is never one.)
+        if result.__class__ is RawDispatch:
+            self._events.put(result)
+        elif result:
+            self._handle(result)  # type: ignore[arg-type]
 
     def _skip(self, skip: Skip) -> None:
+        # Counted by the protocol; only logged here.
         if skip.what == "duplicate":
-            self.stats.duplicates += 1
             log.debug("shard %d: %s; skipped", self.id, skip.reason)
             return
-        if skip.what == "skipped":
-            self.stats.skipped += 1
         # A peer can send garbage as fast as it likes; the log must not follow.
         now = time.monotonic()
         if now - self._skip_logged_at < _SKIP_LOG_INTERVAL:
@@ -659,9 +634,9 @@ class Shard:
             self._mark_new_session()
         for action in actions:
             if isinstance(action, Deliver):
-                if action.event.sequence is not None:
-                    self.stats.events[action.event.name] += 1
                 self._put(action.event)
+            elif isinstance(action, DeliverRaw):
+                self._events.put(action.dispatch)
             elif isinstance(action, Send):
                 if action.heartbeat and self._ratelimiter is not None:
                     self._ratelimiter.heartbeat()
@@ -710,9 +685,8 @@ class Shard:
         session = self._protocol.session
         if session is not None and session.session_id != self._marked_session:
             self._marked_session = session.session_id
+            self.started_session = session
             self._put(SessionMark(session))
-            if self._on_new_session is not None:
-                self._on_new_session(self.id, session)
 
     def _put(self, event: Event | SessionMark) -> None:
         self._events.put((self.id, event))
@@ -779,7 +753,9 @@ class Shard:
         waited = time.monotonic() - started
         self.stats.identify_waits += 1
         self.stats.identify_wait_seconds += waited
-        if self._conn is not None and not self._stop.is_set():
+        # The connection may have ended, or been told to, while this waited.
+        conn = self._conn
+        if conn is not None and not conn.closed and self._protocol.stage is Stage.IDENTIFYING:
             self.stats.identifies += 1
             self._handle(self._protocol.identify())
 
@@ -811,4 +787,4 @@ class Shard:
         if not self._stopped.is_set():
             self._stopped.set()
             if self._owns_events:
-                self._events.put((None, END))
+                self._events.close()

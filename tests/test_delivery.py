@@ -7,7 +7,7 @@ import logging
 import gevent
 import pytest
 
-from gcluster.delivery import END, EventQueue
+from gcluster.delivery import EventQueue, RawDispatch
 from gcluster.events import Event, EventType
 from gcluster.protocol import ResumeSession
 from gcluster.sessions import SessionMark
@@ -24,10 +24,12 @@ def test_dispatches_are_decoded_as_they_are_taken_in_the_order_put() -> None:
     queue.put((1, mark))
     queue.put((1, lifecycle))
     queue.put(
-        (1, EventType.MESSAGE_CREATE, "MESSAGE_CREATE", 2, raw("MESSAGE_CREATE", 2, '{"id":"7"}'))
+        RawDispatch(
+            1, EventType.MESSAGE_CREATE, "MESSAGE_CREATE", 2, raw("MESSAGE_CREATE", 2, '{"id":"7"}')
+        )
     )
-    queue.put((None, END))
-    assert len(queue) == 4
+    queue.close()
+    assert len(queue) == 3
 
     assert queue.next_event() == (1, mark)
     assert queue.next_event() == (1, lifecycle)
@@ -35,7 +37,8 @@ def test_dispatches_are_decoded_as_they_are_taken_in_the_order_put() -> None:
         1,
         Event(EventType.MESSAGE_CREATE, "MESSAGE_CREATE", 1, 2, {"id": "7"}),
     )
-    assert queue.next_event() == (None, END)
+    assert queue.next_event() is None
+    assert queue.next_event() is None  # and for every iterator after it
     assert len(queue) == 0
 
 
@@ -44,7 +47,7 @@ def test_a_dispatch_that_is_not_json_is_logged_and_skipped(
 ) -> None:
     queue = EventQueue()
     queue.put(
-        (
+        RawDispatch(
             3,
             EventType.MESSAGE_CREATE,
             "MESSAGE_CREATE",
@@ -52,9 +55,13 @@ def test_a_dispatch_that_is_not_json_is_logged_and_skipped(
             b'{"t":"MESSAGE_CREATE","s":5,"op":0,"d":{',
         )
     )
-    queue.put((3, EventType.MESSAGE_DELETE, "MESSAGE_DELETE", 6, raw("MESSAGE_DELETE", 6, "{}")))
+    queue.put(
+        RawDispatch(3, EventType.MESSAGE_DELETE, "MESSAGE_DELETE", 6, raw("MESSAGE_DELETE", 6, "{}"))
+    )
     with caplog.at_level(logging.ERROR, logger="gcluster.shard"):
-        shard_id, event = queue.next_event()
+        item = queue.next_event()
+    assert item is not None
+    shard_id, event = item
     assert (shard_id, event.sequence, event.kind) == (3, 6, EventType.MESSAGE_DELETE)
     (record,) = caplog.records
     assert record.getMessage().startswith("shard 3: dispatch MESSAGE_CREATE s=5 is not valid JSON")
@@ -65,8 +72,27 @@ def test_a_waiting_iterator_wakes_for_the_next_item() -> None:
     taker = gevent.spawn(queue.next_event)
     gevent.sleep(0)  # the taker is waiting now
     assert not taker.ready()
-    queue.put((None, END))
-    assert taker.get(timeout=5) == (None, END)
+    queue.put((1, "item"))
+    assert taker.get(timeout=5) == (1, "item")
+
+
+def test_closing_ends_every_waiting_iterator_and_an_error_is_raised_to_each() -> None:
+    queue = EventQueue()
+    takers = [gevent.spawn(queue.next_event) for _ in range(3)]
+    gevent.sleep(0)
+    queue.close()
+    assert [taker.get(timeout=5) for taker in takers] == [None, None, None]
+    failing = EventQueue()
+    takers = [gevent.spawn(failing.next_event) for _ in range(2)]
+    gevent.sleep(0)
+    failing.close(KeyError("every shard failed"))
+    for taker in takers:
+        taker.join(timeout=5)
+        assert isinstance(taker.exception, KeyError)
+    # reopen() undoes a close with an error: events flow again.
+    failing.reopen()
+    failing.put((2, "again"))
+    assert failing.next_event() == (2, "again")
 
 
 def test_every_waiting_iterator_gets_an_item_and_none_gets_one_twice() -> None:

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 import ujson
 
 from gcluster._token import Token
+from gcluster.delivery import RawDispatch
 from gcluster.errors import AuthenticationFailed, DisallowedIntents, GatewayClosedError
-from gcluster.events import EventType, EventTypeFlags
+from gcluster.events import Event, EventType, EventTypeFlags
 from gcluster.protocol import (
     CloseVerdict,
     Deliver,
+    DeliverRaw,
     Fail,
     Heartbeat,
     Identify,
@@ -29,17 +32,44 @@ from gcluster.protocol import (
 TOKEN = Token("Bot secret-token-value")
 
 
-def make(**kwargs: Any) -> ShardProtocol:
+class Driven(ShardProtocol):
+    """The protocol fed the way the shard feeds it, its answer as one list of actions.
+
+    Messages go in as JSON bytes; a dispatch it hands back undecoded is
+    decoded here into the Deliver that `events()` would make of it.
+    """
+
+    def feed(self, message: Any, now: float) -> list[Any]:
+        payload = message if isinstance(message, bytes) else encode(message)
+        result = self.receive(payload, now)
+        if result is None:
+            return []
+        if isinstance(result, RawDispatch):
+            result = [DeliverRaw(result)]
+        return [Deliver(raw_event(a.dispatch)) if isinstance(a, DeliverRaw) else a for a in result]
+
+
+def raw_event(raw: RawDispatch) -> Event:
+    data = ujson.loads(raw.payload)["d"]
+    return Event(raw.kind, raw.name, raw.shard_id, raw.sequence, data)
+
+
+def encode(message: Any) -> bytes:
+    return json.dumps(message, separators=(",", ":")).encode()
+
+
+def make(**kwargs: Any) -> Driven:
     kwargs.setdefault("rng", lambda: 0.5)
-    return ShardProtocol(3, 8, TOKEN, 513, **kwargs)
+    return Driven(3, 8, TOKEN, 513, **kwargs)
 
 
-def hello(interval_ms: int = 40000) -> dict[str, Any]:
+def hello(interval_ms: float = 40000) -> dict[str, Any]:
     return {"op": 10, "d": {"heartbeat_interval": interval_ms}, "s": None, "t": None}
 
 
-def dispatch(name: str, seq: int, data: Any = None) -> dict[str, Any]:
-    return {"op": 0, "t": name, "s": seq, "d": data if data is not None else {}}
+def dispatch(name: str, seq: Any, data: Any = None) -> dict[str, Any]:
+    # Discord's layout (t, s, op, d): the one the protocol peeks at.
+    return {"t": name, "s": seq, "op": 0, "d": data if data is not None else {}}
 
 
 def ready(seq: int = 1, session_id: str = "abc") -> dict[str, Any]:
@@ -60,11 +90,11 @@ def of(actions: list[Any], cls: type) -> list[Any]:
     return [a for a in actions if isinstance(a, cls)]
 
 
-def connected(proto: ShardProtocol) -> ShardProtocol:
+def connected(proto: Driven) -> Driven:
     proto.connecting("wss://gateway")
-    proto.receive(hello(), 0.0)
+    proto.feed(hello(), 0.0)
     proto.identify()
-    proto.receive(ready(), 0.1)
+    proto.feed(ready(), 0.1)
     return proto
 
 
@@ -74,7 +104,7 @@ def connected(proto: ShardProtocol) -> ShardProtocol:
 def test_hello_without_session_asks_for_an_identify_slot() -> None:
     proto = make()
     proto.connecting("wss://gateway")
-    actions = proto.receive(hello(40000), 0.0)
+    actions = proto.feed(hello(40000), 0.0)
     assert of(actions, Identify)
     assert of(actions, Heartbeat) == [Heartbeat(interval=40.0, first_delay=20.0)]
     assert sent(actions) == []  # nothing until the queue grants the slot
@@ -88,7 +118,7 @@ def test_identify_payload_carries_shard_intents_and_bare_token() -> None:
         presence={"status": "idle", "activities": [], "afk": False, "since": None},
     )
     proto.connecting("wss://gateway")
-    proto.receive(hello(), 0.0)
+    proto.feed(hello(), 0.0)
     (payload,) = sent(proto.identify())
     assert payload["op"] == 2
     d = payload["d"]
@@ -108,7 +138,7 @@ def test_hello_with_session_resumes_at_once() -> None:
         == "wss://resume.example/?v=10&encoding=json&compress=zlib-stream"
     )
     proto.connecting(proto.url("wss://gateway"))
-    actions = proto.receive(hello(), 0.0)
+    actions = proto.feed(hello(), 0.0)
     assert not of(actions, Identify)
     (payload,) = sent(actions)
     assert payload == {
@@ -116,8 +146,8 @@ def test_hello_with_session_resumes_at_once() -> None:
         "d": {"token": "secret-token-value", "session_id": "sess", "seq": 41},
     }
     assert proto.stage is Stage.RESUMING
-    actions = proto.receive(dispatch("MESSAGE_CREATE", 42), 0.0)
-    actions += proto.receive(dispatch("RESUMED", 43), 0.0)
+    actions = proto.feed(dispatch("MESSAGE_CREATE", 42), 0.0)
+    actions += proto.feed(dispatch("RESUMED", 43), 0.0)
     assert kinds(actions) == [
         EventType.MESSAGE_CREATE,
         EventType.RESUMED,
@@ -142,7 +172,7 @@ def test_ready_records_the_session() -> None:
 
 def test_dispatch_becomes_an_event_with_its_sequence() -> None:
     proto = connected(make())
-    (deliver,) = of(proto.receive(dispatch("MESSAGE_CREATE", 2, {"id": "1"}), 0.0), Deliver)
+    (deliver,) = of(proto.feed(dispatch("MESSAGE_CREATE", 2, {"id": "1"}), 0.0), Deliver)
     event = deliver.event
     assert (event.kind, event.name, event.shard_id, event.sequence, event.data) == (
         EventType.MESSAGE_CREATE,
@@ -155,18 +185,21 @@ def test_dispatch_becomes_an_event_with_its_sequence() -> None:
 
 def test_unknown_dispatch_arrives_as_unknown_with_its_name() -> None:
     proto = connected(make())
-    (deliver,) = of(proto.receive(dispatch("SOMETHING_NEW", 2), 0.0), Deliver)
+    (deliver,) = of(proto.feed(dispatch("SOMETHING_NEW", 2), 0.0), Deliver)
     assert deliver.event.kind is EventType.UNKNOWN
     assert deliver.event.name == "SOMETHING_NEW"
 
 
 def test_filtered_dispatch_still_advances_the_sequence() -> None:
     proto = connected(make(event_types=EventTypeFlags.MESSAGE_DELETE))
-    assert of(proto.receive(dispatch("MESSAGE_CREATE", 2), 0.0), Deliver) == []
-    assert proto.dispatch("MESSAGE_CREATE", 3) is None
+    assert of(proto.feed(dispatch("MESSAGE_CREATE", 2), 0.0), Deliver) == []
+    assert proto.receive(encode(dispatch("MESSAGE_CREATE", 3)), 0.0) is None
     assert proto.sequence == 3
-    assert proto.dispatch("MESSAGE_DELETE", 4) is EventType.MESSAGE_DELETE
+    raw = proto.receive(encode(dispatch("MESSAGE_DELETE", 4)), 0.0)
+    assert isinstance(raw, RawDispatch) and raw.kind is EventType.MESSAGE_DELETE
     assert proto.sequence == 4
+    # READY, filtered out too, counts with the two MESSAGE_CREATEs.
+    assert (proto.stats.filtered, proto.stats.events["MESSAGE_DELETE"]) == (3, 1)
 
 
 def test_filtered_ready_still_sets_up_the_session() -> None:
@@ -176,21 +209,21 @@ def test_filtered_ready_still_sets_up_the_session() -> None:
 
 def test_unknown_opcode_is_not_an_error() -> None:
     proto = connected(make())
-    actions = proto.receive({"op": 99, "d": None}, 0.0)
+    actions = proto.feed({"op": 99, "d": None}, 0.0)
     assert kinds(actions) == [EventType.UNKNOWN]
     assert proto.stage is Stage.CONNECTED
 
 
 def test_message_without_an_integer_opcode_is_skipped() -> None:
     for message in ({"t": "X"}, {"x": 1}, {"op": "10"}, {"op": True}, [1, 2], "op", None):
-        (action,) = make().receive(message, 0.0)
+        (action,) = make().feed(message, 0.0)
         assert isinstance(action, Skip) and action.what == "skipped"
 
 
 def test_hello_and_ready_out_of_turn_make_the_shard_reconnect() -> None:
     proto = connected(make())
     for message in (hello(), dispatch("READY", 5), dispatch("RESUMED", 6)):
-        (action,) = proto.receive(message, 0.0)
+        (action,) = proto.feed(message, 0.0)
         assert isinstance(action, ReconnectAction) and action.cause == "protocol_error"
         proto = connected(make())
 
@@ -200,11 +233,11 @@ def test_hello_and_ready_out_of_turn_make_the_shard_reconnect() -> None:
 
 def test_heartbeat_carries_the_last_sequence_and_ack_records_latency() -> None:
     proto = connected(make())
-    proto.receive(dispatch("MESSAGE_CREATE", 7), 0.0)
+    proto.feed(dispatch("MESSAGE_CREATE", 7), 0.0)
     (beat,) = proto.heartbeat(10.0)
     assert isinstance(beat, Send) and beat.heartbeat
     assert ujson.loads(beat.payload) == {"op": 1, "d": 7}
-    proto.receive({"op": 11}, 10.25)
+    proto.feed({"op": 11}, 10.25)
     assert proto.latency == Latency(
         average=0.25, heartbeats=1, recent=(0.25,), sent=10.0, received=10.25
     )
@@ -223,7 +256,7 @@ def test_acked_heartbeats_never_make_a_zombie() -> None:
     proto = connected(make())
     for n in range(10):
         proto.heartbeat(n * 40.0)
-        proto.receive({"op": 11}, n * 40.0 + 0.05)
+        proto.feed({"op": 11}, n * 40.0 + 0.05)
     assert sent(proto.heartbeat(400.0))[0]["op"] == 1
     assert proto.latency.heartbeats == 10
     assert len(proto.latency.recent) == 5
@@ -231,7 +264,7 @@ def test_acked_heartbeats_never_make_a_zombie() -> None:
 
 def test_server_heartbeat_request_beats_at_once_without_false_zombie() -> None:
     proto = connected(make())
-    actions = proto.receive({"op": 1, "d": None}, 5.0)
+    actions = proto.feed({"op": 1, "d": None}, 5.0)
     assert sent(actions) == [{"op": 1, "d": 1}]
     # The regular timer fires right after, before the ACK: not a zombie.
     assert sent(proto.heartbeat(5.01))[0]["op"] == 1
@@ -242,7 +275,7 @@ def test_server_heartbeat_request_beats_at_once_without_false_zombie() -> None:
 
 def test_reconnect_opcode_resumes() -> None:
     proto = connected(make())
-    actions = proto.receive({"op": 7, "d": None}, 0.0)
+    actions = proto.feed({"op": 7, "d": None}, 0.0)
     (action,) = of(actions, ReconnectAction)
     assert action.resume and action.code == 4000
     assert EventType.GATEWAY_RECONNECT in kinds(actions)
@@ -251,13 +284,13 @@ def test_reconnect_opcode_resumes() -> None:
 
 def test_invalid_session_resumable_resumes() -> None:
     proto = connected(make())
-    (action,) = of(proto.receive({"op": 9, "d": True}, 0.0), ReconnectAction)
+    (action,) = of(proto.feed({"op": 9, "d": True}, 0.0), ReconnectAction)
     assert action.resume and action.delay == 0
 
 
 def test_invalid_session_not_resumable_waits_then_identifies() -> None:
     proto = connected(make(rng=lambda: 0.25))
-    actions = proto.receive({"op": 9, "d": False}, 0.0)
+    actions = proto.feed({"op": 9, "d": False}, 0.0)
     (action,) = of(actions, ReconnectAction)
     assert not action.resume
     assert action.delay == pytest.approx(2.0)  # 1 + 4 * 0.25: within Discord's 1-5 s
@@ -374,7 +407,7 @@ def test_token_never_in_repr_of_protocol_state() -> None:
 def test_heartbeat_interval_is_held_within_bounds(millis: float, seconds: float) -> None:
     proto = make()
     proto.connecting("wss://gateway")
-    (beat,) = of(proto.receive(hello(millis), 0.0), Heartbeat)
+    (beat,) = of(proto.feed(hello(millis), 0.0), Heartbeat)
     assert beat.interval == seconds
 
 
@@ -389,10 +422,10 @@ def test_a_resume_url_weaker_than_the_connection_is_not_adopted() -> None:
     ]:
         proto = make()
         proto.connecting("wss://gateway/?v=10")
-        proto.receive(hello(), 0.0)
+        proto.feed(hello(), 0.0)
         proto.identify()
         d = {"session_id": "s", "resume_gateway_url": url}
-        actions = proto.receive(dispatch("READY", 1, d), 0.0)
+        actions = proto.feed(dispatch("READY", 1, d), 0.0)
         assert proto.resume_url == adopted
         assert proto.session_id == "s" and proto.stage is Stage.CONNECTED
         assert bool(of(actions, Skip)) == (adopted is None)
@@ -414,24 +447,80 @@ def test_abandoning_the_resume_url_keeps_the_session() -> None:
 @pytest.mark.parametrize("d", [True, False, None, "yes", 1])
 def test_only_a_json_true_keeps_the_session_on_op_9(d: Any) -> None:
     proto = connected(make())
-    (reconnect,) = of(proto.receive({"op": 9, "d": d}, 0.0), ReconnectAction)
+    (reconnect,) = of(proto.feed({"op": 9, "d": d}, 0.0), ReconnectAction)
     assert reconnect.resume is (d is True)
 
 
 @pytest.mark.parametrize("seq", ["4", -1, 1.5, True, 2**70, [4]])
 def test_a_dispatch_with_a_bad_sequence_is_skipped_and_the_resume_point_kept(seq: Any) -> None:
     proto = connected(make())
-    proto.receive(dispatch("MESSAGE_CREATE", 7), 0.0)
-    (skip,) = proto.receive(dispatch("MESSAGE_CREATE", seq), 0.0)
+    proto.feed(dispatch("MESSAGE_CREATE", 7), 0.0)
+    (skip,) = proto.feed(dispatch("MESSAGE_CREATE", seq), 0.0)
     assert isinstance(skip, Skip) and skip.what == "skipped"
     assert proto.sequence == 7
 
 
 def test_a_replayed_sequence_is_not_delivered_again() -> None:
     proto = connected(make())
-    assert kinds(proto.receive(dispatch("MESSAGE_CREATE", 5), 0.0)) == [EventType.MESSAGE_CREATE]
+    assert kinds(proto.feed(dispatch("MESSAGE_CREATE", 5), 0.0)) == [EventType.MESSAGE_CREATE]
     for seq in (5, 4, 1):
-        (skip,) = proto.receive(dispatch("MESSAGE_CREATE", seq), 0.0)
+        # Peeked (Discord's layout) or decoded (any other), never delivered again.
+        assert proto.receive(encode(dispatch("MESSAGE_CREATE", seq)), 0.0) is None
+        other_layout = {"op": 0, "s": seq, "t": "MESSAGE_CREATE", "d": {}}
+        (skip,) = proto.feed(other_layout, 0.0)
         assert isinstance(skip, Skip) and skip.what == "duplicate"
-        assert proto.dispatch("MESSAGE_CREATE", seq) is False
     assert proto.sequence == 5
+    assert proto.stats.duplicates == 6
+
+
+# --- stages: one table, checked moves -------------------------------------------
+
+
+def test_every_move_of_the_table_and_only_those_are_allowed() -> None:
+    from gcluster.stages import TRANSITIONS, LocalProtocolError, StageMachine, Trigger
+
+    for stage in Stage:
+        for trigger in Trigger:
+            machine = StageMachine()
+            machine.stage = stage
+            target = TRANSITIONS[stage].get(trigger)
+            if target is None:
+                with pytest.raises(LocalProtocolError):
+                    machine.move(trigger)
+                assert machine.stage is stage
+            else:
+                assert machine.move(trigger) is target
+
+
+def test_identify_is_refused_when_it_is_not_due() -> None:
+    from gcluster.stages import LocalProtocolError
+
+    proto = make()
+    with pytest.raises(LocalProtocolError):
+        proto.identify()  # before any connection
+    proto.connecting("wss://gateway")
+    with pytest.raises(LocalProtocolError):
+        proto.identify()  # before HELLO
+    proto.feed(hello(), 0.0)
+    proto.identify()
+    with pytest.raises(LocalProtocolError):
+        proto.identify()  # twice on one connection
+    with pytest.raises(LocalProtocolError):
+        proto.connecting("wss://gateway")  # a second connection while this one lives
+
+
+def test_ready_before_identify_is_sent_is_a_violation() -> None:
+    proto = make()
+    proto.connecting("wss://gateway")
+    proto.feed(hello(), 0.0)  # IDENTIFY still waiting for the queue
+    (action,) = proto.feed(ready(), 0.0)
+    assert isinstance(action, ReconnectAction) and action.cause == "protocol_error"
+    assert proto.stage is Stage.IDENTIFYING
+
+
+def test_a_reconnect_decision_moves_the_stage_only_once_the_connection_closed() -> None:
+    proto = connected(make())
+    (reconnect,) = of(proto.feed({"op": 7, "d": None}, 0.0), ReconnectAction)
+    assert proto.stage is Stage.CONNECTED  # the reader closes the socket next
+    proto.closed(reconnect.code, by_client=True)
+    assert proto.stage is Stage.DISCONNECTED and proto.session is not None
