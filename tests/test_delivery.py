@@ -56,7 +56,9 @@ def test_a_dispatch_that_is_not_json_is_logged_and_skipped(
         )
     )
     queue.put(
-        RawDispatch(3, EventType.MESSAGE_DELETE, "MESSAGE_DELETE", 6, raw("MESSAGE_DELETE", 6, "{}"))
+        RawDispatch(
+            3, EventType.MESSAGE_DELETE, "MESSAGE_DELETE", 6, raw("MESSAGE_DELETE", 6, "{}")
+        )
     )
     with caplog.at_level(logging.ERROR, logger="gcluster.shard"):
         item = queue.next_event()
