@@ -583,7 +583,9 @@ class Shard:
         # (A class check, not isinstance: the hot path, and a list is never one.)
         if result.__class__ is RawDispatch:
             self._events.put(result)
-        elif result:
+        elif result is not None:
+            # Even no actions at all (READY with READY and SHARD_CONNECTED
+            # filtered out) may be a new stage that waiters must hear of.
             self._handle(result)  # type: ignore[arg-type]
 
     def _skip(self, skip: Skip) -> None:

@@ -18,6 +18,7 @@ from gcluster import (
     DisallowedIntents,
     EventStreamBusy,
     EventType,
+    EventTypeFlags,
     Intents,
     InvalidShard,
     LocalQueue,
@@ -435,3 +436,17 @@ def test_info_and_stats_convert_to_json(sim: GatewaySimulator, cluster: Cluster)
     dispatched = [d for d in sim.records.dispatches if d.shard_id == 1]
     assert stats["identifies"] == 1 and stats["delivered"] == len(dispatched)
     assert sum(stats["events"].values()) == len(dispatched)
+
+
+def test_up_returns_at_ready_even_when_ready_and_lifecycle_events_are_filtered_out(
+    make_sim: MakeSim,
+) -> None:
+    # Heartbeats far apart: nothing but READY itself can tell up() the shard is ready.
+    sim = make_sim(shards=1, heartbeat_interval=41.25)
+    cluster = make_cluster(sim, event_types=EventTypeFlags.MESSAGE_CREATE)
+    try:
+        cluster.up(timeout=5)
+        assert cluster.info()[0].stage is Stage.CONNECTED
+        assert [r.shard_id for r in sim.records.identifies] == [0]
+    finally:
+        cluster.down()
