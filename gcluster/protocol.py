@@ -339,8 +339,10 @@ class ShardProtocol:
         self._rng = rng
         self._loads = loads
         self.stats = stats if stats is not None else ShardStats()
-        # Every message the gateway sent, as a SHARD_PAYLOAD event of its own.
-        self._wants_payload = bool(self._mask & int(EventTypeFlags.SHARD_PAYLOAD))
+        self._event_counts = self.stats.events
+        if self._mask & int(EventTypeFlags.SHARD_PAYLOAD):
+            # Chosen once here rather than asked on every message.
+            self.receive = self._receive_with_payload  # type: ignore[method-assign]
 
         self._stages = StageMachine()
         self.session_id: str | None = session.session_id if session else None
@@ -437,41 +439,41 @@ class ShardProtocol:
             the rules (a bad interval, out of turn) gives a reconnect.
         """
         peeked = peek_dispatch(payload)
-        if peeked is not None and not self._wants_payload:
+        if peeked is not None:
             name, sequence = peeked
             if name not in _SESSION_DISPATCHES:
-                return self._raw_dispatch(name, sequence, payload)
-        actions: list[Action] = []
-        if self._wants_payload:
-            # Every message, whether or not its own type is wanted.
-            event = Event(EventType.SHARD_PAYLOAD, "SHARD_PAYLOAD", self.shard_id, None, payload)
-            actions.append(Deliver(event))
-            if peeked is not None and peeked[0] not in _SESSION_DISPATCHES:
-                raw = self._raw_dispatch(peeked[0], peeked[1], payload)
-                return actions + [DeliverRaw(raw)] if raw is not None else actions
+                # The common case, run for nearly every event, so written out
+                # here: only t and s matter (peeked, so s is a plain integer);
+                # the JSON is decoded by events() as it hands the event over,
+                # and never for a filtered type.
+                last = self.sequence
+                if last is not None and sequence <= last:
+                    self.stats.duplicates += 1
+                    return None
+                self.sequence = sequence
+                kind, bit = dispatch_kind(name)
+                if not self._mask & bit:
+                    self.stats.filtered += 1
+                    return None
+                self._event_counts[name] += 1
+                return _new_tuple(RawDispatch, (self.shard_id, kind, name, sequence, payload))
         try:
             message = self._loads(payload)
         except (ValueError, TypeError, OverflowError, RecursionError) as err:
             # Skipped like a dispatch that fails in events(): a reconnect would
             # only have the gateway replay the same bytes.
-            return [*actions, self._skip(f"a message that is not valid JSON ({err})")]
-        return actions + self._message(message, now)
+            return [self._skip(f"a message that is not valid JSON ({err})")]
+        return self._message(message, now)
 
-    def _raw_dispatch(self, name: str, sequence: int, payload: bytes) -> RawDispatch | None:
-        # The common case, run for nearly every event: only t and s matter
-        # (peeked, so s is a plain integer); the JSON is decoded by events()
-        # as it hands the event over, and never for a filtered type.
-        last = self.sequence
-        if last is not None and sequence <= last:
-            self.stats.duplicates += 1
-            return None
-        self.sequence = sequence
-        kind, bit = dispatch_kind(name)
-        if not self._mask & bit:
-            self.stats.filtered += 1
-            return None
-        self.stats.events[name] += 1
-        return _new_tuple(RawDispatch, (self.shard_id, kind, name, sequence, payload))
+    def _receive_with_payload(self, payload: bytes, now: float) -> list[Action]:
+        """`receive` when SHARD_PAYLOAD is wanted: every message as an event of its own first."""
+        event = Event(EventType.SHARD_PAYLOAD, "SHARD_PAYLOAD", self.shard_id, None, payload)
+        result = ShardProtocol.receive(self, payload, now)
+        if result is None:
+            return [Deliver(event)]
+        if result.__class__ is RawDispatch:
+            return [Deliver(event), DeliverRaw(result)]
+        return [Deliver(event), *result]
 
     def _message(self, message: Any, now: float) -> list[Action]:
         """A decoded message (any JSON value)."""

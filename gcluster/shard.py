@@ -524,6 +524,8 @@ class Shard:
     def _read(self, conn: Connection) -> tuple[int | None, str, bool, str]:
         """Read until the connection ends; return its close code, reason, who closed, and why."""
         inflater = inflater_for(self._protocol.compression, self._max_message)
+        receive = self._protocol.receive
+        put = self._events.put
         # The hub loop's clock only moves when the loop goes round, which it
         # can only do while this greenlet waits: a changed value means the
         # last receive blocked and everything else has had its turn.
@@ -562,7 +564,14 @@ class Shard:
                     payload = whole
                 elif opcode not in (OP_TEXT, OP_BINARY):
                     continue
-                self._process(payload, now)
+                result = receive(payload, now)
+                # (A class check, not isinstance: the hot path, and a list is never one.)
+                if result.__class__ is RawDispatch:
+                    put(result)
+                elif result is not None:
+                    # Even no actions at all (READY with READY and SHARD_CONNECTED
+                    # filtered out) may be a new stage that waiters must hear of.
+                    self._handle(result)  # type: ignore[arg-type]
             # A socket that always has data never blocks, so the reader would
             # keep the hub from the consumer, the other shards and the
             # heartbeats. Yielding after every read would cost a trip through
@@ -577,16 +586,6 @@ class Shard:
                 gevent.sleep(0)
                 hub_clock = loop.now()
                 slice_started = time.monotonic()
-
-    def _process(self, payload: bytes, now: float) -> None:
-        result = self._protocol.receive(payload, now)
-        # (A class check, not isinstance: the hot path, and a list is never one.)
-        if result.__class__ is RawDispatch:
-            self._events.put(result)
-        elif result is not None:
-            # Even no actions at all (READY with READY and SHARD_CONNECTED
-            # filtered out) may be a new stage that waiters must hear of.
-            self._handle(result)  # type: ignore[arg-type]
 
     def _skip(self, skip: Skip) -> None:
         # Counted by the protocol; only logged here.
