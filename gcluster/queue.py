@@ -23,14 +23,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import gevent
 import requests
-from gevent import monkey
 from gevent.lock import Semaphore
-from gevent.threadpool import ThreadPool
 
+from gcluster._blocking import ThreadPoolCaller
 from gcluster.errors import QueueError, SessionStartLimitExhausted
 from gcluster.http import SessionStartLimit
 
@@ -334,7 +333,7 @@ class HttpQueue:
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.workers = workers
-        self._pool: ThreadPool | None = None
+        self._pool = ThreadPoolCaller(workers)
 
     def request(self, shard_id: int, total: int) -> None:
         """Wait until the service lets the shard identify.
@@ -343,7 +342,7 @@ class HttpQueue:
             QueueError: the service could not be reached, timed out, or did not answer 2xx.
         """
         try:
-            response = self._blocking(
+            response = self._pool.call(
                 requests.get,
                 self.url,
                 params={"shard": str(shard_id)},
@@ -360,19 +359,7 @@ class HttpQueue:
 
     def close(self) -> None:
         """Stop the thread pool (threads still waiting on the service finish first)."""
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.kill()
-
-    def _blocking(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        if monkey.is_module_patched("socket"):
-            return func(*args, **kwargs)
-        hub = gevent.get_hub()
-        pool = self._pool
-        if pool is None or pool.hub is not hub:
-            # A pool delivers results to the hub of the thread that made it.
-            pool = self._pool = ThreadPool(self.workers, hub=hub)
-        return pool.apply(func, args, kwargs)
+        self._pool.close()
 
     def __repr__(self) -> str:
         return f"HttpQueue({self.url!r})"

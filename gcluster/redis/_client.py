@@ -1,14 +1,10 @@
-"""What RedisQueue and RedisSessionStore share: clients, key names, blocking calls.
+"""What every Redis piece shares: making the client, key names, the server's name in messages.
 
-redis-py is blocking. Unless the application monkey-patched sockets, each
-call runs in gevent's thread pool, so only the calling greenlet waits and the
-hub (with every shard's heartbeat) keeps running.
+Calls to the client go through `gcluster.redis._calls.call`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
@@ -16,13 +12,9 @@ from redis.backoff import ExponentialBackoff
 from redis.cluster import RedisCluster
 from redis.retry import Retry
 
-from gcluster._blocking import call_blocking
-
-__all__ = ["Client", "blocking", "hash_tag", "make_client", "safe_url"]
+__all__ = ["Client", "hash_tag", "make_client", "safe_url"]
 
 Client = redis.Redis | RedisCluster
-
-T = TypeVar("T")
 
 
 def make_client(
@@ -73,8 +65,3 @@ def safe_url(url: str | None, client: Client | None = None) -> str:
         host = f"{host}:{parts.port}"
     user = parts.username or ""
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
-
-
-def blocking(func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Run a redis-py call so that it blocks only the calling greenlet."""
-    return call_blocking(func, *args, **kwargs)

@@ -32,7 +32,8 @@ from redis.exceptions import RedisError
 from gcluster.errors import QueueError, SessionStartLimitExhausted
 from gcluster.http import SessionStartLimit
 from gcluster.queue import DEFAULT_SPARE, IDENTIFY_INTERVAL, SESSION_START_DAY
-from gcluster.redis._client import Client, blocking, hash_tag, make_client, safe_url
+from gcluster.redis._calls import call
+from gcluster.redis._client import Client, hash_tag, make_client, safe_url
 
 __all__ = ["RedisQueue", "SLOT_SCRIPT"]
 
@@ -316,7 +317,7 @@ class RedisQueue:
         ]
         where = safe_url(self._url, self._client)
         try:
-            reply = blocking(self._script, keys, args)
+            reply = call(self._script, keys, args)
         except (RedisError, OSError) as err:
             raise QueueError(
                 f"identify queue: Redis at {where} failed for shard {shard_id}: {err}"

@@ -17,7 +17,8 @@ from redis.exceptions import RedisError
 
 from gcluster.errors import SessionStoreError
 from gcluster.protocol import ResumeSession
-from gcluster.redis._client import Client, blocking, hash_tag, make_client, safe_url
+from gcluster.redis._calls import call
+from gcluster.redis._client import Client, hash_tag, make_client, safe_url
 
 __all__ = ["RedisSessionStore", "SessionStoreError"]
 
@@ -69,7 +70,7 @@ class RedisSessionStore:
         if not ids:
             return {}
         try:
-            values = blocking(self._client.mget, [self.key(i) for i in ids])
+            values = call(self._client.mget, [self.key(i) for i in ids])
         except (RedisError, OSError) as err:
             raise self._error("load", err) from err
         sessions: dict[int, ResumeSession] = {}
@@ -91,9 +92,9 @@ class RedisSessionStore:
         key = self.key(shard_id)
         try:
             if session is None:
-                blocking(self._client.delete, key)
+                call(self._client.delete, key)
             else:
-                blocking(self._client.set, key, json.dumps(session.to_dict()))
+                call(self._client.set, key, json.dumps(session.to_dict()))
         except (RedisError, OSError) as err:
             raise self._error("save", err) from err
 
