@@ -27,8 +27,14 @@ in the one module that calls them and re-raised from here with the cause kept.
     │   └── SessionStartLimitExhausted    the daily IDENTIFY budget is spent
     ├── SessionStoreError                 a session store could not load or save
     ├── StreamError                       Redis could not take or give stream entries
+    ├── RedisCallError                    a Redis call failed; reply: its error reply or None
     ├── ThreadedClusterTimeout (also TimeoutError)  ThreadedCluster's thread did not answer
     └── HubThreadStopped (also RuntimeError)        ThreadedCluster's thread has ended
+
+The gcluster.redis pieces call Redis through one function, which turns
+redis-py's exceptions (and the socket's OSError) into `RedisCallError`; the
+queue, the session store and the stream worker raise their own error from it,
+so the chain reads QueueError <- RedisCallError <- redis.ConnectionError.
 
 Messages never contain the bot token: code that formats one passes it through
 `gcluster._token.Token.redact` first.
@@ -59,6 +65,7 @@ __all__ = [
     "PayloadTooLarge",
     "QueueError",
     "HubThreadStopped",
+    "RedisCallError",
     "SessionStartLimitExhausted",
     "SessionStoreError",
     "StreamError",
@@ -269,3 +276,21 @@ class HubThreadStopped(GClusterError, RuntimeError):
 
 class StreamError(GClusterError):
     """Redis could not take or give stream entries (events or commands)."""
+
+
+class RedisCallError(GClusterError):
+    """A Redis call failed: no connection, no answer in time, or an error reply.
+
+    The redis-py exception (or the socket's OSError) is the `__cause__`, and
+    the message is its message, e.g. "Error 111 connecting to
+    localhost:6379. Connection refused.".
+
+    Attributes:
+        reply: the error Redis answered with (e.g. "NOGROUP No such key ..."),
+            or None when no answer came: the connection was refused or lost,
+            the reply was late, or no node of a Redis Cluster serves the slot.
+    """
+
+    def __init__(self, message: str, *, reply: str | None = None) -> None:
+        super().__init__(message)
+        self.reply = reply

@@ -37,13 +37,13 @@ import gevent
 import ujson
 from gevent.event import Event as Flag
 from gevent.queue import Queue
-from redis.exceptions import RedisError, ResponseError
 
 from gcluster._json import JsonReady
 from gcluster.backoff import Backoff
 from gcluster.errors import (
     CommandSendingError,
     InvalidCommand,
+    RedisCallError,
     ShardNonexistent,
 )
 from gcluster.redis._calls import call, stream_reply
@@ -275,16 +275,15 @@ class CommandInbox:
                     count=_READ_COUNT,
                     block=int(self.block * 1000),
                 )
-            except ResponseError as err:
-                if "NOGROUP" in str(err):
+            except RedisCallError as err:
+                if err.reply is not None and "NOGROUP" in err.reply:
                     # Redis lost the inboxes (a restart without persistence): make them again.
                     prepared = False
                     continue
+                if err.reply is None:
+                    # No answer: once there is one, prepare again (it may be an empty Redis).
+                    prepared = False
                 backoff = self._failure(err, backoff)
-                continue
-            except (RedisError, OSError) as err:
-                backoff = self._failure(err, backoff)
-                prepared = False
                 continue
             if self._failing_since is not None:
                 log.info(
@@ -300,7 +299,7 @@ class CommandInbox:
         """Record the bot's shard count for workers routing commands by guild.
 
         Raises:
-            RedisError, OSError: Redis could not take it.
+            RedisCallError: Redis could not take it.
         """
         call(self._client.set, shard_count_key(self.namespace), int(self.cluster.total))
 
@@ -310,8 +309,8 @@ class CommandInbox:
         for key in self._keys:
             try:
                 call(client.xgroup_create, key, INBOX_GROUP, id="0", mkstream=True)
-            except ResponseError as err:
-                if "BUSYGROUP" not in str(err):
+            except RedisCallError as err:
+                if err.reply is None or "BUSYGROUP" not in err.reply:
                     raise
         self.publish_shard_count()
         now: Any = call(client.time)
@@ -355,8 +354,8 @@ class CommandInbox:
             self._received += 1
             lane.put((key, message_id, fields))
 
-    def _failure(self, err: Exception, backoff: Backoff) -> Backoff:
-        self._last_error = f"{type(err).__name__}: {err}"
+    def _failure(self, err: RedisCallError, backoff: Backoff) -> Backoff:
+        self._last_error = f"{type(err.__cause__).__name__}: {err}"
         if self._failing_since is None:
             self._failing_since = time.monotonic()
             log.warning(
@@ -380,7 +379,7 @@ class CommandInbox:
             try:
                 self._deliver(shard_id, message_id, fields or {})
                 call(self._client.xack, key, INBOX_GROUP, message_id)
-            except (RedisError, OSError) as err:
+            except RedisCallError as err:
                 # Left pending: the next process to hold the shard sends it again.
                 log.warning(
                     "command inbox: shard %d: could not acknowledge command %s: %s",

@@ -23,8 +23,8 @@ from typing import Any, Final
 
 import gevent
 from gevent.event import Event as Flag
-from redis.exceptions import RedisError
 
+from gcluster.errors import RedisCallError
 from gcluster.redis._calls import call
 from gcluster.redis._client import Client, hash_tag, make_client, safe_url
 from gcluster.redis.inbox import default_consumer
@@ -107,7 +107,11 @@ class ShardLease:
         return self._held
 
     def holder(self) -> str | None:
-        """Who holds the lease now, or None; raises what Redis raises."""
+        """Who holds the lease now, or None.
+
+        Raises:
+            RedisCallError: Redis could not answer.
+        """
         raw: Any = call(self._client.get, self.key)
         return None if raw is None else raw.decode(errors="replace")
 
@@ -125,8 +129,9 @@ class ShardLease:
                     self._client.set, self.key, self.owner, nx=True, px=int(self.ttl * 1000)
                 )
                 holder = None if taken else self.holder()
-            except (RedisError, OSError) as err:
-                taken, holder = False, f"unknown (Redis at {safe_url(self._url)} failed: {err})"
+            except RedisCallError as err:
+                where = safe_url(self._url, self._client)
+                taken, holder = False, f"unknown (Redis at {where} failed: {err})"
             if taken:
                 self._held = True
                 self._released.clear()
@@ -156,7 +161,7 @@ class ShardLease:
         try:
             call(self._release_script, keys=[self.key], args=[self.owner])
             log.info("lease %s: released by %s", self.key, self.owner)
-        except (RedisError, OSError) as err:
+        except RedisCallError as err:
             log.warning("lease %s: could not release (it expires by itself): %s", self.key, err)
 
     def close(self) -> None:
@@ -173,7 +178,7 @@ class ShardLease:
                 ours = call(
                     self._renew_script, keys=[self.key], args=[self.owner, int(self.ttl * 1000)]
                 )
-            except (RedisError, OSError) as err:
+            except RedisCallError as err:
                 if time.monotonic() - renewed_at < self.ttl * _GIVE_UP:
                     log.warning("lease %s: could not renew, will retry: %s", self.key, err)
                     continue

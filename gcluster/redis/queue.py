@@ -27,9 +27,8 @@ from collections.abc import Callable
 from typing import Any, Final
 
 import gevent
-from redis.exceptions import RedisError
 
-from gcluster.errors import QueueError, SessionStartLimitExhausted
+from gcluster.errors import QueueError, RedisCallError, SessionStartLimitExhausted
 from gcluster.http import SessionStartLimit
 from gcluster.queue import DEFAULT_SPARE, IDENTIFY_INTERVAL, SESSION_START_DAY
 from gcluster.redis._calls import call
@@ -318,7 +317,7 @@ class RedisQueue:
         where = safe_url(self._url, self._client)
         try:
             reply = call(self._script, keys, args)
-        except (RedisError, OSError) as err:
+        except RedisCallError as err:
             raise QueueError(
                 f"identify queue: Redis at {where} failed for shard {shard_id}: {err}"
             ) from err

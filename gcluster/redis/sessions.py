@@ -13,9 +13,7 @@ import json
 import logging
 from collections.abc import Iterable
 
-from redis.exceptions import RedisError
-
-from gcluster.errors import SessionStoreError
+from gcluster.errors import RedisCallError, SessionStoreError
 from gcluster.protocol import ResumeSession
 from gcluster.redis._calls import call
 from gcluster.redis._client import Client, hash_tag, make_client, safe_url
@@ -71,7 +69,7 @@ class RedisSessionStore:
             return {}
         try:
             values = call(self._client.mget, [self.key(i) for i in ids])
-        except (RedisError, OSError) as err:
+        except RedisCallError as err:
             raise self._error("load", err) from err
         sessions: dict[int, ResumeSession] = {}
         for shard_id, raw in zip(ids, values, strict=True):
@@ -95,7 +93,7 @@ class RedisSessionStore:
                 call(self._client.delete, key)
             else:
                 call(self._client.set, key, json.dumps(session.to_dict()))
-        except (RedisError, OSError) as err:
+        except RedisCallError as err:
             raise self._error("save", err) from err
 
     def close(self) -> None:
@@ -103,7 +101,7 @@ class RedisSessionStore:
         if self._owns_client:
             self._client.close()
 
-    def _error(self, action: str, err: Exception) -> SessionStoreError:
+    def _error(self, action: str, err: RedisCallError) -> SessionStoreError:
         where = safe_url(self._url, self._client)
         return SessionStoreError(f"session store: could not {action} at Redis {where}: {err}")
 

@@ -44,12 +44,12 @@ import gevent
 import redis
 import ujson
 from gevent.event import Event as Flag
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ResponseError
 from redis.typing import EncodableT, FieldT
 
 from gcluster._json import JsonReady
 from gcluster.backoff import Backoff
-from gcluster.errors import GClusterError, StreamError
+from gcluster.errors import GClusterError, RedisCallError, StreamError
 from gcluster.events import Event, EventType
 from gcluster.redis._calls import call
 from gcluster.redis._client import Client, hash_tag, make_client, safe_url
@@ -319,7 +319,7 @@ class StreamSink:
                 try:
                     # Before any event: a worker answering one may route by guild at once.
                     self._inbox.publish_shard_count()
-                except (RedisError, OSError) as err:
+                except RedisCallError as err:
                     log.debug("sink: shard count not recorded yet (the inbox retries): %s", err)
                 inbox = gevent.spawn(self._inbox.run)
             self._publisher = gevent.spawn(self._publish_loop)
@@ -488,7 +488,7 @@ class StreamSink:
             items = list(islice(pending, self.batch))
             try:
                 call(self._send, items)
-            except (RedisError, OSError) as err:
+            except RedisCallError as err:
                 self._failed(err)
                 backoff = backoff.increment()
                 if self._retry_now.wait(backoff.delay(random.random)):
@@ -519,9 +519,9 @@ class StreamSink:
             pipe.xadd(key(event.name), encode_event(shard_id, event), maxlen=maxlen)
         pipe.execute()
 
-    def _failed(self, err: Exception) -> None:
+    def _failed(self, err: RedisCallError) -> None:
         self._failures += 1
-        self._last_error = f"{type(err).__name__}: {err}"
+        self._last_error = f"{type(err.__cause__).__name__}: {err}"
         if self._outage_since is None:
             self._outage_since = time.monotonic()
             self._outages += 1
@@ -599,7 +599,11 @@ class _XaddPacker:
         )
 
     def send(self, batch: list[tuple[str, int, Event]]) -> None:
-        """XADD every event; raise the first error Redis answered with, if any."""
+        """XADD every event; raise the first error Redis answered with, if any.
+
+        Runs inside `call`, which turns what it raises into `RedisCallError`;
+        an error reply is only held here until every reply has been read.
+        """
         payload = b"".join([self.pack(key, shard_id, event) for key, shard_id, event in batch])
         pool = self._client.connection_pool
         conn = _connection(pool)
