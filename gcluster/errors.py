@@ -6,15 +6,16 @@ in the one module that calls them and re-raised from here with the cause kept.
 
     GClusterError
     ├── ClusterStartError                 kind: ClusterStartErrorType
-    ├── ClusterNotUp (also RuntimeError)  used before up(): events(), command(), ...
-    ├── EventStreamBusy (also RuntimeError)  a second events() iterator while one is open
+    ├── InvalidState (also RuntimeError)  an object used in a state that forbids it
+    │   ├── ClusterNotUp                  used before up(): events(), command(), ...
+    │   └── EventStreamBusy               a second events() iterator while one is open
     ├── ClusterCommandError               kind: ClusterCommandErrorType
     │   ├── ShardNonexistent              SHARD_NONEXISTENT
     │   └── CommandSendingError           SENDING
     ├── InvalidCommand (also ValueError)  a command that fails validation
     │   └── PayloadTooLarge               over the gateway's 4096 bytes
     ├── ShardSchemeError (also ValueError)
-    ├── ConfigError (also ValueError)
+    ├── ConfigError (also ValueError)     a bad option or argument
     ├── ConnectionFailed                  a socket or handshake that failed
     ├── GatewayClosedError                the gateway closed for good; .code
     │   ├── AuthenticationFailed          4004
@@ -62,6 +63,7 @@ __all__ = [
     "InvalidCommand",
     "InvalidIntents",
     "InvalidShard",
+    "InvalidState",
     "PayloadTooLarge",
     "QueueError",
     "HubThreadStopped",
@@ -99,7 +101,14 @@ class ClusterStartError(GClusterError):
         self.kind = kind
 
 
-class ClusterNotUp(GClusterError, RuntimeError):
+class InvalidState(GClusterError, RuntimeError):
+    """An object was used in a state that does not allow it: started twice, not started, ...
+
+    A mistake in the calling code, not a failure: the message says what to do.
+    """
+
+
+class ClusterNotUp(InvalidState):
     """The cluster was used before `up()` (or a standalone shard before `start()`).
 
     A cluster has no shards until `up()` creates them, so nothing would ever
@@ -108,7 +117,7 @@ class ClusterNotUp(GClusterError, RuntimeError):
     """
 
 
-class EventStreamBusy(GClusterError, RuntimeError):
+class EventStreamBusy(InvalidState):
     """`events()` was iterated while another iterator of the same cluster is open.
 
     Each event goes to one reader, so a second loop would silently get only
@@ -165,7 +174,11 @@ class ShardSchemeError(GClusterError, ValueError):
 
 
 class ConfigError(GClusterError, ValueError):
-    """A cluster option outside what Discord accepts."""
+    """An option or argument the library cannot work with.
+
+    A cluster option outside what Discord accepts, a number out of range, a
+    Redis URL redis-py refuses, a simulator fault without a shard, ...
+    """
 
 
 class ConnectionFailed(GClusterError):

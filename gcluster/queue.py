@@ -30,7 +30,7 @@ import requests
 from gevent.lock import Semaphore
 
 from gcluster._blocking import ThreadPoolCaller
-from gcluster.errors import QueueError, SessionStartLimitExhausted
+from gcluster.errors import ConfigError, QueueError, SessionStartLimitExhausted
 from gcluster.http import SessionStartLimit
 
 __all__ = [
@@ -144,7 +144,7 @@ class LocalQueue:
         clock, sleep: injectable for tests.
 
     Raises:
-        ValueError: max_concurrency below 1, a negative interval or spare.
+        ConfigError: max_concurrency below 1, a negative interval or spare.
     """
 
     def __init__(
@@ -160,13 +160,13 @@ class LocalQueue:
         sleep: Callable[[float], object] = gevent.sleep,
     ) -> None:
         if max_concurrency is not None and max_concurrency < 1:
-            raise ValueError(f"max_concurrency must be at least 1, not {max_concurrency}")
+            raise ConfigError(f"max_concurrency must be at least 1, not {max_concurrency}")
         if interval < 0:
-            raise ValueError(f"interval must not be negative, not {interval}")
+            raise ConfigError(f"interval must not be negative, not {interval}")
         if spare < 0:
-            raise ValueError(f"spare must not be negative, not {spare}")
+            raise ConfigError(f"spare must not be negative, not {spare}")
         if margin < 0:
-            raise ValueError(f"margin must not be negative, not {margin}")
+            raise ConfigError(f"margin must not be negative, not {margin}")
         self.interval = interval
         self.margin = margin
         self.wait_for_reset = wait_for_reset
@@ -326,9 +326,9 @@ class HttpQueue:
         workers: int = 32,
     ) -> None:
         if "://" not in url:
-            raise ValueError(f"url must be an absolute http(s) URL, not {url!r}")
+            raise ConfigError(f"url must be an absolute http(s) URL, not {url!r}")
         if workers < 1:
-            raise ValueError(f"workers must be at least 1, not {workers}")
+            raise ConfigError(f"workers must be at least 1, not {workers}")
         self.url = url
         self.timeout = timeout
         self.connect_timeout = connect_timeout

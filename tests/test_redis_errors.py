@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import gevent
+import gevent.event
 import pytest
 import redis
 from redis.exceptions import RedisClusterException, SlotNotCoveredError
@@ -18,8 +19,23 @@ from redis_server import free_port
 
 from gcluster import Event, EventType
 from gcluster.backoff import Backoff
-from gcluster.errors import GClusterError, RedisCallError, StreamError
-from gcluster.redis import ShardLease, StreamSink, StreamWorker, encode_event
+from gcluster.errors import (
+    ClusterNotUp,
+    ConfigError,
+    GClusterError,
+    InvalidState,
+    RedisCallError,
+    StreamError,
+)
+from gcluster.redis import (
+    CommandInbox,
+    RedisQueue,
+    RedisSessionStore,
+    ShardLease,
+    StreamSink,
+    StreamWorker,
+    encode_event,
+)
 from gcluster.redis._calls import call
 from gcluster.redis._client import safe_url
 
@@ -240,3 +256,74 @@ def test_a_client_is_named_by_its_server_not_its_repr() -> None:
     assert safe_url(None, client) == "redis://10.0.0.5:6380/2"
     assert safe_url(None, redis.Redis(unix_socket_path="/tmp/r.sock")) == "unix:///tmp/r.sock?db=0"
     assert safe_url(None, redis.Redis(host="h", ssl=True)) == "rediss://h:6379/0"
+
+
+# --- bad arguments and misuse ------------------------------------------------------
+
+URL = "redis://127.0.0.1:6379/0"  # never connected to: the arguments are refused first
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: RedisQueue(URL, max_concurrency=0), "max_concurrency"),
+        (lambda: RedisQueue(URL, spare=-1), "spare"),
+        (lambda: RedisQueue(URL, namespace="a{b}"), "namespace"),
+        (lambda: RedisSessionStore(), "url or client"),
+        (lambda: RedisSessionStore(URL, client=redis.Redis()), "not both"),
+        (lambda: RedisSessionStore("http://127.0.0.1:6379"), "not a Redis URL"),
+        (lambda: StreamSink(FiniteCluster(0), URL, batch=0), "batch"),
+        (lambda: StreamSink(FiniteCluster(0), URL, stream=""), "stream"),
+        (lambda: StreamWorker(URL, ""), "group"),
+        (lambda: StreamWorker(URL, "g", block=10.0), "block"),
+        (lambda: StreamWorker(URL, "g", event_types=[3]), "event_types"),
+        (lambda: CommandInbox(FiniteCluster(0), URL, ttl=0), "ttl"),
+        (lambda: ShardLease(URL, name="x", ttl=0.1), "ttl"),
+        (lambda: ShardLease(URL, name=""), "name"),
+    ],
+)
+def test_bad_arguments_raise_config_error(build: Any, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        build()
+
+
+def test_a_bad_url_is_refused_without_its_password() -> None:
+    with pytest.raises(ConfigError) as caught:
+        RedisSessionStore("http://:secret@127.0.0.1:6379")
+    assert "secret" not in str(caught.value)
+    assert isinstance(caught.value.__cause__, ValueError)
+
+
+class NotUp:
+    total = None
+
+    def shards(self) -> list[Any]:
+        return []
+
+
+def test_serving_commands_for_a_cluster_that_is_not_up_raises_cluster_not_up() -> None:
+    sink = StreamSink(NotUp(), client=FakeClient([]), stream=STREAM)  # type: ignore[arg-type]
+    with pytest.raises(ClusterNotUp):
+        sink.run()
+    inbox = CommandInbox(NotUp(), client=FakeClient([]))  # type: ignore[arg-type]
+    with pytest.raises(ClusterNotUp):
+        inbox.run()
+
+
+class QuietCluster:
+    """An up cluster stand-in whose event stream waits and never yields."""
+
+    def events(self) -> Iterator[tuple[int, Event]]:
+        gevent.event.Event().wait()
+        yield from ()
+
+
+def test_a_sink_run_twice_at_once_raises_invalid_state() -> None:
+    sink = StreamSink(QuietCluster(), client=FakeClient([]), stream=STREAM, commands=False)  # type: ignore[arg-type]
+    running = gevent.spawn(sink.run)
+    gevent.sleep(0)
+    with pytest.raises(InvalidState, match="already running"):
+        sink.run()
+    assert sink.stop(timeout=1)
+    running.join(timeout=5)
+    assert running.successful()

@@ -41,8 +41,11 @@ from gevent.queue import Queue
 from gcluster._json import JsonReady
 from gcluster.backoff import Backoff
 from gcluster.errors import (
+    ClusterNotUp,
     CommandSendingError,
+    ConfigError,
     InvalidCommand,
+    InvalidState,
     RedisCallError,
     ShardNonexistent,
 )
@@ -124,6 +127,9 @@ class CommandInbox:
         client: a ready redis-py client instead of `url`.
         connect_timeout, timeout: seconds to connect to Redis and to wait for a reply.
 
+    Raises:
+        ConfigError: a bad ttl, block, namespace or URL, or both or neither of url and client.
+
     .. important:: A gevent object: use it from the hub (thread) its cluster runs in.
     """
 
@@ -141,9 +147,9 @@ class CommandInbox:
         timeout: float = 5.0,
     ) -> None:
         if ttl is not None and ttl <= 0:
-            raise ValueError(f"ttl must be positive (or None), not {ttl}")
+            raise ConfigError(f"ttl must be positive (or None), not {ttl}")
         if not 0 < block < timeout:
-            raise ValueError(f"block must be positive and below timeout ({timeout} s)")
+            raise ConfigError(f"block must be positive and below timeout ({timeout} s)")
         hash_tag(namespace)  # checks it
         self.cluster = cluster
         self.namespace = namespace
@@ -196,13 +202,14 @@ class CommandInbox:
         the shards.
 
         Raises:
-            RuntimeError: the cluster is not up, or the inbox already ran.
+            ClusterNotUp: the cluster is not up.
+            InvalidState: the inbox already ran.
         """
         if self._reader is not None or self._done.is_set():
-            raise RuntimeError("this inbox already ran")
+            raise InvalidState("this inbox already ran")
         shard_ids = [shard.id for shard in self.cluster.shards()]
         if not shard_ids or self.cluster.total is None:
-            raise RuntimeError("bring the cluster up before serving its command inbox")
+            raise ClusterNotUp("bring the cluster up before serving its command inbox")
         self._keys = {inbox_key(self.namespace, sid).encode(): sid for sid in shard_ids}
         self._reader = gevent.getcurrent()
         for shard_id in shard_ids:

@@ -24,7 +24,7 @@ from typing import Any, Final
 import gevent
 from gevent.event import Event as Flag
 
-from gcluster.errors import RedisCallError
+from gcluster.errors import ConfigError, RedisCallError
 from gcluster.redis._calls import call
 from gcluster.redis._client import Client, hash_tag, make_client, safe_url
 from gcluster.redis.inbox import default_consumer
@@ -64,6 +64,10 @@ class ShardLease:
         on_lost: called (in a greenlet) when the lease is lost while held.
         client: a ready redis-py client instead of `url`.
 
+    Raises:
+        ConfigError: a ttl under 0.5 s, no name, a bad namespace or URL, or
+            both or neither of url and client.
+
     .. important:: A gevent object: use it from one hub.
     """
 
@@ -81,9 +85,9 @@ class ShardLease:
         timeout: float = 5.0,
     ) -> None:
         if ttl < 0.5:
-            raise ValueError(f"ttl must be at least 0.5 s, not {ttl}")
+            raise ConfigError(f"ttl must be at least 0.5 s, not {ttl}")
         if not name:
-            raise ValueError("name must name the shards, e.g. 'process:0/4'")
+            raise ConfigError("name must name the shards, e.g. 'process:0/4'")
         self.key = f"{hash_tag(namespace)}:lease:{name}"
         self.owner = owner or default_consumer()
         self.ttl = ttl

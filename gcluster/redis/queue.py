@@ -28,7 +28,7 @@ from typing import Any, Final
 
 import gevent
 
-from gcluster.errors import QueueError, RedisCallError, SessionStartLimitExhausted
+from gcluster.errors import ConfigError, QueueError, RedisCallError, SessionStartLimitExhausted
 from gcluster.http import SessionStartLimit
 from gcluster.queue import DEFAULT_SPARE, IDENTIFY_INTERVAL, SESSION_START_DAY
 from gcluster.redis._calls import call
@@ -153,7 +153,7 @@ class RedisQueue:
         connect_timeout, timeout: seconds to connect to Redis and to wait for a reply.
 
     Raises:
-        ValueError: a bad namespace, both or neither of url and client, bad numbers.
+        ConfigError: a bad namespace, URL or number, or both or neither of url and client.
     """
 
     def __init__(
@@ -173,11 +173,11 @@ class RedisQueue:
         sleep: Callable[[float], object] = gevent.sleep,
     ) -> None:
         if max_concurrency is not None and max_concurrency < 1:
-            raise ValueError(f"max_concurrency must be at least 1, not {max_concurrency}")
+            raise ConfigError(f"max_concurrency must be at least 1, not {max_concurrency}")
         if interval < 0 or margin < 0:
-            raise ValueError("interval and margin must not be negative")
+            raise ConfigError("interval and margin must not be negative")
         if spare < 0:
-            raise ValueError(f"spare must not be negative, not {spare}")
+            raise ConfigError(f"spare must not be negative, not {spare}")
         tag = hash_tag(namespace)
         self.namespace = namespace
         self.interval = interval

@@ -33,7 +33,7 @@ class RedisSessionStore:
         connect_timeout, timeout: seconds to connect to Redis and to wait for a reply.
 
     Raises:
-        ValueError: a bad namespace, or both or neither of url and client.
+        ConfigError: a bad namespace or URL, or both or neither of url and client.
     """
 
     def __init__(

@@ -49,7 +49,14 @@ from redis.typing import EncodableT, FieldT
 
 from gcluster._json import JsonReady
 from gcluster.backoff import Backoff
-from gcluster.errors import GClusterError, RedisCallError, StreamError
+from gcluster.errors import (
+    ClusterNotUp,
+    ConfigError,
+    GClusterError,
+    InvalidState,
+    RedisCallError,
+    StreamError,
+)
 from gcluster.events import Event, EventType
 from gcluster.redis._calls import call
 from gcluster.redis._client import Client, hash_tag, make_client, safe_url
@@ -197,7 +204,7 @@ class StreamSink:
         retry: the backoff between failed pipelines (default 0.1 s doubling to 5 s).
 
     Raises:
-        ValueError: a bad number or namespace, or both or neither of url and client.
+        ConfigError: a bad number, namespace or URL, or both or neither of url and client.
 
     .. important:: A gevent object: use it from the hub (thread) its cluster runs in.
     """
@@ -220,13 +227,13 @@ class StreamSink:
         retry: Backoff | None = None,
     ) -> None:
         if batch < 1:
-            raise ValueError(f"batch must be at least 1, not {batch}")
+            raise ConfigError(f"batch must be at least 1, not {batch}")
         if buffer < batch:
-            raise ValueError(f"buffer ({buffer}) must hold at least one batch ({batch})")
+            raise ConfigError(f"buffer ({buffer}) must hold at least one batch ({batch})")
         if maxlen is not None and maxlen < 1:
-            raise ValueError(f"maxlen must be at least 1 (or None), not {maxlen}")
+            raise ConfigError(f"maxlen must be at least 1 (or None), not {maxlen}")
         if not stream:
-            raise ValueError("stream must be a non-empty key")
+            raise ConfigError("stream must be a non-empty key")
         hash_tag(namespace)  # checks it
         self.cluster = cluster
         self.stream = stream
@@ -305,13 +312,13 @@ class StreamSink:
         before it.
 
         Raises:
-            RuntimeError: the sink is already running, or it serves commands
-                for a cluster that is not up.
+            InvalidState: the sink is already running.
+            ClusterNotUp: it serves commands for a cluster that is not up.
         """
         if self._running:
-            raise RuntimeError("this sink is already running")
+            raise InvalidState("this sink is already running")
         if self._inbox is not None and not self.cluster.shards():
-            raise RuntimeError("bring the cluster up first: the command inbox serves its shards")
+            raise ClusterNotUp("bring the cluster up first: the command inbox serves its shards")
         self._running = True
         inbox = None
         try:

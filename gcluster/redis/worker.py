@@ -103,7 +103,8 @@ class StreamWorker:
         connect_timeout, timeout: seconds to connect to Redis and to wait for a reply.
 
     Raises:
-        ValueError: bad numbers, names or event types.
+        ConfigError: bad numbers, names, event types or URL, or both or neither
+            of url and client.
 
     Not thread-safe, except `stop()`: use one worker per thread.
     """
@@ -128,15 +129,15 @@ class StreamWorker:
         timeout: float = 5.0,
     ) -> None:
         if not group:
-            raise ValueError("group must be a non-empty name")
+            raise ConfigError("group must be a non-empty name")
         if batch < 1 or ack_batch < 1:
-            raise ValueError("batch and ack_batch must be at least 1")
+            raise ConfigError("batch and ack_batch must be at least 1")
         if not 0 < block < timeout:
-            raise ValueError(f"block must be positive and below timeout ({timeout} s)")
+            raise ConfigError(f"block must be positive and below timeout ({timeout} s)")
         if claim_idle <= 0:
-            raise ValueError(f"claim_idle must be positive, not {claim_idle}")
+            raise ConfigError(f"claim_idle must be positive, not {claim_idle}")
         if total is not None and total < 1:
-            raise ValueError(f"total must be at least 1, not {total}")
+            raise ConfigError(f"total must be at least 1, not {total}")
         hash_tag(namespace)  # checks it
         self.group = group
         self.consumer = consumer or default_consumer()
@@ -510,7 +511,7 @@ def _stream_keys(
     stream: str, event_types: EventTypeFlags | Iterable[EventType | str] | None
 ) -> list[str]:
     if not stream:
-        raise ValueError("stream must be a non-empty key")
+        raise ConfigError("stream must be a non-empty key")
     if event_types is None:
         return [stream]
     names: list[str] = []
@@ -523,9 +524,9 @@ def _stream_keys(
             elif isinstance(item, str) and item:
                 names.append(item)
             else:
-                raise ValueError(f"event_types holds {item!r}: not an EventType or a name")
+                raise ConfigError(f"event_types holds {item!r}: not an EventType or a name")
     if not names:
-        raise ValueError("event_types names no event")
+        raise ConfigError("event_types names no event")
     return [event_stream_key(stream, name) for name in dict.fromkeys(names)]
 
 
