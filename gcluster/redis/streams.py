@@ -134,7 +134,7 @@ def decode_event(fields: Mapping[bytes, bytes]) -> tuple[int, Event]:
         raw_sequence = fields[b"s"]
         raw_data = fields[b"d"]
     except (KeyError, TypeError, AttributeError, UnicodeDecodeError) as err:
-        raise ValueError(f"not an event envelope: {err!r}") from None
+        raise ValueError(f"not an event envelope: {err!r}") from err
     kind = _KIND_BY_NAME.get(name, EventType.UNKNOWN)
     sequence = int(raw_sequence) if raw_sequence else None
     data = raw_data if kind is EventType.SHARD_PAYLOAD else ujson.loads(raw_data)
