@@ -436,7 +436,7 @@ def parse_scheme(text: str | None, total: int | None) -> ShardScheme | None:
         first, last = (int(part) for part in value.split("-"))
         return ShardScheme.range(range(first, last + 1), total)
     except ValueError as err:  # bad numbers, or ShardSchemeError
-        raise UsageError(f"--scheme {text}: {err}") from None
+        raise UsageError(f"--scheme {text}: {err}") from err
 
 
 def run(args: argparse.Namespace) -> int:
@@ -491,8 +491,8 @@ def _token_from_environment() -> str:
         raise UsageError("DISCORD_TOKEN is not set (or use --simulate)")
     try:
         Token(token)
-    except ValueError:
-        raise UsageError("DISCORD_TOKEN is blank (or use --simulate)") from None
+    except ValueError as err:  # its message never holds the token
+        raise UsageError("DISCORD_TOKEN is blank (or use --simulate)") from err
     return token
 
 

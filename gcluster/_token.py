@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from typing import Final, NoReturn
 
+from gcluster.errors import ConfigError
+
 __all__ = ["Token"]
 
 _PREFIX: Final = "Bot "
@@ -38,7 +40,7 @@ class Token:
         if token.startswith(_PREFIX) or token == _PREFIX.strip():
             token = token[len(_PREFIX) :].strip()
         if not token:
-            raise ValueError("the token is empty")
+            raise ConfigError("the token is empty")
         self._raw = token
         escaped = re.escape(token)
         if len(token) < _SHORT:

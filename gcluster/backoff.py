@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from gcluster.errors import ConfigError
+
 __all__ = ["Backoff"]
 
 
@@ -33,7 +35,7 @@ class Backoff:
 
     def __post_init__(self) -> None:
         if self.base <= 0 or self.factor < 1 or self.cap < self.base or self.attempt < 0:
-            raise ValueError("backoff needs base > 0, factor >= 1, cap >= base, attempt >= 0")
+            raise ConfigError("backoff needs base > 0, factor >= 1, cap >= base, attempt >= 0")
 
     def delay(self, rng: Callable[[], float]) -> float:
         """Seconds to wait before the next attempt; `rng()` is uniform in [0, 1)."""

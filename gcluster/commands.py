@@ -150,11 +150,11 @@ class Activity:
             raise InvalidCommand(f"Activity.type must be an ActivityType, got {given!r}")
         try:
             kind = ActivityType(given)
-        except ValueError:
+        except ValueError as err:
             known = ", ".join(f"{member.name} ({member.value})" for member in ActivityType)
             raise InvalidCommand(
                 f"Activity.type must be one of {known}; got {self.type!r}"
-            ) from None
+            ) from err
         object.__setattr__(self, "type", kind)
         if self.url is not None:
             # Discord drops the URL of any other type without a word; say so here.
@@ -212,11 +212,11 @@ class UpdatePresence:
         object.__setattr__(self, "activities", activities)
         try:
             status = Status(self.status)
-        except ValueError:
+        except ValueError as err:
             known = ", ".join(repr(member.value) for member in Status)
             raise InvalidCommand(
                 f"UpdatePresence.status must be one of {known}; got {self.status!r}"
-            ) from None
+            ) from err
         object.__setattr__(self, "status", status)
         _flag(self.afk, "UpdatePresence.afk")
         if self.since is not None and (
@@ -312,10 +312,10 @@ class RequestGuildMembers:
                 )
             try:
                 size = len(self.nonce.encode("utf-8"))
-            except UnicodeEncodeError:
+            except UnicodeEncodeError as err:
                 raise InvalidCommand(
                     f"RequestGuildMembers.nonce must be valid text, got {self.nonce!r}"
-                ) from None
+                ) from err
             # Discord drops a longer nonce silently, and the chunks come back without one.
             if size > _MAX_NONCE_BYTES:
                 raise InvalidCommand(

@@ -49,7 +49,7 @@ from gevent.event import Event as Flag
 from gevent.pool import Pool
 
 from gcluster._json import JsonReady
-from gcluster.errors import ConfigError
+from gcluster.errors import ConfigError, InvalidState
 from gcluster.events import Event, EventType
 
 __all__ = ["Dispatcher", "DispatcherStats", "ErrorHook", "EventSource", "Handler", "Ordering"]
@@ -240,12 +240,12 @@ class Dispatcher:
         handlers have finished.
 
         Raises:
-            RuntimeError: the dispatcher is already running.
+            InvalidState: the dispatcher is already running.
             ClusterNotUp, EventStreamBusy: from the cluster's `events()`: it
                 was never brought up, or another loop is reading it.
         """
         if self._running:
-            raise RuntimeError("this dispatcher is already running")
+            raise InvalidState("this dispatcher is already running")
         self._running = True
         self._done_reading.clear()
         try:

@@ -6,15 +6,16 @@ in the one module that calls them and re-raised from here with the cause kept.
 
     GClusterError
     ├── ClusterStartError                 kind: ClusterStartErrorType
-    ├── ClusterNotUp (also RuntimeError)  used before up(): events(), command(), ...
-    ├── EventStreamBusy (also RuntimeError)  a second events() iterator while one is open
+    ├── InvalidState (also RuntimeError)  an object used in a state that forbids it
+    │   ├── ClusterNotUp                  used before up(): events(), command(), ...
+    │   └── EventStreamBusy               a second events() iterator while one is open
     ├── ClusterCommandError               kind: ClusterCommandErrorType
     │   ├── ShardNonexistent              SHARD_NONEXISTENT
     │   └── CommandSendingError           SENDING
     ├── InvalidCommand (also ValueError)  a command that fails validation
     │   └── PayloadTooLarge               over the gateway's 4096 bytes
     ├── ShardSchemeError (also ValueError)
-    ├── ConfigError (also ValueError)
+    ├── ConfigError (also ValueError)     a bad option or argument
     ├── ConnectionFailed                  a socket or handshake that failed
     ├── GatewayClosedError                the gateway closed for good; .code
     │   ├── AuthenticationFailed          4004
@@ -27,8 +28,14 @@ in the one module that calls them and re-raised from here with the cause kept.
     │   └── SessionStartLimitExhausted    the daily IDENTIFY budget is spent
     ├── SessionStoreError                 a session store could not load or save
     ├── StreamError                       Redis could not take or give stream entries
+    ├── RedisCallError                    a Redis call failed; reply: its error reply or None
     ├── ThreadedClusterTimeout (also TimeoutError)  ThreadedCluster's thread did not answer
     └── HubThreadStopped (also RuntimeError)        ThreadedCluster's thread has ended
+
+The gcluster.redis pieces call Redis through one function, which turns
+redis-py's exceptions (and the socket's OSError) into `RedisCallError`; the
+queue, the session store and the stream worker raise their own error from it,
+so the chain reads QueueError <- RedisCallError <- redis.ConnectionError.
 
 Messages never contain the bot token: code that formats one passes it through
 `gcluster._token.Token.redact` first.
@@ -56,9 +63,11 @@ __all__ = [
     "InvalidCommand",
     "InvalidIntents",
     "InvalidShard",
+    "InvalidState",
     "PayloadTooLarge",
     "QueueError",
     "HubThreadStopped",
+    "RedisCallError",
     "SessionStartLimitExhausted",
     "SessionStoreError",
     "StreamError",
@@ -92,7 +101,14 @@ class ClusterStartError(GClusterError):
         self.kind = kind
 
 
-class ClusterNotUp(GClusterError, RuntimeError):
+class InvalidState(GClusterError, RuntimeError):
+    """An object was used in a state that does not allow it: started twice, not started, ...
+
+    A mistake in the calling code, not a failure: the message says what to do.
+    """
+
+
+class ClusterNotUp(InvalidState):
     """The cluster was used before `up()` (or a standalone shard before `start()`).
 
     A cluster has no shards until `up()` creates them, so nothing would ever
@@ -101,7 +117,7 @@ class ClusterNotUp(GClusterError, RuntimeError):
     """
 
 
-class EventStreamBusy(GClusterError, RuntimeError):
+class EventStreamBusy(InvalidState):
     """`events()` was iterated while another iterator of the same cluster is open.
 
     Each event goes to one reader, so a second loop would silently get only
@@ -158,7 +174,11 @@ class ShardSchemeError(GClusterError, ValueError):
 
 
 class ConfigError(GClusterError, ValueError):
-    """A cluster option outside what Discord accepts."""
+    """An option or argument the library cannot work with.
+
+    A cluster option outside what Discord accepts, a number out of range, a
+    Redis URL redis-py refuses, a simulator fault without a shard, ...
+    """
 
 
 class ConnectionFailed(GClusterError):
@@ -269,3 +289,21 @@ class HubThreadStopped(GClusterError, RuntimeError):
 
 class StreamError(GClusterError):
     """Redis could not take or give stream entries (events or commands)."""
+
+
+class RedisCallError(GClusterError):
+    """A Redis call failed: no connection, no answer in time, or an error reply.
+
+    The redis-py exception (or the socket's OSError) is the `__cause__`, and
+    the message is its message, e.g. "Error 111 connecting to
+    localhost:6379. Connection refused.".
+
+    Attributes:
+        reply: the error Redis answered with (e.g. "NOGROUP No such key ..."),
+            or None when no answer came: the connection was refused or lost,
+            the reply was late, or no node of a Redis Cluster serves the slot.
+    """
+
+    def __init__(self, message: str, *, reply: str | None = None) -> None:
+        super().__init__(message)
+        self.reply = reply

@@ -236,8 +236,8 @@ class FrameParser:
 def _check_utf8(payload: bytes) -> None:
     try:
         payload.decode("utf-8")
-    except UnicodeDecodeError:
-        raise FrameError("a text message that is not UTF-8", CLOSE_INVALID_PAYLOAD) from None
+    except UnicodeDecodeError as err:
+        raise FrameError("a text message that is not UTF-8", CLOSE_INVALID_PAYLOAD) from err
 
 
 def parse_close(payload: bytes) -> tuple[int | None, str]:
@@ -256,6 +256,6 @@ def parse_close(payload: bytes) -> tuple[int | None, str]:
         raise FrameError(f"a close frame with the invalid code {code}")
     try:
         reason = payload[2:].decode("utf-8")
-    except UnicodeDecodeError:
-        raise FrameError("a close reason that is not UTF-8", CLOSE_INVALID_PAYLOAD) from None
+    except UnicodeDecodeError as err:
+        raise FrameError("a close reason that is not UTF-8", CLOSE_INVALID_PAYLOAD) from err
     return code, reason

@@ -94,8 +94,8 @@ class ClientHandshake:
                 raise HandshakeError(f"unexpected answer to the upgrade: {event!r}")
         except h11.RemoteProtocolError as err:
             if not data:
-                raise HandshakeError("the connection closed during the upgrade") from None
-            raise HandshakeError(f"the upgrade was answered with no valid HTTP ({err})") from None
+                raise HandshakeError("the connection closed during the upgrade") from err
+            raise HandshakeError(f"the upgrade was answered with no valid HTTP ({err})") from err
 
     def _check_accept(self, headers: Iterable[tuple[bytes, bytes]]) -> None:
         found: dict[bytes, bytes] = {}

@@ -90,6 +90,9 @@ def get_gateway_bot(api_base: str, token: Token, *, timeout: float = 10.0) -> Ga
             ),
         )
     except (ValueError, KeyError, TypeError) as err:
+        # Without the cause, on purpose: it would quote the body's values
+        # unredacted (a proxy may echo the Authorization header); the message
+        # carries it through Token.redact.
         raise _start_error(f"GET {url} gave an unexpected body ({err!r})", token) from None
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import zlib
 from typing import Any, Final, Protocol
 
+from gcluster.errors import ConfigError
 from gcluster.frames import DEFAULT_MAX_MESSAGE
 
 __all__ = [
@@ -196,7 +197,7 @@ def resolve_compression(value: bool | str | None) -> str | None:
     """The `compress` query value for an option: True, "best", a name, or off.
 
     Raises:
-        ValueError: an unknown name, or zstd-stream without `zstandard` installed.
+        ConfigError: an unknown name, or zstd-stream without `zstandard` installed.
     """
     if value is None or value is False:
         return None
@@ -206,11 +207,11 @@ def resolve_compression(value: bool | str | None) -> str | None:
         return ZSTD_STREAM if zstd_available() else ZLIB_STREAM
     if value == ZSTD_STREAM:
         if not zstd_available():
-            raise ValueError(
+            raise ConfigError(
                 "compression='zstd-stream' needs zstandard: pip install 'gcluster[zstd]'"
             )
         return ZSTD_STREAM
-    raise ValueError(
+    raise ConfigError(
         f"compression must be True, False, 'zlib-stream', 'zstd-stream' or 'best', not {value!r}"
     )
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from gcluster.errors import ConfigError
+
 __all__ = ["Message", "MessageKind"]
 
 
@@ -32,11 +34,11 @@ class Message:
     def close(cls, code: int = 1000, reason: str = "") -> Message:
         """A close frame; the shard reconnects, resuming unless the code is 1000 or 1001."""
         if not (code in (1000, 1001) or 3000 <= code <= 4999):
-            raise ValueError(
+            raise ConfigError(
                 f"close code {code} is not one a client may send (1000, 1001, 3000-4999)"
             )
         if len(reason.encode()) > 123:
-            raise ValueError("a close reason is at most 123 bytes")
+            raise ConfigError("a close reason is at most 123 bytes")
         return cls(MessageKind.CLOSE, code=code, reason=reason)
 
     @classmethod

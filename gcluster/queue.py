@@ -23,15 +23,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import gevent
 import requests
-from gevent import monkey
 from gevent.lock import Semaphore
-from gevent.threadpool import ThreadPool
 
-from gcluster.errors import QueueError, SessionStartLimitExhausted
+from gcluster._blocking import ThreadPoolCaller
+from gcluster.errors import ConfigError, QueueError, SessionStartLimitExhausted
 from gcluster.http import SessionStartLimit
 
 __all__ = [
@@ -145,7 +144,7 @@ class LocalQueue:
         clock, sleep: injectable for tests.
 
     Raises:
-        ValueError: max_concurrency below 1, a negative interval or spare.
+        ConfigError: max_concurrency below 1, a negative interval or spare.
     """
 
     def __init__(
@@ -161,13 +160,13 @@ class LocalQueue:
         sleep: Callable[[float], object] = gevent.sleep,
     ) -> None:
         if max_concurrency is not None and max_concurrency < 1:
-            raise ValueError(f"max_concurrency must be at least 1, not {max_concurrency}")
+            raise ConfigError(f"max_concurrency must be at least 1, not {max_concurrency}")
         if interval < 0:
-            raise ValueError(f"interval must not be negative, not {interval}")
+            raise ConfigError(f"interval must not be negative, not {interval}")
         if spare < 0:
-            raise ValueError(f"spare must not be negative, not {spare}")
+            raise ConfigError(f"spare must not be negative, not {spare}")
         if margin < 0:
-            raise ValueError(f"margin must not be negative, not {margin}")
+            raise ConfigError(f"margin must not be negative, not {margin}")
         self.interval = interval
         self.margin = margin
         self.wait_for_reset = wait_for_reset
@@ -327,14 +326,14 @@ class HttpQueue:
         workers: int = 32,
     ) -> None:
         if "://" not in url:
-            raise ValueError(f"url must be an absolute http(s) URL, not {url!r}")
+            raise ConfigError(f"url must be an absolute http(s) URL, not {url!r}")
         if workers < 1:
-            raise ValueError(f"workers must be at least 1, not {workers}")
+            raise ConfigError(f"workers must be at least 1, not {workers}")
         self.url = url
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.workers = workers
-        self._pool: ThreadPool | None = None
+        self._pool = ThreadPoolCaller(workers)
 
     def request(self, shard_id: int, total: int) -> None:
         """Wait until the service lets the shard identify.
@@ -343,7 +342,7 @@ class HttpQueue:
             QueueError: the service could not be reached, timed out, or did not answer 2xx.
         """
         try:
-            response = self._blocking(
+            response = self._pool.call(
                 requests.get,
                 self.url,
                 params={"shard": str(shard_id)},
@@ -360,19 +359,7 @@ class HttpQueue:
 
     def close(self) -> None:
         """Stop the thread pool (threads still waiting on the service finish first)."""
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.kill()
-
-    def _blocking(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        if monkey.is_module_patched("socket"):
-            return func(*args, **kwargs)
-        hub = gevent.get_hub()
-        pool = self._pool
-        if pool is None or pool.hub is not hub:
-            # A pool delivers results to the hub of the thread that made it.
-            pool = self._pool = ThreadPool(self.workers, hub=hub)
-        return pool.apply(func, args, kwargs)
+        self._pool.close()
 
     def __repr__(self) -> str:
         return f"HttpQueue({self.url!r})"

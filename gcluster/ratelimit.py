@@ -16,6 +16,8 @@ from collections.abc import Callable
 import gevent
 from gevent.lock import Semaphore
 
+from gcluster.errors import ConfigError
+
 __all__ = ["CommandRatelimiter"]
 
 LIMIT = 120
@@ -43,7 +45,7 @@ class CommandRatelimiter:
         sleep: Callable[[float], object] = gevent.sleep,
     ) -> None:
         if limit < 1 or period <= 0:
-            raise ValueError("a rate limit needs limit >= 1 and period > 0")
+            raise ConfigError("a rate limit needs limit >= 1 and period > 0")
         self.limit = limit
         self.period = period
         # A payload counts here a little longer than the window: the gateway

@@ -38,10 +38,10 @@ class ShardScheme:
         _check_total(total)
         try:
             id_list = list(ids)
-        except TypeError:
+        except TypeError as err:
             raise ShardSchemeError(
                 f"ids must be an iterable of ints, not {type(ids).__name__}"
-            ) from None
+            ) from err
         if not id_list:
             raise ShardSchemeError("the scheme holds no shard ids")
         for shard_id in id_list:

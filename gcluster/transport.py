@@ -144,6 +144,8 @@ class Connection:
         try:
             port = parts.port or (443 if secure else 80)
         except ValueError:
+            # Without the cause, on purpose: it quotes the URL's port text
+            # unredacted, and the URL may hold the token.
             raise ConnectionFailed(redact(f"not a websocket URL: {url}")) from None
         where = redact(parts.netloc)
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
@@ -163,6 +165,8 @@ class Connection:
                         break
         except HandshakeError as err:
             _close_quietly(sock)
+            # Without the cause, on purpose: its message (a Location the server
+            # answered with, say) is only redacted here, in ours.
             raise ConnectionFailed(redact(f"connecting to {where} failed: {err}")) from None
         except (OSError, _stdlib_ssl.SSLError, ValueError) as err:
             _close_quietly(sock)

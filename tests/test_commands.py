@@ -200,6 +200,12 @@ def test_update_presence_status_refused(status: Any) -> None:
         UpdatePresence(status=status)
 
 
+def test_a_refused_status_keeps_the_enum_error_as_its_cause() -> None:
+    with pytest.raises(InvalidCommand) as caught:
+        UpdatePresence(status="away")  # type: ignore[arg-type]
+    assert isinstance(caught.value.__cause__, ValueError)
+
+
 @pytest.mark.parametrize(
     "activities", [Activity(name="x"), "playing", None, 5, [Activity(name="x"), "x"], [{}]]
 )

@@ -9,9 +9,13 @@ import pytest
 
 from gcluster import (
     Cluster,
+    ClusterNotUp,
     ConfigError,
     EventTypeFlags,
+    GClusterError,
+    HttpQueue,
     Intents,
+    InvalidState,
     LocalQueue,
     Message,
     ResumeSession,
@@ -19,6 +23,11 @@ from gcluster import (
     ShardSchemeError,
     UpdatePresence,
 )
+from gcluster._token import Token
+from gcluster.backoff import Backoff
+from gcluster.inflate import resolve_compression
+from gcluster.ratelimit import CommandRatelimiter
+from gcluster.testing import FaultPlan, GatewaySimulator, Stall, make_certificates
 
 SECRET = "MTIzNDU2Nzg5.secret-token-value"
 
@@ -167,3 +176,39 @@ def test_message_close_codes_are_checked() -> None:
     for code in (999, 1005, 5000):
         with pytest.raises(ValueError):
             Message.close(code)
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: Message.close(1005), "close code 1005"),
+        (lambda: Message.close(4000, "x" * 124), "123 bytes"),
+        (lambda: Backoff(base=0), "backoff needs"),
+        (lambda: CommandRatelimiter(0), "limit >= 1"),
+        (lambda: LocalQueue(0), "max_concurrency"),
+        (lambda: LocalQueue(1, interval=-1), "interval"),
+        (lambda: HttpQueue("gateway-queue:5000"), "absolute"),
+        (lambda: HttpQueue("http://q", workers=0), "workers"),
+        (lambda: resolve_compression("gzip"), "compression must be"),
+        (lambda: Token("   "), "empty"),
+        (lambda: GatewaySimulator(shards=0), "shards"),
+        (lambda: Stall(seconds=-1), "seconds"),
+        (lambda: FaultPlan(shard_id=0, fault=Stall(seconds=1.0)), "exactly one"),
+        (lambda: make_certificates("/nonexistent", backend="nss"), "backend"),  # type: ignore[arg-type]
+    ],
+)
+def test_bad_arguments_raise_config_error(build: object, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as caught:
+        build()  # type: ignore[operator]
+    # Still a ValueError for callers that catch that, and the library's own error.
+    assert isinstance(caught.value, ValueError) and isinstance(caught.value, GClusterError)
+
+
+def test_a_simulator_used_in_the_wrong_state_raises_invalid_state() -> None:
+    sim = GatewaySimulator(shards=1)
+    with pytest.raises(InvalidState, match="not started"):
+        sim.apply_fault(0, Stall(seconds=1.0))
+    with sim:
+        with pytest.raises(InvalidState, match="already started"):
+            sim.start()
+    assert issubclass(InvalidState, RuntimeError) and issubclass(ClusterNotUp, InvalidState)

@@ -22,7 +22,7 @@ from redis_server import (  # noqa: F401 - fixtures
     redis_url_fixture,
 )
 
-from gcluster.errors import QueueError, SessionStartLimitExhausted
+from gcluster.errors import QueueError, RedisCallError, SessionStartLimitExhausted
 from gcluster.http import SessionStartLimit
 from gcluster.protocol import ResumeSession
 from gcluster.queue import SESSION_START_DAY, ConfigurableQueue
@@ -296,7 +296,8 @@ def test_a_stopped_redis_raises_queue_error_quickly_and_grants_nothing(
     assert attempt.dead and granted == []
     assert isinstance(attempt.exception, QueueError)
     assert "Redis at redis://127.0.0.1" in str(attempt.exception)
-    assert isinstance(attempt.exception.__cause__, redis.ConnectionError)
+    assert isinstance(attempt.exception.__cause__, RedisCallError)
+    assert isinstance(attempt.exception.__cause__.__cause__, redis.ConnectionError)
     assert time.monotonic() - started < 2
     with pytest.raises(QueueError):
         queue.check_budget(1)
@@ -318,7 +319,9 @@ def test_a_script_error_raises_queue_error(redis_url: str) -> None:
     queue = RedisQueue(redis_url, max_concurrency=1, interval=0)
     with pytest.raises(QueueError) as caught:
         queue.request(0, 1)
-    assert isinstance(caught.value.__cause__, redis.ResponseError)
+    cause = caught.value.__cause__
+    assert isinstance(cause, RedisCallError) and isinstance(cause.__cause__, redis.ResponseError)
+    assert cause.reply is not None and "does not hold a number" in cause.reply
 
 
 def test_the_hub_keeps_running_while_redis_is_called(redis_url: str) -> None:
@@ -382,7 +385,9 @@ def test_a_store_without_redis_raises_its_error() -> None:
     store = RedisSessionStore(f"redis://127.0.0.1:{free_port()}/0", connect_timeout=0.5)
     with pytest.raises(SessionStoreError) as caught:
         store.load([0])
-    assert isinstance(caught.value.__cause__, redis.ConnectionError)
+    cause = caught.value.__cause__
+    assert isinstance(cause, RedisCallError) and cause.reply is None
+    assert isinstance(cause.__cause__, redis.ConnectionError)
     with pytest.raises(SessionStoreError):
         store.save(0, ResumeSession("x", 1))
 

@@ -158,8 +158,9 @@ def test_an_event_comes_back_from_its_envelope_as_it_went_in(event: Event) -> No
 
 
 def test_an_entry_that_is_no_envelope_is_refused() -> None:
-    with pytest.raises(ValueError, match="not an event envelope"):
+    with pytest.raises(ValueError, match="not an event envelope") as caught:
         decode_event({b"hello": b"world"})
+    assert isinstance(caught.value.__cause__, KeyError)
 
 
 def test_per_event_streams_share_a_hash_slot() -> None:

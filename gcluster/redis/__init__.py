@@ -10,6 +10,10 @@ command inbox (`CommandInbox`); `StreamWorker` reads them in other processes
 through a consumer group and sends commands back to the shard that owns them.
 `ShardLease` lets a standby process take over a dead one's shards.
 
+redis-py's exceptions never leave this package: a failed Redis call is a
+`RedisCallError` (the redis-py exception is its `__cause__`), which the
+queue, the session store and the worker raise their own errors from.
+
 Install with ``pip install 'gcluster[redis]'``; ``import gcluster`` alone never
 imports redis.
 """
@@ -21,6 +25,7 @@ try:
 except ImportError as err:  # pragma: no cover - depends on the installation
     raise ImportError("gcluster.redis needs redis-py: pip install 'gcluster[redis]'") from err
 
+from gcluster.errors import RedisCallError
 from gcluster.redis.inbox import CommandInbox, InboxStats, inbox_key, shard_count_key
 from gcluster.redis.lease import ShardLease
 from gcluster.redis.queue import RedisQueue
@@ -40,6 +45,7 @@ __all__ = [
     "DEFAULT_STREAM",
     "CommandInbox",
     "InboxStats",
+    "RedisCallError",
     "RedisQueue",
     "RedisSessionStore",
     "SessionStoreError",

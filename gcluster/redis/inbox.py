@@ -37,13 +37,16 @@ import gevent
 import ujson
 from gevent.event import Event as Flag
 from gevent.queue import Queue
-from redis.exceptions import RedisError, ResponseError
 
 from gcluster._json import JsonReady
 from gcluster.backoff import Backoff
 from gcluster.errors import (
+    ClusterNotUp,
     CommandSendingError,
+    ConfigError,
     InvalidCommand,
+    InvalidState,
+    RedisCallError,
     ShardNonexistent,
 )
 from gcluster.redis._calls import call, stream_reply
@@ -124,6 +127,9 @@ class CommandInbox:
         client: a ready redis-py client instead of `url`.
         connect_timeout, timeout: seconds to connect to Redis and to wait for a reply.
 
+    Raises:
+        ConfigError: a bad ttl, block, namespace or URL, or both or neither of url and client.
+
     .. important:: A gevent object: use it from the hub (thread) its cluster runs in.
     """
 
@@ -141,9 +147,9 @@ class CommandInbox:
         timeout: float = 5.0,
     ) -> None:
         if ttl is not None and ttl <= 0:
-            raise ValueError(f"ttl must be positive (or None), not {ttl}")
+            raise ConfigError(f"ttl must be positive (or None), not {ttl}")
         if not 0 < block < timeout:
-            raise ValueError(f"block must be positive and below timeout ({timeout} s)")
+            raise ConfigError(f"block must be positive and below timeout ({timeout} s)")
         hash_tag(namespace)  # checks it
         self.cluster = cluster
         self.namespace = namespace
@@ -196,13 +202,14 @@ class CommandInbox:
         the shards.
 
         Raises:
-            RuntimeError: the cluster is not up, or the inbox already ran.
+            ClusterNotUp: the cluster is not up.
+            InvalidState: the inbox already ran.
         """
         if self._reader is not None or self._done.is_set():
-            raise RuntimeError("this inbox already ran")
+            raise InvalidState("this inbox already ran")
         shard_ids = [shard.id for shard in self.cluster.shards()]
         if not shard_ids or self.cluster.total is None:
-            raise RuntimeError("bring the cluster up before serving its command inbox")
+            raise ClusterNotUp("bring the cluster up before serving its command inbox")
         self._keys = {inbox_key(self.namespace, sid).encode(): sid for sid in shard_ids}
         self._reader = gevent.getcurrent()
         for shard_id in shard_ids:
@@ -275,16 +282,15 @@ class CommandInbox:
                     count=_READ_COUNT,
                     block=int(self.block * 1000),
                 )
-            except ResponseError as err:
-                if "NOGROUP" in str(err):
+            except RedisCallError as err:
+                if err.reply is not None and "NOGROUP" in err.reply:
                     # Redis lost the inboxes (a restart without persistence): make them again.
                     prepared = False
                     continue
+                if err.reply is None:
+                    # No answer: once there is one, prepare again (it may be an empty Redis).
+                    prepared = False
                 backoff = self._failure(err, backoff)
-                continue
-            except (RedisError, OSError) as err:
-                backoff = self._failure(err, backoff)
-                prepared = False
                 continue
             if self._failing_since is not None:
                 log.info(
@@ -300,7 +306,7 @@ class CommandInbox:
         """Record the bot's shard count for workers routing commands by guild.
 
         Raises:
-            RedisError, OSError: Redis could not take it.
+            RedisCallError: Redis could not take it.
         """
         call(self._client.set, shard_count_key(self.namespace), int(self.cluster.total))
 
@@ -310,8 +316,8 @@ class CommandInbox:
         for key in self._keys:
             try:
                 call(client.xgroup_create, key, INBOX_GROUP, id="0", mkstream=True)
-            except ResponseError as err:
-                if "BUSYGROUP" not in str(err):
+            except RedisCallError as err:
+                if err.reply is None or "BUSYGROUP" not in err.reply:
                     raise
         self.publish_shard_count()
         now: Any = call(client.time)
@@ -355,8 +361,8 @@ class CommandInbox:
             self._received += 1
             lane.put((key, message_id, fields))
 
-    def _failure(self, err: Exception, backoff: Backoff) -> Backoff:
-        self._last_error = f"{type(err).__name__}: {err}"
+    def _failure(self, err: RedisCallError, backoff: Backoff) -> Backoff:
+        self._last_error = f"{type(err.__cause__).__name__}: {err}"
         if self._failing_since is None:
             self._failing_since = time.monotonic()
             log.warning(
@@ -380,7 +386,7 @@ class CommandInbox:
             try:
                 self._deliver(shard_id, message_id, fields or {})
                 call(self._client.xack, key, INBOX_GROUP, message_id)
-            except (RedisError, OSError) as err:
+            except RedisCallError as err:
                 # Left pending: the next process to hold the shard sends it again.
                 log.warning(
                     "command inbox: shard %d: could not acknowledge command %s: %s",

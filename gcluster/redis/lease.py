@@ -23,8 +23,8 @@ from typing import Any, Final
 
 import gevent
 from gevent.event import Event as Flag
-from redis.exceptions import RedisError
 
+from gcluster.errors import ConfigError, RedisCallError
 from gcluster.redis._calls import call
 from gcluster.redis._client import Client, hash_tag, make_client, safe_url
 from gcluster.redis.inbox import default_consumer
@@ -64,6 +64,10 @@ class ShardLease:
         on_lost: called (in a greenlet) when the lease is lost while held.
         client: a ready redis-py client instead of `url`.
 
+    Raises:
+        ConfigError: a ttl under 0.5 s, no name, a bad namespace or URL, or
+            both or neither of url and client.
+
     .. important:: A gevent object: use it from one hub.
     """
 
@@ -81,9 +85,9 @@ class ShardLease:
         timeout: float = 5.0,
     ) -> None:
         if ttl < 0.5:
-            raise ValueError(f"ttl must be at least 0.5 s, not {ttl}")
+            raise ConfigError(f"ttl must be at least 0.5 s, not {ttl}")
         if not name:
-            raise ValueError("name must name the shards, e.g. 'process:0/4'")
+            raise ConfigError("name must name the shards, e.g. 'process:0/4'")
         self.key = f"{hash_tag(namespace)}:lease:{name}"
         self.owner = owner or default_consumer()
         self.ttl = ttl
@@ -107,7 +111,11 @@ class ShardLease:
         return self._held
 
     def holder(self) -> str | None:
-        """Who holds the lease now, or None; raises what Redis raises."""
+        """Who holds the lease now, or None.
+
+        Raises:
+            RedisCallError: Redis could not answer.
+        """
         raw: Any = call(self._client.get, self.key)
         return None if raw is None else raw.decode(errors="replace")
 
@@ -125,8 +133,9 @@ class ShardLease:
                     self._client.set, self.key, self.owner, nx=True, px=int(self.ttl * 1000)
                 )
                 holder = None if taken else self.holder()
-            except (RedisError, OSError) as err:
-                taken, holder = False, f"unknown (Redis at {safe_url(self._url)} failed: {err})"
+            except RedisCallError as err:
+                where = safe_url(self._url, self._client)
+                taken, holder = False, f"unknown (Redis at {where} failed: {err})"
             if taken:
                 self._held = True
                 self._released.clear()
@@ -156,7 +165,7 @@ class ShardLease:
         try:
             call(self._release_script, keys=[self.key], args=[self.owner])
             log.info("lease %s: released by %s", self.key, self.owner)
-        except (RedisError, OSError) as err:
+        except RedisCallError as err:
             log.warning("lease %s: could not release (it expires by itself): %s", self.key, err)
 
     def close(self) -> None:
@@ -173,7 +182,7 @@ class ShardLease:
                 ours = call(
                     self._renew_script, keys=[self.key], args=[self.owner, int(self.ttl * 1000)]
                 )
-            except (RedisError, OSError) as err:
+            except RedisCallError as err:
                 if time.monotonic() - renewed_at < self.ttl * _GIVE_UP:
                     log.warning("lease %s: could not renew, will retry: %s", self.key, err)
                     continue

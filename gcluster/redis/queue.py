@@ -27,12 +27,12 @@ from collections.abc import Callable
 from typing import Any, Final
 
 import gevent
-from redis.exceptions import RedisError
 
-from gcluster.errors import QueueError, SessionStartLimitExhausted
+from gcluster.errors import ConfigError, QueueError, RedisCallError, SessionStartLimitExhausted
 from gcluster.http import SessionStartLimit
 from gcluster.queue import DEFAULT_SPARE, IDENTIFY_INTERVAL, SESSION_START_DAY
-from gcluster.redis._client import Client, blocking, hash_tag, make_client, safe_url
+from gcluster.redis._calls import call
+from gcluster.redis._client import Client, hash_tag, make_client, safe_url
 
 __all__ = ["RedisQueue", "SLOT_SCRIPT"]
 
@@ -153,7 +153,7 @@ class RedisQueue:
         connect_timeout, timeout: seconds to connect to Redis and to wait for a reply.
 
     Raises:
-        ValueError: a bad namespace, both or neither of url and client, bad numbers.
+        ConfigError: a bad namespace, URL or number, or both or neither of url and client.
     """
 
     def __init__(
@@ -173,11 +173,11 @@ class RedisQueue:
         sleep: Callable[[float], object] = gevent.sleep,
     ) -> None:
         if max_concurrency is not None and max_concurrency < 1:
-            raise ValueError(f"max_concurrency must be at least 1, not {max_concurrency}")
+            raise ConfigError(f"max_concurrency must be at least 1, not {max_concurrency}")
         if interval < 0 or margin < 0:
-            raise ValueError("interval and margin must not be negative")
+            raise ConfigError("interval and margin must not be negative")
         if spare < 0:
-            raise ValueError(f"spare must not be negative, not {spare}")
+            raise ConfigError(f"spare must not be negative, not {spare}")
         tag = hash_tag(namespace)
         self.namespace = namespace
         self.interval = interval
@@ -316,8 +316,8 @@ class RedisQueue:
         ]
         where = safe_url(self._url, self._client)
         try:
-            reply = blocking(self._script, keys, args)
-        except (RedisError, OSError) as err:
+            reply = call(self._script, keys, args)
+        except RedisCallError as err:
             raise QueueError(
                 f"identify queue: Redis at {where} failed for shard {shard_id}: {err}"
             ) from err

@@ -30,11 +30,10 @@ from typing import Any, Final
 
 import gevent
 import gevent.event
-from redis.exceptions import RedisError
 
 from gcluster._exit import ExitStatus, exit_status
 from gcluster.cluster import Cluster
-from gcluster.errors import GClusterError
+from gcluster.errors import ConfigError, GClusterError, RedisCallError
 from gcluster.protocol import Stage
 from gcluster.redis._calls import call
 from gcluster.redis._client import hash_tag, make_client, safe_url
@@ -74,7 +73,7 @@ def serve(
     where = safe_url(url)
     try:
         _check_redis(url)
-    except (RedisError, OSError, ValueError) as err:
+    except (RedisCallError, ConfigError) as err:
         log.error("service: Redis at %s is unreachable: %s", where, err)
         if simulate is not None:
             simulate.stop()

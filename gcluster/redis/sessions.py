@@ -13,11 +13,10 @@ import json
 import logging
 from collections.abc import Iterable
 
-from redis.exceptions import RedisError
-
-from gcluster.errors import SessionStoreError
+from gcluster.errors import RedisCallError, SessionStoreError
 from gcluster.protocol import ResumeSession
-from gcluster.redis._client import Client, blocking, hash_tag, make_client, safe_url
+from gcluster.redis._calls import call
+from gcluster.redis._client import Client, hash_tag, make_client, safe_url
 
 __all__ = ["RedisSessionStore", "SessionStoreError"]
 
@@ -34,7 +33,7 @@ class RedisSessionStore:
         connect_timeout, timeout: seconds to connect to Redis and to wait for a reply.
 
     Raises:
-        ValueError: a bad namespace, or both or neither of url and client.
+        ConfigError: a bad namespace or URL, or both or neither of url and client.
     """
 
     def __init__(
@@ -69,8 +68,8 @@ class RedisSessionStore:
         if not ids:
             return {}
         try:
-            values = blocking(self._client.mget, [self.key(i) for i in ids])
-        except (RedisError, OSError) as err:
+            values = call(self._client.mget, [self.key(i) for i in ids])
+        except RedisCallError as err:
             raise self._error("load", err) from err
         sessions: dict[int, ResumeSession] = {}
         for shard_id, raw in zip(ids, values, strict=True):
@@ -91,10 +90,10 @@ class RedisSessionStore:
         key = self.key(shard_id)
         try:
             if session is None:
-                blocking(self._client.delete, key)
+                call(self._client.delete, key)
             else:
-                blocking(self._client.set, key, json.dumps(session.to_dict()))
-        except (RedisError, OSError) as err:
+                call(self._client.set, key, json.dumps(session.to_dict()))
+        except RedisCallError as err:
             raise self._error("save", err) from err
 
     def close(self) -> None:
@@ -102,7 +101,7 @@ class RedisSessionStore:
         if self._owns_client:
             self._client.close()
 
-    def _error(self, action: str, err: Exception) -> SessionStoreError:
+    def _error(self, action: str, err: RedisCallError) -> SessionStoreError:
         where = safe_url(self._url, self._client)
         return SessionStoreError(f"session store: could not {action} at Redis {where}: {err}")
 

@@ -44,12 +44,19 @@ import gevent
 import redis
 import ujson
 from gevent.event import Event as Flag
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ResponseError
 from redis.typing import EncodableT, FieldT
 
 from gcluster._json import JsonReady
 from gcluster.backoff import Backoff
-from gcluster.errors import GClusterError, StreamError
+from gcluster.errors import (
+    ClusterNotUp,
+    ConfigError,
+    GClusterError,
+    InvalidState,
+    RedisCallError,
+    StreamError,
+)
 from gcluster.events import Event, EventType
 from gcluster.redis._calls import call
 from gcluster.redis._client import Client, hash_tag, make_client, safe_url
@@ -127,7 +134,7 @@ def decode_event(fields: Mapping[bytes, bytes]) -> tuple[int, Event]:
         raw_sequence = fields[b"s"]
         raw_data = fields[b"d"]
     except (KeyError, TypeError, AttributeError, UnicodeDecodeError) as err:
-        raise ValueError(f"not an event envelope: {err!r}") from None
+        raise ValueError(f"not an event envelope: {err!r}") from err
     kind = _KIND_BY_NAME.get(name, EventType.UNKNOWN)
     sequence = int(raw_sequence) if raw_sequence else None
     data = raw_data if kind is EventType.SHARD_PAYLOAD else ujson.loads(raw_data)
@@ -197,7 +204,7 @@ class StreamSink:
         retry: the backoff between failed pipelines (default 0.1 s doubling to 5 s).
 
     Raises:
-        ValueError: a bad number or namespace, or both or neither of url and client.
+        ConfigError: a bad number, namespace or URL, or both or neither of url and client.
 
     .. important:: A gevent object: use it from the hub (thread) its cluster runs in.
     """
@@ -220,13 +227,13 @@ class StreamSink:
         retry: Backoff | None = None,
     ) -> None:
         if batch < 1:
-            raise ValueError(f"batch must be at least 1, not {batch}")
+            raise ConfigError(f"batch must be at least 1, not {batch}")
         if buffer < batch:
-            raise ValueError(f"buffer ({buffer}) must hold at least one batch ({batch})")
+            raise ConfigError(f"buffer ({buffer}) must hold at least one batch ({batch})")
         if maxlen is not None and maxlen < 1:
-            raise ValueError(f"maxlen must be at least 1 (or None), not {maxlen}")
+            raise ConfigError(f"maxlen must be at least 1 (or None), not {maxlen}")
         if not stream:
-            raise ValueError("stream must be a non-empty key")
+            raise ConfigError("stream must be a non-empty key")
         hash_tag(namespace)  # checks it
         self.cluster = cluster
         self.stream = stream
@@ -305,13 +312,13 @@ class StreamSink:
         before it.
 
         Raises:
-            RuntimeError: the sink is already running, or it serves commands
-                for a cluster that is not up.
+            InvalidState: the sink is already running.
+            ClusterNotUp: it serves commands for a cluster that is not up.
         """
         if self._running:
-            raise RuntimeError("this sink is already running")
+            raise InvalidState("this sink is already running")
         if self._inbox is not None and not self.cluster.shards():
-            raise RuntimeError("bring the cluster up first: the command inbox serves its shards")
+            raise ClusterNotUp("bring the cluster up first: the command inbox serves its shards")
         self._running = True
         inbox = None
         try:
@@ -319,7 +326,7 @@ class StreamSink:
                 try:
                     # Before any event: a worker answering one may route by guild at once.
                     self._inbox.publish_shard_count()
-                except (RedisError, OSError) as err:
+                except RedisCallError as err:
                     log.debug("sink: shard count not recorded yet (the inbox retries): %s", err)
                 inbox = gevent.spawn(self._inbox.run)
             self._publisher = gevent.spawn(self._publish_loop)
@@ -488,7 +495,7 @@ class StreamSink:
             items = list(islice(pending, self.batch))
             try:
                 call(self._send, items)
-            except (RedisError, OSError) as err:
+            except RedisCallError as err:
                 self._failed(err)
                 backoff = backoff.increment()
                 if self._retry_now.wait(backoff.delay(random.random)):
@@ -519,9 +526,9 @@ class StreamSink:
             pipe.xadd(key(event.name), encode_event(shard_id, event), maxlen=maxlen)
         pipe.execute()
 
-    def _failed(self, err: Exception) -> None:
+    def _failed(self, err: RedisCallError) -> None:
         self._failures += 1
-        self._last_error = f"{type(err).__name__}: {err}"
+        self._last_error = f"{type(err.__cause__).__name__}: {err}"
         if self._outage_since is None:
             self._outage_since = time.monotonic()
             self._outages += 1
@@ -599,7 +606,11 @@ class _XaddPacker:
         )
 
     def send(self, batch: list[tuple[str, int, Event]]) -> None:
-        """XADD every event; raise the first error Redis answered with, if any."""
+        """XADD every event; raise the first error Redis answered with, if any.
+
+        Runs inside `call`, which turns what it raises into `RedisCallError`;
+        an error reply is only held here until every reply has been read.
+        """
         payload = b"".join([self.pack(key, shard_id, event) for key, shard_id, event in batch])
         pool = self._client.connection_pool
         conn = _connection(pool)

@@ -33,12 +33,11 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import gevent
-from redis.exceptions import RedisError, ResponseError
 
 from gcluster._json import JsonReady
 from gcluster.backoff import Backoff
 from gcluster.commands import Command, encode, shard_for_guild
-from gcluster.errors import ConfigError
+from gcluster.errors import ConfigError, RedisCallError
 from gcluster.events import Event, EventType, EventTypeFlags
 from gcluster.redis._calls import call, stream_reply
 from gcluster.redis._client import Client, hash_tag, make_client, safe_url
@@ -104,7 +103,8 @@ class StreamWorker:
         connect_timeout, timeout: seconds to connect to Redis and to wait for a reply.
 
     Raises:
-        ValueError: bad numbers, names or event types.
+        ConfigError: bad numbers, names, event types or URL, or both or neither
+            of url and client.
 
     Not thread-safe, except `stop()`: use one worker per thread.
     """
@@ -129,15 +129,15 @@ class StreamWorker:
         timeout: float = 5.0,
     ) -> None:
         if not group:
-            raise ValueError("group must be a non-empty name")
+            raise ConfigError("group must be a non-empty name")
         if batch < 1 or ack_batch < 1:
-            raise ValueError("batch and ack_batch must be at least 1")
+            raise ConfigError("batch and ack_batch must be at least 1")
         if not 0 < block < timeout:
-            raise ValueError(f"block must be positive and below timeout ({timeout} s)")
+            raise ConfigError(f"block must be positive and below timeout ({timeout} s)")
         if claim_idle <= 0:
-            raise ValueError(f"claim_idle must be positive, not {claim_idle}")
+            raise ConfigError(f"claim_idle must be positive, not {claim_idle}")
         if total is not None and total < 1:
-            raise ValueError(f"total must be at least 1, not {total}")
+            raise ConfigError(f"total must be at least 1, not {total}")
         hash_tag(namespace)  # checks it
         self.group = group
         self.consumer = consumer or default_consumer()
@@ -209,8 +209,8 @@ class StreamWorker:
                     else:
                         self._flush_acks()
                         entries = self._read_new()
-                except ResponseError as err:
-                    if "NOGROUP" in str(err):
+                except RedisCallError as err:
+                    if err.reply is not None and "NOGROUP" in err.reply:
                         # The stream or group is gone (Redis restarted, or someone
                         # deleted it): a new stream starts at its first entry.
                         log.warning(
@@ -220,9 +220,6 @@ class StreamWorker:
                         self._unacked.clear()
                         self._safe_setup(backoff)
                         continue
-                    backoff = self._failure(err, backoff)
-                    continue
-                except (RedisError, OSError) as err:
                     backoff = self._failure(err, backoff)
                     continue
                 if self._failing_since is not None:
@@ -253,7 +250,7 @@ class StreamWorker:
         finally:
             try:
                 self._flush_acks()
-            except (RedisError, OSError) as err:
+            except RedisCallError as err:
                 log.warning(
                     "stream worker: %d handled events left unacknowledged (%s); "
                     "they will be delivered again",
@@ -336,7 +333,7 @@ class StreamWorker:
                 fields,
                 maxlen=INBOX_MAXLEN,
             )
-        except (RedisError, OSError) as err:
+        except RedisCallError as err:
             raise StreamError(
                 f"stream worker: could not send a command to shard {target}'s inbox "
                 f"at Redis {safe_url(self._url, self._client)}: {err}"
@@ -355,7 +352,7 @@ class StreamWorker:
         if self._total is None or now - self._total_at > _TOTAL_TTL:
             try:
                 raw = call(self._client.get, shard_count_key(self.namespace))
-            except (RedisError, OSError) as err:
+            except RedisCallError as err:
                 raise StreamError(f"stream worker: could not read the shard count: {err}") from err
             if raw is None:
                 raise StreamError(
@@ -371,7 +368,7 @@ class StreamWorker:
     def _setup_groups(self) -> None:
         try:
             self._create_groups(self.start)
-        except (RedisError, OSError) as err:
+        except RedisCallError as err:
             raise StreamError(
                 f"stream worker: could not create group {self.group!r} at Redis "
                 f"{safe_url(self._url, self._client)}: {err}"
@@ -380,15 +377,15 @@ class StreamWorker:
     def _safe_setup(self, backoff: Backoff) -> None:
         try:
             self._create_groups("0")
-        except (RedisError, OSError) as err:
+        except RedisCallError as err:
             self._failure(err, backoff)
 
     def _create_groups(self, start: str) -> None:
         for key in self.keys:
             try:
                 call(self._client.xgroup_create, key, self.group, id=start, mkstream=True)
-            except ResponseError as err:
-                if "BUSYGROUP" not in str(err):
+            except RedisCallError as err:
+                if err.reply is None or "BUSYGROUP" not in err.reply:
                     raise
 
     def _read_new(self) -> list[tuple[str, Any, Any]]:
@@ -471,7 +468,7 @@ class StreamWorker:
         if len(self._unacked) >= self.ack_batch:
             try:
                 self._flush_acks()
-            except (RedisError, OSError) as err:
+            except RedisCallError as err:
                 # Kept: retried with the next flush.
                 self._failures += 1
                 log.warning("stream worker: could not acknowledge events: %s", err)
@@ -496,7 +493,7 @@ class StreamWorker:
             pipe.xack(key, self.group, *ids)
         pipe.execute()
 
-    def _failure(self, err: Exception, backoff: Backoff) -> Backoff:
+    def _failure(self, err: RedisCallError, backoff: Backoff) -> Backoff:
         self._failures += 1
         if self._failing_since is None:
             self._failing_since = time.monotonic()
@@ -514,7 +511,7 @@ def _stream_keys(
     stream: str, event_types: EventTypeFlags | Iterable[EventType | str] | None
 ) -> list[str]:
     if not stream:
-        raise ValueError("stream must be a non-empty key")
+        raise ConfigError("stream must be a non-empty key")
     if event_types is None:
         return [stream]
     names: list[str] = []
@@ -527,9 +524,9 @@ def _stream_keys(
             elif isinstance(item, str) and item:
                 names.append(item)
             else:
-                raise ValueError(f"event_types holds {item!r}: not an EventType or a name")
+                raise ConfigError(f"event_types holds {item!r}: not an EventType or a name")
     if not names:
-        raise ValueError("event_types names no event")
+        raise ConfigError("event_types names no event")
     return [event_stream_key(stream, name) for name in dict.fromkeys(names)]
 
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from gcluster.errors import ConfigError
+
 __all__ = [
     "CloseConnection",
     "DropConnection",
@@ -96,7 +98,7 @@ class GarbageFrame:
 
     def __post_init__(self) -> None:
         if self.kind not in ("zlib", "json"):
-            raise ValueError(f"kind must be 'zlib' or 'json', not {self.kind!r}")
+            raise ConfigError(f"kind must be 'zlib' or 'json', not {self.kind!r}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -122,7 +124,7 @@ class HugeDispatch:
 
     def __post_init__(self) -> None:
         if self.size_bytes < 0:
-            raise ValueError("size_bytes must be >= 0")
+            raise ConfigError("size_bytes must be >= 0")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -140,7 +142,7 @@ class Stall:
 
     def __post_init__(self) -> None:
         if self.seconds < 0:
-            raise ValueError("seconds must be >= 0")
+            raise ConfigError("seconds must be >= 0")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -158,7 +160,7 @@ class RefuseConnections:
 
     def __post_init__(self) -> None:
         if self.count < 0:
-            raise ValueError("count must be >= 0")
+            raise ConfigError("count must be >= 0")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -209,12 +211,12 @@ class FaultPlan:
 
     def __post_init__(self) -> None:
         if (self.after_dispatches is None) == (self.delay is None):
-            raise ValueError("a FaultPlan needs exactly one of after_dispatches and delay")
+            raise ConfigError("a FaultPlan needs exactly one of after_dispatches and delay")
         if self.after_dispatches is not None and self.after_dispatches < 0:
-            raise ValueError("after_dispatches must be >= 0")
+            raise ConfigError("after_dispatches must be >= 0")
         if self.delay is not None and self.delay < 0:
-            raise ValueError("delay must be >= 0")
+            raise ConfigError("delay must be >= 0")
         if self.shard_id is None and not isinstance(self.fault, RefuseConnections):
-            raise ValueError("only RefuseConnections may be planned without a shard")
+            raise ConfigError("only RefuseConnections may be planned without a shard")
         if self.shard_id is None and self.after_dispatches is not None:
-            raise ValueError("after_dispatches counts a shard's dispatches: give a shard")
+            raise ConfigError("after_dispatches counts a shard's dispatches: give a shard")

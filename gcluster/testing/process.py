@@ -24,6 +24,8 @@ from gevent import subprocess
 from gevent.event import AsyncResult
 from gevent.lock import Semaphore
 
+from gcluster.errors import GClusterError
+
 from .faults import Fault
 
 __all__ = ["SimulatorError", "SimulatorProcess"]
@@ -32,8 +34,12 @@ __all__ = ["SimulatorError", "SimulatorProcess"]
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
 
-class SimulatorError(RuntimeError):
-    """The simulator process refused a request, or is gone."""
+class SimulatorError(GClusterError, RuntimeError):
+    """A simulated run failed.
+
+    The simulator process refused a request or is gone, or a storm
+    (`gcluster.testing.storm.run_storm`) did not finish.
+    """
 
 
 class SimulatorProcess:
@@ -228,8 +234,8 @@ class SimulatorProcess:
         between connections, or for `RefuseConnections`).
 
         Raises:
-            SimulatorError: as `GatewaySimulator.apply_fault` would raise
-                ValueError, e.g. for a bad shard id.
+            SimulatorError: where `GatewaySimulator.apply_fault` would raise
+                ConfigError, e.g. for a bad shard id.
         """
         arguments = {
             "shard_id": shard_id,

@@ -36,6 +36,8 @@ from gevent.event import Event as Flag
 from gevent.fileobject import FileObjectPosix
 from gevent.lock import Semaphore
 
+from gcluster.errors import ConfigError
+
 from . import faults
 from .gateway import Blast
 from .simulator import GatewaySimulator
@@ -275,7 +277,7 @@ class Control:
         built from ``fields``; how many live connections it reached."""
         kind = _FAULTS.get(fault)
         if kind is None:
-            raise ValueError(f"no fault {fault!r}: one of {', '.join(sorted(_FAULTS))}")
+            raise ConfigError(f"no fault {fault!r}: one of {', '.join(sorted(_FAULTS))}")
         return self._sim.apply_fault(shard_id, kind(**(fields or {})))
 
     def traffic(self) -> list[dict[str, Any]]:

@@ -24,6 +24,8 @@ from urllib.parse import parse_qsl, urlsplit
 import gevent
 from gevent.pool import Group
 
+from gcluster.errors import ConfigError, InvalidState
+
 from . import faults, rest, rules
 from .connection import GatewayConnection
 from .gateway import Blast, Gateway, GatewayConfig, SessionInfo, encode
@@ -154,19 +156,19 @@ class GatewaySimulator:
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         if shards < 1:
-            raise ValueError("shards must be >= 1")
+            raise ConfigError("shards must be >= 1")
         if max_concurrency < 1:
-            raise ValueError("max_concurrency must be >= 1")
+            raise ConfigError("max_concurrency must be >= 1")
         if heartbeat_interval <= 0:
-            raise ValueError("heartbeat_interval must be > 0")
+            raise ConfigError("heartbeat_interval must be > 0")
         if guilds_per_shard < 1:
-            raise ValueError("guilds_per_shard must be >= 1")
+            raise ConfigError("guilds_per_shard must be >= 1")
         if session_start_reset_after <= 0:
-            raise ValueError("session_start_reset_after must be > 0")
+            raise ConfigError("session_start_reset_after must be > 0")
         if identify_interval < 0:
-            raise ValueError("identify_interval must be >= 0")
+            raise ConfigError("identify_interval must be >= 0")
         if replay_limit < 1:
-            raise ValueError("replay_limit must be >= 1")
+            raise ConfigError("replay_limit must be >= 1")
         if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
             raise TypeError("ssl_context must be an ssl.SSLContext")
         self.records = Records()
@@ -212,11 +214,11 @@ class GatewaySimulator:
         """Bind and start serving in the current hub; returns self.
 
         Raises:
-            RuntimeError: if already started.
+            InvalidState: if already started.
             OSError: if the address cannot be bound.
         """
         if self._server is not None:
-            raise RuntimeError("the simulator was already started")
+            raise InvalidState("the simulator was already started")
         server = Server(
             self._host,
             self._requested_port,
@@ -274,7 +276,7 @@ class GatewaySimulator:
     def port(self) -> int:
         """The port it listens on (known once started)."""
         if self._port is None:
-            raise RuntimeError("the simulator is not started")
+            raise InvalidState("the simulator is not started")
         return self._port
 
     @property
@@ -312,7 +314,7 @@ class GatewaySimulator:
         gateway = self._require()
         self._check_shard(shard_id)
         if not isinstance(name, str) or not name:
-            raise ValueError("name must be a dispatch name such as 'MESSAGE_CREATE'")
+            raise ConfigError("name must be a dispatch name such as 'MESSAGE_CREATE'")
         number = event_number(data) if isinstance(data, dict) else None
         gateway.deliver(shard_id, name, encode(data), number)
 
@@ -330,12 +332,12 @@ class GatewaySimulator:
             The numbers given, in sending order.
 
         Raises:
-            ValueError: for a bad shard id, count or kind.
+            ConfigError: for a bad shard id, count or kind.
         """
         gateway = self._require()
         self._check_shard(shard_id)
         if count < 0:
-            raise ValueError("count must be >= 0")
+            raise ConfigError("count must be >= 0")
         events = gateway.stream(shard_id).take(count, kinds)
         deliver = gateway.deliver
         numbers = []
@@ -382,13 +384,13 @@ class GatewaySimulator:
                 queued on the connection after it waits too.
 
         Raises:
-            ValueError: for a bad shard id, count or kind, or a shard with
+            ConfigError: for a bad shard id, count or kind, or a shard with
                 no live connection.
         """
         gateway = self._require()
         self._check_shard(shard_id)
         if count < 1:
-            raise ValueError("count must be >= 1")
+            raise ConfigError("count must be >= 1")
         return gateway.blast(shard_id, count, self._kinds(kinds), hold=hold)
 
     def send_paced(
@@ -420,18 +422,18 @@ class GatewaySimulator:
                 dispatch's due time.
 
         Raises:
-            ValueError: as for `blast`, or a rate that is not positive.
+            ConfigError: as for `blast`, or a rate that is not positive.
         """
         gateway = self._require()
         ids = list(shard_ids)
         if not ids:
-            raise ValueError("shard_ids must not be empty")
+            raise ConfigError("shard_ids must not be empty")
         for shard_id in ids:
             self._check_shard(shard_id)
         if count < len(ids):
-            raise ValueError("count must give every shard at least one dispatch")
+            raise ConfigError("count must give every shard at least one dispatch")
         if rate <= 0:
-            raise ValueError("rate must be > 0")
+            raise ConfigError("rate must be > 0")
         names = self._kinds(kinds)
         blasts = []
         for position, shard_id in enumerate(ids):
@@ -487,7 +489,7 @@ class GatewaySimulator:
         concerns future connections of any shard and takes ``shard_id=None``).
 
         Raises:
-            ValueError: for a bad shard id, or None with a fault that needs a shard.
+            ConfigError: for a bad shard id, or None with a fault that needs a shard.
         """
         gateway = self._require()
         self._check_fault_target(shard_id, fault)
@@ -505,7 +507,7 @@ class GatewaySimulator:
         sent to the shard's live connection, or ``delay`` seconds from now.
 
         Raises:
-            ValueError: unless exactly one of the two is given, for a bad
+            ConfigError: unless exactly one of the two is given, for a bad
                 shard id, or for None with a fault that needs a shard.
         """
         gateway = self._require()
@@ -577,18 +579,18 @@ class GatewaySimulator:
     def _kinds(kinds: Iterable[str] | None) -> tuple[str, ...]:
         names = BLAST_KINDS if kinds is None else tuple(kinds)
         if not names or any(name not in STREAM_KINDS for name in names):
-            raise ValueError(f"kinds must be a non-empty subset of {STREAM_KINDS}, got {names}")
+            raise ConfigError(f"kinds must be a non-empty subset of {STREAM_KINDS}, got {names}")
         return names
 
     def _require(self) -> Gateway:
         if self._gateway is None:
-            raise RuntimeError("the simulator is not started")
+            raise InvalidState("the simulator is not started")
         return self._gateway
 
     def _check_fault_target(self, shard_id: int | None, fault: faults.Fault) -> None:
         if shard_id is None:
             if not isinstance(fault, faults.RefuseConnections):
-                raise ValueError(f"{type(fault).__name__} needs a shard id")
+                raise ConfigError(f"{type(fault).__name__} needs a shard id")
         else:
             self._check_shard(shard_id)
 
@@ -597,7 +599,7 @@ class GatewaySimulator:
 
     def _check_shard(self, shard_id: int) -> None:
         if type(shard_id) is not int or not 0 <= shard_id < self._config.shards:
-            raise ValueError(f"no shard {shard_id!r}: shards are 0..{self._config.shards - 1}")
+            raise ConfigError(f"no shard {shard_id!r}: shards are 0..{self._config.shards - 1}")
 
     def _rest(
         self, method: str, path: str, authorization: str | None

@@ -29,6 +29,7 @@ from gcluster.testing.faults import (
     StopHeartbeatAcks,
 )
 from gcluster.testing.payloads import event_number
+from gcluster.testing.process import SimulatorError
 from gcluster.testing.simulator import GatewaySimulator
 
 __all__ = ["RESUMABLE_FAULTS", "StormResult", "run_storm"]
@@ -92,6 +93,10 @@ def run_storm(
 
     Runs in the calling greenlet's hub; the simulator and the cluster live and
     die inside the call.
+
+    Raises:
+        SimulatorError: the shards were not ready within 30 s, or the storm
+            did not finish within `timeout`.
     """
     rng = random.Random(seed)
     result = StormResult(shards=shards, events_per_shard=events_per_shard)
@@ -108,11 +113,11 @@ def run_storm(
     try:
         cluster.up(timeout=30)
         if not cluster.wait_until_ready(30):
-            raise RuntimeError("the storm's shards did not become ready")
+            raise SimulatorError("the storm's shards did not become ready")
         feeder = gevent.spawn(_feed, sim, rng, shards, events_per_shard, fault_every, result)
         seen: dict[int, list[int]] = {shard_id: [] for shard_id in range(shards)}
         complete = 0
-        with gevent.Timeout(timeout, RuntimeError(f"storm not finished within {timeout} s")):
+        with gevent.Timeout(timeout, SimulatorError(f"storm not finished within {timeout} s")):
             for shard_id, event in cluster.events():
                 number = _number(event)
                 if number is None:

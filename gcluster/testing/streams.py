@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
+from gcluster.errors import ConfigError
+
 from . import payloads
 from .payloads import GuildFixture, Snowflakes
 
@@ -67,12 +69,12 @@ class EventStream:
                 all of them by default.
 
         Raises:
-            ValueError: for a name the stream cannot build.
+            ConfigError: for a name the stream cannot build.
         """
         names = tuple(kinds) if kinds is not None else STREAM_KINDS
         unknown = [name for name in names if name not in self._builders]
         if unknown or not names:
-            raise ValueError(f"kinds must be a non-empty subset of {STREAM_KINDS}, got {names}")
+            raise ConfigError(f"kinds must be a non-empty subset of {STREAM_KINDS}, got {names}")
         return self._build(count, names)
 
     def _build(

@@ -27,6 +27,8 @@ from typing import Any, Literal
 import gevent.ssl
 import gevent.subprocess
 
+from gcluster.errors import ConfigError, GClusterError
+
 __all__ = ["CertificateError", "TestCertificates", "make_certificates"]
 
 # Names the server certificate is valid for.
@@ -57,7 +59,7 @@ authorityKeyIdentifier = keyid:always
 """
 
 
-class CertificateError(RuntimeError):
+class CertificateError(GClusterError, RuntimeError):
     """The certificates could not be made (no trustme and no working openssl)."""
 
 
@@ -102,8 +104,11 @@ def make_certificates(
             ``"auto"``: trustme if it is installed, else openssl.
 
     Raises:
+        ConfigError: an unknown backend.
         CertificateError: when the chosen backend is unavailable or fails.
     """
+    if backend not in ("auto", "trustme", "openssl"):
+        raise ConfigError(f"backend must be 'auto', 'trustme' or 'openssl', not {backend!r}")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     certificates = TestCertificates(
@@ -115,10 +120,8 @@ def make_certificates(
         backend = "trustme" if importlib.util.find_spec("trustme") is not None else "openssl"
     if backend == "trustme":
         _with_trustme(certificates)
-    elif backend == "openssl":
-        _with_openssl(certificates, directory)
     else:
-        raise ValueError(f"backend must be 'auto', 'trustme' or 'openssl', not {backend!r}")
+        _with_openssl(certificates, directory)
     return certificates
 
 

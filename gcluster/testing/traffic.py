@@ -24,6 +24,8 @@ from typing import Any, Final
 
 import ujson
 
+from gcluster.errors import ConfigError
+
 from .payloads import DISCORD_EPOCH_MS, NUMBER_KEY, _iso, snowflake
 
 __all__ = ["BLAST_KINDS", "BodyPool", "VariedStream", "encode_open"]
@@ -111,12 +113,12 @@ class VariedStream:
         The number is written into ``d`` (read it with `payloads.event_number`).
 
         Raises:
-            ValueError: for a kind this stream cannot build.
+            ConfigError: for a kind this stream cannot build.
         """
         names = tuple(kinds)
         unknown = [name for name in names if name not in self._builders]
         if unknown or not names:
-            raise ValueError(f"kinds must be a non-empty subset of {self.kinds}, got {names}")
+            raise ConfigError(f"kinds must be a non-empty subset of {self.kinds}, got {names}")
         builders = [self._builders[name] for name in names]
         return self._build(numbers, names, builders)
 
@@ -412,7 +414,7 @@ class BodyPool:
 
     def __init__(self, stream: VariedStream, size: int = 4096) -> None:
         if size < 1:
-            raise ValueError("size must be >= 1")
+            raise ConfigError("size must be >= 1")
         self._stream = stream
         self._size = size
         self._bodies: dict[str, list[str]] = {}
@@ -424,12 +426,12 @@ class BodyPool:
         Each body is JSON without its closing brace (see `encode_open`).
 
         Raises:
-            ValueError: for a kind the stream cannot build.
+            ConfigError: for a kind the stream cannot build.
         """
         names = tuple(kinds)
         unknown = [name for name in names if name not in self._stream.kinds]
         if unknown or not names:
-            raise ValueError(f"kinds must be a non-empty subset of {self._stream.kinds}")
+            raise ConfigError(f"kinds must be a non-empty subset of {self._stream.kinds}")
         out = []
         for index in range(count):
             name = names[index % len(names)]

@@ -32,6 +32,8 @@ from wsproto.connection import ConnectionState
 from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
 from wsproto.utilities import LocalProtocolError
 
+from gcluster.errors import ConfigError
+
 from .records import Traffic
 
 zstandard: Any
@@ -285,7 +287,7 @@ class WebSocket:
             LocalProtocolError: the websocket is no longer open.
         """
         if due is not None and len(due) != len(texts):
-            raise ValueError("due must give one time per message")
+            raise ConfigError("due must give one time per message")
         blast = BlastFrames(due, hold=hold)
         # Paced messages are written one at a time, each when it is due.
         batch_bytes = 0 if due is not None else _BATCH_BYTES
