@@ -33,6 +33,7 @@ from typing import Any, Final, NamedTuple, TypeAlias
 import ujson
 from gevent.hub import Waiter
 
+from gcluster.errors import ConfigError
 from gcluster.events import Event, EventType
 
 __all__ = ["DECODERS", "EventQueue", "Item", "Loads", "RawDispatch", "resolve_decoder"]
@@ -67,20 +68,20 @@ def resolve_decoder(decoder: str | Loads) -> Loads:
     """The `loads` function for `decoder`: a name from DECODERS or a callable.
 
     Raises:
-        ValueError: an unknown name, or a decoder that is not installed.
+        ConfigError: an unknown name, or a decoder that is not installed.
     """
     if callable(decoder):
         return decoder
     if decoder not in DECODERS:
-        raise ValueError(
+        raise ConfigError(
             f"decoder must be one of {', '.join(DECODERS)} or a callable, not {decoder!r}"
         )
     try:
         module = importlib.import_module(decoder)
-    except ImportError:
-        raise ValueError(
+    except ImportError as err:
+        raise ConfigError(
             f"decoder {decoder!r} is not installed: pip install '{DECODERS[decoder]}'"
-        ) from None
+        ) from err
     loads: Loads = module.loads
     return loads
 

@@ -51,7 +51,7 @@ import ujson
 from gcluster._json import JsonReady
 from gcluster._token import Token
 from gcluster.delivery import Loads, RawDispatch
-from gcluster.errors import GClusterError, closed_error
+from gcluster.errors import ConfigError, GClusterError, closed_error
 from gcluster.events import Event, EventType, EventTypeFlags, dispatch_kind, event_type, flag_for
 from gcluster.peek import peek_dispatch
 from gcluster.stages import LocalProtocolError, Stage, StageMachine, Trigger
@@ -167,20 +167,20 @@ class ResumeSession:
         """Rebuild a session saved with `to_dict()` (e.g. after a JSON round trip).
 
         Raises:
-            ValueError: a field is missing or of the wrong type.
+            ConfigError: a field is missing or of the wrong type (a ValueError).
         """
         try:
             session_id = data["session_id"]
             sequence = data["sequence"]
         except KeyError as err:
-            raise ValueError(f"a resume session needs {err.args[0]!r}") from None
+            raise ConfigError(f"a resume session needs {err.args[0]!r}") from err
         resume_url = data.get("resume_url")
         if not isinstance(session_id, str) or not session_id:
-            raise ValueError("session_id must be a non-empty string")
+            raise ConfigError("session_id must be a non-empty string")
         if isinstance(sequence, bool) or not isinstance(sequence, int) or sequence < 0:
-            raise ValueError("sequence must be a non-negative integer")
+            raise ConfigError("sequence must be a non-negative integer")
         if resume_url is not None and not isinstance(resume_url, str):
-            raise ValueError("resume_url must be a string or None")
+            raise ConfigError("resume_url must be a string or None")
         return cls(session_id, sequence, resume_url)
 
 

@@ -43,6 +43,7 @@ from gcluster.errors import (
     CommandSendingError,
     ConnectionFailed,
     GClusterError,
+    InvalidState,
     QueueError,
     SessionStartLimitExhausted,
 )
@@ -273,10 +274,10 @@ class Shard:
         token or intents, was fixed on Discord's side).
 
         Raises:
-            RuntimeError: the shard was shut down with `down()`.
+            InvalidState: the shard was shut down with `down()`.
         """
         if self._shut_down:
-            raise RuntimeError(f"shard {self.id} was shut down; build a new cluster")
+            raise InvalidState(f"shard {self.id} was shut down; build a new cluster")
         runner = self._runner
         if runner is not None and not runner.dead and self._conn is not None:
             # The normal reconnect path: a resumable close, then RESUME.
@@ -334,12 +335,12 @@ class Shard:
         queued before it are read.
 
         Raises:
-            RuntimeError: the shard's events go to a shared queue (a cluster's).
+            InvalidState: the shard's events go to a shared queue (a cluster's).
             ClusterNotUp: the shard was never started (nor shut down), so no
                 event would ever arrive.
         """
         if not self._owns_events:
-            raise RuntimeError("this shard's events go to a shared queue; read that instead")
+            raise InvalidState("this shard's events go to a shared queue; read that instead")
         if self._runner is None and not self._stopped.is_set():
             raise ClusterNotUp(
                 f"shard {self.id} was never started, so no event would arrive: "

@@ -19,6 +19,8 @@ from __future__ import annotations
 import enum
 from typing import Final
 
+from gcluster.errors import InvalidState
+
 __all__ = ["TRANSITIONS", "LocalProtocolError", "Stage", "StageMachine", "Trigger"]
 
 
@@ -74,7 +76,7 @@ for _stage in _LIVE:
     )
 
 
-class LocalProtocolError(RuntimeError):
+class LocalProtocolError(InvalidState):
     """The driver asked for a move its connection's stage does not allow (a bug)."""
 
 
@@ -98,6 +100,7 @@ class StageMachine:
         try:
             self.stage = TRANSITIONS[self.stage][trigger]
         except KeyError:
+            # The KeyError says nothing the message does not.
             raise LocalProtocolError(
                 f"{trigger.value} is not allowed in stage {self.stage.value}"
             ) from None
