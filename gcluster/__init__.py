@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 
-from gcluster.cluster import Cluster, ClusterBuilder, ClusterConfig
+from gcluster.cluster import Cluster, ClusterBuilder, ClusterConfig, ClusterOptions
 from gcluster.commands import (
     Activity,
     ActivityType,
@@ -72,6 +72,7 @@ __all__ = [
     "ClusterCommandError",
     "ClusterCommandErrorType",
     "ClusterConfig",
+    "ClusterOptions",
     "ClusterStartError",
     "ClusterStartErrorType",
     "Command",

@@ -33,7 +33,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from types import TracebackType
-from typing import Any, Final, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
 import gevent
 from gevent import GreenletExit
@@ -41,7 +41,7 @@ from gevent.event import Event as Flag
 from gevent.pool import Group
 
 from gcluster._token import Token
-from gcluster.cluster import Cluster, ClusterConfig
+from gcluster.cluster import Cluster, ClusterConfig, ClusterOptions
 from gcluster.commands import Command
 from gcluster.errors import (
     ClusterStartError,
@@ -56,6 +56,10 @@ from gcluster.events import Event
 from gcluster.message import Message
 from gcluster.protocol import ResumeSession
 from gcluster.shard import Information
+
+if TYPE_CHECKING:
+    # As in gcluster.cluster: for annotations only, never imported at run time.
+    from typing_extensions import Unpack
 
 __all__ = ["HubThread", "HubThreadStopped", "ThreadedCluster", "ThreadedClusterTimeout"]
 
@@ -271,7 +275,7 @@ class ThreadedCluster:
         *,
         call_timeout: float = 30.0,
         event_buffer: int = 1000,
-        **options: Any,
+        **options: Unpack[ClusterOptions],
     ) -> None:
         if _threading_is_patched():
             raise RuntimeError(
@@ -509,7 +513,7 @@ class ThreadedCluster:
 
     # --- in the hub thread ----------------------------------------------------------------
 
-    def _build(self, token: str | Token, intents: int, options: dict[str, Any]) -> ClusterConfig:
+    def _build(self, token: str | Token, intents: int, options: ClusterOptions) -> ClusterConfig:
         self._cluster = Cluster(token, intents, **options)
         self._room = Flag()
         self._pump = gevent.spawn(self._run_pump)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import fields
 
 import pytest
 
 from gcluster import (
     Cluster,
+    ClusterConfig,
+    ClusterOptions,
     ConfigError,
     EventTypeFlags,
     Intents,
@@ -60,6 +63,15 @@ def test_builder_sets_every_option_like_the_constructor() -> None:
     assert config.decoder is json.loads
     assert config.token.authorization == "Bot " + SECRET
     assert Cluster.new(SECRET, 1).config().token == Cluster(f"Bot {SECRET}", 1).config().token
+
+
+def test_every_cluster_option_is_typed() -> None:
+    """`ClusterOptions` (what mypy checks keyword options against) lists every option."""
+    options = {f.name for f in fields(ClusterConfig)} - {"token", "intents"}
+    typed = set(ClusterOptions.__annotations__)
+    assert options <= typed
+    # max_message_size is typed ahead of the ClusterConfig field that will take it.
+    assert typed - options <= {"max_message_size"}
 
 
 @pytest.mark.parametrize("value", [49, 251, 0])
