@@ -31,7 +31,9 @@ from gcluster.intents import Intents
 from gcluster.scheme import ShardScheme
 from gcluster.shard import Information, Shard
 
-DEFAULT_DEMO_INTENTS = Intents.GUILDS | Intents.GUILD_MESSAGES | Intents.GUILD_MESSAGE_TYPING
+DEFAULT_DEMO_INTENTS = (
+    Intents.GUILDS | Intents.GUILD_MESSAGES | Intents.GUILD_MESSAGE_TYPING | Intents.GUILD_PRESENCES
+)
 # Dispatches that open or resume a session; the demo counts only the stream itself.
 _SESSION_STARTS = frozenset({EventType.READY, EventType.RESUMED})
 

@@ -28,7 +28,7 @@ from gcluster import (
     shard_for_guild,
 )
 from gcluster.cluster import Cluster
-from gcluster.testing import GatewaySimulator
+from gcluster.testing import STREAM_INTENTS, GatewaySimulator
 
 MakeSim = Callable[..., GatewaySimulator]
 SHARDS = 4
@@ -36,7 +36,7 @@ SHARDS = 4
 
 def make_cluster(sim: GatewaySimulator, **options: object) -> Cluster:
     return Cluster(
-        sim.token, Intents.GUILDS | Intents.GUILD_MESSAGES, api_base=sim.api_base, **options
+        sim.token, Intents.GUILDS | STREAM_INTENTS, api_base=sim.api_base, **options
     )
 
 

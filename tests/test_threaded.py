@@ -53,7 +53,7 @@ import time
 from gcluster import (
     EventType, Intents, RequestGuildMembers, ShardNonexistent, UpdatePresence, shard_for_guild,
 )
-from gcluster.testing import event_number
+from gcluster.testing import STREAM_INTENTS, event_number
 from gcluster.threaded import ThreadedCluster
 
 api_base, token, shards, per_shard = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
@@ -62,7 +62,8 @@ result = {}
 
 def work():
     cluster = ThreadedCluster(
-        token, Intents.GUILDS | Intents.GUILD_MEMBERS, api_base=api_base, event_buffer=8
+        token, Intents.GUILDS | Intents.GUILD_MEMBERS | STREAM_INTENTS, api_base=api_base,
+        event_buffer=8,
     )
     cluster.up(timeout=15)
     result["ready"] = cluster.wait_until_ready(15)

@@ -49,12 +49,14 @@ from .records import (
     ResumeRecord,
     Traffic,
     ViolationRecord,
+    WithheldRecord,
 )
 from .simulator import GatewaySimulator, PacedSend
-from .streams import STREAM_KINDS
+from .streams import STREAM_INTENTS, STREAM_KINDS
 from .tls import CertificateError, TestCertificates, make_certificates
 
 __all__ = [
+    "STREAM_INTENTS",
     "STREAM_KINDS",
     "Blast",
     "BlastRecord",
@@ -91,6 +93,7 @@ __all__ = [
     "Traffic",
     "UnknownOpcode",
     "ViolationRecord",
+    "WithheldRecord",
     "due_offset",
     "event_number",
     "faults",

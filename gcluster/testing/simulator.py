@@ -307,14 +307,18 @@ class GatewaySimulator:
 
         A shard with a live session gets it at once with the session's next
         ``s``; a session waiting to be resumed logs it for the replay; a shard
-        that never identified gets it after its next READY.
+        that never identified gets it after its next READY. As on Discord, a
+        session whose IDENTIFY had none of the intents that bring the
+        dispatch (a TYPING_START in a guild needs GUILD_MESSAGE_TYPING; a
+        ``d`` without ``guild_id`` is a DM one) never gets it: it is recorded
+        in ``records.withheld`` instead and takes no ``s``.
         """
         gateway = self._require()
         self._check_shard(shard_id)
         if not isinstance(name, str) or not name:
             raise ValueError("name must be a dispatch name such as 'MESSAGE_CREATE'")
         number = event_number(data) if isinstance(data, dict) else None
-        gateway.deliver(shard_id, name, encode(data), number)
+        gateway.deliver(shard_id, name, encode(data), number, gateway.intents_for(name, data))
 
     def send_events(
         self, shard_id: int, count: int, kinds: Iterable[str] | None = None
@@ -323,11 +327,14 @@ class GatewaySimulator:
 
         They cycle through MESSAGE_CREATE, MESSAGE_UPDATE, MESSAGE_DELETE,
         TYPING_START and PRESENCE_UPDATE (or ``kinds``), in the shard's guilds,
-        delivered like `dispatch`. Numbers continue across calls: 1, 2, 3, ...
-        Read one back with `gcluster.testing.event_number`.
+        delivered like `dispatch`: a session identified without
+        GUILD_MESSAGE_TYPING or GUILD_PRESENCES gets no TYPING_START or
+        PRESENCE_UPDATE (`STREAM_INTENTS` brings them all). Numbers continue
+        across calls: 1, 2, 3, ... Read one back with
+        `gcluster.testing.event_number`.
 
         Returns:
-            The numbers given, in sending order.
+            The numbers given, in sending order (withheld ones too).
 
         Raises:
             ValueError: for a bad shard id, count or kind.
@@ -338,10 +345,11 @@ class GatewaySimulator:
             raise ValueError("count must be >= 0")
         events = gateway.stream(shard_id).take(count, kinds)
         deliver = gateway.deliver
+        intents_for = gateway.intents_for
         numbers = []
         may_yield = gevent.getcurrent() is not gevent.get_hub()
         for name, data, number in events:
-            deliver(shard_id, name, encode(data), number)
+            deliver(shard_id, name, encode(data), number, intents_for(name, data))
             numbers.append(number)
             if may_yield and number % _YIELD_EVERY == 0:
                 gevent.sleep(0)
@@ -382,8 +390,9 @@ class GatewaySimulator:
                 queued on the connection after it waits too.
 
         Raises:
-            ValueError: for a bad shard id, count or kind, or a shard with
-                no live connection.
+            ValueError: for a bad shard id, count or kind, a shard with no
+                live connection, or a kind the shard's session did not
+                identify with an intent for.
         """
         gateway = self._require()
         self._check_shard(shard_id)
