@@ -265,7 +265,9 @@ class ThreadedCluster:
 
     Raises:
         ConfigError: an option is out of range or unknown.
-        RuntimeError: threading is monkey-patched (use `Cluster` directly then).
+        RuntimeError: threading is monkey-patched (use `Cluster` directly
+            then), or a `gcluster.testing.GatewaySimulator` serves from this
+            thread's hub (see `up`).
     """
 
     def __init__(
@@ -282,6 +284,7 @@ class ThreadedCluster:
                 "threading is monkey-patched by gevent: use Cluster directly, "
                 "ThreadedCluster is for applications that do not patch"
             )
+        _refuse_a_simulator_in_this_thread()
         if call_timeout <= 0:
             raise ValueError(f"call_timeout must be positive, not {call_timeout}")
         if event_buffer < 1:
@@ -325,7 +328,14 @@ class ThreadedCluster:
         Raises:
             ClusterStartError, AuthenticationFailed, ...: as `Cluster.up`, and
                 ClusterStartError when the cluster was shut down.
+            RuntimeError: a `gcluster.testing.GatewaySimulator` serves from
+                the calling thread's hub. This call blocks that thread, so the
+                simulator could not answer (GET /gateway/bot would time out
+                after 10 s): run it in a process of its own
+                (`gcluster.testing.SimulatorProcess`) or a thread of its own
+                (`HubThread`).
         """
+        _refuse_a_simulator_in_this_thread()
         if self._down_started:
             raise ClusterStartError(
                 "this cluster was shut down; build a new one",
@@ -589,6 +599,18 @@ def _plus_grace(timeout: float | None) -> float | None:
 
 def _slice(deadline: float) -> float:
     return max(0.0, min(_POLL, deadline - time.monotonic()))
+
+
+def _refuse_a_simulator_in_this_thread() -> None:
+    # Looked up, not imported: only a program that started a simulator has it loaded.
+    simulator = sys.modules.get("gcluster.testing.simulator")
+    if simulator is not None and simulator.serving_in_thread():
+        raise RuntimeError(
+            "a GatewaySimulator serves from this thread's gevent hub, and ThreadedCluster "
+            "blocks this thread while its own thread works, so the simulator could not "
+            "answer: run it in a process of its own (gcluster.testing.SimulatorProcess) "
+            "or a thread of its own (gcluster.threaded.HubThread)"
+        )
 
 
 def _threading_is_patched() -> bool:

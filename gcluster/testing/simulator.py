@@ -15,7 +15,9 @@ import itertools
 import logging
 import socket
 import ssl
+import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any, Self
@@ -34,13 +36,27 @@ from .streams import STREAM_KINDS
 from .traffic import BLAST_KINDS
 from .wire import COMPRESSIONS, WebSocket
 
-__all__ = ["GatewaySimulator", "PacedSend"]
+__all__ = ["GatewaySimulator", "PacedSend", "serving_in_thread"]
 
 log = logging.getLogger(__name__)
 
 # send_events yields to the hub this often, so a big batch neither blocks other
 # greenlets nor piles everything up before the writers can start sending.
 _YIELD_EVERY = 256
+
+# Simulators started and not stopped, for `serving_in_thread`.
+_serving: weakref.WeakSet[GatewaySimulator] = weakref.WeakSet()
+
+
+def serving_in_thread(ident: int | None = None) -> bool:
+    """Whether a started, not yet stopped simulator serves from thread ``ident``'s hub.
+
+    ``ident`` defaults to the calling thread. `gcluster.ThreadedCluster` asks:
+    its calls block the calling thread, and with it a simulator in that thread.
+    """
+    if ident is None:
+        ident = threading.get_ident()
+    return any(sim._thread == ident for sim in list(_serving))
 
 
 class PacedSend:
@@ -193,6 +209,7 @@ class GatewaySimulator:
         self._server: Server | None = None
         self._gateway: Gateway | None = None
         self._stopped = False
+        self._thread: int | None = None
         self._connection_ids = itertools.count(1)
         # Greenlets of faults planned for later, killed on stop().
         self._timers = Group()
@@ -236,6 +253,8 @@ class GatewaySimulator:
         )
         server.start()
         self._server = server
+        self._thread = threading.get_ident()
+        _serving.add(self)
         log.debug("gateway simulator listening on %s", self.url)
         return self
 
@@ -249,6 +268,7 @@ class GatewaySimulator:
         if self._server is None or self._stopped:
             return
         self._stopped = True
+        _serving.discard(self)
         self._timers.kill(block=False)
         for conn in self._require().all_connections():
             conn.wire.close(1001, "Simulator stopping.")
