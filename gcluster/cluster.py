@@ -207,9 +207,7 @@ class Cluster:
         ConfigError: an option is out of range or unknown.
     """
 
-    def __init__(
-        self, token: str | Token, intents: int, **options: Unpack[ClusterOptions]
-    ) -> None:
+    def __init__(self, token: str | Token, intents: int, **options: Unpack[ClusterOptions]) -> None:
         self._config = _config(token, intents, options)
         self._events = EventQueue(resolve_decoder(self._config.decoder))
         self._shards: dict[int, Shard] = {}

@@ -35,9 +35,7 @@ SHARDS = 4
 
 
 def make_cluster(sim: GatewaySimulator, **options: object) -> Cluster:
-    return Cluster(
-        sim.token, Intents.GUILDS | STREAM_INTENTS, api_base=sim.api_base, **options
-    )
+    return Cluster(sim.token, Intents.GUILDS | STREAM_INTENTS, api_base=sim.api_base, **options)
 
 
 @pytest.fixture

@@ -23,9 +23,7 @@ SHARDS = 4
 
 def make_cluster(sim: GatewaySimulator, **options: object) -> Cluster:
     options.setdefault("compression", "zstd-stream")
-    return Cluster(
-        sim.token, Intents.GUILDS | STREAM_INTENTS, api_base=sim.api_base, **options
-    )
+    return Cluster(sim.token, Intents.GUILDS | STREAM_INTENTS, api_base=sim.api_base, **options)
 
 
 @pytest.fixture
