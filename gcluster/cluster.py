@@ -203,6 +203,9 @@ class Cluster:
             callable taking bytes. Events are decoded by `events()` as it
             yields them, in the consumer's greenlet.
 
+    The options are typed by `ClusterOptions`, so mypy reports a misspelled
+    or mistyped one.
+
     Raises:
         ConfigError: an option is out of range or unknown.
     """

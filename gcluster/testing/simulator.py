@@ -106,7 +106,9 @@ class GatewaySimulator:
     connection. With ``ssl_context`` both are served over TLS (``wss://``
     and ``https://``). It runs as greenlets in the hub of the thread that calls
     `start`, never monkey-patches, and every method must be called from that
-    hub; none blocks for long.
+    hub; none blocks for long (so `gcluster.ThreadedCluster`, which blocks
+    its caller, refuses to run in that thread). As on Discord, a session gets
+    only the dispatches its IDENTIFY's intents bring (see `dispatch`).
 
     All arguments are keyword-only.
 
