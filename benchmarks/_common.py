@@ -32,7 +32,8 @@ if str(ROOT) not in sys.path:
 from gcluster import Cluster, Intents, ShardScheme  # noqa: E402
 from gcluster.testing import SimulatorProcess  # noqa: E402
 
-INTENTS = Intents.GUILDS | Intents.GUILD_MESSAGES
+# GUILD_MESSAGE_TYPING brings the TYPING_START that ends a filtered run (_stream.blast_run).
+INTENTS = Intents.GUILDS | Intents.GUILD_MESSAGES | Intents.GUILD_MESSAGE_TYPING
 CLIENT_CPU = 0
 SIMULATOR_CPU = 1
 

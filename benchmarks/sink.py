@@ -44,6 +44,7 @@ if ROOT not in sys.path:  # run from a checkout without installing
 
 from gcluster import Cluster, EventTypeFlags, Intents, ShardScheme  # noqa: E402
 from gcluster.redis import StreamSink  # noqa: E402
+from gcluster.testing import STREAM_INTENTS  # noqa: E402
 
 DISPATCHES = EventTypeFlags.ALL & ~(
     EventTypeFlags.SHARD_LIFECYCLE | EventTypeFlags.GATEWAY_LIFECYCLE
@@ -163,7 +164,7 @@ class Simulator:
 def cluster_on(sim: Simulator) -> Cluster:
     cluster = Cluster(
         sim.token,
-        Intents.GUILDS | Intents.GUILD_MESSAGES,
+        Intents.GUILDS | STREAM_INTENTS,  # every kind send_events sends
         api_base=sim.api_base,
         shard_scheme=ShardScheme.range(range(sim.shards), sim.shards),
         event_types=DISPATCHES,

@@ -68,7 +68,9 @@ class Gateway:
     def send_events(self, shard_id: int, count: int, kinds: Sequence[str] | None = None) -> None:
         """With --simulate: dispatch `count` events to the shard now."""
 
-    def send_events_to_all(self, cluster: AnyCluster, count: int) -> None:
+    def send_events_to_all(
+        self, cluster: AnyCluster, count: int, kinds: Sequence[str] | None = None
+    ) -> None:
         """With --simulate: dispatch `count` events to every shard of the cluster now."""
 
     def guild_ids(self, shard_id: int) -> list[int]:
@@ -129,9 +131,11 @@ class Simulation(Gateway):
     def send_events(self, shard_id: int, count: int, kinds: Sequence[str] | None = None) -> None:
         self.run(_send_events, shard_id, count, kinds)
 
-    def send_events_to_all(self, cluster: AnyCluster, count: int) -> None:
+    def send_events_to_all(
+        self, cluster: AnyCluster, count: int, kinds: Sequence[str] | None = None
+    ) -> None:
         for shard_id in sorted(cluster.info()):
-            self.send_events(shard_id, count)
+            self.send_events(shard_id, count, kinds)
 
     def _feed(self, cluster: AnyCluster, per_shard: int, kinds: Sequence[str] | None) -> None:
         if not cluster.wait_until_ready(FEED_TIMEOUT):

@@ -37,10 +37,10 @@ import sys
 import threading
 import urllib.request
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import _needs
 import _simulate
-from flask import Flask, jsonify, request
 
 from gcluster import (
     Activity,
@@ -54,6 +54,9 @@ from gcluster import (
     shard_for_guild,
 )
 
+if TYPE_CHECKING:
+    from flask import Flask
+
 INTENTS = Intents.GUILDS | Intents.GUILD_MEMBERS
 
 
@@ -64,6 +67,8 @@ def create_app(cluster: Any, total: int) -> Flask:
         cluster: anything with the Cluster's `info()` and `command()`.
         total: the bot's shard count, to find a guild's shard.
     """
+    from flask import Flask, jsonify, request
+
     app = Flask(__name__)
 
     @app.get("/shards")
@@ -133,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     top.add_argument("--host", default="127.0.0.1")
     top.add_argument("--port", type=int, default=5000, help="0 picks a free port")
     args = top.parse_args(argv)
+    _needs.package("flask", "pip install flask")
     if args.simulate:
         args.port = 0
     run = run_gevent if args.mode == "gevent" else run_threaded

@@ -33,6 +33,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import IO, Any
 
+import _needs
 import gevent
 from gevent import subprocess
 
@@ -148,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     args = arguments(argv)
     if args.child is not None:
         return run_process(args)
+    # The processes would retry a missing Redis for as long as they run: check it first.
+    _needs.redis(args.redis)
     if args.simulate:
         return simulate(args)
     children = start_processes(args, discord_token(), api_base=args.api_base)

@@ -23,6 +23,8 @@ import gevent
 from gcluster import Cluster, EventType, Intents, ResumeSession
 
 INTENTS = Intents.GUILDS | Intents.GUILD_MESSAGES | Intents.GUILD_MESSAGE_TYPING
+# With --simulate: what those intents bring (the simulator withholds the rest, as Discord does).
+KINDS = ("MESSAGE_CREATE", "MESSAGE_UPDATE", "MESSAGE_DELETE", "TYPING_START")
 WAIT = 30.0  # seconds to read events before stopping, at most
 
 
@@ -36,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         first = Cluster(gateway.token, INTENTS, **gateway.options)
         first.up()
         first.wait_until_ready(WAIT)
-        gateway.send_events_to_all(first, 5)  # --simulate: a few events to read
+        gateway.send_events_to_all(first, 5, KINDS)  # --simulate: a few events to read
         print(f"first cluster read {read_dispatches(first, count=5 * len(first.shards()))} events")
         sessions = first.down_resumable()
         # Events received before the shutdown are still in the queue: handle them too.
@@ -46,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"saved {len(sessions)} sessions to a JSON file ({leftover} events after down)")
 
         # Meanwhile the gateway keeps dispatching; nothing is lost.
-        gateway.send_events_to_all(first, 7)  # --simulate: sent while no cluster runs
+        gateway.send_events_to_all(first, 7, KINDS)  # --simulate: sent while no cluster runs
 
         # The next process: load the sessions and resume them.
         with open(path) as file:

@@ -33,10 +33,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import _needs
 
 from gcluster import Event, EventType, RequestGuildMembers
-from gcluster.redis import StreamWorker
+
+if TYPE_CHECKING:
+    from gcluster.redis import StreamWorker
 
 GROUP = "example-bot"
 WAIT = 30.0
@@ -63,6 +67,8 @@ def handle(shard_id: int, event: Event, worker: StreamWorker, name: str) -> None
 
 def work(url: str, name: str) -> int:
     """One worker: handle the group's events until SIGTERM or Ctrl-C."""
+    from gcluster.redis import StreamWorker
+
     worker = StreamWorker(url, GROUP, name)
     signal.signal(signal.SIGTERM, lambda *_: worker.stop())
     print(f"[{name}] reading {worker.stream!r} as {name!r} in group {GROUP!r}", flush=True)
@@ -217,6 +223,10 @@ def main(argv: list[str] | None = None) -> int:
         help="run a gateway service on the embedded simulator and two workers, then summarize",
     )
     args: Any = parser.parse_args(argv)
+    if args.redis:
+        _needs.redis(args.redis)
+    else:
+        _needs.package("redis", "pip install 'gcluster[redis]'")
     if args.simulate:
         return simulate(args.redis)
     if not args.redis:

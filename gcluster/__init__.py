@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 
-from gcluster.cluster import Cluster, ClusterBuilder, ClusterConfig
+from gcluster.cluster import Cluster, ClusterBuilder, ClusterConfig, ClusterOptions
 from gcluster.commands import (
     Activity,
     ActivityType,
@@ -76,6 +76,7 @@ __all__ = [
     "ClusterCommandErrorType",
     "ClusterConfig",
     "ClusterNotUp",
+    "ClusterOptions",
     "ClusterStartError",
     "ClusterStartErrorType",
     "Command",

@@ -49,7 +49,9 @@ from gcluster.shard import Information, Shard
 if TYPE_CHECKING:
     from gcluster.testing import GatewaySimulator
 
-DEFAULT_DEMO_INTENTS = Intents.GUILDS | Intents.GUILD_MESSAGES | Intents.GUILD_MESSAGE_TYPING
+DEFAULT_DEMO_INTENTS = (
+    Intents.GUILDS | Intents.GUILD_MESSAGES | Intents.GUILD_MESSAGE_TYPING | Intents.GUILD_PRESENCES
+)
 # Dispatches that open or resume a session; the demo counts only the stream itself.
 _SESSION_STARTS = frozenset({EventType.READY, EventType.RESUMED})
 # The daily session starts Discord gives most bots; the embedded simulator

@@ -20,7 +20,7 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from types import TracebackType
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypedDict
 
 import gevent
 from gevent.event import Event as Flag
@@ -48,7 +48,12 @@ from gcluster.scheme import ShardScheme
 from gcluster.sessions import ConsumedSessions, SessionStore
 from gcluster.shard import Information, Shard
 
-__all__ = ["Cluster", "ClusterBuilder", "ClusterConfig"]
+if TYPE_CHECKING:
+    # Only annotations use it, and they are strings at run time: typing_extensions
+    # (whose stub type checkers carry) is never imported, on 3.10 as on 3.13.
+    from typing_extensions import Unpack
+
+__all__ = ["Cluster", "ClusterBuilder", "ClusterConfig", "ClusterOptions"]
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +133,36 @@ class ClusterConfig:
                 raise ConfigError(f"{url_option} must be an absolute URL, not {url!r}")
 
 
+class ClusterOptions(TypedDict, total=False):
+    """The keyword options of `Cluster`, `Cluster.new` and `ThreadedCluster`, all optional.
+
+    With them typed, mypy reports a misspelled option or a value of the wrong
+    type; `Cluster` still checks both at run time (`ConfigError`) for callers
+    that are not type-checked. A dict built ahead of time can be declared as
+    one: ``options: ClusterOptions = {"api_base": url}; Cluster(token,
+    intents, **options)``. See `Cluster` for what each option means.
+    """
+
+    event_types: EventTypeFlags
+    shard_scheme: ShardScheme
+    gateway_url: str | None
+    api_base: str
+    large_threshold: int
+    presence: UpdatePresence | None
+    shard_presence: Callable[[int], UpdatePresence | None] | None
+    identify_properties: Mapping[str, str]
+    queue: Queue | None
+    resume_sessions: Mapping[int, ResumeSession]
+    ratelimit_payloads: bool
+    compression: bool | str | None
+    connect_timeout: float
+    ssl_context: ssl.SSLContext | None
+    session_store: SessionStore | None
+    backlog_warning: int
+    decoder: str | Loads
+    max_message_size: int
+
+
 _OPTIONS: Final = frozenset(f.name for f in fields(ClusterConfig)) - {"token", "intents"}
 
 
@@ -188,11 +223,14 @@ class Cluster:
             callable taking bytes. Events are decoded by `events()` as it
             yields them, in the consumer's greenlet.
 
+    The options are typed by `ClusterOptions`, so mypy reports a misspelled
+    or mistyped one.
+
     Raises:
         ConfigError: an option is out of range or unknown.
     """
 
-    def __init__(self, token: str | Token, intents: int, **options: Any) -> None:
+    def __init__(self, token: str | Token, intents: int, **options: Unpack[ClusterOptions]) -> None:
         self._config = _config(token, intents, options)
         self._events = EventQueue(resolve_decoder(self._config.decoder))
         self._shards: dict[int, Shard] = {}
@@ -212,7 +250,7 @@ class Cluster:
         self._fatal = Flag()
 
     @classmethod
-    def new(cls, token: str | Token, intents: int, **options: Any) -> Cluster:
+    def new(cls, token: str | Token, intents: int, **options: Unpack[ClusterOptions]) -> Cluster:
         """Same as `Cluster(token, intents, **options)`, as twilight spells it."""
         return cls(token, intents, **options)
 
@@ -727,7 +765,7 @@ class ClusterBuilder:
     def __init__(self, token: str | Token, intents: int) -> None:
         self._token = token
         self._intents = intents
-        self._options: dict[str, Any] = {}
+        self._options: ClusterOptions = {}
 
     def __repr__(self) -> str:
         return f"<ClusterBuilder options={sorted(self._options)}>"
@@ -735,62 +773,79 @@ class ClusterBuilder:
     def build(self) -> Cluster:
         return Cluster(self._token, self._intents, **self._options)
 
-    def _set(self, name: str, value: Any) -> ClusterBuilder:
-        self._options[name] = value
-        return self
+    # Each method sets its own key of the typed dict, so mypy checks the
+    # names here as it does a caller's keyword arguments.
 
     def event_types(self, value: EventTypeFlags) -> ClusterBuilder:
-        return self._set("event_types", value)
+        self._options["event_types"] = value
+        return self
 
     def shard_scheme(self, value: ShardScheme) -> ClusterBuilder:
-        return self._set("shard_scheme", value)
+        self._options["shard_scheme"] = value
+        return self
 
     def gateway_url(self, value: str | None) -> ClusterBuilder:
-        return self._set("gateway_url", value)
+        self._options["gateway_url"] = value
+        return self
 
     def api_base(self, value: str) -> ClusterBuilder:
-        return self._set("api_base", value)
+        self._options["api_base"] = value
+        return self
 
     def large_threshold(self, value: int) -> ClusterBuilder:
         if not 50 <= value <= 250:
             raise ConfigError(f"large_threshold must be within 50..250, not {value}")
-        return self._set("large_threshold", value)
+        self._options["large_threshold"] = value
+        return self
 
-    def presence(self, value: UpdatePresence) -> ClusterBuilder:
-        return self._set("presence", value)
+    def presence(self, value: UpdatePresence | None) -> ClusterBuilder:
+        self._options["presence"] = value
+        return self
 
     def shard_presence(self, value: Callable[[int], UpdatePresence | None]) -> ClusterBuilder:
-        return self._set("shard_presence", value)
+        self._options["shard_presence"] = value
+        return self
 
     def identify_properties(self, value: Mapping[str, str]) -> ClusterBuilder:
-        return self._set("identify_properties", dict(value))
+        self._options["identify_properties"] = dict(value)
+        return self
 
     def queue(self, value: Queue) -> ClusterBuilder:
-        return self._set("queue", value)
+        self._options["queue"] = value
+        return self
 
     def resume_sessions(self, value: Mapping[int, ResumeSession]) -> ClusterBuilder:
-        return self._set("resume_sessions", dict(value))
+        self._options["resume_sessions"] = dict(value)
+        return self
 
     def ratelimit_payloads(self, value: bool) -> ClusterBuilder:
-        return self._set("ratelimit_payloads", value)
+        self._options["ratelimit_payloads"] = value
+        return self
 
     def compression(self, value: bool | str | None) -> ClusterBuilder:
-        return self._set("compression", value)
+        self._options["compression"] = value
+        return self
 
     def connect_timeout(self, value: float) -> ClusterBuilder:
-        return self._set("connect_timeout", value)
+        self._options["connect_timeout"] = value
+        return self
 
     def max_message_size(self, value: int) -> ClusterBuilder:
-        return self._set("max_message_size", value)
+        self._options["max_message_size"] = value
+        return self
 
-    def ssl_context(self, value: Any) -> ClusterBuilder:
-        return self._set("ssl_context", value)
+    def ssl_context(self, value: ssl.SSLContext | None) -> ClusterBuilder:
+        self._options["ssl_context"] = value
+        return self
 
     def session_store(self, value: SessionStore) -> ClusterBuilder:
-        return self._set("session_store", value)
+        self._options["session_store"] = value
+        return self
 
     def backlog_warning(self, value: int) -> ClusterBuilder:
-        return self._set("backlog_warning", value)
+        self._options["backlog_warning"] = value
+        return self
 
     def decoder(self, value: str | Loads) -> ClusterBuilder:
-        return self._set("decoder", value)
+        self._options["decoder"] = value
+        return self

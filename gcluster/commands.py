@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol, TypeAlias, runtime_checkable
+from typing import Any, ClassVar, Literal, Protocol, TypeAlias, runtime_checkable
 
 import ujson
 
@@ -29,6 +29,7 @@ __all__ = [
     "RequestSoundboardSounds",
     "Snowflake",
     "Status",
+    "StatusName",
     "UpdatePresence",
     "UpdateVoiceState",
     "encode",
@@ -68,6 +69,10 @@ class Status(enum.StrEnum):
     IDLE = "idle"
     INVISIBLE = "invisible"
     OFFLINE = "offline"
+
+
+#: A `Status` given as Discord's string, e.g. ``UpdatePresence(status="idle")``.
+StatusName: TypeAlias = Literal["online", "dnd", "idle", "invisible", "offline"]
 
 
 @runtime_checkable
@@ -130,21 +135,21 @@ class Activity:
     Attributes:
         name: the activity's name, e.g. the game. Required by Discord even for
             CUSTOM, where it is not shown.
-        type: how it is shown (an `ActivityType`, or its int).
+        type: how it is shown (an `ActivityType`, or its int); stored as an `ActivityType`.
         url: the stream's URL; only for STREAMING, where Discord accepts Twitch
             and YouTube links.
         state: the text of a CUSTOM status, or a second line for the others.
     """
 
     name: str
-    type: ActivityType = ActivityType.PLAYING
+    type: ActivityType | int = ActivityType.PLAYING
     url: str | None = None
     state: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise InvalidCommand(f"Activity.name must be a non-empty str, got {self.name!r}")
-        # Typed as ActivityType, but callers may pass anything; check what arrived.
+        # Callers that are not type-checked may pass anything; check what arrived.
         given: object = self.type
         if isinstance(given, bool) or not isinstance(given, int):
             raise InvalidCommand(f"Activity.type must be an ActivityType, got {given!r}")
@@ -185,7 +190,7 @@ class UpdatePresence:
 
     Attributes:
         activities: what the bot is doing; a list is stored as a tuple.
-        status: a `Status` or its string.
+        status: a `Status` or its string (`StatusName`); stored as a `Status`.
         afk: whether the bot is away.
         since: unix time in milliseconds the bot went idle, or None if it is not idle.
     """
@@ -193,7 +198,7 @@ class UpdatePresence:
     op: ClassVar[int] = 3
 
     activities: Iterable[Activity] = ()
-    status: Status = Status.ONLINE
+    status: Status | StatusName = Status.ONLINE
     afk: bool = False
     since: int | None = None
 
@@ -232,7 +237,7 @@ class UpdatePresence:
         return {
             "since": self.since,
             "activities": [activity.to_dict() for activity in self.activities],
-            "status": self.status.value,
+            "status": Status(self.status).value,
             "afk": self.afk,
         }
 

@@ -34,7 +34,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from types import TracebackType
-from typing import Any, Final, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
 import gevent
 from gevent import GreenletExit
@@ -42,14 +42,16 @@ from gevent.event import Event as Flag
 from gevent.pool import Group
 
 from gcluster._token import Token
-from gcluster.cluster import Cluster, ClusterConfig
+from gcluster.cluster import Cluster, ClusterConfig, ClusterOptions
 from gcluster.commands import Command
 from gcluster.errors import (
     ClusterNotUp,
     ClusterStartError,
     ClusterStartErrorType,
     CommandSendingError,
+    ConfigError,
     HubThreadStopped,
+    InvalidState,
     ShardNonexistent,
     ThreadedClusterTimeout,
 )
@@ -57,6 +59,10 @@ from gcluster.events import Event
 from gcluster.message import Message
 from gcluster.protocol import ResumeSession
 from gcluster.shard import Information
+
+if TYPE_CHECKING:
+    # As in gcluster.cluster: for annotations only, never imported at run time.
+    from typing_extensions import Unpack
 
 __all__ = ["HubThread", "HubThreadStopped", "ThreadedCluster", "ThreadedClusterTimeout"]
 
@@ -166,7 +172,7 @@ class HubThread:
             HubThreadStopped: the hub thread has ended.
         """
         if self.in_hub():
-            raise RuntimeError("HubThread.call from the hub thread itself would wait for itself")
+            raise InvalidState("HubThread.call from the hub thread itself would wait for itself")
         call: _Call[T] = _Call(func, args, kwargs)
         self.post(self._spawn, call)
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -262,7 +268,9 @@ class ThreadedCluster:
 
     Raises:
         ConfigError: an option is out of range or unknown.
-        RuntimeError: threading is monkey-patched (use `Cluster` directly then).
+        RuntimeError: threading is monkey-patched (use `Cluster` directly
+            then), or a `gcluster.testing.GatewaySimulator` serves from this
+            thread's hub (see `up`).
     """
 
     def __init__(
@@ -272,17 +280,18 @@ class ThreadedCluster:
         *,
         call_timeout: float = 30.0,
         event_buffer: int = 1000,
-        **options: Any,
+        **options: Unpack[ClusterOptions],
     ) -> None:
         if _threading_is_patched():
-            raise RuntimeError(
+            raise InvalidState(
                 "threading is monkey-patched by gevent: use Cluster directly, "
                 "ThreadedCluster is for applications that do not patch"
             )
+        _refuse_a_simulator_in_this_thread()
         if call_timeout <= 0:
-            raise ValueError(f"call_timeout must be positive, not {call_timeout}")
+            raise ConfigError(f"call_timeout must be positive, not {call_timeout}")
         if event_buffer < 1:
-            raise ValueError(f"event_buffer must be at least 1, not {event_buffer}")
+            raise ConfigError(f"event_buffer must be at least 1, not {event_buffer}")
         self._call_timeout = call_timeout
         self._event_buffer = event_buffer
         self._events: queue.Queue[Any] = queue.Queue()
@@ -327,7 +336,14 @@ class ThreadedCluster:
         Raises:
             ClusterStartError, AuthenticationFailed, ...: as `Cluster.up`, and
                 ClusterStartError when the cluster was shut down.
+            RuntimeError: a `gcluster.testing.GatewaySimulator` serves from
+                the calling thread's hub. This call blocks that thread, so the
+                simulator could not answer (GET /gateway/bot would time out
+                after 10 s): run it in a process of its own
+                (`gcluster.testing.SimulatorProcess`) or a thread of its own
+                (`HubThread`).
         """
+        _refuse_a_simulator_in_this_thread()
         if self._down_started:
             raise ClusterStartError(
                 "this cluster was shut down; build a new one",
@@ -533,7 +549,7 @@ class ThreadedCluster:
 
     # --- in the hub thread ----------------------------------------------------------------
 
-    def _build(self, token: str | Token, intents: int, options: dict[str, Any]) -> ClusterConfig:
+    def _build(self, token: str | Token, intents: int, options: ClusterOptions) -> ClusterConfig:
         self._cluster = Cluster(token, intents, **options)
         self._room = Flag()
         return self._cluster.config()
@@ -627,6 +643,18 @@ def _plus_grace(timeout: float | None) -> float | None:
 
 def _slice(deadline: float) -> float:
     return max(0.0, min(_POLL, deadline - time.monotonic()))
+
+
+def _refuse_a_simulator_in_this_thread() -> None:
+    # Looked up, not imported: only a program that started a simulator has it loaded.
+    simulator = sys.modules.get("gcluster.testing.simulator")
+    if simulator is not None and simulator.serving_in_thread():
+        raise InvalidState(
+            "a GatewaySimulator serves from this thread's gevent hub, and ThreadedCluster "
+            "blocks this thread while its own thread works, so the simulator could not "
+            "answer: run it in a process of its own (gcluster.testing.SimulatorProcess) "
+            "or a thread of its own (gcluster.threaded.HubThread)"
+        )
 
 
 def _threading_is_patched() -> bool:

@@ -34,7 +34,7 @@ from gevent.fileobject import FileObjectPosix
 
 from gcluster import Cluster, GClusterError, Intents, ShardScheme
 from gcluster.redis import RedisQueue, RedisSessionStore
-from gcluster.testing import event_number
+from gcluster.testing import STREAM_INTENTS, event_number
 
 REPORT_EVERY = 0.05  # seconds between looks at what the shards received
 
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     margin = {} if args.margin is None else {"margin": args.margin}
     cluster = Cluster(
         args.token,
-        Intents.GUILDS | Intents.GUILD_MESSAGES,
+        Intents.GUILDS | STREAM_INTENTS,
         api_base=args.api_base,
         shard_scheme=ShardScheme.process(args.index, args.count, args.total),
         queue=RedisQueue(args.redis, namespace=args.namespace, interval=args.interval, **margin),

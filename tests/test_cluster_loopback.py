@@ -34,16 +34,14 @@ from gcluster import (
     shard_for_guild,
 )
 from gcluster.cluster import Cluster
-from gcluster.testing import GatewaySimulator, faults
+from gcluster.testing import STREAM_INTENTS, GatewaySimulator, faults
 
 MakeSim = Callable[..., GatewaySimulator]
 SHARDS = 4
 
 
 def make_cluster(sim: GatewaySimulator, **options: object) -> Cluster:
-    return Cluster(
-        sim.token, Intents.GUILDS | Intents.GUILD_MESSAGES, api_base=sim.api_base, **options
-    )
+    return Cluster(sim.token, Intents.GUILDS | STREAM_INTENTS, api_base=sim.api_base, **options)
 
 
 @pytest.fixture

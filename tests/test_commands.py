@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 import ujson
@@ -16,6 +16,7 @@ from gcluster.commands import (
     RequestGuildMembers,
     RequestSoundboardSounds,
     Status,
+    StatusName,
     UpdatePresence,
     UpdateVoiceState,
     encode,
@@ -141,6 +142,14 @@ def test_activity_state_must_be_a_str() -> None:
 
 def test_status_values_are_discords() -> None:
     assert [status.value for status in Status] == ["online", "dnd", "idle", "invisible", "offline"]
+    # The strings UpdatePresence's type accepts are the same ones.
+    assert list(get_args(StatusName)) == [status.value for status in Status]
+
+
+def test_a_status_given_as_its_string_is_stored_as_a_status() -> None:
+    presence = UpdatePresence(status="idle")
+    assert presence.status is Status.IDLE
+    assert presence.data()["status"] == "idle"
 
 
 def test_update_presence_defaults() -> None:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import fields
 
 import pytest
 
 from gcluster import (
     Cluster,
+    ClusterConfig,
     ClusterNotUp,
+    ClusterOptions,
     ConfigError,
     EventTypeFlags,
     GClusterError,
@@ -72,6 +75,13 @@ def test_builder_sets_every_option_like_the_constructor() -> None:
     assert Cluster(SECRET, 1).config().max_message_size == 64 << 20
     assert config.token.authorization == "Bot " + SECRET
     assert Cluster.new(SECRET, 1).config().token == Cluster(f"Bot {SECRET}", 1).config().token
+
+
+def test_every_cluster_option_is_typed() -> None:
+    """`ClusterOptions` (what mypy checks keyword options against) lists every option."""
+    options = {f.name for f in fields(ClusterConfig)} - {"token", "intents"}
+    typed = set(ClusterOptions.__annotations__)
+    assert options == typed
 
 
 @pytest.mark.parametrize("value", [49, 251, 0])

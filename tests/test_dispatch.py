@@ -17,7 +17,7 @@ from gevent.queue import Queue
 from gcluster import ConfigError, Event, EventType, GatewayClosedError, Intents
 from gcluster.cluster import Cluster
 from gcluster.dispatch import Dispatcher, Handler
-from gcluster.testing import STREAM_KINDS, GatewaySimulator, event_number
+from gcluster.testing import STREAM_INTENTS, STREAM_KINDS, GatewaySimulator, event_number
 
 MakeSim = Callable[..., GatewaySimulator]
 SHARDS = 4
@@ -31,7 +31,7 @@ def sim(make_sim: MakeSim) -> GatewaySimulator:
 
 @pytest.fixture
 def cluster(sim: GatewaySimulator) -> Iterator[Cluster]:
-    cluster = Cluster(sim.token, Intents.GUILDS | Intents.GUILD_MESSAGES, api_base=sim.api_base)
+    cluster = Cluster(sim.token, Intents.GUILDS | STREAM_INTENTS, api_base=sim.api_base)
     cluster.up(timeout=TIMEOUT)
     assert cluster.wait_until_ready(TIMEOUT)
     yield cluster

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -133,3 +135,85 @@ def test_without_a_token_an_example_says_what_to_do() -> None:
     code, out, err = run("basic", simulate=False)
     assert code != 0
     assert "DISCORD_TOKEN is not set" in err and "--simulate" in err
+
+
+# --- what an example needs, said in one line ---------------------------------------------
+
+# Python's start and gcluster's imports take most of it; the checks themselves are
+# immediate (a Redis that is not there refuses the connection at once). Before
+# them, a missing Redis cost 30 s and a page of tracebacks.
+PROMPT = 5.0
+
+# Runs an example as a script, with one module made unimportable: None in
+# sys.modules is how Python marks a module that must not be imported.
+WITHOUT = """
+import runpy, sys
+sys.modules[sys.argv[1]] = None
+sys.path.insert(0, {examples!r})
+sys.argv = sys.argv[2:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def run_quick(name: str, *args: str, without: str | None = None) -> tuple[int, str, float]:
+    """Run an example (without `without`); its exit code, stderr and seconds taken."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    script = str(EXAMPLES / f"{name}.py")
+    if without is None:
+        command = [sys.executable, script, *args]
+    else:
+        code = WITHOUT.format(examples=str(EXAMPLES))
+        command = [sys.executable, "-c", code, without, script, *args]
+    started = time.monotonic()
+    proc = subprocess.run(
+        command, capture_output=True, text=True, env=env, cwd=str(ROOT), timeout=LIMIT
+    )
+    return proc.returncode, proc.stderr, time.monotonic() - started
+
+
+def closed_port() -> int:
+    """A local port nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.parametrize(
+    ("name", "args", "missing", "install"),
+    [
+        ("flask_app", ("--simulate",), "flask", "pip install flask"),
+        ("workers", ("--simulate",), "redis", "pip install 'gcluster[redis]'"),
+        ("multiprocess", ("--simulate", "--redis", "redis://127.0.0.1:6379/0"), "redis",
+         "pip install 'gcluster[redis]'"),
+    ],
+)  # fmt: skip
+def test_an_example_without_its_package_says_what_to_install(
+    name: str, args: tuple[str, ...], missing: str, install: str
+) -> None:
+    code, err, took = run_quick(name, *args, without=missing)
+    assert code != 0
+    assert err.splitlines() == [f"{name}.py: needs the {missing} package: {install}"]
+    assert took < PROMPT
+
+
+@pytest.mark.extras  # the redis package
+@pytest.mark.parametrize(
+    ("name", "args"),
+    [
+        ("multiprocess", ("--simulate", "--redis")),
+        ("workers", ("--simulate", "--redis")),
+        ("workers", ("--name", "w1", "--redis")),
+    ],
+    ids=["multiprocess", "workers-simulate", "workers"],
+)
+def test_an_example_without_a_reachable_redis_says_to_start_one(
+    name: str, args: tuple[str, ...]
+) -> None:
+    url = f"redis://127.0.0.1:{closed_port()}/0"
+    code, err, took = run_quick(name, *args, url)
+    assert code != 0
+    (line,) = err.splitlines()
+    assert line.startswith(f"{name}.py: no Redis answers at {url} (")
+    assert line.endswith("): start one (redis-server), or pass its URL")
+    assert took < PROMPT

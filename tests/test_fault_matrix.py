@@ -23,6 +23,7 @@ from conftest import TIMEOUT, collect, has_numbers, numbers
 from gcluster import Cluster, Intents, LocalQueue, Stage
 from gcluster.events import Event
 from gcluster.testing import (
+    STREAM_INTENTS,
     CloseConnection,
     DropConnection,
     ExpireSession,
@@ -136,7 +137,7 @@ def test_fault(case: Case, make_sim: Callable[..., GatewaySimulator], recorder: 
     )
     cluster = Cluster(
         TOKEN,
-        Intents.GUILD_MESSAGES,
+        Intents.GUILDS | STREAM_INTENTS,  # GUILDS: HugeDispatch is a GUILD_CREATE
         api_base=sim.api_base,
         queue=LocalQueue(interval=IDENTIFY_INTERVAL),
         connect_timeout=2.0,

@@ -39,7 +39,7 @@ from gcluster import (
     UpdatePresence,
 )
 from gcluster.ratelimit import CommandRatelimiter
-from gcluster.testing import GatewaySimulator
+from gcluster.testing import STREAM_INTENTS, GatewaySimulator
 from gcluster.testing.records import CommandRecord, HeartbeatRecord
 
 MakeSim = Callable[..., GatewaySimulator]
@@ -57,7 +57,7 @@ COMMAND_LIMIT = 120
 
 
 def make_cluster(sim: GatewaySimulator, **options: object) -> Cluster:
-    return Cluster(sim.token, Intents.GUILDS, api_base=sim.api_base, **options)
+    return Cluster(sim.token, Intents.GUILDS | STREAM_INTENTS, api_base=sim.api_base, **options)
 
 
 @pytest.fixture

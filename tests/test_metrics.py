@@ -10,8 +10,8 @@ import gevent
 import pytest
 from conftest import TIMEOUT, collect, has_numbers
 
-from gcluster import Cluster, Intents
-from gcluster.testing import GatewaySimulator
+from gcluster import Cluster
+from gcluster.testing import STREAM_INTENTS, GatewaySimulator
 
 pytestmark = pytest.mark.extras
 
@@ -43,7 +43,7 @@ def test_metrics_show_events_latency_and_a_reconnect_with_its_cause(make_sim: Ma
     from gcluster import metrics
 
     sim = make_sim(shards=4, max_concurrency=4, heartbeat_interval=0.2)
-    cluster = Cluster(sim.token, Intents.GUILD_MESSAGES, api_base=sim.api_base)
+    cluster = Cluster(sim.token, STREAM_INTENTS, api_base=sim.api_base)
     cluster.up(timeout=TIMEOUT)
     server = metrics.serve(cluster, port=0)
     try:

@@ -10,15 +10,15 @@ import gevent
 import pytest
 from conftest import TIMEOUT, collect, has_numbers, numbers
 
-from gcluster import Cluster, EventType, Intents, NoOpQueue, Stage
+from gcluster import Cluster, EventType, NoOpQueue, Stage
 from gcluster.sessions import MemorySessionStore
-from gcluster.testing import GatewaySimulator
+from gcluster.testing import STREAM_INTENTS, GatewaySimulator
 
 MakeSim = Callable[..., GatewaySimulator]
 
 
 def make_cluster(sim: GatewaySimulator, **options: object) -> Cluster:
-    return Cluster(sim.token, Intents.GUILD_MESSAGES, api_base=sim.api_base, **options)
+    return Cluster(sim.token, STREAM_INTENTS, api_base=sim.api_base, **options)
 
 
 def test_restart_resumes_a_connected_shard(make_sim: MakeSim) -> None:

@@ -116,6 +116,7 @@ def test_sigterm_saves_resumable_sessions_and_exits_0(
         "--shards", "4",
         "--simulate",
         "--simulate-events", "25",
+        "--intents", "GUILDS,GUILD_MESSAGES,GUILD_MESSAGE_TYPING,GUILD_PRESENCES",
     )  # fmt: skip
     services.append(service)
     client = redis.Redis.from_url(redis_url)
@@ -175,6 +176,7 @@ def test_a_standby_takes_over_a_killed_service_and_resumes_its_sessions(
         "--lease", "--lease-ttl", "1.5",
         "--api-base", sim.api_base,
         "--events", "MESSAGE_CREATE,MESSAGE_UPDATE,MESSAGE_DELETE,TYPING_START,PRESENCE_UPDATE",
+        "--intents", "GUILDS,GUILD_MESSAGES,GUILD_MESSAGE_TYPING,GUILD_PRESENCES",
     )  # fmt: skip
     client = redis.Redis.from_url(redis_url)
     active = Service(*args, token=sim.token)

@@ -12,16 +12,23 @@ import pytest
 import ujson
 from conftest import TIMEOUT, collect, has_numbers, numbers
 
-from gcluster import Event, EventType, EventTypeFlags, Intents, Shard, Stage
-from gcluster.testing import GatewaySimulator
+from gcluster import Event, EventType, EventTypeFlags, Shard, Stage
+from gcluster.testing import STREAM_INTENTS, GatewaySimulator
 
 MakeSim = Callable[..., GatewaySimulator]
 
 
 def make_shard(sim: GatewaySimulator, **options: object) -> Shard:
-    shard = Shard(0, 1, sim.token, Intents.GUILD_MESSAGES, gateway_url=sim.url, **options)  # type: ignore[arg-type]
+    shard = Shard(0, 1, sim.token, STREAM_INTENTS, gateway_url=sim.url, **options)  # type: ignore[arg-type]
     shard.start()
     return shard
+
+
+def send_marker(sim: GatewaySimulator) -> None:
+    """A MESSAGE_CREATE ``{"marker": "last"}`` in one of shard 0's guilds (a guild one:
+    the shard has no DIRECT_MESSAGES intent)."""
+    guild_id = str(sim.guild_ids(0)[0])
+    sim.dispatch(0, "MESSAGE_CREATE", {"marker": "last", "guild_id": guild_id})
 
 
 def _through_marker(got: list[tuple[int, Event]]) -> bool:
@@ -77,7 +84,7 @@ def test_filtered_out_types_never_reach_the_iterator(make_sim: MakeSim) -> None:
     try:
         assert shard.wait_until_ready(TIMEOUT)
         sim.send_events(0, 100)  # MESSAGE_CREATE/UPDATE/DELETE, TYPING_START, PRESENCE_UPDATE
-        sim.dispatch(0, "MESSAGE_CREATE", {"marker": "last"})
+        send_marker(sim)
         received = collect(shard.events(), _through_marker)
         kinds = {event.kind for _, event in received}
         assert kinds == {EventType.MESSAGE_CREATE, EventType.MESSAGE_DELETE}
@@ -101,7 +108,7 @@ def test_shard_payload_carries_every_message_even_of_filtered_types(make_sim: Ma
     try:
         assert shard.wait_until_ready(TIMEOUT)
         sim.send_events(0, 50)  # MESSAGE_CREATE/UPDATE/DELETE, TYPING_START, PRESENCE_UPDATE
-        sim.dispatch(0, "MESSAGE_CREATE", {"marker": "last"})
+        send_marker(sim)
         received = collect(shard.events(), _through_marker)
         events = [event for _, event in received]
         payloads = [
@@ -152,10 +159,10 @@ CHILD = textwrap.dedent(
     """
     import sys
     from gevent import monkey
-    from gcluster import Shard, EventType
+    from gcluster import Shard, EventType, Intents
 
     assert not monkey.is_module_patched("socket"), "the child must not be monkey-patched"
-    shard = Shard(0, 1, "{token}", 1, gateway_url="{url}")
+    shard = Shard(0, 1, "{token}", Intents.GUILD_MESSAGES, gateway_url="{url}")
     shard.start()
     count = 0
     # The main greenlet blocks here; heartbeats must keep flowing meanwhile.

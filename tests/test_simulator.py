@@ -21,6 +21,7 @@ import pytest
 import websocket
 
 from gcluster.testing import (
+    STREAM_INTENTS,
     STREAM_KINDS,
     CloseConnection,
     GatewaySimulator,
@@ -30,7 +31,6 @@ from gcluster.testing import (
 )
 
 TOKEN = "sim-token"
-GUILD_MESSAGES = 1 << 9
 GUILDS = 1 << 0
 TIMEOUT = 5.0
 
@@ -88,7 +88,7 @@ class Client:
         self,
         shard: tuple[int, int] | None = (0, 1),
         *,
-        intents: int = GUILDS | GUILD_MESSAGES,
+        intents: int = GUILDS | STREAM_INTENTS,
         token: str = f"Bot {TOKEN}",
     ) -> None:
         d: dict[str, Any] = {
@@ -229,7 +229,7 @@ def test_identify_gets_ready_with_the_shards_guilds() -> None:
 
         [identify] = sim.records.identifies
         assert (identify.shard_id, identify.total, identify.bucket) == (2, 3, 0)
-        assert identify.intents == GUILDS | GUILD_MESSAGES
+        assert identify.intents == GUILDS | STREAM_INTENTS
         assert "token" not in identify.data
         assert identify.data["large_threshold"] == 50
         client.close()

@@ -22,6 +22,7 @@ from conftest import TIMEOUT, collect, has_numbers, numbers
 from gcluster import Cluster, EventType, Intents, Message, Shard, ShardScheme
 from gcluster.events import Event
 from gcluster.testing import (
+    STREAM_INTENTS,
     CloseConnection,
     DropConnection,
     GatewaySimulator,
@@ -40,7 +41,7 @@ from gcluster.testing.process import SimulatorError
 
 MakeSim = Callable[..., GatewaySimulator]
 SHARDS = 4
-INTENTS = Intents.GUILDS | Intents.GUILD_MESSAGES
+INTENTS = Intents.GUILDS | STREAM_INTENTS
 
 
 def make_cluster(sim: GatewaySimulator, **options: object) -> Cluster:

@@ -56,7 +56,7 @@ from gcluster.redis import (
     inbox_key,
     shard_count_key,
 )
-from gcluster.testing import GatewaySimulator, event_number
+from gcluster.testing import STREAM_INTENTS, GatewaySimulator, event_number
 
 pytestmark = pytest.mark.extras
 
@@ -98,7 +98,11 @@ def expected(shards: range | list[int], first: int, last: int) -> set[tuple[int,
 
 def start_cluster(sim: GatewaySimulator, scheme: ShardScheme, **options: Any) -> Cluster:
     cluster = Cluster(
-        sim.token, Intents.GUILDS, api_base=sim.api_base, shard_scheme=scheme, **options
+        sim.token,
+        Intents.GUILDS | STREAM_INTENTS,
+        api_base=sim.api_base,
+        shard_scheme=scheme,
+        **options,
     )
     cluster.up(timeout=TIMEOUT)
     assert cluster.wait_until_ready(TIMEOUT)

@@ -15,6 +15,7 @@ import json
 import os
 import sys
 import threading
+import time
 import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -37,6 +38,7 @@ from gcluster import (
     UpdatePresence,
 )
 from gcluster.testing import GatewaySimulator
+from gcluster.testing.simulator import serving_in_thread
 from gcluster.threaded import (
     HubThread,
     HubThreadStopped,
@@ -59,7 +61,7 @@ import time
 from gcluster import (
     EventType, Intents, RequestGuildMembers, ShardNonexistent, UpdatePresence, shard_for_guild,
 )
-from gcluster.testing import event_number
+from gcluster.testing import STREAM_INTENTS, event_number
 from gcluster.threaded import ThreadedCluster
 
 api_base, token, shards, per_shard = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
@@ -68,7 +70,8 @@ result = {}
 
 def work():
     cluster = ThreadedCluster(
-        token, Intents.GUILDS | Intents.GUILD_MEMBERS, api_base=api_base, event_buffer=8
+        token, Intents.GUILDS | Intents.GUILD_MEMBERS | STREAM_INTENTS, api_base=api_base,
+        event_buffer=8,
     )
     cluster.up(timeout=15)
     result["ready"] = cluster.wait_until_ready(15)
@@ -326,6 +329,47 @@ def test_the_context_manager_brings_it_down_on_error() -> None:
         with ThreadedCluster("token", Intents.GUILDS, api_base=UNREACHABLE, call_timeout=5):
             pass  # pragma: no cover - up() fails first
     assert hub_threads() == []
+
+
+def test_a_simulator_in_the_calling_thread_is_refused_at_once(make_sim: MakeSim) -> None:
+    # Its calls would block this thread's hub and the simulator in it: GET
+    # /gateway/bot would time out after 10 s. Refused before any thread starts.
+    sim = make_sim()
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"SimulatorProcess\) or a thread of its own"):
+        ThreadedCluster(sim.token, Intents.GUILDS, api_base=sim.api_base)
+    assert time.monotonic() - started < 1.0
+    assert hub_threads() == []
+
+
+def test_up_refuses_a_simulator_started_in_the_calling_thread_after_the_cluster(
+    make_sim: MakeSim,
+) -> None:
+    cluster = ThreadedCluster("token", Intents.GUILDS, api_base=UNREACHABLE, call_timeout=5)
+    try:
+        sim = make_sim()
+        assert serving_in_thread()
+        started = time.monotonic()
+        with pytest.raises(RuntimeError, match="GatewaySimulator serves from this thread"):
+            cluster.up(timeout=5)
+        assert time.monotonic() - started < 1.0
+        sim.stop()
+        assert not serving_in_thread()
+    finally:
+        cluster.down()
+    assert hub_threads() == []
+
+
+def test_a_simulator_in_another_thread_is_not_this_threads() -> None:
+    hub = HubThread("simulator").start()
+    try:
+        sim = hub.call(lambda: GatewaySimulator().start(), timeout=TIMEOUT)
+        assert hub.call(serving_in_thread, timeout=TIMEOUT)
+        assert not serving_in_thread()
+        hub.call(sim.stop, timeout=TIMEOUT)
+        assert not hub.call(serving_in_thread, timeout=TIMEOUT)
+    finally:
+        hub.stop()
 
 
 def test_threaded_cluster_refuses_a_patched_threading_module(

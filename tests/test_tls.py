@@ -9,7 +9,7 @@ import pytest
 from conftest import TIMEOUT
 
 from gcluster import Cluster, ConfigError, Intents, NoOpQueue, ShardScheme, Stage
-from gcluster.testing import GatewaySimulator
+from gcluster.testing import STREAM_INTENTS, GatewaySimulator
 from gcluster.testing.tls import make_certificates
 
 
@@ -17,7 +17,7 @@ def tls_cluster(sim: GatewaySimulator, **options: object) -> Cluster:
     # gateway_url skips REST, so only the websocket's TLS is under test here.
     return Cluster(
         sim.token,
-        Intents.GUILDS,
+        Intents.GUILDS | STREAM_INTENTS,
         gateway_url=sim.url,
         shard_scheme=ShardScheme.range([0], 1),
         queue=NoOpQueue(),

@@ -13,7 +13,7 @@ import pytest
 from conftest import TIMEOUT, assert_exactly_once_in_order, collect, has_numbers, numbers
 
 from gcluster import Cluster, Intents, ShardScheme
-from gcluster.testing import CloseConnection, GatewaySimulator
+from gcluster.testing import STREAM_INTENTS, CloseConnection, GatewaySimulator
 
 pytestmark = pytest.mark.extras  # zstandard is the zstd extra
 
@@ -23,9 +23,7 @@ SHARDS = 4
 
 def make_cluster(sim: GatewaySimulator, **options: object) -> Cluster:
     options.setdefault("compression", "zstd-stream")
-    return Cluster(
-        sim.token, Intents.GUILDS | Intents.GUILD_MESSAGES, api_base=sim.api_base, **options
-    )
+    return Cluster(sim.token, Intents.GUILDS | STREAM_INTENTS, api_base=sim.api_base, **options)
 
 
 @pytest.fixture

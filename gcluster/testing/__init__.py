@@ -9,7 +9,9 @@ per-shard number `GatewaySimulator.send_events` gives each event;
 the simulator over TLS. For benchmarks, `GatewaySimulator.blast` and
 `send_paced` send pre-encoded varied traffic (`gcluster.testing.traffic`), and
 ``python -m gcluster.testing serve`` runs a simulator in its own process,
-driven by `SimulatorProcess`, so it has a core of its own.
+driven by `SimulatorProcess`, so it has a core of its own (and so a
+`gcluster.ThreadedCluster` can be tested against it). README's "Testing your
+bot" shows both in use.
 """
 
 from __future__ import annotations
@@ -49,12 +51,14 @@ from .records import (
     ResumeRecord,
     Traffic,
     ViolationRecord,
+    WithheldRecord,
 )
 from .simulator import GatewaySimulator, PacedSend
-from .streams import STREAM_KINDS
+from .streams import STREAM_INTENTS, STREAM_KINDS
 from .tls import CertificateError, TestCertificates, make_certificates
 
 __all__ = [
+    "STREAM_INTENTS",
     "STREAM_KINDS",
     "Blast",
     "BlastRecord",
@@ -91,6 +95,7 @@ __all__ = [
     "Traffic",
     "UnknownOpcode",
     "ViolationRecord",
+    "WithheldRecord",
     "due_offset",
     "event_number",
     "faults",

@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 import gevent
 import ujson
 
+from gcluster.errors import ConfigError
+
 from . import faults, payloads, rules, traffic
 from .records import (
     BlastRecord,
@@ -37,6 +39,7 @@ from .records import (
     ResumeRecord,
     ViolationKind,
     ViolationRecord,
+    WithheldRecord,
 )
 from .rules import Close, Op, Rejection
 from .streams import EventStream
@@ -110,13 +113,15 @@ class SessionInfo:
 
 
 class Session:
-    """One gateway session: its ``s`` counter and the log of what it dispatched."""
+    """One gateway session: its intents, its ``s`` counter and the log of what it dispatched."""
 
-    __slots__ = ("connection", "id", "log", "seq", "shard_id")
+    __slots__ = ("connection", "id", "intents", "log", "seq", "shard_id")
 
-    def __init__(self, session_id: str, shard_id: int, replay_limit: int) -> None:
+    def __init__(self, session_id: str, shard_id: int, intents: int, replay_limit: int) -> None:
         self.id = session_id
         self.shard_id = shard_id
+        # What IDENTIFY asked for; a RESUME keeps them.
+        self.intents = intents
         self.seq = 0
         # The latest dispatches as (frame, t, number), replayed verbatim on
         # RESUME; the last one is dispatch ``seq``. Bounded, so a long run does
@@ -254,8 +259,9 @@ class ShardState:
         self.guilds = payloads.guild_fixtures(shard_id, total, guilds_per_shard)
         self.stream = EventStream(self.guilds, payloads.Snowflakes(worker=shard_id % 32))
         self.session: Session | None = None
-        # Dispatches for a shard without a session, sent after its next READY.
-        self.backlog: list[tuple[str, str, int | None]] = []
+        # Dispatches for a shard without a session, sent after its next READY,
+        # as (t, d, number, the intents that bring it).
+        self.backlog: list[tuple[str, str, int | None, int]] = []
         self.plans: list[_ArmedPlan] = []
 
 
@@ -511,7 +517,7 @@ class Gateway:
             # A new IDENTIFY abandons the shard's old session, and with it any
             # dispatches still waiting for a RESUME: they are lost, as on Discord.
             self._end_session(shard.session)
-        session = Session(secrets.token_hex(16), shard_id, config.replay_limit)
+        session = Session(secrets.token_hex(16), shard_id, data["intents"], config.replay_limit)
         self._sessions[session.id] = session
         shard.session = session
         self._attach(conn, session)
@@ -539,8 +545,8 @@ class Gateway:
         )
         self._emit(session, "READY", encode(ready), None)
         backlog, shard.backlog = shard.backlog, []
-        for name, d_json, number in backlog:
-            self._emit(session, name, d_json, number)
+        for name, d_json, number, intents in backlog:
+            self._emit(session, name, d_json, number, intents)
 
     def resume(self, conn: GatewayConnection, data: Any) -> None:
         """Reattach a session: replay what the client missed, then RESUMED."""
@@ -603,18 +609,24 @@ class Gateway:
 
     # -- what tests send ---------------------------------------------------
 
-    def deliver(self, shard_id: int, name: str, d_json: str, number: int | None) -> None:
+    def deliver(
+        self, shard_id: int, name: str, d_json: str, number: int | None, intents: int = 0
+    ) -> None:
         """Dispatch ``d_json`` as ``name`` to the shard, by Discord's delivery rules.
 
-        With a session, the dispatch takes its next ``s`` and is logged for
-        replay; it is also sent if a live connection serves the session.
-        Without a session it waits for the shard's next READY.
+        A session that identified with none of ``intents`` (see
+        `rules.dispatch_intents`; 0 for none needed) does not get it: it is
+        recorded in ``records.withheld`` and takes no ``s``. Otherwise, with a
+        session, the dispatch takes its next ``s`` and is logged for replay;
+        it is also sent if a live connection serves the session. Without a
+        session it waits for the shard's next READY, and its intents are
+        checked then.
         """
         shard = self._shards[shard_id]
         if shard.session is None:
-            shard.backlog.append((name, d_json, number))
+            shard.backlog.append((name, d_json, number, intents))
         else:
-            self._emit(shard.session, name, d_json, number)
+            self._emit(shard.session, name, d_json, number, intents)
 
     def blast(
         self,
@@ -643,13 +655,21 @@ class Gateway:
                 writing apart from the preparation).
 
         Raises:
-            ValueError: the shard has no live connection, or a bad kind.
+            ConfigError: the shard has no live connection, a bad kind, or a kind
+                its session's intents do not bring (guild dispatches all).
         """
         shard = self._shards[shard_id]
         session = shard.session
         conn = session.connection if session is not None else None
         if session is None or conn is None or conn.wire.closing:
-            raise ValueError(f"shard {shard_id} has no live connection to blast")
+            raise ConfigError(f"shard {shard_id} has no live connection to blast")
+        for name in set(kinds):
+            needed = self.intents_for(name, {"guild_id": shard.guilds[0].id})
+            if needed and not session.intents & needed:
+                raise ConfigError(
+                    f"shard {shard_id} identified without an intent that brings {name} "
+                    f"(any of {needed:#x}); Discord would not send it"
+                )
         started = time.perf_counter()
         if shard.bodies is None:
             shard.bodies = traffic.BodyPool(traffic.VariedStream(shard_id, shard.total))
@@ -688,6 +708,10 @@ class Gateway:
             records=self.records,
         )
 
+    def intents_for(self, name: str, data: Any) -> int:
+        """The intents that bring dispatch ``name`` with ``d = data`` (see `deliver`)."""
+        return rules.dispatch_intents(name, data, bot_user_id=self.bot_user_id)
+
     def stream(self, shard_id: int) -> EventStream:
         """The shard's numbered event stream."""
         return self._shards[shard_id].stream
@@ -724,7 +748,7 @@ class Gateway:
             connections: list[GatewayConnection] = []
         else:
             if shard_id is None:
-                raise ValueError(f"{type(fault).__name__} needs a shard id")
+                raise ConfigError(f"{type(fault).__name__} needs a shard id")
             connections = self.live(shard_id)
             self._apply_to_shard(self._shards[shard_id], connections, fault)
         self._record(
@@ -783,7 +807,8 @@ class Gateway:
             guild = shard.guilds[number % len(shard.guilds)]
             data = payloads.guild_create(guild, size_bytes=fault.size_bytes)
             data[payloads.NUMBER_KEY] = number
-            self.deliver(shard.id, "GUILD_CREATE", encode(data), number)
+            intents = self.intents_for("GUILD_CREATE", data)
+            self.deliver(shard.id, "GUILD_CREATE", encode(data), number, intents)
         elif isinstance(fault, faults.Stall):
             for conn in connections:
                 conn.wire.stall(fault.seconds)
@@ -874,7 +899,22 @@ class Gateway:
             quoted = self._quoted_names[name] = encode(name)
         return quoted
 
-    def _emit(self, session: Session, name: str, d_json: str, number: int | None) -> None:
+    def _emit(
+        self, session: Session, name: str, d_json: str, number: int | None, intents: int = 0
+    ) -> None:
+        if intents and not session.intents & intents:
+            self._record(
+                self.records.withheld,
+                WithheldRecord(
+                    time=time.monotonic(),
+                    shard_id=session.shard_id,
+                    session_id=session.id,
+                    t=name,
+                    number=number,
+                    intents=intents,
+                ),
+            )
+            return
         s = session.seq + 1
         session.seq = s
         # Discord's key order puts "t" first, so clients can peek at it.

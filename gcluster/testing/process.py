@@ -1,9 +1,11 @@
 """`SimulatorProcess`: a `GatewaySimulator` in a child process, driven from this one.
 
 Benchmarks want the simulator off the client's core: on a two-core machine a
-child process gets the other one. This starts ``python -m gcluster.testing
-serve`` (see `gcluster.testing.serve`) and speaks its control channel over
-the child's pipes. The pipes are gevent's, so waiting on an answer lets the
+child process gets the other one. It also serves a `gcluster.ThreadedCluster`,
+which blocks the thread that calls it and so cannot share that thread's hub
+with a `GatewaySimulator`. This starts ``python -m gcluster.testing serve``
+(see `gcluster.testing.serve`) and speaks its control channel over the
+child's pipes. The pipes are gevent's, so waiting on an answer lets the
 rest of the hub (a cluster under test) run.
 """
 

@@ -32,6 +32,7 @@ __all__ = [
     "Traffic",
     "ViolationKind",
     "ViolationRecord",
+    "WithheldRecord",
 ]
 
 # How often `wait_until` re-checks its predicate even when nothing was
@@ -139,6 +140,23 @@ class DispatchRecord:
     t: str
     number: int | None
     """The event number `send_events` gave it, if any."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WithheldRecord:
+    """A dispatch not sent because the session did not identify with an intent that brings it.
+
+    It took no ``s`` and is not replayed; the shard never sees it, as on Discord.
+    """
+
+    time: float
+    shard_id: int
+    session_id: str
+    t: str
+    number: int | None
+    """The event number `send_events` gave it, if any."""
+    intents: int
+    """The intents that would have brought it (any one of them)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -284,6 +302,7 @@ class Records:
         self.commands: list[CommandRecord] = []
         self.closes: list[CloseRecord] = []
         self.dispatches: list[DispatchRecord] = []
+        self.withheld: list[WithheldRecord] = []
         self.faults: list[FaultRecord] = []
         self.requests: list[RequestRecord] = []
         self.violations: list[ViolationRecord] = []
@@ -330,6 +349,7 @@ class Records:
             self.commands,
             self.closes,
             self.dispatches,
+            self.withheld,
             self.faults,
             self.requests,
             self.violations,

@@ -13,6 +13,7 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any
 
+from gcluster.intents import Intents
 from gcluster.protocol import Opcode
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "check_query",
     "check_resume",
     "client_close_ends_session",
+    "dispatch_intents",
     "identify_too_soon",
     "server_close_ends_session",
     "strip_bot_prefix",
@@ -205,3 +207,100 @@ def identify_too_soon(previous: float | None, now: float, interval: float) -> fl
         return None
     since = now - previous
     return since if since < interval else None
+
+
+# Which intents bring which dispatch (Discord's "List of Intents"). Dispatches
+# sent for a guild and for DMs alike are in both tables, told apart by the
+# ``guild_id`` in their ``d``; one in neither (READY, RESUMED,
+# INTERACTION_CREATE, GUILD_MEMBERS_CHUNK, USER_UPDATE, ...) is sent to every
+# session.
+_GUILD_DISPATCHES: dict[Intents, tuple[str, ...]] = {
+    Intents.GUILDS: (
+        "GUILD_CREATE", "GUILD_UPDATE", "GUILD_DELETE",
+        "GUILD_ROLE_CREATE", "GUILD_ROLE_UPDATE", "GUILD_ROLE_DELETE",
+        "CHANNEL_CREATE", "CHANNEL_UPDATE", "CHANNEL_DELETE", "CHANNEL_PINS_UPDATE",
+        "THREAD_CREATE", "THREAD_UPDATE", "THREAD_DELETE", "THREAD_LIST_SYNC",
+        "THREAD_MEMBER_UPDATE", "THREAD_MEMBERS_UPDATE",
+        "STAGE_INSTANCE_CREATE", "STAGE_INSTANCE_UPDATE", "STAGE_INSTANCE_DELETE",
+    ),
+    Intents.GUILD_MEMBERS: (
+        "GUILD_MEMBER_ADD", "GUILD_MEMBER_UPDATE", "GUILD_MEMBER_REMOVE", "THREAD_MEMBERS_UPDATE",
+    ),
+    Intents.GUILD_MODERATION: ("GUILD_AUDIT_LOG_ENTRY_CREATE", "GUILD_BAN_ADD", "GUILD_BAN_REMOVE"),
+    Intents.GUILD_EXPRESSIONS: (
+        "GUILD_EMOJIS_UPDATE", "GUILD_STICKERS_UPDATE", "GUILD_SOUNDBOARD_SOUND_CREATE",
+        "GUILD_SOUNDBOARD_SOUND_UPDATE", "GUILD_SOUNDBOARD_SOUND_DELETE",
+        "GUILD_SOUNDBOARD_SOUNDS_UPDATE",
+    ),
+    Intents.GUILD_INTEGRATIONS: (
+        "GUILD_INTEGRATIONS_UPDATE", "INTEGRATION_CREATE", "INTEGRATION_UPDATE",
+        "INTEGRATION_DELETE",
+    ),
+    Intents.GUILD_WEBHOOKS: ("WEBHOOKS_UPDATE",),
+    Intents.GUILD_INVITES: ("INVITE_CREATE", "INVITE_DELETE"),
+    Intents.GUILD_VOICE_STATES: ("VOICE_CHANNEL_EFFECT_SEND", "VOICE_STATE_UPDATE"),
+    Intents.GUILD_PRESENCES: ("PRESENCE_UPDATE",),
+    Intents.GUILD_MESSAGES: (
+        "MESSAGE_CREATE", "MESSAGE_UPDATE", "MESSAGE_DELETE", "MESSAGE_DELETE_BULK",
+    ),
+    Intents.GUILD_MESSAGE_REACTIONS: (
+        "MESSAGE_REACTION_ADD", "MESSAGE_REACTION_REMOVE", "MESSAGE_REACTION_REMOVE_ALL",
+        "MESSAGE_REACTION_REMOVE_EMOJI",
+    ),
+    Intents.GUILD_MESSAGE_TYPING: ("TYPING_START",),
+    Intents.GUILD_SCHEDULED_EVENTS: (
+        "GUILD_SCHEDULED_EVENT_CREATE", "GUILD_SCHEDULED_EVENT_UPDATE",
+        "GUILD_SCHEDULED_EVENT_DELETE", "GUILD_SCHEDULED_EVENT_USER_ADD",
+        "GUILD_SCHEDULED_EVENT_USER_REMOVE",
+    ),
+    Intents.AUTO_MODERATION_CONFIGURATION: (
+        "AUTO_MODERATION_RULE_CREATE", "AUTO_MODERATION_RULE_UPDATE", "AUTO_MODERATION_RULE_DELETE",
+    ),
+    Intents.AUTO_MODERATION_EXECUTION: ("AUTO_MODERATION_ACTION_EXECUTION",),
+    Intents.GUILD_MESSAGE_POLLS: ("MESSAGE_POLL_VOTE_ADD", "MESSAGE_POLL_VOTE_REMOVE"),
+}  # fmt: skip
+
+
+def _by_name(dispatches: Mapping[Intents, tuple[str, ...]]) -> dict[str, int]:
+    table: dict[str, int] = {}
+    for intent, names in dispatches.items():
+        for name in names:
+            # THREAD_MEMBERS_UPDATE comes with either of its two intents.
+            table[name] = table.get(name, 0) | intent
+    return table
+
+
+_GUILD_INTENTS = _by_name(_GUILD_DISPATCHES)
+_DM_INTENTS = _by_name(
+    {
+        Intents.DIRECT_MESSAGES: (
+            "MESSAGE_CREATE", "MESSAGE_UPDATE", "MESSAGE_DELETE", "CHANNEL_PINS_UPDATE",
+        ),
+        Intents.DIRECT_MESSAGE_REACTIONS: (
+            "MESSAGE_REACTION_ADD", "MESSAGE_REACTION_REMOVE", "MESSAGE_REACTION_REMOVE_ALL",
+            "MESSAGE_REACTION_REMOVE_EMOJI",
+        ),
+        Intents.DIRECT_MESSAGE_TYPING: ("TYPING_START",),
+        Intents.DIRECT_MESSAGE_POLLS: ("MESSAGE_POLL_VOTE_ADD", "MESSAGE_POLL_VOTE_REMOVE"),
+    }
+)  # fmt: skip
+
+
+def dispatch_intents(name: str, data: Any, *, bot_user_id: int | None = None) -> int:
+    """The intents that bring dispatch ``name`` with ``d = data``; 0 when none governs it.
+
+    Discord sends a dispatch to a session that identified with any one of
+    these intents, and one that no intent governs to every session. Where a
+    dispatch exists both for guilds and for DMs (messages, reactions, typing,
+    pins, poll votes), a ``guild_id`` in ``d`` makes it a guild one. A
+    GUILD_MEMBER_UPDATE about the bot itself (``d.user.id == bot_user_id``)
+    is sent whatever the intents.
+    """
+    guild_id = data.get("guild_id") if isinstance(data, dict) else None
+    if guild_id is None and name in _DM_INTENTS:
+        return _DM_INTENTS[name]
+    if name == "GUILD_MEMBER_UPDATE" and bot_user_id is not None and isinstance(data, dict):
+        user = data.get("user")
+        if isinstance(user, dict) and str(user.get("id")) == str(bot_user_id):
+            return 0
+    return _GUILD_INTENTS.get(name, 0)

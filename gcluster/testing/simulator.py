@@ -15,7 +15,9 @@ import itertools
 import logging
 import socket
 import ssl
+import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any, Self
@@ -36,13 +38,27 @@ from .streams import STREAM_KINDS
 from .traffic import BLAST_KINDS
 from .wire import COMPRESSIONS, WebSocket
 
-__all__ = ["GatewaySimulator", "PacedSend"]
+__all__ = ["GatewaySimulator", "PacedSend", "serving_in_thread"]
 
 log = logging.getLogger(__name__)
 
 # send_events yields to the hub this often, so a big batch neither blocks other
 # greenlets nor piles everything up before the writers can start sending.
 _YIELD_EVERY = 256
+
+# Simulators started and not stopped, for `serving_in_thread`.
+_serving: weakref.WeakSet[GatewaySimulator] = weakref.WeakSet()
+
+
+def serving_in_thread(ident: int | None = None) -> bool:
+    """Whether a started, not yet stopped simulator serves from thread ``ident``'s hub.
+
+    ``ident`` defaults to the calling thread. `gcluster.ThreadedCluster` asks:
+    its calls block the calling thread, and with it a simulator in that thread.
+    """
+    if ident is None:
+        ident = threading.get_ident()
+    return any(sim._thread == ident for sim in list(_serving))
 
 
 class PacedSend:
@@ -92,7 +108,9 @@ class GatewaySimulator:
     connection. With ``ssl_context`` both are served over TLS (``wss://``
     and ``https://``). It runs as greenlets in the hub of the thread that calls
     `start`, never monkey-patches, and every method must be called from that
-    hub; none blocks for long.
+    hub; none blocks for long (so `gcluster.ThreadedCluster`, which blocks
+    its caller, refuses to run in that thread). As on Discord, a session gets
+    only the dispatches its IDENTIFY's intents bring (see `dispatch`).
 
     All arguments are keyword-only.
 
@@ -195,6 +213,7 @@ class GatewaySimulator:
         self._server: Server | None = None
         self._gateway: Gateway | None = None
         self._stopped = False
+        self._thread: int | None = None
         self._connection_ids = itertools.count(1)
         # Greenlets of faults planned for later, killed on stop().
         self._timers = Group()
@@ -238,6 +257,8 @@ class GatewaySimulator:
         )
         server.start()
         self._server = server
+        self._thread = threading.get_ident()
+        _serving.add(self)
         log.debug("gateway simulator listening on %s", self.url)
         return self
 
@@ -251,6 +272,7 @@ class GatewaySimulator:
         if self._server is None or self._stopped:
             return
         self._stopped = True
+        _serving.discard(self)
         self._timers.kill(block=False)
         for conn in self._require().all_connections():
             conn.wire.close(1001, "Simulator stopping.")
@@ -309,14 +331,18 @@ class GatewaySimulator:
 
         A shard with a live session gets it at once with the session's next
         ``s``; a session waiting to be resumed logs it for the replay; a shard
-        that never identified gets it after its next READY.
+        that never identified gets it after its next READY. As on Discord, a
+        session whose IDENTIFY had none of the intents that bring the
+        dispatch (a TYPING_START in a guild needs GUILD_MESSAGE_TYPING; a
+        ``d`` without ``guild_id`` is a DM one) never gets it: it is recorded
+        in ``records.withheld`` instead and takes no ``s``.
         """
         gateway = self._require()
         self._check_shard(shard_id)
         if not isinstance(name, str) or not name:
             raise ConfigError("name must be a dispatch name such as 'MESSAGE_CREATE'")
         number = event_number(data) if isinstance(data, dict) else None
-        gateway.deliver(shard_id, name, encode(data), number)
+        gateway.deliver(shard_id, name, encode(data), number, gateway.intents_for(name, data))
 
     def send_events(
         self, shard_id: int, count: int, kinds: Iterable[str] | None = None
@@ -325,11 +351,14 @@ class GatewaySimulator:
 
         They cycle through MESSAGE_CREATE, MESSAGE_UPDATE, MESSAGE_DELETE,
         TYPING_START and PRESENCE_UPDATE (or ``kinds``), in the shard's guilds,
-        delivered like `dispatch`. Numbers continue across calls: 1, 2, 3, ...
-        Read one back with `gcluster.testing.event_number`.
+        delivered like `dispatch`: a session identified without
+        GUILD_MESSAGE_TYPING or GUILD_PRESENCES gets no TYPING_START or
+        PRESENCE_UPDATE (`STREAM_INTENTS` brings them all). Numbers continue
+        across calls: 1, 2, 3, ... Read one back with
+        `gcluster.testing.event_number`.
 
         Returns:
-            The numbers given, in sending order.
+            The numbers given, in sending order (withheld ones too).
 
         Raises:
             ConfigError: for a bad shard id, count or kind.
@@ -340,10 +369,11 @@ class GatewaySimulator:
             raise ConfigError("count must be >= 0")
         events = gateway.stream(shard_id).take(count, kinds)
         deliver = gateway.deliver
+        intents_for = gateway.intents_for
         numbers = []
         may_yield = gevent.getcurrent() is not gevent.get_hub()
         for name, data, number in events:
-            deliver(shard_id, name, encode(data), number)
+            deliver(shard_id, name, encode(data), number, intents_for(name, data))
             numbers.append(number)
             if may_yield and number % _YIELD_EVERY == 0:
                 gevent.sleep(0)
@@ -384,8 +414,9 @@ class GatewaySimulator:
                 queued on the connection after it waits too.
 
         Raises:
-            ConfigError: for a bad shard id, count or kind, or a shard with
-                no live connection.
+            ConfigError: for a bad shard id, count or kind, a shard with no
+                live connection, or a kind the shard's session did not
+                identify with an intent for.
         """
         gateway = self._require()
         self._check_shard(shard_id)

@@ -31,6 +31,7 @@ from gcluster.testing.faults import (
 from gcluster.testing.payloads import event_number
 from gcluster.testing.process import SimulatorError
 from gcluster.testing.simulator import GatewaySimulator
+from gcluster.testing.streams import STREAM_INTENTS
 
 __all__ = ["RESUMABLE_FAULTS", "StormResult", "run_storm"]
 
@@ -107,7 +108,7 @@ def run_storm(
         identify_interval=0,
     ).start()
     cluster = Cluster(
-        sim.token, 1 << 9, api_base=sim.api_base, queue=NoOpQueue(), connect_timeout=2.0
+        sim.token, STREAM_INTENTS, api_base=sim.api_base, queue=NoOpQueue(), connect_timeout=2.0
     )
     started = time.monotonic()
     try:

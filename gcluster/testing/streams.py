@@ -13,11 +13,12 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from gcluster.errors import ConfigError
+from gcluster.intents import Intents
 
 from . import payloads
 from .payloads import GuildFixture, Snowflakes
 
-__all__ = ["STREAM_KINDS", "EventStream"]
+__all__ = ["STREAM_INTENTS", "STREAM_KINDS", "EventStream"]
 
 STREAM_KINDS = (
     "MESSAGE_CREATE",
@@ -27,6 +28,11 @@ STREAM_KINDS = (
     "PRESENCE_UPDATE",
 )
 """The dispatch names `send_events` cycles through unless told otherwise."""
+
+STREAM_INTENTS = Intents.GUILD_MESSAGES | Intents.GUILD_MESSAGE_TYPING | Intents.GUILD_PRESENCES
+"""The intents a shard must identify with to get every `STREAM_KINDS` dispatch
+(they are all guild ones); the simulator withholds the others, as Discord does.
+GUILD_PRESENCES is privileged: the simulator allows it unless told otherwise."""
 
 
 class EventStream:
