@@ -205,15 +205,12 @@ class FrameParser:
                 raise FrameError("continuation frame without a message to continue")
         elif self._fragment_opcode is not None:
             raise FrameError("new message before the previous one was finished")
-        elif fin:
-            if opcode == OP_TEXT:
-                _check_utf8(payload)
-            return opcode, payload
         else:
+            # A whole text or binary frame never gets here (feed() takes it),
+            # so this is the first fragment of a message.
             self._fragment_opcode = opcode
+        # feed() has checked the sum against max_message on the frame's header.
         self._fragment_size += len(payload)
-        if self._fragment_size > self.max_message:
-            raise FrameError(f"message over the limit of {self.max_message} bytes")
         self._fragments.append(payload)
         if not fin:
             return None

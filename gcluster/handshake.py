@@ -89,8 +89,8 @@ class ClientHandshake:
                     continue  # 100 Continue and the like come before the answer
                 if isinstance(event, h11.Response):
                     raise _rejected(event)
-                if isinstance(event, h11.ConnectionClosed):
-                    raise HandshakeError("the connection closed during the upgrade")
+                # h11 reports a stream that ends before the answer as an error
+                # (below), so no other event can come before the answer.
                 raise HandshakeError(f"unexpected answer to the upgrade: {event!r}")
         except h11.RemoteProtocolError as err:
             if not data:
@@ -116,12 +116,12 @@ class ClientHandshake:
 
 
 def _rejected(response: h11.Response) -> HandshakeError:
-    reason = response.reason.decode("latin-1", "replace")[:100]
+    reason = response.reason.decode("latin-1")[:100]  # latin-1 decodes any byte
     status = response.status_code
     location = None
     for name, value in response.headers:
         if name == b"location":
-            location = value.decode("latin-1", "replace")[:500]
+            location = value.decode("latin-1")[:500]
     message = f"the upgrade was answered {status} {reason}".rstrip()
     if location is not None:
         message += f" (Location: {location}; redirects are not followed)"

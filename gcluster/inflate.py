@@ -121,10 +121,12 @@ class ZlibStreamInflater:
 
 
 def _strip_zlib_header(data: bytes) -> bytes:
-    """The deflate data after a zlib header (RFC 1950), which is checked as zlib would."""
+    """The deflate data after a zlib header (RFC 1950), which is checked as zlib would.
+
+    `data` ends with the 4-byte flush marker, so both header bytes are there.
+    """
     if (
-        len(data) < 2
-        or data[0] & 0x0F != 8  # deflate
+        data[0] & 0x0F != 8  # deflate
         or data[0] >> 4 > 7  # window size
         or (data[0] << 8 | data[1]) % 31
         or data[1] & 0x20  # a preset dictionary, which Discord never uses

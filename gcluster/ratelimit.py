@@ -57,7 +57,7 @@ class CommandRatelimiter:
         self._sleep = sleep
         self._sent: deque[float] = deque()
         self._waiters = Semaphore()  # first come, first served
-        self._reserved = 0
+        self._reserved: int  # set by set_heartbeat_interval()
         self.set_heartbeat_interval(heartbeat_interval)
 
     def set_heartbeat_interval(self, interval: float) -> None:
