@@ -15,7 +15,7 @@ event), or a list of actions:
     Heartbeat   start the heartbeat timer (first beat after `first_delay`)
     Identify    wait for the identify queue, then call `identify()`
     Reconnect   close the socket with `code` and connect again
-    Skip        a dispatch that cannot be used was dropped: log `reason`
+    Skip        something the gateway sent was not used (counted): log `reason`
     Fail        a fatal close: stop the shard and surface `error`
 
 The driver's calls, and the greenlet each comes from:
@@ -27,11 +27,12 @@ The driver's calls, and the greenlet each comes from:
     identify     identify, give_up (session starts spent: FATALLY_CLOSED)
     application  shutting_down (down()), revive (restart())
 
-Nothing from the gateway is adopted unchecked: a message whose opcode, HELLO
-or READY breaks the rules becomes a reconnect (cause "protocol_error"), a
-dispatch with a bad name or sequence is skipped, a sequence at or below the
-last one handled is a replay and is never delivered twice, and a
-`resume_gateway_url` weaker than the connection it came on is ignored.
+Nothing from the gateway is adopted unchecked: HELLO, READY or RESUMED that
+break the rules (a bad interval, out of turn) become a reconnect (cause
+"protocol_error"); a message that is not a gateway payload, or a dispatch
+with a bad name or sequence, is skipped; a sequence at or below the last one
+handled is a replay and is never delivered twice; and a `resume_gateway_url`
+weaker than the connection it came on is ignored.
 """
 
 from __future__ import annotations
