@@ -423,3 +423,11 @@ def test_hub_thread_calls_return_raise_and_time_out() -> None:
     assert not hub.alive and hub.stop(TIMEOUT)
     with pytest.raises(HubThreadStopped):
         hub.call(lambda: None, timeout=TIMEOUT)
+
+
+def test_hub_thread_has_a_module_of_its_own_and_is_still_where_it_was() -> None:
+    import gcluster.hubthread
+    import gcluster.threaded
+
+    assert gcluster.threaded.HubThread is gcluster.hubthread.HubThread
+    assert "HubThread" in gcluster.threaded.__all__
