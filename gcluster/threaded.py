@@ -31,7 +31,6 @@ import sys
 import threading
 import warnings
 from collections.abc import Callable, Iterator, Mapping
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import gevent
@@ -53,6 +52,7 @@ from gcluster.errors import (
 )
 from gcluster.events import Event
 from gcluster.hubthread import GRACE, POLL, HubThread
+from gcluster.interface import ClusterLifecycle
 from gcluster.message import Message
 from gcluster.protocol import ResumeSession
 from gcluster.shard import Information
@@ -71,12 +71,14 @@ T = TypeVar("T")
 _END: Final = object()
 
 
-class ThreadedCluster:
+class ThreadedCluster(ClusterLifecycle):
     """A `Cluster` in a background thread with its own gevent hub; every method is thread-safe.
 
     Same arguments and options as `Cluster`; the cluster is built (and its
     options checked) in the hub thread, which starts here and ends with
-    `down()`. Call it from any thread; exceptions raise in the calling thread.
+    `down()` or `down_resumable()` (both, and the context manager, come from
+    `ClusterLifecycle`). Call it from any thread; exceptions raise in the
+    calling thread.
 
         cluster = ThreadedCluster(token, Intents.GUILD_MESSAGES)
         cluster.up()
@@ -206,31 +208,6 @@ class ThreadedCluster:
         except (HubThreadStopped, ThreadedClusterTimeout):
             return False
 
-    def down(self) -> None:
-        """Close every shard with 1000, end `events()` and the hub thread; idempotent."""
-        self._shutdown(resumable=False)
-
-    def down_resumable(self) -> dict[int, ResumeSession]:
-        """Close every shard keeping its session and return the sessions; as `Cluster`."""
-        return self._shutdown(resumable=True)
-
-    def __enter__(self) -> ThreadedCluster:
-        try:
-            self.up()
-        except BaseException:
-            # __exit__ is not called when __enter__ raises: end the thread here.
-            self.down()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.down()
-
     # --- shards ----------------------------------------------------------------------
 
     @property
@@ -351,6 +328,8 @@ class ThreadedCluster:
             ) from err
 
     def _shutdown(self, *, resumable: bool) -> dict[int, ResumeSession]:
+        # down() and down_resumable(): the first call shuts the cluster down in
+        # the hub and ends the hub thread; later ones wait for that and return {}.
         with self._lock:
             first = not self._down_started
             self._down_started = True
