@@ -16,6 +16,8 @@ every other thread:
   behind by `event_buffer` events, the pump waits (cooperatively, so
   heartbeats go on) and the events stay in the cluster's queue; a reader
   that takes one wakes it again.
+  When every shard has stopped for good, the pump hands the error over and
+  ends; `restart()` starts a new one.
 - `down()` shuts the cluster down, hands the events queued before it through,
   and ends the hub thread; from then on `info()` and `shards()` answer from the
   last snapshot and `events()` ends once drained.
@@ -38,7 +40,7 @@ from gevent.event import Event as Flag
 
 from gcluster._token import Token
 from gcluster.cluster import Cluster, ClusterConfig, ClusterOptions
-from gcluster.commands import Command
+from gcluster.commands import Command, shard_for_guild
 from gcluster.errors import (
     ClusterNotUp,
     ClusterStartError,
@@ -69,6 +71,8 @@ T = TypeVar("T")
 
 # End of the event stream, after down().
 _END: Final = object()
+# The pump stopped on the error in `_failure`: every shard has stopped for good.
+_FAILED: Final = object()
 
 
 class ThreadedCluster(ClusterLifecycle):
@@ -128,7 +132,10 @@ class ThreadedCluster(ClusterLifecycle):
         self._down_started = False
         self._down_done = threading.Event()
         self._final_info: dict[int, Information] = {}
+        self._final_remaining: int | None = None
+        # Set in the hub thread once the shards exist; read from any thread.
         self._total: int | None = None
+        self._failure: Exception | None = None
         self._pump_waiting = False
         # Made in the hub thread: the cluster and _room by _build, the pump by up().
         self._cluster: Cluster | None = None
@@ -144,6 +151,19 @@ class ThreadedCluster(ClusterLifecycle):
         except BaseException:
             self._hub.stop(call_timeout)
             raise
+
+    @classmethod
+    def new(
+        cls,
+        token: str | Token,
+        intents: int,
+        *,
+        call_timeout: float = 30.0,
+        event_buffer: int = 1000,
+        **options: Unpack[ClusterOptions],
+    ) -> ThreadedCluster:
+        """Same as `ThreadedCluster(token, intents, ...)`, as `Cluster.new` spells it."""
+        return cls(token, intents, call_timeout=call_timeout, event_buffer=event_buffer, **options)
 
     def __repr__(self) -> str:
         state = "stopped" if self._down_done.is_set() else "running"
@@ -190,7 +210,6 @@ class ThreadedCluster(ClusterLifecycle):
                 "this cluster was shut down; build a new one",
                 kind=ClusterStartErrorType.SHARD_START,
             ) from err
-        self._total = self._call(self._shard_total, timeout=self._call_timeout)
 
     def wait_until_ready(self, timeout: float | None = None) -> bool:
         """Wait until every shard has READY or RESUMED.
@@ -212,8 +231,25 @@ class ThreadedCluster(ClusterLifecycle):
 
     @property
     def total(self) -> int | None:
-        """The bot's shard count (what `shard_for_guild` needs), known once up."""
+        """The bot's shard count (all processes together); None until `up()` has made the shards.
+
+        Known as soon as the shards exist, so also while `up()` waits for
+        them, and after an `up()` that raised once they did.
+        """
         return self._total
+
+    def shard_for(self, guild_id: int | str) -> int:
+        """The id of the shard that receives a guild's events: `(guild_id >> 22) % total`.
+
+        Answered in the calling thread, from `total`.
+
+        Raises:
+            ClusterNotUp: the shards were never made, so the total is unknown.
+        """
+        total = self._total
+        if total is None:
+            raise ClusterNotUp(self._not_up("does not know the shard count yet"))
+        return shard_for_guild(guild_id, total)
 
     def shard(self, shard_id: int) -> Information | None:
         """A snapshot of one shard (`Information`, not the `Shard`, which lives in the
@@ -231,6 +267,18 @@ class ThreadedCluster(ClusterLifecycle):
         except HubThreadStopped:
             self._down_done.wait(self._call_timeout)
             return dict(self._final_info)
+
+    @property
+    def session_starts_remaining(self) -> int | None:
+        """IDENTIFYs left today as far as this process knows; as `Cluster.session_starts_remaining`.
+
+        After `down()`, the count as the cluster stopped.
+        """
+        try:
+            return self._call(self._in_hub_session_starts_remaining, timeout=self._call_timeout)
+        except HubThreadStopped:
+            self._down_done.wait(self._call_timeout)
+            return self._final_remaining
 
     @property
     def backlog(self) -> int:
@@ -268,6 +316,25 @@ class ThreadedCluster(ClusterLifecycle):
         """Send a raw websocket message through one shard; as `Cluster.send`."""
         self._send(shard_id, self._in_hub_send, shard_id, message, wait=self._call_timeout)
 
+    def restart(self, shard_id: int) -> None:
+        """Reconnect one shard now (RESUME if it can, else IDENTIFY); as `Cluster.restart`.
+
+        Also revives a shard that was fatally closed. When every shard had
+        been, `events()` had raised their error and ended; events flow again
+        from the next `events()` loop.
+
+        Raises:
+            ClusterNotUp: `up()` was never called.
+            ShardNonexistent: the cluster is up and has no such shard.
+            InvalidState: the cluster was shut down.
+        """
+        try:
+            self._call(self._in_hub_restart, shard_id, timeout=self._call_timeout)
+        except HubThreadStopped as err:
+            if self._total is None:
+                raise ClusterNotUp(self._not_up(f"has no shard {shard_id} yet")) from err
+            raise InvalidState(f"shard {shard_id} was shut down; build a new cluster") from err
+
     # --- events -------------------------------------------------------------------------
 
     def events(self) -> Iterator[tuple[int, Event]]:
@@ -302,9 +369,13 @@ class ThreadedCluster(ClusterLifecycle):
             if item is _END:
                 events.put(_END)  # other iterators end too
                 return
-            if isinstance(item, Exception):
-                events.put(item)  # other iterators raise it too
-                raise item
+            if item is _FAILED:
+                failure = self._failure
+                if failure is not None and events.empty():
+                    events.put(_FAILED)  # other iterators raise it too
+                    raise failure
+                # A restart revived the cluster, or down() ended it: read on.
+                continue
             yield item
 
     # --- calls into the hub ------------------------------------------------------------
@@ -316,6 +387,12 @@ class ThreadedCluster(ClusterLifecycle):
         cluster = self._cluster
         assert cluster is not None, "the cluster is built in __init__"
         return cluster
+
+    def _not_up(self, what: str) -> str:
+        # Cluster's wording, for a cluster whose shards were never made.
+        if self._down_started:
+            return f"the cluster was shut down without being brought up, so it {what}"
+        return f"the cluster is not up, so it {what}: call cluster.up() first"
 
     def _send(
         self, shard_id: int, func: Callable[..., None], *args: Any, wait: float | None
@@ -364,12 +441,16 @@ class ThreadedCluster(ClusterLifecycle):
         cluster = self._in_hub()
         cluster.up(block=False)
         if self._pump is None:
+            self._total = cluster.total
             # Only now: the cluster's events() refuses a cluster that is not up.
-            self._pump = gevent.spawn(self._run_pump)
-            self._pump.name = "gcluster-threaded-pump"
-            self._pumping = True
+            self._start_pump()
         if block:
             cluster.up(block=True, timeout=timeout)
+
+    def _start_pump(self) -> None:
+        self._pump = gevent.spawn(self._run_pump)
+        self._pump.name = "gcluster-threaded-pump"
+        self._pumping = True
 
     def _run_pump(self) -> None:
         cluster = self._in_hub()
@@ -377,9 +458,19 @@ class ThreadedCluster(ClusterLifecycle):
             for item in cluster.events():
                 self._forward(item)
         except Exception as err:  # noqa: BLE001 - handed to the reading threads, which raise it
-            self._events.put(err)
+            self._failure = err
+            self._events.put(_FAILED)
             return
         self._events.put(_END)
+
+    def _in_hub_restart(self, shard_id: int) -> None:
+        self._in_hub().restart(shard_id)
+        pump = self._pump
+        if pump is not None and pump.dead and self._failure is not None and not self._draining:
+            # Every shard had failed and the pump ended with their error; the
+            # cluster's events flow again now, and so does a new pump.
+            self._failure = None
+            self._start_pump()
 
     def _forward(self, item: tuple[int, Event]) -> None:
         # Only qsize is checked: the queue itself is unbounded, so put never
@@ -402,6 +493,7 @@ class ThreadedCluster(ClusterLifecycle):
                 cluster.down()
         finally:
             self._final_info = cluster.info()
+            self._final_remaining = cluster.session_starts_remaining
             # Hand over everything queued before down(), however far behind the reader is.
             self._draining = True
             self._room.set()
@@ -413,11 +505,13 @@ class ThreadedCluster(ClusterLifecycle):
                 if not pump.dead:
                     pump.kill(block=False)
                     self._events.put(_END)
+                elif self._failure is not None:
+                    # It had ended on a failure; after down() the stream just ends, as Cluster's.
+                    self._events.put(_END)
         return sessions
 
-    def _shard_total(self) -> int | None:
-        shards = self._in_hub().shards()
-        return shards[0].total if shards else None
+    def _in_hub_session_starts_remaining(self) -> int | None:
+        return self._in_hub().session_starts_remaining
 
     def _backlog(self) -> int:
         return self._in_hub().backlog

@@ -27,17 +27,22 @@ from conftest import TIMEOUT
 from gevent import subprocess
 
 from gcluster import (
+    AuthenticationFailed,
     ClusterNotUp,
     ClusterStartError,
     ClusterStartErrorType,
     CommandSendingError,
     ConfigError,
     DisallowedIntents,
+    Event,
+    EventType,
     Intents,
+    InvalidState,
     SessionStartLimitExhausted,
+    ShardNonexistent,
     UpdatePresence,
 )
-from gcluster.testing import GatewaySimulator
+from gcluster.testing import STREAM_INTENTS, GatewaySimulator, event_number
 from gcluster.testing.simulator import serving_in_thread
 from gcluster.threaded import (
     HubThread,
@@ -230,22 +235,57 @@ def test_before_up_events_raise_and_commands_say_the_cluster_is_not_up() -> None
             with pytest.deprecated_call():
                 cluster.command_raw(0, b"{}")
         assert cluster.shard(0) is None and cluster.info() == {}
+        assert cluster.total is None and cluster.session_starts_remaining is None
+        with pytest.raises(ClusterNotUp, match=r"call cluster\.up\(\) first"):
+            cluster.shard_for(81_384_788_765_712_384)
+        with pytest.raises(ClusterNotUp, match=r"call cluster\.up\(\) first"):
+            cluster.restart(0)
     finally:
         cluster.down()
     assert in_thread(lambda: list(cluster.events())) == []  # after down(): ends at once
+    with pytest.raises(ClusterNotUp, match="shut down without being brought up"):
+        cluster.restart(0)
+    with pytest.raises(ClusterNotUp, match="shut down without being brought up"):
+        cluster.shard_for(81_384_788_765_712_384)
+
+
+class SimulatorThread:
+    """A simulator in a hub thread of its own, so this thread may block on the cluster."""
+
+    def __init__(self, **options: Any) -> None:
+        self.hub = HubThread("simulator").start()
+        options.setdefault("heartbeat_interval", 0.5)
+        self.sim: GatewaySimulator = self.hub.call(
+            lambda: GatewaySimulator(**options).start(), timeout=TIMEOUT
+        )
+
+    def call(self, func: Callable[..., Any], *args: Any) -> Any:
+        """`func(*args)` where the simulator lives."""
+        return self.hub.call(func, *args, timeout=TIMEOUT)
+
+    def wait_until(self, predicate: Callable[[], object]) -> bool:
+        """`GatewaySimulator.wait_until`, in the simulator's thread."""
+        return bool(self.call(self.sim.wait_until, predicate, TIMEOUT))
+
+    def stop(self) -> None:
+        self.call(self.sim.stop)
+        self.hub.stop(TIMEOUT)
+
+
+@contextlib.contextmanager
+def simulator_hub(**options: Any) -> Iterator[SimulatorThread]:
+    where = SimulatorThread(**options)
+    try:
+        yield where
+    finally:
+        where.stop()
 
 
 @contextlib.contextmanager
 def simulator_thread(**options: Any) -> Iterator[GatewaySimulator]:
-    """A simulator in a hub thread of its own, so this thread may block on the cluster."""
-    hub = HubThread("simulator").start()
-    options.setdefault("heartbeat_interval", 0.5)
-    sim = hub.call(lambda: GatewaySimulator(**options).start(), timeout=TIMEOUT)
-    try:
-        yield sim
-    finally:
-        hub.call(sim.stop, timeout=TIMEOUT)
-        hub.stop(TIMEOUT)
+    """Just the simulator of a `SimulatorThread`, for tests that only read its records."""
+    with simulator_hub(**options) as where:
+        yield where.sim
 
 
 def test_up_raises_a_fatal_close_and_events_raise_it_in_every_reader() -> None:
@@ -256,12 +296,16 @@ def test_up_raises_a_fatal_close_and_events_raise_it_in_every_reader() -> None:
         try:
             with pytest.raises(DisallowedIntents):
                 cluster.up(timeout=TIMEOUT)
+            # The shards were made before the close: their count is known.
+            assert cluster.total == 2 and cluster.shard_for(1 << 22) == 1
             for _ in range(2):
                 assert isinstance(in_thread(lambda: list(cluster.events())), DisallowedIntents)
             assert sim.records.identifies == []
             assert len(sim.records.connections) == 2
         finally:
             cluster.down()
+        # After down(), as Cluster's: the stream ends instead of raising.
+        assert in_thread(lambda: list(cluster.events())) == []
 
 
 class ExhaustedQueue:
@@ -431,3 +475,77 @@ def test_hub_thread_has_a_module_of_its_own_and_is_still_where_it_was() -> None:
 
     assert gcluster.threaded.HubThread is gcluster.hubthread.HubThread
     assert "HubThread" in gcluster.threaded.__all__
+
+
+def first_event(
+    cluster: ThreadedCluster, wanted: Callable[[int, Event], bool]
+) -> tuple[int, Event]:
+    """The first event that `wanted` accepts, of a new `events()` loop in another thread."""
+
+    def read() -> tuple[int, Event]:
+        for shard_id, event in cluster.events():
+            if wanted(shard_id, event):
+                return shard_id, event
+        raise AssertionError("events() ended first")
+
+    outcome = in_thread(read)
+    if isinstance(outcome, Exception):
+        raise outcome
+    assert isinstance(outcome, tuple)
+    return outcome
+
+
+def test_restart_shard_for_and_session_starts_remaining_as_cluster_has_them() -> None:
+    with simulator_hub(shards=2, max_concurrency=2, session_start_remaining=50) as where:
+        sim = where.sim
+        cluster = ThreadedCluster.new(
+            sim.token, Intents.GUILDS, api_base=sim.api_base, call_timeout=TIMEOUT
+        )
+        try:
+            assert cluster.session_starts_remaining is None  # GET /gateway/bot not asked yet
+            cluster.up(timeout=TIMEOUT)
+            assert cluster.total == 2
+            guild_id = where.call(sim.guild_ids, 1)[0]
+            assert cluster.shard_for(guild_id) == cluster.shard_for(str(guild_id)) == 1
+            # 50 at start, 2 IDENTIFYs, and LocalQueue keeps one back.
+            assert cluster.session_starts_remaining == 47
+
+            cluster.restart(0)
+            assert where.wait_until(lambda: len(sim.records.resumes) == 1)
+            assert [(r.shard_id, r.ok) for r in sim.records.resumes] == [(0, True)]
+            resumed, _ = first_event(cluster, lambda _, event: event.kind is EventType.RESUMED)
+            assert resumed == 0
+            assert cluster.wait_until_ready(TIMEOUT)
+            with pytest.raises(ShardNonexistent):
+                cluster.restart(2)
+            assert len(sim.records.identifies) == 2
+        finally:
+            cluster.down()
+        # After down(): as the cluster stopped.
+        assert cluster.session_starts_remaining == 47
+        assert cluster.shard_for(guild_id) == 1
+        with pytest.raises(InvalidState, match="shut down"):
+            cluster.restart(0)
+
+
+def test_restart_revives_a_cluster_whose_shards_all_failed_and_events_flow_again() -> None:
+    with simulator_hub(shards=1) as where:
+        sim = where.sim
+        cluster = ThreadedCluster(
+            sim.token, STREAM_INTENTS, api_base=sim.api_base, call_timeout=TIMEOUT
+        )
+        try:
+            cluster.up(timeout=TIMEOUT)
+            where.call(sim.close_shard, 0, 4004)
+            # Every shard stopped for good: each events() loop raises the error.
+            for _ in range(2):
+                assert isinstance(in_thread(lambda: list(cluster.events())), AuthenticationFailed)
+            cluster.restart(0)
+            first_event(cluster, lambda _, event: event.kind is EventType.READY)
+            assert cluster.wait_until_ready(TIMEOUT)
+            assert len(sim.records.identifies) == 2
+            where.call(sim.send_events, 0, 3)
+            shard_id, _ = first_event(cluster, lambda _, event: event_number(event.data) == 3)
+            assert shard_id == 0
+        finally:
+            cluster.down()
