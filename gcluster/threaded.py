@@ -137,6 +137,10 @@ class ThreadedCluster(ClusterLifecycle):
         self._total: int | None = None
         self._failure: Exception | None = None
         self._pump_waiting = False
+        # Events finished by the reading threads and not yet handed to the hub thread.
+        self._finish_lock = threading.Lock()
+        self._to_finish = 0
+        self._finish_posted = False
         # Made in the hub thread: the cluster and _room by _build, the pump by up().
         self._cluster: Cluster | None = None
         self._room: Any = None
@@ -337,13 +341,26 @@ class ThreadedCluster(ClusterLifecycle):
 
     # --- events -------------------------------------------------------------------------
 
-    def events(self) -> Iterator[tuple[int, Event]]:
+    def events(self, *, manual_finish: bool = False) -> Iterator[tuple[int, Event]]:
         """Every delivered event as `(shard_id, event)`, for any ordinary thread.
 
         Order is kept within each shard. Ends after `down()` once the events
         received before it are read; raises the fatal close error (in every
-        iterating thread) when every shard is fatally closed. Several threads
-        may iterate at once; each event goes to one of them.
+        iterating thread) when every shard is fatally closed, until `restart`
+        revives one. Several threads may iterate at once; each event goes to
+        one of them.
+
+        With a session store, the saved session of a shard moves past an
+        event once it is finished, and events are finished as `finish`
+        does: a count at a time, in the order the cluster handed them out,
+        across every reading thread. Without ``manual_finish``, each time a
+        loop asks for its next event, one more is finished; a loop that ends
+        (break, an exception) does not finish its last one, so the loops
+        after it finish one event behind. With one reading thread that is
+        `Cluster.events()`'s rule; with several, one thread's request may
+        finish an event another thread is still handling (read from one
+        thread, or pass ``manual_finish=True`` and call `finish`, where that
+        matters). Events waiting in the buffer for a reader are not finished.
 
         Raises:
             ClusterNotUp: `up()` was never called (or failed before any shard
@@ -357,6 +374,7 @@ class ThreadedCluster(ClusterLifecycle):
                 "call cluster.up() first"
             )
         events = self._events
+        finish = not manual_finish and self._config.session_store is not None
         while True:
             try:
                 item = events.get(timeout=POLL)
@@ -377,6 +395,23 @@ class ThreadedCluster(ClusterLifecycle):
                 # A restart revived the cluster, or down() ended it: read on.
                 continue
             yield item
+            if finish:
+                # Back for the next one: done with that one.
+                self._finish_later(1)
+
+    def finish(self, count: int = 1) -> None:
+        """Mark the next `count` events handed out by `events()` as finished; as `Cluster.finish`.
+
+        For loops with ``manual_finish=True``: events are finished in the
+        order the cluster handed them out, whichever thread read them, and
+        the saved sessions move past them. Returns at once; the hub thread
+        applies it before anything asked of the cluster afterwards (so
+        before a later `down_resumable()`). Without a session store it does
+        nothing; once the cluster is down, it may no longer change what was
+        saved.
+        """
+        if self._config.session_store is not None:
+            self._finish_later(count)
 
     # --- calls into the hub ------------------------------------------------------------
 
@@ -423,6 +458,18 @@ class ThreadedCluster(ClusterLifecycle):
                 log.warning("the cluster's hub thread did not end within %s s", self._call_timeout)
             self._down_done.set()
 
+    def _finish_later(self, count: int) -> None:
+        # One post carries every count added before the hub thread runs it.
+        with self._finish_lock:
+            self._to_finish += count
+            if self._finish_posted:
+                return
+            self._finish_posted = True
+        try:
+            self._hub.post(self._in_hub_finish)
+        except HubThreadStopped:
+            pass  # down() saved the sessions as they were then
+
     def _wake_pump(self) -> None:
         self._pump_waiting = False
         try:
@@ -455,7 +502,9 @@ class ThreadedCluster(ClusterLifecycle):
     def _run_pump(self) -> None:
         cluster = self._in_hub()
         try:
-            for item in cluster.events():
+            # The reading threads finish events (finish(), _finish_later), not
+            # the pump: an event in the buffer is not done with.
+            for item in cluster.events(manual_finish=True):
                 self._forward(item)
         except Exception as err:  # noqa: BLE001 - handed to the reading threads, which raise it
             self._failure = err
@@ -509,6 +558,12 @@ class ThreadedCluster(ClusterLifecycle):
                     # It had ended on a failure; after down() the stream just ends, as Cluster's.
                     self._events.put(_END)
         return sessions
+
+    def _in_hub_finish(self) -> None:
+        with self._finish_lock:
+            count, self._to_finish = self._to_finish, 0
+            self._finish_posted = False
+        self._in_hub().finish(count)
 
     def _in_hub_session_starts_remaining(self) -> int | None:
         return self._in_hub().session_starts_remaining

@@ -38,6 +38,7 @@ from gcluster import (
     EventType,
     Intents,
     InvalidState,
+    MemorySessionStore,
     SessionStartLimitExhausted,
     ShardNonexistent,
     UpdatePresence,
@@ -549,3 +550,64 @@ def test_restart_revives_a_cluster_whose_shards_all_failed_and_events_flow_again
             assert shard_id == 0
         finally:
             cluster.down()
+
+
+def read_until_number(
+    cluster: ThreadedCluster, number: int, *, manual_finish: bool
+) -> list[tuple[int, Event]]:
+    """Every event one loop reads (in another thread) up to the numbered event `number`."""
+
+    def read() -> list[tuple[int, Event]]:
+        got = []
+        for item in cluster.events(manual_finish=manual_finish):
+            got.append(item)
+            if event_number(item[1].data) == number:
+                return got
+        raise AssertionError("events() ended first")
+
+    outcome = in_thread(read)
+    if isinstance(outcome, Exception):
+        raise outcome
+    assert isinstance(outcome, list)
+    return outcome
+
+
+def sequence_of(read: list[tuple[int, Event]], number: int) -> int:
+    (sequence,) = [e.sequence for _, e in read if event_number(e.data) == number]
+    assert sequence is not None
+    return sequence
+
+
+@pytest.mark.parametrize("manual_finish", [True, False], ids=["manual", "automatic"])
+def test_the_saved_session_moves_past_finished_events_only(manual_finish: bool) -> None:
+    store = MemorySessionStore()
+    with simulator_hub(shards=1) as where:
+        sim = where.sim
+        cluster = ThreadedCluster(
+            sim.token,
+            STREAM_INTENTS,
+            api_base=sim.api_base,
+            session_store=store,
+            call_timeout=TIMEOUT,
+        )
+        try:
+            cluster.up(timeout=TIMEOUT)
+            where.call(sim.send_events, 0, 5)
+            read = read_until_number(cluster, 5, manual_finish=manual_finish)
+            if manual_finish:
+                # Finished in the order handed out: up to the third numbered event.
+                third = next(i for i, (_, e) in enumerate(read) if event_number(e.data) == 3)
+                cluster.finish(third)
+                cluster.finish()
+                finished = 3
+            else:
+                # Each event was finished as the loop came back for the next;
+                # the loop ended on the fifth, which it did not come back from.
+                finished = 4
+            sessions = cluster.down_resumable()
+        finally:
+            cluster.down()
+    # The gateway's session is at the last event received; the store's at the last finished.
+    assert sessions[0].sequence == sequence_of(read, 5)
+    assert store.sessions[0].session_id == sessions[0].session_id
+    assert store.sessions[0].sequence == sequence_of(read, finished)
