@@ -18,9 +18,11 @@ every other thread:
   that takes one wakes it again.
   When every shard has stopped for good, the pump hands the error over and
   ends; `restart()` starts a new one.
+- `shard(id)` and `shards()` return `ThreadedShard` handles, whose methods
+  run on the `Shard` in the hub thread the same way.
 - `down()` shuts the cluster down, hands the events queued before it through,
-  and ends the hub thread; from then on `info()` and `shards()` answer from the
-  last snapshot and `events()` ends once drained.
+  and ends the hub thread; from then on `info()` (and a handle's) answers
+  from the last snapshot and `events()` ends once drained.
 
 Nothing here monkey-patches, and the application need not import gevent.
 """
@@ -47,6 +49,7 @@ from gcluster.errors import (
     ClusterStartErrorType,
     CommandSendingError,
     ConfigError,
+    GClusterError,
     HubThreadStopped,
     InvalidState,
     ShardNonexistent,
@@ -56,14 +59,20 @@ from gcluster.events import Event
 from gcluster.hubthread import GRACE, POLL, HubThread
 from gcluster.interface import ClusterLifecycle
 from gcluster.message import Message
-from gcluster.protocol import ResumeSession
-from gcluster.shard import Information
+from gcluster.protocol import ResumeSession, Stage
+from gcluster.shard import Information, Shard
 
 if TYPE_CHECKING:
     # As in gcluster.cluster: for annotations only, never imported at run time.
     from typing_extensions import Unpack
 
-__all__ = ["HubThread", "HubThreadStopped", "ThreadedCluster", "ThreadedClusterTimeout"]
+__all__ = [
+    "HubThread",
+    "HubThreadStopped",
+    "ThreadedCluster",
+    "ThreadedClusterTimeout",
+    "ThreadedShard",
+]
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +82,72 @@ T = TypeVar("T")
 _END: Final = object()
 # The pump stopped on the error in `_failure`: every shard has stopped for good.
 _FAILED: Final = object()
+
+
+class ThreadedShard:
+    """One shard of a `ThreadedCluster`, for any thread: a `GatewayShard`.
+
+    What `ThreadedCluster.shard(id)` and `shards()` return. The `Shard`
+    itself lives in the cluster's hub thread; each method of this handle
+    runs there, as the cluster's own methods do, and raises in the calling
+    thread. `stage`, `error` and `session` read a fresh `info()` (one call
+    into the hub thread each). After the cluster's `down()` they answer as
+    the shard was when it stopped.
+
+    Attributes:
+        id: the shard id.
+        total: the bot's shard count, all processes together.
+    """
+
+    __slots__ = ("_cluster", "id", "total")
+
+    def __init__(self, cluster: ThreadedCluster, shard_id: int, total: int) -> None:
+        self._cluster = cluster
+        self.id = shard_id
+        self.total = total
+
+    def __repr__(self) -> str:
+        return f"<ThreadedShard {self.id}/{self.total}>"
+
+    def info(self) -> Information:
+        """A snapshot of the shard; after `down()`, as it was when it stopped."""
+        return self._cluster._shard_info(self.id)
+
+    @property
+    def stage(self) -> Stage:
+        """Where its connection is: `info().stage`."""
+        return self.info().stage
+
+    @property
+    def error(self) -> GClusterError | None:
+        """What stopped it for good (stage FATALLY_CLOSED), else None: `info().error`."""
+        return self.info().error
+
+    @property
+    def session(self) -> ResumeSession | None:
+        """The session it would resume, from `info()`; None when it must IDENTIFY next."""
+        info = self.info()
+        if info.session_id is None or info.sequence is None:
+            return None
+        return ResumeSession(info.session_id, info.sequence, info.resume_url)
+
+    def wait_until_ready(self, timeout: float | None = None) -> bool:
+        """Wait for READY or RESUMED; False on timeout, when the shard failed, or after `down()`."""
+        return self._cluster._shard_wait_until_ready(self.id, timeout)
+
+    def command(
+        self, command: Command | Mapping[str, Any], *, timeout: float | None = None
+    ) -> None:
+        """Send a gateway command through this shard: `ThreadedCluster.command(id, ...)`."""
+        self._cluster.command(self.id, command, timeout=timeout)
+
+    def send(self, message: Message) -> None:
+        """Send a raw websocket message through this shard: `ThreadedCluster.send(id, ...)`."""
+        self._cluster.send(self.id, message)
+
+    def restart(self) -> None:
+        """Reconnect this shard now: `ThreadedCluster.restart(id)`."""
+        self._cluster.restart(self.id)
 
 
 class ThreadedCluster(ClusterLifecycle):
@@ -135,6 +210,7 @@ class ThreadedCluster(ClusterLifecycle):
         self._final_remaining: int | None = None
         # Set in the hub thread once the shards exist; read from any thread.
         self._total: int | None = None
+        self._shards: dict[int, ThreadedShard] = {}
         self._failure: Exception | None = None
         self._pump_waiting = False
         # Events finished by the reading threads and not yet handed to the hub thread.
@@ -255,14 +331,22 @@ class ThreadedCluster(ClusterLifecycle):
             raise ClusterNotUp(self._not_up("does not know the shard count yet"))
         return shard_for_guild(guild_id, total)
 
-    def shard(self, shard_id: int) -> Information | None:
-        """A snapshot of one shard (`Information`, not the `Shard`, which lives in the
-        hub thread), or None when the cluster has no such shard (before `up()`, none)."""
-        return self.info().get(shard_id)
+    def shard(self, shard_id: int) -> ThreadedShard | None:
+        """The shard with this id, or None when the cluster has none (before `up()`, none).
 
-    def shards(self) -> list[Information]:
-        """Snapshots of every shard, in id order (none before `up()`)."""
-        return list(self.info().values())
+        A `ThreadedShard`: the `Shard` lives in the hub thread, and the
+        handle forwards each call there. Answered in the calling thread;
+        the same id gives the same handle, also after `down()`. (It used to
+        return the shard's `Information`, which is now `shard(id).info()`.)
+        """
+        return self._shards.get(shard_id)
+
+    def shards(self) -> list[ThreadedShard]:
+        """Every shard of this cluster, as `ThreadedShard` handles in id order (none before `up()`).
+
+        (It used to return their `Information`; `info()` still does.)
+        """
+        return list(self._shards.values())
 
     def info(self) -> dict[int, Information]:
         """`{shard_id: Information}`; after `down()`, as the shards were when they stopped."""
@@ -423,6 +507,26 @@ class ThreadedCluster(ClusterLifecycle):
         assert cluster is not None, "the cluster is built in __init__"
         return cluster
 
+    def _shard_info(self, shard_id: int) -> Information:
+        try:
+            return self._call(self._in_hub_shard_info, shard_id, timeout=self._call_timeout)
+        except HubThreadStopped:
+            self._down_done.wait(self._call_timeout)
+            return self._final_info[shard_id]
+
+    def _shard_wait_until_ready(self, shard_id: int, timeout: float | None) -> bool:
+        if self._down_started:
+            return False
+        try:
+            return self._call(
+                self._in_hub_shard_wait_until_ready,
+                shard_id,
+                timeout,
+                timeout=_plus_grace(timeout),
+            )
+        except (HubThreadStopped, ThreadedClusterTimeout):
+            return False
+
     def _not_up(self, what: str) -> str:
         # Cluster's wording, for a cluster whose shards were never made.
         if self._down_started:
@@ -488,6 +592,9 @@ class ThreadedCluster(ClusterLifecycle):
         cluster = self._in_hub()
         cluster.up(block=False)
         if self._pump is None:
+            self._shards = {
+                shard.id: ThreadedShard(self, shard.id, shard.total) for shard in cluster.shards()
+            }
             self._total = cluster.total
             # Only now: the cluster's events() refuses a cluster that is not up.
             self._start_pump()
@@ -564,6 +671,17 @@ class ThreadedCluster(ClusterLifecycle):
             count, self._to_finish = self._to_finish, 0
             self._finish_posted = False
         self._in_hub().finish(count)
+
+    def _in_hub_shard(self, shard_id: int) -> Shard:
+        shard = self._in_hub().shard(shard_id)
+        assert shard is not None, "handles are made for the cluster's shards only"
+        return shard
+
+    def _in_hub_shard_info(self, shard_id: int) -> Information:
+        return self._in_hub_shard(shard_id).info()
+
+    def _in_hub_shard_wait_until_ready(self, shard_id: int, timeout: float | None) -> bool:
+        return self._in_hub_shard(shard_id).wait_until_ready(timeout)
 
     def _in_hub_session_starts_remaining(self) -> int | None:
         return self._in_hub().session_starts_remaining

@@ -39,17 +39,22 @@ from gcluster import (
     Intents,
     InvalidState,
     MemorySessionStore,
+    Message,
+    RequestGuildMembers,
+    ResumeSession,
     SessionStartLimitExhausted,
     ShardNonexistent,
+    Stage,
     UpdatePresence,
 )
-from gcluster.testing import STREAM_INTENTS, GatewaySimulator, event_number
+from gcluster.testing import STREAM_INTENTS, GatewaySimulator, SimulatorProcess, event_number
 from gcluster.testing.simulator import serving_in_thread
 from gcluster.threaded import (
     HubThread,
     HubThreadStopped,
     ThreadedCluster,
     ThreadedClusterTimeout,
+    ThreadedShard,
 )
 
 MakeSim = Callable[..., GatewaySimulator]
@@ -611,3 +616,55 @@ def test_the_saved_session_moves_past_finished_events_only(manual_finish: bool) 
     assert sessions[0].sequence == sequence_of(read, 5)
     assert store.sessions[0].session_id == sessions[0].session_id
     assert store.sessions[0].sequence == sequence_of(read, finished)
+
+
+def test_shard_returns_a_handle_whose_methods_run_on_the_shard_in_the_hub_thread() -> None:
+    # The simulator in a process of its own: its records come back as counts.
+    with SimulatorProcess({"shards": 2, "max_concurrency": 2, "heartbeat_interval": 0.5}) as sim:
+        cluster = ThreadedCluster(
+            sim.token,
+            STREAM_INTENTS | Intents.GUILD_MEMBERS,
+            api_base=sim.api_base,
+            call_timeout=TIMEOUT,
+        )
+        try:
+            assert cluster.shard(1) is None and cluster.shards() == []
+            cluster.up(timeout=TIMEOUT)
+            shard = cluster.shard(1)
+            assert isinstance(shard, ThreadedShard) and shard is cluster.shard(1)
+            assert cluster.shard(2) is None
+            assert [s.id for s in cluster.shards()] == [0, 1] and shard.total == 2
+            assert shard.wait_until_ready(TIMEOUT)
+            assert shard.stage is Stage.CONNECTED and shard.error is None
+            info = shard.info()
+            assert info.id == 1 and info == cluster.info()[1]
+            assert info.session_id is not None and info.sequence is not None
+            assert shard.session == ResumeSession(info.session_id, info.sequence, info.resume_url)
+
+            _, ready = first_event(
+                cluster, lambda sid, event: sid == 1 and event.kind is EventType.READY
+            )
+            guild_id = int(ready.data["guilds"][0]["id"])
+            shard.command(RequestGuildMembers(guild_id=guild_id, query="", nonce="handle"))
+            chunk_shard, chunk = first_event(
+                cluster, lambda _, event: event.kind is EventType.GUILD_MEMBERS_CHUNK
+            )
+            assert chunk_shard == 1 and chunk.data["nonce"] == "handle"
+
+            shard.send(Message.close(4000))  # keeps the session: the shard resumes
+            first_event(cluster, lambda sid, event: sid == 1 and event.kind is EventType.RESUMED)
+            shard.restart()
+            first_event(cluster, lambda sid, event: sid == 1 and event.kind is EventType.RESUMED)
+            assert shard.wait_until_ready(TIMEOUT)
+            stats = sim.stats()
+            assert (stats["identifies"], stats["resumes"]) == (2, 2)
+        finally:
+            cluster.down()
+    # After down(): the handle answers as the shard stopped, and sends nothing.
+    assert shard is cluster.shard(1)
+    assert shard.stage is Stage.DISCONNECTED and shard.session is None
+    assert shard.wait_until_ready(0.1) is False
+    with pytest.raises(CommandSendingError):
+        shard.command(UpdatePresence(status="idle"))
+    with pytest.raises(InvalidState, match="shut down"):
+        shard.restart()
