@@ -41,7 +41,7 @@ import gevent
 from gevent.event import Event as Flag
 
 from gcluster._token import Token
-from gcluster.cluster import Cluster, ClusterConfig, ClusterOptions
+from gcluster.cluster import Cluster, ClusterBuilder, ClusterConfig, ClusterOptions
 from gcluster.commands import Command, shard_for_guild
 from gcluster.errors import (
     ClusterNotUp,
@@ -63,13 +63,23 @@ from gcluster.protocol import ResumeSession, Stage
 from gcluster.shard import Information, Shard
 
 if TYPE_CHECKING:
+    import ssl
+
     # As in gcluster.cluster: for annotations only, never imported at run time.
     from typing_extensions import Unpack
+
+    from gcluster.commands import UpdatePresence
+    from gcluster.delivery import Loads
+    from gcluster.events import EventTypeFlags
+    from gcluster.queue import Queue
+    from gcluster.scheme import ShardScheme
+    from gcluster.sessions import SessionStore
 
 __all__ = [
     "HubThread",
     "HubThreadStopped",
     "ThreadedCluster",
+    "ThreadedClusterBuilder",
     "ThreadedClusterTimeout",
     "ThreadedShard",
 ]
@@ -77,6 +87,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+DEFAULT_CALL_TIMEOUT: Final = 30.0
+DEFAULT_EVENT_BUFFER: Final = 1000
 
 # End of the event stream, after down().
 _END: Final = object()
@@ -186,8 +199,8 @@ class ThreadedCluster(ClusterLifecycle):
         token: str | Token,
         intents: int,
         *,
-        call_timeout: float = 30.0,
-        event_buffer: int = 1000,
+        call_timeout: float = DEFAULT_CALL_TIMEOUT,
+        event_buffer: int = DEFAULT_EVENT_BUFFER,
         **options: Unpack[ClusterOptions],
     ) -> None:
         if _threading_is_patched():
@@ -238,12 +251,18 @@ class ThreadedCluster(ClusterLifecycle):
         token: str | Token,
         intents: int,
         *,
-        call_timeout: float = 30.0,
-        event_buffer: int = 1000,
+        call_timeout: float = DEFAULT_CALL_TIMEOUT,
+        event_buffer: int = DEFAULT_EVENT_BUFFER,
         **options: Unpack[ClusterOptions],
     ) -> ThreadedCluster:
         """Same as `ThreadedCluster(token, intents, ...)`, as `Cluster.new` spells it."""
         return cls(token, intents, call_timeout=call_timeout, event_buffer=event_buffer, **options)
+
+    @classmethod
+    def builder(cls, token: str | Token, intents: int) -> ThreadedClusterBuilder:
+        """A builder taking one option per method call, as `Cluster.builder`'s, plus
+        `call_timeout` and `event_buffer`: `.event_types(...).build()`."""
+        return ThreadedClusterBuilder(token, intents)
 
     def __repr__(self) -> str:
         state = "stopped" if self._down_done.is_set() else "running"
@@ -708,6 +727,70 @@ class ThreadedCluster(ClusterLifecycle):
 
     def _in_hub_send(self, shard_id: int, message: Message) -> None:
         self._in_hub().send(shard_id, message)
+
+
+class ThreadedClusterBuilder(ClusterBuilder):
+    """Builds a `ThreadedCluster` one option at a time, as `ClusterBuilder` builds a `Cluster`:
+
+        cluster = (ThreadedCluster.builder(token, Intents.GUILD_MESSAGES)
+                   .event_types(EventTypeFlags.MESSAGE_CREATE)
+                   .call_timeout(10)
+                   .build())
+
+    `ClusterBuilder`'s option methods, plus `call_timeout` and
+    `event_buffer`; each returns the builder, and `build()` checks them all.
+    """
+
+    def __init__(self, token: str | Token, intents: int) -> None:
+        super().__init__(token, intents)
+        self._call_timeout: float = DEFAULT_CALL_TIMEOUT
+        self._event_buffer: int = DEFAULT_EVENT_BUFFER
+
+    def __repr__(self) -> str:
+        return f"<ThreadedClusterBuilder options={sorted(self._options)}>"
+
+    # It reuses ClusterBuilder's option methods, not its product.
+    def build(self) -> ThreadedCluster:  # type: ignore[override]
+        return ThreadedCluster(
+            self._token,
+            self._intents,
+            call_timeout=self._call_timeout,
+            event_buffer=self._event_buffer,
+            **self._options,
+        )
+
+    def call_timeout(self, value: float) -> ThreadedClusterBuilder:
+        self._call_timeout = value
+        return self
+
+    def event_buffer(self, value: int) -> ThreadedClusterBuilder:
+        self._event_buffer = value
+        return self
+
+    if TYPE_CHECKING:
+        # ClusterBuilder's option methods say they return a ClusterBuilder, whose
+        # build() makes a Cluster; said again here, a chain of them ends in a
+        # ThreadedCluster for mypy as it does at run time.
+        def event_types(self, value: EventTypeFlags) -> ThreadedClusterBuilder: ...
+        def shard_scheme(self, value: ShardScheme) -> ThreadedClusterBuilder: ...
+        def gateway_url(self, value: str | None) -> ThreadedClusterBuilder: ...
+        def api_base(self, value: str) -> ThreadedClusterBuilder: ...
+        def large_threshold(self, value: int) -> ThreadedClusterBuilder: ...
+        def presence(self, value: UpdatePresence | None) -> ThreadedClusterBuilder: ...
+        def shard_presence(
+            self, value: Callable[[int], UpdatePresence | None]
+        ) -> ThreadedClusterBuilder: ...
+        def identify_properties(self, value: Mapping[str, str]) -> ThreadedClusterBuilder: ...
+        def queue(self, value: Queue) -> ThreadedClusterBuilder: ...
+        def resume_sessions(self, value: Mapping[int, ResumeSession]) -> ThreadedClusterBuilder: ...
+        def ratelimit_payloads(self, value: bool) -> ThreadedClusterBuilder: ...
+        def compression(self, value: bool | str | None) -> ThreadedClusterBuilder: ...
+        def connect_timeout(self, value: float) -> ThreadedClusterBuilder: ...
+        def max_message_size(self, value: int) -> ThreadedClusterBuilder: ...
+        def ssl_context(self, value: ssl.SSLContext | None) -> ThreadedClusterBuilder: ...
+        def session_store(self, value: SessionStore) -> ThreadedClusterBuilder: ...
+        def backlog_warning(self, value: int) -> ThreadedClusterBuilder: ...
+        def decoder(self, value: str | Loads) -> ThreadedClusterBuilder: ...
 
 
 def _plus_grace(timeout: float | None) -> float | None:

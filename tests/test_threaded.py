@@ -10,6 +10,7 @@ cluster; the others need no gateway.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import json
 import os
@@ -28,6 +29,7 @@ from gevent import subprocess
 
 from gcluster import (
     AuthenticationFailed,
+    ClusterBuilder,
     ClusterNotUp,
     ClusterStartError,
     ClusterStartErrorType,
@@ -53,6 +55,7 @@ from gcluster.threaded import (
     HubThread,
     HubThreadStopped,
     ThreadedCluster,
+    ThreadedClusterBuilder,
     ThreadedClusterTimeout,
     ThreadedShard,
 )
@@ -208,7 +211,37 @@ def test_a_config_error_raises_in_the_calling_thread_and_leaves_no_thread() -> N
         ThreadedCluster("token", Intents.GUILDS, large_threshold=10)
     with pytest.raises(ConfigError):
         ThreadedCluster("token", Intents.GUILDS, no_such_option=True)
+    with pytest.raises(ConfigError):
+        ThreadedCluster.new("token", Intents.GUILDS, event_buffer=0)
+    with pytest.raises(ConfigError):
+        ThreadedCluster.builder("token", Intents.GUILDS).call_timeout(0).build()
+    with pytest.raises(ConfigError):
+        ThreadedCluster.builder("token", Intents.GUILDS).decoder("nope").build()
     assert hub_threads() == []
+
+
+def test_the_builder_declares_every_option_of_cluster_builder_for_mypy() -> None:
+    # Its option methods are ClusterBuilder's; the TYPE_CHECKING block says
+    # each returns the threaded builder, so a chain ends in a ThreadedCluster.
+    tree = ast.parse((ROOT / "gcluster" / "threaded.py").read_text())
+    (builder,) = [
+        node
+        for node in tree.body
+        if isinstance(node, ast.ClassDef) and node.name == "ThreadedClusterBuilder"
+    ]
+    (declared,) = [
+        {f.name for f in node.body if isinstance(f, ast.FunctionDef)}
+        for node in builder.body
+        if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING"
+    ]
+    options = {
+        name
+        for name, value in vars(ClusterBuilder).items()
+        if callable(value) and not name.startswith("_") and name != "build"
+    }
+    assert declared == options
+    made = ThreadedClusterBuilder("token", Intents.GUILDS)
+    assert all(getattr(made, name).__func__ is vars(ClusterBuilder)[name] for name in options)
 
 
 def in_thread(func: Callable[[], object]) -> object:
@@ -621,13 +654,15 @@ def test_the_saved_session_moves_past_finished_events_only(manual_finish: bool) 
 def test_shard_returns_a_handle_whose_methods_run_on_the_shard_in_the_hub_thread() -> None:
     # The simulator in a process of its own: its records come back as counts.
     with SimulatorProcess({"shards": 2, "max_concurrency": 2, "heartbeat_interval": 0.5}) as sim:
-        cluster = ThreadedCluster(
-            sim.token,
-            STREAM_INTENTS | Intents.GUILD_MEMBERS,
-            api_base=sim.api_base,
-            call_timeout=TIMEOUT,
+        cluster = (
+            ThreadedCluster.builder(sim.token, STREAM_INTENTS | Intents.GUILD_MEMBERS)
+            .api_base(sim.api_base)
+            .call_timeout(TIMEOUT)
+            .event_buffer(50)
+            .build()
         )
         try:
+            assert isinstance(cluster, ThreadedCluster)
             assert cluster.shard(1) is None and cluster.shards() == []
             cluster.up(timeout=TIMEOUT)
             shard = cluster.shard(1)

@@ -55,6 +55,9 @@ Cluster(token, intents, large_threshold="100")  # mypy: error
 ThreadedCluster(token, intents, call_timeout=5, compression=1.5)  # mypy: error
 Cluster.builder(token, intents).shard_sheme(ShardScheme.auto())  # mypy: error
 Cluster.builder(token, intents).large_threshold("100")  # mypy: error
+ThreadedCluster.builder(token, intents).shard_sheme(ShardScheme.auto())  # mypy: error
+ThreadedCluster.builder(token, intents).api_base("http://x/api").call_timeout("5")  # mypy: error
+ThreadedCluster.new(token, intents, shard_sheme=ShardScheme.auto())  # mypy: error
 typo: ClusterOptions = {"shard_sheme": ShardScheme.auto()}  # mypy: error
 UpdatePresence(status="idel")  # mypy: error
 
@@ -64,6 +67,10 @@ Cluster(token, intents, shard_scheme=ShardScheme.auto(), large_threshold=100)
 Cluster.new(token, intents, event_types=EventTypeFlags.READY)
 ThreadedCluster(token, intents, call_timeout=5, shard_scheme=ShardScheme.range(range(2), 2))
 Cluster.builder(token, intents).shard_scheme(ShardScheme.auto()).large_threshold(100).build()
+built: ThreadedCluster = (
+    ThreadedCluster.builder(token, intents).large_threshold(100).call_timeout(5).build()
+)
+renewed: ThreadedCluster = ThreadedCluster.new(token, intents, event_buffer=10, api_base="http://x")
 UpdatePresence(status="idle", activities=[Activity(name="tests", type=0)])
 """
 
