@@ -170,7 +170,7 @@ class ThreadedCluster(ClusterLifecycle):
     options checked) in the hub thread, which starts here and ends with
     `down()` or `down_resumable()` (both, and the context manager, come from
     `ClusterLifecycle`). Call it from any thread; exceptions raise in the
-    calling thread.
+    calling thread. Like `Cluster`, it is a `GatewayCluster`.
 
         cluster = ThreadedCluster(token, Intents.GUILD_MESSAGES)
         cluster.up()
@@ -459,11 +459,11 @@ class ThreadedCluster(ClusterLifecycle):
         across every reading thread. Without ``manual_finish``, each time a
         loop asks for its next event, one more is finished; a loop that ends
         (break, an exception) does not finish its last one, so the loops
-        after it finish one event behind. With one reading thread that is
-        `Cluster.events()`'s rule; with several, one thread's request may
-        finish an event another thread is still handling (read from one
-        thread, or pass ``manual_finish=True`` and call `finish`, where that
-        matters). Events waiting in the buffer for a reader are not finished.
+        after it finish one event behind. With one reading thread and one
+        loop, that is `Cluster.events()`'s rule; with several threads, one
+        thread's request may finish an event another is still handling (read
+        from one thread, or pass ``manual_finish=True`` and call `finish`,
+        where that matters). Events waiting in the buffer are not finished.
 
         Raises:
             ClusterNotUp: `up()` was never called (or failed before any shard
@@ -477,7 +477,7 @@ class ThreadedCluster(ClusterLifecycle):
                 "call cluster.up() first"
             )
         events = self._events
-        finish = not manual_finish and self._config.session_store is not None
+        auto_finish = not manual_finish and self._config.session_store is not None
         while True:
             try:
                 item = events.get(timeout=POLL)
@@ -498,7 +498,7 @@ class ThreadedCluster(ClusterLifecycle):
                 # A restart revived the cluster, or down() ended it: read on.
                 continue
             yield item
-            if finish:
+            if auto_finish:
                 # Back for the next one: done with that one.
                 self._finish_later(1)
 
@@ -531,7 +531,11 @@ class ThreadedCluster(ClusterLifecycle):
             return self._call(self._in_hub_shard_info, shard_id, timeout=self._call_timeout)
         except HubThreadStopped:
             self._down_done.wait(self._call_timeout)
-            return self._final_info[shard_id]
+            info = self._final_info.get(shard_id)
+            if info is None:
+                # down() timed out and the hub thread ended before taking the snapshot.
+                raise HubThreadStopped(f"shard {shard_id}: the hub thread ended") from None
+            return info
 
     def _shard_wait_until_ready(self, shard_id: int, timeout: float | None) -> bool:
         if self._down_started:
