@@ -22,15 +22,19 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import TYPE_CHECKING, Any, Protocol, Self
 
-from gcluster.cluster import ClusterConfig
 from gcluster.commands import Command
 from gcluster.errors import GClusterError
 from gcluster.events import Event
 from gcluster.message import Message
 from gcluster.protocol import ResumeSession, Stage
 from gcluster.shard import Information
+
+if TYPE_CHECKING:
+    # For the annotation only: gcluster.cluster may then mix in ClusterLifecycle
+    # without the two modules importing each other at run time.
+    from gcluster.cluster import ClusterConfig
 
 __all__ = ["ClusterLifecycle", "GatewayCluster", "GatewayShard"]
 
