@@ -17,18 +17,12 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import Any, Self
+
+from gcluster import GatewayCluster
 
 # How long the simulated feed waits for the cluster to be ready and to receive everything.
 FEED_TIMEOUT = 15.0
-
-
-class AnyCluster(Protocol):
-    """What `feed` needs: a Cluster or a ThreadedCluster."""
-
-    def wait_until_ready(self, timeout: float | None = None) -> bool: ...
-    def info(self) -> dict[int, Any]: ...
-    def down(self) -> None: ...
 
 
 def parser(description: str | None) -> argparse.ArgumentParser:
@@ -61,7 +55,7 @@ class Gateway:
         self.options = options
 
     def feed(
-        self, cluster: AnyCluster, per_shard: int = 10, kinds: Sequence[str] | None = None
+        self, cluster: GatewayCluster, per_shard: int = 10, kinds: Sequence[str] | None = None
     ) -> None:
         """With --simulate: stream events, then bring the cluster down. With Discord: nothing."""
 
@@ -69,7 +63,7 @@ class Gateway:
         """With --simulate: dispatch `count` events to the shard now."""
 
     def send_events_to_all(
-        self, cluster: AnyCluster, count: int, kinds: Sequence[str] | None = None
+        self, cluster: GatewayCluster, count: int, kinds: Sequence[str] | None = None
     ) -> None:
         """With --simulate: dispatch `count` events to every shard of the cluster now."""
 
@@ -124,7 +118,7 @@ class Simulation(Gateway):
         gevent.sleep(seconds)
 
     def feed(
-        self, cluster: AnyCluster, per_shard: int = 10, kinds: Sequence[str] | None = None
+        self, cluster: GatewayCluster, per_shard: int = 10, kinds: Sequence[str] | None = None
     ) -> None:
         self.background(lambda: self._feed(cluster, per_shard, kinds))
 
@@ -132,12 +126,12 @@ class Simulation(Gateway):
         self.run(_send_events, shard_id, count, kinds)
 
     def send_events_to_all(
-        self, cluster: AnyCluster, count: int, kinds: Sequence[str] | None = None
+        self, cluster: GatewayCluster, count: int, kinds: Sequence[str] | None = None
     ) -> None:
         for shard_id in sorted(cluster.info()):
             self.send_events(shard_id, count, kinds)
 
-    def _feed(self, cluster: AnyCluster, per_shard: int, kinds: Sequence[str] | None) -> None:
+    def _feed(self, cluster: GatewayCluster, per_shard: int, kinds: Sequence[str] | None) -> None:
         if not cluster.wait_until_ready(FEED_TIMEOUT):
             print("simulator: the shards did not become ready", file=sys.stderr, flush=True)
             cluster.down()

@@ -46,12 +46,12 @@ from gcluster import (
     Activity,
     ClusterCommandError,
     CommandSendingError,
+    GatewayCluster,
     Intents,
     InvalidCommand,
     RequestGuildMembers,
     ShardNonexistent,
     UpdatePresence,
-    shard_for_guild,
 )
 
 if TYPE_CHECKING:
@@ -60,12 +60,11 @@ if TYPE_CHECKING:
 INTENTS = Intents.GUILDS | Intents.GUILD_MEMBERS
 
 
-def create_app(cluster: Any, total: int) -> Flask:
+def create_app(cluster: GatewayCluster) -> Flask:
     """The app, for a `Cluster` (gevent mode) or a `ThreadedCluster` (thread mode).
 
     Args:
-        cluster: anything with the Cluster's `info()` and `command()`.
-        total: the bot's shard count, to find a guild's shard.
+        cluster: either; the views use only what both offer (`GatewayCluster`).
     """
     from flask import Flask, jsonify, request
 
@@ -120,7 +119,7 @@ def create_app(cluster: Any, total: int) -> Flask:
             )
         except InvalidCommand as err:
             return jsonify(error=str(err)), 400
-        shard_id = shard_for_guild(guild_id, total)
+        shard_id = cluster.shard_for(guild_id)
         try:
             cluster.command(shard_id, command, timeout=5)
         except ShardNonexistent:
@@ -161,7 +160,7 @@ def run_gevent(args: argparse.Namespace, gateway: Any, check: Checker | None) ->
     cluster = Cluster(gateway.token, INTENTS, **gateway.options)
     cluster.up()
     cluster.wait_until_ready(timeout=60)
-    server = WSGIServer((args.host, args.port), create_app(cluster, cluster.shards()[0].total))
+    server = WSGIServer((args.host, args.port), create_app(cluster))
     server.start()
     url = f"http://{args.host}:{server.server_port}"
     print(f"listening on {url} (gevent)", flush=True)
@@ -190,8 +189,7 @@ def run_threaded(args: argparse.Namespace, gateway: Any, check: Checker | None) 
     cluster = ThreadedCluster(gateway.token, INTENTS, **gateway.options)
     cluster.up()
     cluster.wait_until_ready(timeout=60)
-    assert cluster.total is not None
-    server = make_server(args.host, args.port, create_app(cluster, cluster.total), threaded=True)
+    server = make_server(args.host, args.port, create_app(cluster), threaded=True)
     serving = threading.Thread(target=server.serve_forever, name="http", daemon=True)
     serving.start()
     url = f"http://{args.host}:{server.server_port}"
@@ -214,7 +212,7 @@ def run_threaded(args: argparse.Namespace, gateway: Any, check: Checker | None) 
     return 0
 
 
-def _drain(cluster: Any) -> None:
+def _drain(cluster: GatewayCluster) -> None:
     # This app only sends commands; a real bot would handle its events here.
     for _ in cluster.events():
         pass

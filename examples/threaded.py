@@ -44,11 +44,12 @@ def main(argv: list[str] | None = None) -> int:
         reader.start()
 
         presence = UpdatePresence(status=Status.IDLE, activities=[Activity(name="with threads")])
+        # Each is a ThreadedShard: its methods run on the shard in the cluster's thread.
         for shard in cluster.shards():
-            cluster.command(shard.id, presence)
+            shard.command(presence)
         print(f"presence sent to shards {[shard.id for shard in cluster.shards()]}")
-        for shard in cluster.shards():
-            print(f"shard {shard.id}: {shard.stage.value}, session {shard.session_id}")
+        for info in cluster.info().values():
+            print(f"shard {info.id}: {info.stage.value}, session {info.session_id}")
 
         gateway.feed(cluster, per_shard=10)  # --simulate: 10 events a shard, then down()
         try:

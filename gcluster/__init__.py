@@ -56,13 +56,14 @@ from gcluster.errors import (
 )
 from gcluster.events import Event, EventType, EventTypeFlags
 from gcluster.intents import Intents
+from gcluster.interface import GatewayCluster, GatewayShard
 from gcluster.message import Message
 from gcluster.protocol import Latency, ResumeSession, Stage
 from gcluster.queue import ConfigurableQueue, HttpQueue, LocalQueue, NoOpQueue, Queue
 from gcluster.scheme import ShardScheme
 from gcluster.sessions import MemorySessionStore, SessionStore
 from gcluster.shard import Information, Shard
-from gcluster.threaded import ThreadedCluster
+from gcluster.threaded import ThreadedCluster, ThreadedClusterBuilder, ThreadedShard
 
 __version__ = "0.1.0"
 
@@ -93,6 +94,8 @@ __all__ = [
     "EventTypeFlags",
     "GClusterError",
     "GatewayClosedError",
+    "GatewayCluster",
+    "GatewayShard",
     "HttpQueue",
     "HubThreadStopped",
     "Information",
@@ -124,7 +127,9 @@ __all__ = [
     "Stage",
     "Status",
     "ThreadedCluster",
+    "ThreadedClusterBuilder",
     "ThreadedClusterTimeout",
+    "ThreadedShard",
     "UpdatePresence",
     "UpdateVoiceState",
     "shard_for_guild",

@@ -7,19 +7,22 @@ have to monkey-patch to use gcluster. `ThreadedCluster` starts one OS thread
 with its own hub, builds the `Cluster` there, and offers the same methods to
 every other thread:
 
-- A method call becomes a `_Call` handed to the hub thread with
-  `loop.run_callback_threadsafe` (which wakes the loop). The hub spawns a
-  greenlet that runs it on the cluster; the calling thread waits on a
-  `threading.Event` for the result and re-raises the exception, if any, as
-  its own. Every such wait has a timeout and notices a hub thread that died.
+- A method call runs on the cluster through `HubThread.call`
+  (`gcluster.hubthread`): in a greenlet of the hub thread, while the calling
+  thread waits for the result and re-raises the exception, if any, as its
+  own. Every such wait has a timeout and notices a hub thread that died.
 - `events()` reads a `queue.Queue` that a pump greenlet in the hub, started
   by `up()`, fills from `Cluster.events()`. When the application falls
   behind by `event_buffer` events, the pump waits (cooperatively, so
   heartbeats go on) and the events stay in the cluster's queue; a reader
   that takes one wakes it again.
+  When every shard has stopped for good, the pump hands the error over and
+  ends; `restart()` starts a new one.
+- `shard(id)` and `shards()` return `ThreadedShard` handles, whose methods
+  run on the `Shard` in the hub thread the same way.
 - `down()` shuts the cluster down, hands the events queued before it through,
-  and ends the hub thread; from then on `info()` and `shards()` answer from the
-  last snapshot and `events()` ends once drained.
+  and ends the hub thread; from then on `info()` (and a handle's) answers
+  from the last snapshot and `events()` ends once drained.
 
 Nothing here monkey-patches, and the application need not import gevent.
 """
@@ -30,226 +33,144 @@ import logging
 import queue
 import sys
 import threading
-import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import gevent
-from gevent import GreenletExit
 from gevent.event import Event as Flag
-from gevent.pool import Group
 
 from gcluster._token import Token
-from gcluster.cluster import Cluster, ClusterConfig, ClusterOptions
-from gcluster.commands import Command
+from gcluster.cluster import Cluster, ClusterBuilder, ClusterConfig, ClusterOptions
+from gcluster.commands import Command, shard_for_guild
 from gcluster.errors import (
     ClusterNotUp,
     ClusterStartError,
     ClusterStartErrorType,
     CommandSendingError,
     ConfigError,
+    GClusterError,
     HubThreadStopped,
     InvalidState,
     ShardNonexistent,
     ThreadedClusterTimeout,
 )
 from gcluster.events import Event
+from gcluster.hubthread import GRACE, POLL, HubThread
+from gcluster.interface import ClusterLifecycle
 from gcluster.message import Message
-from gcluster.protocol import ResumeSession
-from gcluster.shard import Information
+from gcluster.protocol import ResumeSession, Stage
+from gcluster.shard import Information, Shard
 
 if TYPE_CHECKING:
+    import ssl
+
     # As in gcluster.cluster: for annotations only, never imported at run time.
     from typing_extensions import Unpack
 
-__all__ = ["HubThread", "HubThreadStopped", "ThreadedCluster", "ThreadedClusterTimeout"]
+    from gcluster.commands import UpdatePresence
+    from gcluster.delivery import Loads
+    from gcluster.events import EventTypeFlags
+    from gcluster.queue import Queue
+    from gcluster.scheme import ShardScheme
+    from gcluster.sessions import SessionStore
+
+__all__ = [
+    "HubThread",
+    "HubThreadStopped",
+    "ThreadedCluster",
+    "ThreadedClusterBuilder",
+    "ThreadedClusterTimeout",
+    "ThreadedShard",
+]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# How often a waiting thread looks whether the hub thread is still alive.
-_POLL: Final = 0.25
-# Added to a call's own timeout: the time the hub needs to answer once it is done.
-_GRACE: Final = 5.0
+DEFAULT_CALL_TIMEOUT: Final = 30.0
+DEFAULT_EVENT_BUFFER: Final = 1000
+
 # End of the event stream, after down().
 _END: Final = object()
+# The pump stopped on the error in `_failure`: every shard has stopped for good.
+_FAILED: Final = object()
 
 
-class _Call(Generic[T]):
-    """One function to run in the hub thread, and its outcome for the calling thread."""
+class ThreadedShard:
+    """One shard of a `ThreadedCluster`, for any thread: a `GatewayShard`.
 
-    __slots__ = ("args", "done", "error", "func", "kwargs", "value")
+    What `ThreadedCluster.shard(id)` and `shards()` return. The `Shard`
+    itself lives in the cluster's hub thread; each method of this handle
+    runs there, as the cluster's own methods do, and raises in the calling
+    thread. `stage`, `error` and `session` read a fresh `info()` (one call
+    into the hub thread each). After the cluster's `down()` they answer as
+    the shard was when it stopped.
 
-    def __init__(
-        self, func: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> None:
-        self.func = func
-        self.args = args
-        self.kwargs = kwargs
-        self.done = threading.Event()
-        self.value: T | None = None
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        """Run in a greenlet of the hub thread."""
-        try:
-            self.value = self.func(*self.args, **self.kwargs)
-        except Exception as err:  # noqa: BLE001 - handed to the calling thread, which raises it
-            self.error = err
-        except BaseException as err:
-            if isinstance(err, GreenletExit):  # killed: the hub thread is stopping
-                self.error = HubThreadStopped("the hub thread stopped during the call")
-            else:
-                self.error = err
-            raise
-        finally:
-            self.done.set()
-
-    def cancel(self, error: BaseException) -> None:
-        self.error = error
-        self.done.set()
-
-
-class HubThread:
-    """An OS thread running its own gevent hub, and calls into it from any thread.
-
-    `call(func, ...)` runs `func` in a new greenlet of the hub thread and
-    returns its result (or raises its exception) in the calling thread.
-    `post(func, ...)` runs a non-blocking function in the hub and returns at
-    once. `stop()` ends the thread; calls made afterwards raise
-    `HubThreadStopped`.
-
-    Args:
-        name: the thread's name.
+    Attributes:
+        id: the shard id.
+        total: the bot's shard count, all processes together.
     """
 
-    def __init__(self, name: str = "gcluster-hub") -> None:
-        self.name = name
-        self._lock = threading.Lock()
-        self._started = threading.Event()
-        self._closed = False
-        self._loop: Any = None
-        self._wake: Any = None  # the loop's async watcher that stop() sends, from any thread
-        self._greenlets: Any = None  # gevent Group of running calls
-        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
+    __slots__ = ("_cluster", "id", "total")
+
+    def __init__(self, cluster: ThreadedCluster, shard_id: int, total: int) -> None:
+        self._cluster = cluster
+        self.id = shard_id
+        self.total = total
 
     def __repr__(self) -> str:
-        state = "alive" if self.alive else "stopped"
-        return f"<HubThread {self.name} {state}>"
+        return f"<ThreadedShard {self.id}/{self.total}>"
+
+    def info(self) -> Information:
+        """A snapshot of the shard; after `down()`, as it was when it stopped."""
+        return self._cluster._shard_info(self.id)
 
     @property
-    def alive(self) -> bool:
-        return self._thread.is_alive()
+    def stage(self) -> Stage:
+        """Where its connection is: `info().stage`."""
+        return self.info().stage
 
-    def in_hub(self) -> bool:
-        """True when called from the hub thread itself."""
-        return threading.get_ident() == self._thread.ident
+    @property
+    def error(self) -> GClusterError | None:
+        """What stopped it for good (stage FATALLY_CLOSED), else None: `info().error`."""
+        return self.info().error
 
-    def start(self, timeout: float = 10.0) -> HubThread:
-        """Start the thread and wait until its hub takes calls.
+    @property
+    def session(self) -> ResumeSession | None:
+        """The session it would resume, from `info()`; None when it must IDENTIFY next."""
+        info = self.info()
+        if info.session_id is None or info.sequence is None:
+            return None
+        return ResumeSession(info.session_id, info.sequence, info.resume_url)
 
-        Raises:
-            ThreadedClusterTimeout: the hub did not start within `timeout`.
-        """
-        self._thread.start()
-        if not self._started.wait(timeout):
-            raise ThreadedClusterTimeout(f"the hub thread did not start within {timeout} s")
-        return self
+    def wait_until_ready(self, timeout: float | None = None) -> bool:
+        """Wait for READY or RESUMED; False on timeout, when the shard failed, or after `down()`."""
+        return self._cluster._shard_wait_until_ready(self.id, timeout)
 
-    def call(self, func: Callable[..., T], *args: Any, timeout: float | None, **kwargs: Any) -> T:
-        """Run `func(*args, **kwargs)` in a greenlet of the hub thread; return its result.
+    def command(
+        self, command: Command | Mapping[str, Any], *, timeout: float | None = None
+    ) -> None:
+        """Send a gateway command through this shard: `ThreadedCluster.command(id, ...)`."""
+        self._cluster.command(self.id, command, timeout=timeout)
 
-        Args:
-            timeout: seconds to wait for it; None waits as long as the hub
-                thread lives.
+    def send(self, message: Message) -> None:
+        """Send a raw websocket message through this shard: `ThreadedCluster.send(id, ...)`."""
+        self._cluster.send(self.id, message)
 
-        Raises:
-            whatever `func` raised, in the calling thread.
-            ThreadedClusterTimeout: no answer within `timeout`.
-            HubThreadStopped: the hub thread has ended.
-        """
-        if self.in_hub():
-            raise InvalidState("HubThread.call from the hub thread itself would wait for itself")
-        call: _Call[T] = _Call(func, args, kwargs)
-        self.post(self._spawn, call)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while not call.done.wait(_POLL if deadline is None else _slice(deadline)):
-            if not self._thread.is_alive():
-                if call.done.is_set():
-                    break
-                raise HubThreadStopped("the hub thread ended before answering")
-            if deadline is not None and time.monotonic() >= deadline:
-                name = getattr(func, "__name__", repr(func))
-                raise ThreadedClusterTimeout(f"{name} got no answer within {timeout} s")
-        if call.error is not None:
-            raise call.error
-        return call.value  # type: ignore[return-value]
-
-    def post(self, func: Callable[..., object], *args: Any) -> None:
-        """Run `func(*args)` in the hub (not in a greenlet of its own: it must not block).
-
-        Raises:
-            HubThreadStopped: the hub thread has ended or is ending.
-        """
-        with self._lock:
-            if self._closed or not self._started.is_set():
-                raise HubThreadStopped("the hub thread is not running")
-            self._loop.run_callback_threadsafe(func, *args)
-
-    def stop(self, timeout: float = 10.0) -> bool:
-        """End the hub thread: running calls are killed, later ones refused.
-
-        Callable from any thread, and idempotent.
-
-        Returns:
-            True when the thread has ended (always False from the hub thread itself).
-        """
-        with self._lock:
-            if self._thread.ident is None:
-                return True  # never started
-            if not self._closed and self._wake is not None:
-                self._wake.send()  # thread-safe: wakes the hub thread's main greenlet
-        if self.in_hub():
-            return False
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
-
-    # --- in the hub thread ---------------------------------------------------------
-
-    def _main(self) -> None:
-        hub = gevent.get_hub()
-        self._loop = hub.loop
-        self._wake = hub.loop.async_()
-        self._greenlets = Group()
-        self._started.set()
-        try:
-            # The active watcher also keeps the loop running while nothing else is.
-            hub.wait(self._wake)
-        finally:
-            with self._lock:
-                self._closed = True
-            # Callbacks posted before the lock closed run now; _spawn refuses them.
-            gevent.sleep(0)
-            self._greenlets.kill(block=True, timeout=_GRACE)
-            self._wake.close()
-            hub.destroy(destroy_loop=True)
-
-    def _spawn(self, call: _Call[Any]) -> None:
-        if self._closed:
-            call.cancel(HubThreadStopped("the hub thread is stopping"))
-            return
-        self._greenlets.spawn(call.run)
+    def restart(self) -> None:
+        """Reconnect this shard now: `ThreadedCluster.restart(id)`."""
+        self._cluster.restart(self.id)
 
 
-class ThreadedCluster:
+class ThreadedCluster(ClusterLifecycle):
     """A `Cluster` in a background thread with its own gevent hub; every method is thread-safe.
 
     Same arguments and options as `Cluster`; the cluster is built (and its
     options checked) in the hub thread, which starts here and ends with
-    `down()`. Call it from any thread; exceptions raise in the calling thread.
+    `down()` or `down_resumable()` (both, and the context manager, come from
+    `ClusterLifecycle`). Call it from any thread; exceptions raise in the
+    calling thread. Like `Cluster`, it is a `GatewayCluster`.
 
         cluster = ThreadedCluster(token, Intents.GUILD_MESSAGES)
         cluster.up()
@@ -278,8 +199,8 @@ class ThreadedCluster:
         token: str | Token,
         intents: int,
         *,
-        call_timeout: float = 30.0,
-        event_buffer: int = 1000,
+        call_timeout: float = DEFAULT_CALL_TIMEOUT,
+        event_buffer: int = DEFAULT_EVENT_BUFFER,
         **options: Unpack[ClusterOptions],
     ) -> None:
         if _threading_is_patched():
@@ -299,8 +220,16 @@ class ThreadedCluster:
         self._down_started = False
         self._down_done = threading.Event()
         self._final_info: dict[int, Information] = {}
+        self._final_remaining: int | None = None
+        # Set in the hub thread once the shards exist; read from any thread.
         self._total: int | None = None
+        self._shards: dict[int, ThreadedShard] = {}
+        self._failure: Exception | None = None
         self._pump_waiting = False
+        # Events finished by the reading threads and not yet handed to the hub thread.
+        self._finish_lock = threading.Lock()
+        self._to_finish = 0
+        self._finish_posted = False
         # Made in the hub thread: the cluster and _room by _build, the pump by up().
         self._cluster: Cluster | None = None
         self._room: Any = None
@@ -315,6 +244,25 @@ class ThreadedCluster:
         except BaseException:
             self._hub.stop(call_timeout)
             raise
+
+    @classmethod
+    def new(
+        cls,
+        token: str | Token,
+        intents: int,
+        *,
+        call_timeout: float = DEFAULT_CALL_TIMEOUT,
+        event_buffer: int = DEFAULT_EVENT_BUFFER,
+        **options: Unpack[ClusterOptions],
+    ) -> ThreadedCluster:
+        """Same as `ThreadedCluster(token, intents, ...)`, as `Cluster.new` spells it."""
+        return cls(token, intents, call_timeout=call_timeout, event_buffer=event_buffer, **options)
+
+    @classmethod
+    def builder(cls, token: str | Token, intents: int) -> ThreadedClusterBuilder:
+        """A builder taking one option per method call, as `Cluster.builder`'s, plus
+        `call_timeout` and `event_buffer`: `.event_types(...).build()`."""
+        return ThreadedClusterBuilder(token, intents)
 
     def __repr__(self) -> str:
         state = "stopped" if self._down_done.is_set() else "running"
@@ -361,7 +309,6 @@ class ThreadedCluster:
                 "this cluster was shut down; build a new one",
                 kind=ClusterStartErrorType.SHARD_START,
             ) from err
-        self._total = self._call(self._shard_total, timeout=self._call_timeout)
 
     def wait_until_ready(self, timeout: float | None = None) -> bool:
         """Wait until every shard has READY or RESUMED.
@@ -379,46 +326,46 @@ class ThreadedCluster:
         except (HubThreadStopped, ThreadedClusterTimeout):
             return False
 
-    def down(self) -> None:
-        """Close every shard with 1000, end `events()` and the hub thread; idempotent."""
-        self._shutdown(resumable=False)
-
-    def down_resumable(self) -> dict[int, ResumeSession]:
-        """Close every shard keeping its session and return the sessions; as `Cluster`."""
-        return self._shutdown(resumable=True)
-
-    def __enter__(self) -> ThreadedCluster:
-        try:
-            self.up()
-        except BaseException:
-            # __exit__ is not called when __enter__ raises: end the thread here.
-            self.down()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.down()
-
     # --- shards ----------------------------------------------------------------------
 
     @property
     def total(self) -> int | None:
-        """The bot's shard count (what `shard_for_guild` needs), known once up."""
+        """The bot's shard count (all processes together); None until `up()` has made the shards.
+
+        Known as soon as the shards exist, so also while `up()` waits for
+        them, and after an `up()` that raised once they did.
+        """
         return self._total
 
-    def shard(self, shard_id: int) -> Information | None:
-        """A snapshot of one shard (`Information`, not the `Shard`, which lives in the
-        hub thread), or None when the cluster has no such shard (before `up()`, none)."""
-        return self.info().get(shard_id)
+    def shard_for(self, guild_id: int | str) -> int:
+        """The id of the shard that receives a guild's events: `(guild_id >> 22) % total`.
 
-    def shards(self) -> list[Information]:
-        """Snapshots of every shard, in id order (none before `up()`)."""
-        return list(self.info().values())
+        Answered in the calling thread, from `total`.
+
+        Raises:
+            ClusterNotUp: the shards were never made, so the total is unknown.
+        """
+        total = self._total
+        if total is None:
+            raise ClusterNotUp(self._not_up("does not know the shard count yet"))
+        return shard_for_guild(guild_id, total)
+
+    def shard(self, shard_id: int) -> ThreadedShard | None:
+        """The shard with this id, or None when the cluster has none (before `up()`, none).
+
+        A `ThreadedShard`: the `Shard` lives in the hub thread, and the
+        handle forwards each call there. Answered in the calling thread;
+        the same id gives the same handle, also after `down()`. (It used to
+        return the shard's `Information`, which is now `shard(id).info()`.)
+        """
+        return self._shards.get(shard_id)
+
+    def shards(self) -> list[ThreadedShard]:
+        """Every shard of this cluster, as `ThreadedShard` handles in id order (none before `up()`).
+
+        (It used to return their `Information`; `info()` still does.)
+        """
+        return list(self._shards.values())
 
     def info(self) -> dict[int, Information]:
         """`{shard_id: Information}`; after `down()`, as the shards were when they stopped."""
@@ -427,6 +374,18 @@ class ThreadedCluster:
         except HubThreadStopped:
             self._down_done.wait(self._call_timeout)
             return dict(self._final_info)
+
+    @property
+    def session_starts_remaining(self) -> int | None:
+        """IDENTIFYs left today as far as this process knows; as `Cluster.session_starts_remaining`.
+
+        After `down()`, the count as the cluster stopped.
+        """
+        try:
+            return self._call(self._in_hub_session_starts_remaining, timeout=self._call_timeout)
+        except HubThreadStopped:
+            self._down_done.wait(self._call_timeout)
+            return self._final_remaining
 
     @property
     def backlog(self) -> int:
@@ -464,15 +423,47 @@ class ThreadedCluster:
         """Send a raw websocket message through one shard; as `Cluster.send`."""
         self._send(shard_id, self._in_hub_send, shard_id, message, wait=self._call_timeout)
 
+    def restart(self, shard_id: int) -> None:
+        """Reconnect one shard now (RESUME if it can, else IDENTIFY); as `Cluster.restart`.
+
+        Also revives a shard that was fatally closed. When every shard had
+        been, `events()` had raised their error and ended; events flow again
+        from the next `events()` loop.
+
+        Raises:
+            ClusterNotUp: `up()` was never called.
+            ShardNonexistent: the cluster is up and has no such shard.
+            InvalidState: the cluster was shut down.
+        """
+        try:
+            self._call(self._in_hub_restart, shard_id, timeout=self._call_timeout)
+        except HubThreadStopped as err:
+            if self._total is None:
+                raise ClusterNotUp(self._not_up(f"has no shard {shard_id} yet")) from err
+            raise InvalidState(f"shard {shard_id} was shut down; build a new cluster") from err
+
     # --- events -------------------------------------------------------------------------
 
-    def events(self) -> Iterator[tuple[int, Event]]:
+    def events(self, *, manual_finish: bool = False) -> Iterator[tuple[int, Event]]:
         """Every delivered event as `(shard_id, event)`, for any ordinary thread.
 
         Order is kept within each shard. Ends after `down()` once the events
         received before it are read; raises the fatal close error (in every
-        iterating thread) when every shard is fatally closed. Several threads
-        may iterate at once; each event goes to one of them.
+        iterating thread) when every shard is fatally closed, until `restart`
+        revives one. Several threads may iterate at once; each event goes to
+        one of them.
+
+        With a session store, the saved session of a shard moves past an
+        event once it is finished, and events are finished as `finish`
+        does: a count at a time, in the order the cluster handed them out,
+        across every reading thread. Without ``manual_finish``, each time a
+        loop asks for its next event, one more is finished; a loop that ends
+        (break, an exception) does not finish its last one, so the loops
+        after it finish one event behind. With one reading thread and one
+        loop, that is `Cluster.events()`'s rule; with several threads, one
+        thread's request may finish an event another is still handling (read
+        from one thread, or pass ``manual_finish=True`` and call `finish`,
+        where that matters). Events waiting in the buffer are not finished.
 
         Raises:
             ClusterNotUp: `up()` was never called (or failed before any shard
@@ -486,9 +477,10 @@ class ThreadedCluster:
                 "call cluster.up() first"
             )
         events = self._events
+        auto_finish = not manual_finish and self._config.session_store is not None
         while True:
             try:
-                item = events.get(timeout=_POLL)
+                item = events.get(timeout=POLL)
             except queue.Empty:
                 if not self._hub.alive and events.empty():
                     return  # the hub thread ended without handing over an end mark
@@ -498,10 +490,31 @@ class ThreadedCluster:
             if item is _END:
                 events.put(_END)  # other iterators end too
                 return
-            if isinstance(item, Exception):
-                events.put(item)  # other iterators raise it too
-                raise item
+            if item is _FAILED:
+                failure = self._failure
+                if failure is not None and events.empty():
+                    events.put(_FAILED)  # other iterators raise it too
+                    raise failure
+                # A restart revived the cluster, or down() ended it: read on.
+                continue
             yield item
+            if auto_finish:
+                # Back for the next one: done with that one.
+                self._finish_later(1)
+
+    def finish(self, count: int = 1) -> None:
+        """Mark the next `count` events handed out by `events()` as finished; as `Cluster.finish`.
+
+        For loops with ``manual_finish=True``: events are finished in the
+        order the cluster handed them out, whichever thread read them, and
+        the saved sessions move past them. Returns at once; the hub thread
+        applies it before anything asked of the cluster afterwards (so
+        before a later `down_resumable()`). Without a session store it does
+        nothing; once the cluster is down, it may no longer change what was
+        saved.
+        """
+        if self._config.session_store is not None:
+            self._finish_later(count)
 
     # --- calls into the hub ------------------------------------------------------------
 
@@ -512,6 +525,36 @@ class ThreadedCluster:
         cluster = self._cluster
         assert cluster is not None, "the cluster is built in __init__"
         return cluster
+
+    def _shard_info(self, shard_id: int) -> Information:
+        try:
+            return self._call(self._in_hub_shard_info, shard_id, timeout=self._call_timeout)
+        except HubThreadStopped:
+            self._down_done.wait(self._call_timeout)
+            info = self._final_info.get(shard_id)
+            if info is None:
+                # down() timed out and the hub thread ended before taking the snapshot.
+                raise HubThreadStopped(f"shard {shard_id}: the hub thread ended") from None
+            return info
+
+    def _shard_wait_until_ready(self, shard_id: int, timeout: float | None) -> bool:
+        if self._down_started:
+            return False
+        try:
+            return self._call(
+                self._in_hub_shard_wait_until_ready,
+                shard_id,
+                timeout,
+                timeout=_plus_grace(timeout),
+            )
+        except (HubThreadStopped, ThreadedClusterTimeout):
+            return False
+
+    def _not_up(self, what: str) -> str:
+        # Cluster's wording, for a cluster whose shards were never made.
+        if self._down_started:
+            return f"the cluster was shut down without being brought up, so it {what}"
+        return f"the cluster is not up, so it {what}: call cluster.up() first"
 
     def _send(
         self, shard_id: int, func: Callable[..., None], *args: Any, wait: float | None
@@ -524,6 +567,8 @@ class ThreadedCluster:
             ) from err
 
     def _shutdown(self, *, resumable: bool) -> dict[int, ResumeSession]:
+        # down() and down_resumable(): the first call shuts the cluster down in
+        # the hub and ends the hub thread; later ones wait for that and return {}.
         with self._lock:
             first = not self._down_started
             self._down_started = True
@@ -532,13 +577,25 @@ class ThreadedCluster:
             return {}
         try:
             # Each shard gets 5 s to close; they close in parallel.
-            return self._call(self._in_hub_shutdown, resumable, timeout=self._call_timeout + _GRACE)
+            return self._call(self._in_hub_shutdown, resumable, timeout=self._call_timeout + GRACE)
         except HubThreadStopped:
             return {}
         finally:
             if not self._hub.stop(self._call_timeout):
                 log.warning("the cluster's hub thread did not end within %s s", self._call_timeout)
             self._down_done.set()
+
+    def _finish_later(self, count: int) -> None:
+        # One post carries every count added before the hub thread runs it.
+        with self._finish_lock:
+            self._to_finish += count
+            if self._finish_posted:
+                return
+            self._finish_posted = True
+        try:
+            self._hub.post(self._in_hub_finish)
+        except HubThreadStopped:
+            pass  # down() saved the sessions as they were then
 
     def _wake_pump(self) -> None:
         self._pump_waiting = False
@@ -558,22 +615,41 @@ class ThreadedCluster:
         cluster = self._in_hub()
         cluster.up(block=False)
         if self._pump is None:
+            self._shards = {
+                shard.id: ThreadedShard(self, shard.id, shard.total) for shard in cluster.shards()
+            }
+            self._total = cluster.total
             # Only now: the cluster's events() refuses a cluster that is not up.
-            self._pump = gevent.spawn(self._run_pump)
-            self._pump.name = "gcluster-threaded-pump"
-            self._pumping = True
+            self._start_pump()
         if block:
             cluster.up(block=True, timeout=timeout)
+
+    def _start_pump(self) -> None:
+        self._pump = gevent.spawn(self._run_pump)
+        self._pump.name = "gcluster-threaded-pump"
+        self._pumping = True
 
     def _run_pump(self) -> None:
         cluster = self._in_hub()
         try:
-            for item in cluster.events():
+            # The reading threads finish events (finish(), _finish_later), not
+            # the pump: an event in the buffer is not done with.
+            for item in cluster.events(manual_finish=True):
                 self._forward(item)
         except Exception as err:  # noqa: BLE001 - handed to the reading threads, which raise it
-            self._events.put(err)
+            self._failure = err
+            self._events.put(_FAILED)
             return
         self._events.put(_END)
+
+    def _in_hub_restart(self, shard_id: int) -> None:
+        self._in_hub().restart(shard_id)
+        pump = self._pump
+        if pump is not None and pump.dead and self._failure is not None and not self._draining:
+            # Every shard had failed and the pump ended with their error; the
+            # cluster's events flow again now, and so does a new pump.
+            self._failure = None
+            self._start_pump()
 
     def _forward(self, item: tuple[int, Event]) -> None:
         # Only qsize is checked: the queue itself is unbounded, so put never
@@ -583,7 +659,7 @@ class ThreadedCluster:
             self._pump_waiting = True
             # A reader wakes us when it takes one; the timeout covers a wake-up
             # lost between its check and our flag.
-            self._room.wait(_POLL)
+            self._room.wait(POLL)
         self._events.put(item)
 
     def _in_hub_shutdown(self, resumable: bool) -> dict[int, ResumeSession]:
@@ -596,6 +672,7 @@ class ThreadedCluster:
                 cluster.down()
         finally:
             self._final_info = cluster.info()
+            self._final_remaining = cluster.session_starts_remaining
             # Hand over everything queued before down(), however far behind the reader is.
             self._draining = True
             self._room.set()
@@ -603,15 +680,34 @@ class ThreadedCluster:
             if pump is None:
                 self._events.put(_END)  # never up: nothing to hand over
             else:
-                pump.join(_GRACE)
+                pump.join(GRACE)
                 if not pump.dead:
                     pump.kill(block=False)
                     self._events.put(_END)
+                elif self._failure is not None:
+                    # It had ended on a failure; after down() the stream just ends, as Cluster's.
+                    self._events.put(_END)
         return sessions
 
-    def _shard_total(self) -> int | None:
-        shards = self._in_hub().shards()
-        return shards[0].total if shards else None
+    def _in_hub_finish(self) -> None:
+        with self._finish_lock:
+            count, self._to_finish = self._to_finish, 0
+            self._finish_posted = False
+        self._in_hub().finish(count)
+
+    def _in_hub_shard(self, shard_id: int) -> Shard:
+        shard = self._in_hub().shard(shard_id)
+        assert shard is not None, "handles are made for the cluster's shards only"
+        return shard
+
+    def _in_hub_shard_info(self, shard_id: int) -> Information:
+        return self._in_hub_shard(shard_id).info()
+
+    def _in_hub_shard_wait_until_ready(self, shard_id: int, timeout: float | None) -> bool:
+        return self._in_hub_shard(shard_id).wait_until_ready(timeout)
+
+    def _in_hub_session_starts_remaining(self) -> int | None:
+        return self._in_hub().session_starts_remaining
 
     def _backlog(self) -> int:
         return self._in_hub().backlog
@@ -637,12 +733,72 @@ class ThreadedCluster:
         self._in_hub().send(shard_id, message)
 
 
+class ThreadedClusterBuilder(ClusterBuilder):
+    """Builds a `ThreadedCluster` one option at a time, as `ClusterBuilder` builds a `Cluster`:
+
+        cluster = (ThreadedCluster.builder(token, Intents.GUILD_MESSAGES)
+                   .event_types(EventTypeFlags.MESSAGE_CREATE)
+                   .call_timeout(10)
+                   .build())
+
+    `ClusterBuilder`'s option methods, plus `call_timeout` and
+    `event_buffer`; each returns the builder, and `build()` checks them all.
+    """
+
+    def __init__(self, token: str | Token, intents: int) -> None:
+        super().__init__(token, intents)
+        self._call_timeout: float = DEFAULT_CALL_TIMEOUT
+        self._event_buffer: int = DEFAULT_EVENT_BUFFER
+
+    def __repr__(self) -> str:
+        return f"<ThreadedClusterBuilder options={sorted(self._options)}>"
+
+    # It reuses ClusterBuilder's option methods, not its product.
+    def build(self) -> ThreadedCluster:  # type: ignore[override]
+        return ThreadedCluster(
+            self._token,
+            self._intents,
+            call_timeout=self._call_timeout,
+            event_buffer=self._event_buffer,
+            **self._options,
+        )
+
+    def call_timeout(self, value: float) -> ThreadedClusterBuilder:
+        self._call_timeout = value
+        return self
+
+    def event_buffer(self, value: int) -> ThreadedClusterBuilder:
+        self._event_buffer = value
+        return self
+
+    if TYPE_CHECKING:
+        # ClusterBuilder's option methods say they return a ClusterBuilder, whose
+        # build() makes a Cluster; said again here, a chain of them ends in a
+        # ThreadedCluster for mypy as it does at run time.
+        def event_types(self, value: EventTypeFlags) -> ThreadedClusterBuilder: ...
+        def shard_scheme(self, value: ShardScheme) -> ThreadedClusterBuilder: ...
+        def gateway_url(self, value: str | None) -> ThreadedClusterBuilder: ...
+        def api_base(self, value: str) -> ThreadedClusterBuilder: ...
+        def large_threshold(self, value: int) -> ThreadedClusterBuilder: ...
+        def presence(self, value: UpdatePresence | None) -> ThreadedClusterBuilder: ...
+        def shard_presence(
+            self, value: Callable[[int], UpdatePresence | None]
+        ) -> ThreadedClusterBuilder: ...
+        def identify_properties(self, value: Mapping[str, str]) -> ThreadedClusterBuilder: ...
+        def queue(self, value: Queue) -> ThreadedClusterBuilder: ...
+        def resume_sessions(self, value: Mapping[int, ResumeSession]) -> ThreadedClusterBuilder: ...
+        def ratelimit_payloads(self, value: bool) -> ThreadedClusterBuilder: ...
+        def compression(self, value: bool | str | None) -> ThreadedClusterBuilder: ...
+        def connect_timeout(self, value: float) -> ThreadedClusterBuilder: ...
+        def max_message_size(self, value: int) -> ThreadedClusterBuilder: ...
+        def ssl_context(self, value: ssl.SSLContext | None) -> ThreadedClusterBuilder: ...
+        def session_store(self, value: SessionStore) -> ThreadedClusterBuilder: ...
+        def backlog_warning(self, value: int) -> ThreadedClusterBuilder: ...
+        def decoder(self, value: str | Loads) -> ThreadedClusterBuilder: ...
+
+
 def _plus_grace(timeout: float | None) -> float | None:
-    return None if timeout is None else timeout + _GRACE
-
-
-def _slice(deadline: float) -> float:
-    return max(0.0, min(_POLL, deadline - time.monotonic()))
+    return None if timeout is None else timeout + GRACE
 
 
 def _refuse_a_simulator_in_this_thread() -> None:

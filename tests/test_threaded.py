@@ -10,6 +10,7 @@ cluster; the others need no gateway.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import json
 import os
@@ -27,23 +28,36 @@ from conftest import TIMEOUT
 from gevent import subprocess
 
 from gcluster import (
+    AuthenticationFailed,
+    ClusterBuilder,
     ClusterNotUp,
     ClusterStartError,
     ClusterStartErrorType,
     CommandSendingError,
     ConfigError,
     DisallowedIntents,
+    Event,
+    EventType,
     Intents,
+    InvalidState,
+    MemorySessionStore,
+    Message,
+    RequestGuildMembers,
+    ResumeSession,
     SessionStartLimitExhausted,
+    ShardNonexistent,
+    Stage,
     UpdatePresence,
 )
-from gcluster.testing import GatewaySimulator
+from gcluster.testing import STREAM_INTENTS, GatewaySimulator, SimulatorProcess, event_number
 from gcluster.testing.simulator import serving_in_thread
 from gcluster.threaded import (
     HubThread,
     HubThreadStopped,
     ThreadedCluster,
+    ThreadedClusterBuilder,
     ThreadedClusterTimeout,
+    ThreadedShard,
 )
 
 MakeSim = Callable[..., GatewaySimulator]
@@ -197,7 +211,37 @@ def test_a_config_error_raises_in_the_calling_thread_and_leaves_no_thread() -> N
         ThreadedCluster("token", Intents.GUILDS, large_threshold=10)
     with pytest.raises(ConfigError):
         ThreadedCluster("token", Intents.GUILDS, no_such_option=True)
+    with pytest.raises(ConfigError):
+        ThreadedCluster.new("token", Intents.GUILDS, event_buffer=0)
+    with pytest.raises(ConfigError):
+        ThreadedCluster.builder("token", Intents.GUILDS).call_timeout(0).build()
+    with pytest.raises(ConfigError):
+        ThreadedCluster.builder("token", Intents.GUILDS).decoder("nope").build()
     assert hub_threads() == []
+
+
+def test_the_builder_declares_every_option_of_cluster_builder_for_mypy() -> None:
+    # Its option methods are ClusterBuilder's; the TYPE_CHECKING block says
+    # each returns the threaded builder, so a chain ends in a ThreadedCluster.
+    tree = ast.parse((ROOT / "gcluster" / "threaded.py").read_text())
+    (builder,) = [
+        node
+        for node in tree.body
+        if isinstance(node, ast.ClassDef) and node.name == "ThreadedClusterBuilder"
+    ]
+    (declared,) = [
+        {f.name for f in node.body if isinstance(f, ast.FunctionDef)}
+        for node in builder.body
+        if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING"
+    ]
+    options = {
+        name
+        for name, value in vars(ClusterBuilder).items()
+        if callable(value) and not name.startswith("_") and name != "build"
+    }
+    assert declared == options
+    made = ThreadedClusterBuilder("token", Intents.GUILDS)
+    assert all(getattr(made, name).__func__ is vars(ClusterBuilder)[name] for name in options)
 
 
 def in_thread(func: Callable[[], object]) -> object:
@@ -230,22 +274,57 @@ def test_before_up_events_raise_and_commands_say_the_cluster_is_not_up() -> None
             with pytest.deprecated_call():
                 cluster.command_raw(0, b"{}")
         assert cluster.shard(0) is None and cluster.info() == {}
+        assert cluster.total is None and cluster.session_starts_remaining is None
+        with pytest.raises(ClusterNotUp, match=r"call cluster\.up\(\) first"):
+            cluster.shard_for(81_384_788_765_712_384)
+        with pytest.raises(ClusterNotUp, match=r"call cluster\.up\(\) first"):
+            cluster.restart(0)
     finally:
         cluster.down()
     assert in_thread(lambda: list(cluster.events())) == []  # after down(): ends at once
+    with pytest.raises(ClusterNotUp, match="shut down without being brought up"):
+        cluster.restart(0)
+    with pytest.raises(ClusterNotUp, match="shut down without being brought up"):
+        cluster.shard_for(81_384_788_765_712_384)
+
+
+class SimulatorThread:
+    """A simulator in a hub thread of its own, so this thread may block on the cluster."""
+
+    def __init__(self, **options: Any) -> None:
+        self.hub = HubThread("simulator").start()
+        options.setdefault("heartbeat_interval", 0.5)
+        self.sim: GatewaySimulator = self.hub.call(
+            lambda: GatewaySimulator(**options).start(), timeout=TIMEOUT
+        )
+
+    def call(self, func: Callable[..., Any], *args: Any) -> Any:
+        """`func(*args)` where the simulator lives."""
+        return self.hub.call(func, *args, timeout=TIMEOUT)
+
+    def wait_until(self, predicate: Callable[[], object]) -> bool:
+        """`GatewaySimulator.wait_until`, in the simulator's thread."""
+        return bool(self.call(self.sim.wait_until, predicate, TIMEOUT))
+
+    def stop(self) -> None:
+        self.call(self.sim.stop)
+        self.hub.stop(TIMEOUT)
+
+
+@contextlib.contextmanager
+def simulator_hub(**options: Any) -> Iterator[SimulatorThread]:
+    where = SimulatorThread(**options)
+    try:
+        yield where
+    finally:
+        where.stop()
 
 
 @contextlib.contextmanager
 def simulator_thread(**options: Any) -> Iterator[GatewaySimulator]:
-    """A simulator in a hub thread of its own, so this thread may block on the cluster."""
-    hub = HubThread("simulator").start()
-    options.setdefault("heartbeat_interval", 0.5)
-    sim = hub.call(lambda: GatewaySimulator(**options).start(), timeout=TIMEOUT)
-    try:
-        yield sim
-    finally:
-        hub.call(sim.stop, timeout=TIMEOUT)
-        hub.stop(TIMEOUT)
+    """Just the simulator of a `SimulatorThread`, for tests that only read its records."""
+    with simulator_hub(**options) as where:
+        yield where.sim
 
 
 def test_up_raises_a_fatal_close_and_events_raise_it_in_every_reader() -> None:
@@ -256,12 +335,16 @@ def test_up_raises_a_fatal_close_and_events_raise_it_in_every_reader() -> None:
         try:
             with pytest.raises(DisallowedIntents):
                 cluster.up(timeout=TIMEOUT)
+            # The shards were made before the close: their count is known.
+            assert cluster.total == 2 and cluster.shard_for(1 << 22) == 1
             for _ in range(2):
                 assert isinstance(in_thread(lambda: list(cluster.events())), DisallowedIntents)
             assert sim.records.identifies == []
             assert len(sim.records.connections) == 2
         finally:
             cluster.down()
+        # After down(), as Cluster's: the stream ends instead of raising.
+        assert in_thread(lambda: list(cluster.events())) == []
 
 
 class ExhaustedQueue:
@@ -423,3 +506,200 @@ def test_hub_thread_calls_return_raise_and_time_out() -> None:
     assert not hub.alive and hub.stop(TIMEOUT)
     with pytest.raises(HubThreadStopped):
         hub.call(lambda: None, timeout=TIMEOUT)
+
+
+def test_hub_thread_has_a_module_of_its_own_and_is_still_where_it_was() -> None:
+    import gcluster.hubthread
+    import gcluster.threaded
+
+    assert gcluster.threaded.HubThread is gcluster.hubthread.HubThread
+    assert "HubThread" in gcluster.threaded.__all__
+
+
+def first_event(
+    cluster: ThreadedCluster, wanted: Callable[[int, Event], bool]
+) -> tuple[int, Event]:
+    """The first event that `wanted` accepts, of a new `events()` loop in another thread."""
+
+    def read() -> tuple[int, Event]:
+        for shard_id, event in cluster.events():
+            if wanted(shard_id, event):
+                return shard_id, event
+        raise AssertionError("events() ended first")
+
+    outcome = in_thread(read)
+    if isinstance(outcome, Exception):
+        raise outcome
+    assert isinstance(outcome, tuple)
+    return outcome
+
+
+def test_restart_shard_for_and_session_starts_remaining_as_cluster_has_them() -> None:
+    with simulator_hub(shards=2, max_concurrency=2, session_start_remaining=50) as where:
+        sim = where.sim
+        cluster = ThreadedCluster.new(
+            sim.token, Intents.GUILDS, api_base=sim.api_base, call_timeout=TIMEOUT
+        )
+        try:
+            assert cluster.session_starts_remaining is None  # GET /gateway/bot not asked yet
+            cluster.up(timeout=TIMEOUT)
+            assert cluster.total == 2
+            guild_id = where.call(sim.guild_ids, 1)[0]
+            assert cluster.shard_for(guild_id) == cluster.shard_for(str(guild_id)) == 1
+            # 50 at start, 2 IDENTIFYs, and LocalQueue keeps one back.
+            assert cluster.session_starts_remaining == 47
+
+            cluster.restart(0)
+            assert where.wait_until(lambda: len(sim.records.resumes) == 1)
+            assert [(r.shard_id, r.ok) for r in sim.records.resumes] == [(0, True)]
+            resumed, _ = first_event(cluster, lambda _, event: event.kind is EventType.RESUMED)
+            assert resumed == 0
+            assert cluster.wait_until_ready(TIMEOUT)
+            with pytest.raises(ShardNonexistent):
+                cluster.restart(2)
+            assert len(sim.records.identifies) == 2
+        finally:
+            cluster.down()
+        # After down(): as the cluster stopped.
+        assert cluster.session_starts_remaining == 47
+        assert cluster.shard_for(guild_id) == 1
+        with pytest.raises(InvalidState, match="shut down"):
+            cluster.restart(0)
+
+
+def test_restart_revives_a_cluster_whose_shards_all_failed_and_events_flow_again() -> None:
+    with simulator_hub(shards=1) as where:
+        sim = where.sim
+        cluster = ThreadedCluster(
+            sim.token, STREAM_INTENTS, api_base=sim.api_base, call_timeout=TIMEOUT
+        )
+        try:
+            cluster.up(timeout=TIMEOUT)
+            where.call(sim.close_shard, 0, 4004)
+            # Every shard stopped for good: each events() loop raises the error.
+            for _ in range(2):
+                assert isinstance(in_thread(lambda: list(cluster.events())), AuthenticationFailed)
+            cluster.restart(0)
+            first_event(cluster, lambda _, event: event.kind is EventType.READY)
+            assert cluster.wait_until_ready(TIMEOUT)
+            assert len(sim.records.identifies) == 2
+            where.call(sim.send_events, 0, 3)
+            shard_id, _ = first_event(cluster, lambda _, event: event_number(event.data) == 3)
+            assert shard_id == 0
+        finally:
+            cluster.down()
+
+
+def read_until_number(
+    cluster: ThreadedCluster, number: int, *, manual_finish: bool
+) -> list[tuple[int, Event]]:
+    """Every event one loop reads (in another thread) up to the numbered event `number`."""
+
+    def read() -> list[tuple[int, Event]]:
+        got = []
+        for item in cluster.events(manual_finish=manual_finish):
+            got.append(item)
+            if event_number(item[1].data) == number:
+                return got
+        raise AssertionError("events() ended first")
+
+    outcome = in_thread(read)
+    if isinstance(outcome, Exception):
+        raise outcome
+    assert isinstance(outcome, list)
+    return outcome
+
+
+def sequence_of(read: list[tuple[int, Event]], number: int) -> int:
+    (sequence,) = [e.sequence for _, e in read if event_number(e.data) == number]
+    assert sequence is not None
+    return sequence
+
+
+@pytest.mark.parametrize("manual_finish", [True, False], ids=["manual", "automatic"])
+def test_the_saved_session_moves_past_finished_events_only(manual_finish: bool) -> None:
+    store = MemorySessionStore()
+    with simulator_hub(shards=1) as where:
+        sim = where.sim
+        cluster = ThreadedCluster(
+            sim.token,
+            STREAM_INTENTS,
+            api_base=sim.api_base,
+            session_store=store,
+            call_timeout=TIMEOUT,
+        )
+        try:
+            cluster.up(timeout=TIMEOUT)
+            where.call(sim.send_events, 0, 5)
+            read = read_until_number(cluster, 5, manual_finish=manual_finish)
+            if manual_finish:
+                # Finished in the order handed out: up to the third numbered event.
+                third = next(i for i, (_, e) in enumerate(read) if event_number(e.data) == 3)
+                cluster.finish(third)
+                cluster.finish()
+                finished = 3
+            else:
+                # Each event was finished as the loop came back for the next;
+                # the loop ended on the fifth, which it did not come back from.
+                finished = 4
+            sessions = cluster.down_resumable()
+        finally:
+            cluster.down()
+    # The gateway's session is at the last event received; the store's at the last finished.
+    assert sessions[0].sequence == sequence_of(read, 5)
+    assert store.sessions[0].session_id == sessions[0].session_id
+    assert store.sessions[0].sequence == sequence_of(read, finished)
+
+
+def test_shard_returns_a_handle_whose_methods_run_on_the_shard_in_the_hub_thread() -> None:
+    # The simulator in a process of its own: its records come back as counts.
+    with SimulatorProcess({"shards": 2, "max_concurrency": 2, "heartbeat_interval": 0.5}) as sim:
+        cluster = (
+            ThreadedCluster.builder(sim.token, STREAM_INTENTS | Intents.GUILD_MEMBERS)
+            .api_base(sim.api_base)
+            .call_timeout(TIMEOUT)
+            .event_buffer(50)
+            .build()
+        )
+        try:
+            assert isinstance(cluster, ThreadedCluster)
+            assert cluster.shard(1) is None and cluster.shards() == []
+            cluster.up(timeout=TIMEOUT)
+            shard = cluster.shard(1)
+            assert isinstance(shard, ThreadedShard) and shard is cluster.shard(1)
+            assert cluster.shard(2) is None
+            assert [s.id for s in cluster.shards()] == [0, 1] and shard.total == 2
+            assert shard.wait_until_ready(TIMEOUT)
+            assert shard.stage is Stage.CONNECTED and shard.error is None
+            info = shard.info()
+            assert info.id == 1 and info == cluster.info()[1]
+            assert info.session_id is not None and info.sequence is not None
+            assert shard.session == ResumeSession(info.session_id, info.sequence, info.resume_url)
+
+            _, ready = first_event(
+                cluster, lambda sid, event: sid == 1 and event.kind is EventType.READY
+            )
+            guild_id = int(ready.data["guilds"][0]["id"])
+            shard.command(RequestGuildMembers(guild_id=guild_id, query="", nonce="handle"))
+            chunk_shard, chunk = first_event(
+                cluster, lambda _, event: event.kind is EventType.GUILD_MEMBERS_CHUNK
+            )
+            assert chunk_shard == 1 and chunk.data["nonce"] == "handle"
+
+            shard.send(Message.close(4000))  # keeps the session: the shard resumes
+            first_event(cluster, lambda sid, event: sid == 1 and event.kind is EventType.RESUMED)
+            shard.restart()
+            first_event(cluster, lambda sid, event: sid == 1 and event.kind is EventType.RESUMED)
+            assert shard.wait_until_ready(TIMEOUT)
+            stats = sim.stats()
+            assert (stats["identifies"], stats["resumes"]) == (2, 2)
+        finally:
+            cluster.down()
+    # After down(): the handle answers as the shard stopped, and sends nothing.
+    assert shard is cluster.shard(1)
+    assert shard.stage is Stage.DISCONNECTED and shard.session is None
+    assert shard.wait_until_ready(0.1) is False
+    with pytest.raises(CommandSendingError):
+        shard.command(UpdatePresence(status="idle"))
+    with pytest.raises(InvalidState, match="shut down"):
+        shard.restart()

@@ -42,8 +42,8 @@ FREE_NAMES.update({name: f"from gcluster import {name}" for name in gcluster.__a
 # Lines marked "# mypy: error" must get an error; no other line may.
 CALLS = """
 from gcluster import (
-    Activity, Cluster, ClusterOptions, EventTypeFlags, Intents, ShardScheme, ThreadedCluster,
-    UpdatePresence,
+    Activity, Cluster, ClusterOptions, EventTypeFlags, GatewayCluster, GatewayShard, Intents,
+    Shard, ShardScheme, ThreadedCluster, ThreadedShard, UpdatePresence,
 )
 
 token = "token"
@@ -55,8 +55,12 @@ Cluster(token, intents, large_threshold="100")  # mypy: error
 ThreadedCluster(token, intents, call_timeout=5, compression=1.5)  # mypy: error
 Cluster.builder(token, intents).shard_sheme(ShardScheme.auto())  # mypy: error
 Cluster.builder(token, intents).large_threshold("100")  # mypy: error
+ThreadedCluster.builder(token, intents).shard_sheme(ShardScheme.auto())  # mypy: error
+ThreadedCluster.builder(token, intents).api_base("http://x/api").call_timeout("5")  # mypy: error
+ThreadedCluster.new(token, intents, shard_sheme=ShardScheme.auto())  # mypy: error
 typo: ClusterOptions = {"shard_sheme": ShardScheme.auto()}  # mypy: error
 UpdatePresence(status="idel")  # mypy: error
+not_a_cluster: GatewayCluster = Shard(0, 1, token, intents, gateway_url="wss://x")  # mypy: error
 
 options: ClusterOptions = {"shard_scheme": ShardScheme.auto(), "api_base": "http://x/api"}
 Cluster(token, intents, **options)
@@ -64,7 +68,27 @@ Cluster(token, intents, shard_scheme=ShardScheme.auto(), large_threshold=100)
 Cluster.new(token, intents, event_types=EventTypeFlags.READY)
 ThreadedCluster(token, intents, call_timeout=5, shard_scheme=ShardScheme.range(range(2), 2))
 Cluster.builder(token, intents).shard_scheme(ShardScheme.auto()).large_threshold(100).build()
+built: ThreadedCluster = (
+    ThreadedCluster.builder(token, intents).large_threshold(100).call_timeout(5).build()
+)
+renewed: ThreadedCluster = ThreadedCluster.new(token, intents, event_buffer=10, api_base="http://x")
 UpdatePresence(status="idle", activities=[Activity(name="tests", type=0)])
+
+# Both clusters, and both kinds of shard, are what the interface says.
+gevent_cluster: GatewayCluster = Cluster(token, intents)
+threaded_cluster: GatewayCluster = ThreadedCluster(token, intents)
+
+
+def first_shard(cluster: GatewayCluster) -> GatewayShard | None:
+    return cluster.shard(cluster.shard_for(81_384_788_765_712_384))
+
+
+def shards(shard: Shard, handle: ThreadedShard) -> list[GatewayShard]:
+    return [shard, handle, *gevent_cluster.shards(), *threaded_cluster.shards()]
+
+
+first_shard(Cluster(token, intents))
+first_shard(ThreadedCluster(token, intents))
 """
 
 
