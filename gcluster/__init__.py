@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 
-from gcluster.cluster import Cluster, ClusterBuilder, ClusterConfig, ClusterOptions
+from gcluster.cluster import Cluster
 from gcluster.commands import (
     Activity,
     ActivityType,
@@ -24,6 +24,7 @@ from gcluster.commands import (
     UpdateVoiceState,
     shard_for_guild,
 )
+from gcluster.config import ClusterBuilder, ClusterConfig, ClusterOptions
 from gcluster.dispatch import Dispatcher, DispatcherStats
 from gcluster.errors import (
     AuthenticationFailed,

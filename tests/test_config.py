@@ -84,12 +84,21 @@ def test_every_cluster_option_is_typed() -> None:
     assert options == typed
 
 
+def test_config_names_still_import_from_gcluster_cluster() -> None:
+    """The options moved to gcluster.config; gcluster.cluster re-exports them."""
+    from gcluster import cluster, config
+
+    for name in ("ClusterBuilder", "ClusterConfig", "ClusterOptions"):
+        assert getattr(cluster, name) is getattr(config, name)
+        assert name in cluster.__all__
+
+
 @pytest.mark.parametrize("value", [49, 251, 0])
 def test_large_threshold_outside_50_to_250_is_refused(value: int) -> None:
     with pytest.raises(ConfigError, match="large_threshold"):
         Cluster(SECRET, 1, large_threshold=value)
-    with pytest.raises(ConfigError):
-        Cluster.builder(SECRET, 1).large_threshold(value)
+    with pytest.raises(ConfigError, match="large_threshold"):
+        Cluster.builder(SECRET, 1).large_threshold(value).build()
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ bot" shows both in use.
 from __future__ import annotations
 
 from . import faults, payloads, records, tls, traffic
+from .blast import Blast
 from .faults import (
     CloseConnection,
     DropConnection,
@@ -33,7 +34,7 @@ from .faults import (
     StopHeartbeatAcks,
     UnknownOpcode,
 )
-from .gateway import Blast, SessionInfo
+from .gateway import SessionInfo
 from .payloads import due_offset, event_number
 from .process import SimulatorProcess
 from .records import (

@@ -8,7 +8,7 @@ a huge dispatch, go silent for a while, or refuse new connections. The
 simulator applies one at once (`GatewaySimulator.apply_fault` and the
 ``close_shard``-style shortcuts) or when a `FaultPlan` comes due: after a
 number of dispatches to the shard, or after a delay. New kinds of fault are
-new values here plus one branch where the gateway applies them.
+new values here plus one branch where `apply_faults` applies them.
 """
 
 from __future__ import annotations

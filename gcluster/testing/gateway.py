@@ -4,8 +4,10 @@ Discord keeps a session per identified shard, numbers that session's
 dispatches with ``s``, and replays the ones a client missed when it resumes.
 This module holds exactly that bookkeeping — which connection serves which
 session, each session's log, events waiting for a shard that never
-identified — and applies faults to a shard. Decoding client messages and
-deciding what they may do is `connection`'s job; sockets are `wire`'s.
+identified — and answers IDENTIFY, RESUME and the other client messages.
+Decoding client messages and deciding what they may do is `connection`'s
+job; sockets are `wire`'s. Blasts (pre-encoded bulk sends) are `blast`'s and
+fault application is `apply_faults`'s: both act on the sessions kept here.
 """
 
 from __future__ import annotations
@@ -16,22 +18,18 @@ import math
 import secrets
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import gevent
 import ujson
 
-from gcluster.errors import ConfigError
-
-from . import faults, payloads, rules, traffic
+from . import payloads, rules
 from .records import (
-    BlastRecord,
     CloseRecord,
     CommandRecord,
     ConnectionRecord,
     DispatchRecord,
-    FaultRecord,
     HeartbeatRecord,
     IdentifyRecord,
     Records,
@@ -43,32 +41,23 @@ from .records import (
 )
 from .rules import Close, Op, Rejection
 from .streams import EventStream
-from .wire import COMPRESSIONS, BlastFrames
+from .wire import COMPRESSIONS
 
 if TYPE_CHECKING:
     from .connection import GatewayConnection
+    from .traffic import BodyPool
     from .wire import Ending
 
-__all__ = ["Blast", "Gateway", "GatewayConfig", "SessionInfo", "encode"]
+__all__ = ["Gateway", "GatewayConfig", "SessionInfo", "encode"]
 
 # Privileged intent bit -> the application flag that allows it (GATEWAY_*).
 _INTENT_FLAGS = {1 << 1: 1 << 14, 1 << 8: 1 << 12, 1 << 15: 1 << 18}
 
 HEARTBEAT_ACK = '{"t":null,"s":null,"op":11,"d":null}'
-HEARTBEAT_REQUEST = '{"t":null,"s":null,"op":1,"d":null}'
-RECONNECT = '{"t":null,"s":null,"op":7,"d":null}'
 INVALID_SESSION = {
     True: '{"t":null,"s":null,"op":9,"d":true}',
     False: '{"t":null,"s":null,"op":9,"d":false}',
 }
-_NUMBER = payloads.NUMBER_KEY
-_DUE = payloads.DUE_KEY
-# Not JSON, however it is decoded.
-GARBAGE_TEXT = '{"t":"MESSAGE_CREATE","s":'
-# After a sync flush the deflate stream is byte-aligned at a block header; 0xff
-# there is a block of the reserved type 3, which every inflater rejects. The
-# suffix makes it look like a complete zlib-stream message.
-GARBAGE_ZLIB = b"\xff" * 8 + b"\x00\x00\xff\xff"
 
 
 def encode(data: Any) -> str:
@@ -135,134 +124,35 @@ class Session:
         return self.seq - len(self.log) + 1
 
 
-class _ArmedPlan:
-    __slots__ = ("plan", "remaining")
+class _Countdown:
+    """Something to do after a number of dispatches to a shard (`Gateway.after_dispatches`)."""
 
-    def __init__(self, plan: faults.FaultPlan, remaining: int) -> None:
-        self.plan = plan
+    __slots__ = ("action", "remaining")
+
+    def __init__(self, remaining: int, action: Callable[[], object]) -> None:
         self.remaining = remaining
-
-
-class Blast:
-    """Dispatches blasted to one connection (`Gateway.blast`): wait for its record.
-
-    Attributes:
-        shard_id, connection_id, session_id: where they went.
-        first_s, last_s: their sequence numbers.
-        first_number, last_number: their event numbers.
-        prepare_seconds: building, encoding, compressing and framing them.
-        frames: the queued frames, as the connection's writer sees them.
-    """
-
-    __slots__ = (
-        "connection_id",
-        "first_number",
-        "first_s",
-        "frames",
-        "last_number",
-        "last_s",
-        "prepare_seconds",
-        "record",
-        "session_id",
-        "shard_id",
-    )
-
-    def __init__(
-        self,
-        *,
-        shard_id: int,
-        connection_id: int,
-        session_id: str,
-        first_s: int,
-        last_s: int,
-        first_number: int,
-        last_number: int,
-        prepare_seconds: float,
-        frames: BlastFrames,
-        records: Records,
-    ) -> None:
-        self.shard_id = shard_id
-        self.connection_id = connection_id
-        self.session_id = session_id
-        self.first_s = first_s
-        self.last_s = last_s
-        self.first_number = first_number
-        self.last_number = last_number
-        self.prepare_seconds = prepare_seconds
-        self.frames = frames
-        self.record: BlastRecord | None = None
-
-        def finished(_: object) -> None:
-            self.record = record = self._to_record()
-            records.blasts.append(record)
-            records.notify()
-
-        frames.done.rawlink(finished)
-
-    def __repr__(self) -> str:
-        return f"<Blast shard={self.shard_id} s={self.first_s}..{self.last_s} done={self.done}>"
-
-    @property
-    def events(self) -> int:
-        return self.last_s - self.first_s + 1
-
-    @property
-    def done(self) -> bool:
-        """Whether the writer is through with it (all written, or the connection ended)."""
-        return self.record is not None
-
-    def release(self, start_at: float | None = None) -> None:
-        """Start a held or paced blast; a paced one sends each dispatch at
-        ``start_at`` (default now) plus its due time."""
-        self.frames.release(time.monotonic() if start_at is None else start_at)
-
-    def wait(self, timeout: float | None = None) -> BlastRecord | None:
-        """Wait until the writer is through with it; its record, or None on timeout."""
-        if self.frames.done.wait(timeout) and self.record is None:
-            # rawlink callbacks run on the hub's next turn: let it record.
-            gevent.sleep(0)
-        return self.record
-
-    def _to_record(self) -> BlastRecord:
-        frames = self.frames
-        return BlastRecord(
-            time=time.monotonic(),
-            shard_id=self.shard_id,
-            connection_id=self.connection_id,
-            session_id=self.session_id,
-            first_s=self.first_s,
-            last_s=self.last_s,
-            first_number=self.first_number,
-            last_number=self.last_number,
-            events=self.events,
-            written=frames.written,
-            payload_bytes=sum(frames.payload_bytes),
-            wire_bytes=frames.wire_bytes,
-            prepare_seconds=self.prepare_seconds,
-            started=frames.started,
-            finished=frames.finished if frames.finished is not None else time.monotonic(),
-            late_max=frames.late_max,
-            sent_at=tuple(frames.sent_at),
-        )
+        self.action = action
 
 
 class ShardState:
     """Everything the gateway keeps per shard id."""
 
-    __slots__ = ("backlog", "bodies", "guilds", "id", "plans", "session", "stream", "total")
+    __slots__ = ("backlog", "bodies", "countdowns", "guilds", "id", "session", "stream", "total")
 
     def __init__(self, shard_id: int, total: int, guilds_per_shard: int) -> None:
         self.id = shard_id
         self.total = total
-        # Varied bodies for blasts, built on the first one (it takes a moment).
-        self.bodies: traffic.BodyPool | None = None
+        # Varied bodies for blasts (`blast.queue_blast`), built on the first
+        # one (it takes a moment).
+        self.bodies: BodyPool | None = None
         self.guilds = payloads.guild_fixtures(shard_id, total, guilds_per_shard)
         self.stream = EventStream(self.guilds, payloads.Snowflakes(worker=shard_id % 32))
         self.session: Session | None = None
         # Dispatches for a shard without a session, sent after its next READY,
         # as (t, d, number, the intents that bring it).
         self.backlog: list[tuple[str, str, int | None, int]] = []
-        self.plans: list[_ArmedPlan] = []
+        # What is due after so many more dispatches (fault plans among them).
+        self.countdowns: list[_Countdown] = []
 
 
 class Gateway:
@@ -379,7 +269,7 @@ class Gateway:
         if self._refusals_left <= 0:
             return True
         self._refusals_left -= 1
-        self._record(
+        self.record(
             self.records.refusals,
             RefusalRecord(time=time.monotonic(), path=path, remote_port=remote_port, status=503),
         )
@@ -388,7 +278,7 @@ class Gateway:
     def open(self, conn: GatewayConnection, record: ConnectionRecord) -> None:
         """Register a new websocket and greet it (HELLO), or reject its URL."""
         self._connections[conn.id] = conn
-        self._record(self.records.connections, record)
+        self.record(self.records.connections, record)
         rejection = rules.check_query(record.query, compressions=COMPRESSIONS)
         if rejection is not None:
             self.reject(conn, rejection)
@@ -404,8 +294,8 @@ class Gateway:
             ends_session = rules.client_close_ends_session(ending.code)
         else:
             ends_session = rules.server_close_ends_session(ending.code)
-        self._detach(conn, end_session=ends_session)
-        self._record(
+        self.detach(conn, end_session=ends_session)
+        self.record(
             self.records.closes,
             CloseRecord(
                 time=time.monotonic(),
@@ -420,7 +310,7 @@ class Gateway:
 
     def reject(self, conn: GatewayConnection, rejection: Rejection) -> None:
         """Close ``conn`` with the rejection's code, as Discord does on a broken rule."""
-        self._close(conn, rejection.code, rejection.reason)
+        self.server_close(conn, rejection.code, rejection.reason)
 
     def live(self, shard_id: int) -> list[GatewayConnection]:
         """The shard's open connections that are not closing."""
@@ -439,7 +329,7 @@ class Gateway:
         acked = conn.acks_heartbeats
         if acked:
             conn.wire.send(HEARTBEAT_ACK)
-        self._record(
+        self.record(
             self.records.heartbeats,
             HeartbeatRecord(
                 time=time.monotonic(),
@@ -462,7 +352,7 @@ class Gateway:
         bucket = None
         if kind != "ratelimit" and shard_id is not None:
             bucket = shard_id % self.config.max_concurrency
-        self._record(
+        self.record(
             self.records.violations,
             ViolationRecord(
                 time=time.monotonic(),
@@ -516,12 +406,12 @@ class Gateway:
         if shard.session is not None:
             # A new IDENTIFY abandons the shard's old session, and with it any
             # dispatches still waiting for a RESUME: they are lost, as on Discord.
-            self._end_session(shard.session)
+            self.end_session(shard.session)
         session = Session(secrets.token_hex(16), shard_id, data["intents"], config.replay_limit)
         self._sessions[session.id] = session
         shard.session = session
         self._attach(conn, session)
-        self._record(
+        self.record(
             self.records.identifies,
             IdentifyRecord(
                 time=time.monotonic(),
@@ -563,7 +453,7 @@ class Gateway:
         if seq is not None and not 0 <= seq <= session.seq:
             self._record_resume(conn, session.shard_id, session.id, seq, 0, ok=False)
             conn.shard_id = session.shard_id
-            self._end_session(session)
+            self.end_session(session)
             self.reject(conn, Rejection(Close.INVALID_SEQ, "Invalid seq."))
             return
         have = seq or 0
@@ -571,7 +461,7 @@ class Gateway:
             # More was missed than the log keeps: Discord cannot replay it and
             # invalidates the session, as for one that timed out.
             self._record_resume(conn, session.shard_id, session.id, seq, 0, ok=False)
-            self._end_session(session)
+            self.end_session(session)
             conn.wire.send(INVALID_SESSION[False])
             return
         previous = session.connection
@@ -579,7 +469,7 @@ class Gateway:
             # The client came back before the server noticed the old socket
             # was gone; that socket no longer serves the session.
             previous.session = None
-            self._close(previous, 1001, "Session resumed on another connection.")
+            self.server_close(previous, 1001, "Session resumed on another connection.")
         self._attach(conn, session)
         skip = have + 1 - session.oldest_replayable
         missed = list(itertools.islice(session.log, skip, None))
@@ -590,7 +480,7 @@ class Gateway:
 
     def command(self, conn: GatewayConnection, op: int, data: Any) -> None:
         """Record a gateway command; answer REQUEST_GUILD_MEMBERS with a chunk."""
-        self._record(
+        self.record(
             self.records.commands,
             CommandRecord(
                 time=time.monotonic(),
@@ -628,86 +518,6 @@ class Gateway:
         else:
             self._emit(shard.session, name, d_json, number, intents)
 
-    def blast(
-        self,
-        shard_id: int,
-        count: int,
-        kinds: tuple[str, ...],
-        *,
-        due: list[float] | None = None,
-        hold: bool = False,
-    ) -> Blast:
-        """Queue ``count`` varied dispatches on the shard's live connection, pre-encoded.
-
-        Each takes the session's next ``s`` and the shard's next event number
-        and is logged for replay, as `deliver` does, so a RESUME after a blast
-        (or during one) replays what the client missed. Everything is built,
-        encoded, compressed and framed here, before the writer starts, and
-        without yielding, so nothing else can slip into the compression
-        stream in between.
-
-        Args:
-            due: pace the dispatches (see `WebSocket.send_blast`): one time
-                per dispatch, in seconds after the start given to
-                `Blast.release`, also written into its ``d`` (see
-                `payloads.due_offset`).
-            hold: write nothing until `Blast.release` (e.g. to measure the
-                writing apart from the preparation).
-
-        Raises:
-            ConfigError: the shard has no live connection, a bad kind, or a kind
-                its session's intents do not bring (guild dispatches all).
-        """
-        shard = self._shards[shard_id]
-        session = shard.session
-        conn = session.connection if session is not None else None
-        if session is None or conn is None or conn.wire.closing:
-            raise ConfigError(f"shard {shard_id} has no live connection to blast")
-        for name in set(kinds):
-            needed = self.intents_for(name, {"guild_id": shard.guilds[0].id})
-            if needed and not session.intents & needed:
-                raise ConfigError(
-                    f"shard {shard_id} identified without an intent that brings {name} "
-                    f"(any of {needed:#x}); Discord would not send it"
-                )
-        started = time.perf_counter()
-        if shard.bodies is None:
-            shard.bodies = traffic.BodyPool(traffic.VariedStream(shard_id, shard.total))
-        bodies = shard.bodies.take(kinds, count)
-        quote = self._quote
-        log = session.log
-        stream = shard.stream
-        first_s = session.seq + 1
-        first_number = stream.next_number
-        s = session.seq
-        texts = []
-        for index, (name, body) in enumerate(bodies):
-            number = stream.claim_number()
-            s += 1
-            if due is None:
-                frame = f'{{"t":{quote(name)},"s":{s},"op":0,"d":{body},"{_NUMBER}":{number}}}}}'
-            else:
-                frame = (
-                    f'{{"t":{quote(name)},"s":{s},"op":0,"d":{body},"{_NUMBER}":{number},'
-                    f'"{_DUE}":{due[index]!r}}}}}'
-                )
-            log.append((frame, name, number))
-            texts.append(frame)
-        session.seq = s
-        frames = conn.wire.send_blast(texts, due, hold=hold)
-        return Blast(
-            shard_id=shard_id,
-            connection_id=conn.id,
-            session_id=session.id,
-            first_s=first_s,
-            last_s=s,
-            first_number=first_number,
-            last_number=stream.next_number - 1,
-            prepare_seconds=time.perf_counter() - started,
-            frames=frames,
-            records=self.records,
-        )
-
     def intents_for(self, name: str, data: Any) -> int:
         """The intents that bring dispatch ``name`` with ``d = data`` (see `deliver`)."""
         return rules.dispatch_intents(name, data, bot_user_id=self.bot_user_id)
@@ -736,106 +546,64 @@ class Gateway:
             connected=session.connection is not None,
         )
 
-    # -- faults ------------------------------------------------------------
+    # -- what blasts and faults act on ------------------------------------
 
-    def apply_fault(self, shard_id: int | None, fault: faults.Fault) -> int:
-        """Do ``fault`` to the shard now; returns how many live connections it reached.
+    def shard(self, shard_id: int) -> ShardState:
+        """Everything kept for the shard: its session, stream, guilds and backlog."""
+        return self._shards[shard_id]
 
-        ``shard_id`` may be None only for `faults.RefuseConnections`.
-        """
-        if isinstance(fault, faults.RefuseConnections):
-            self._refusals_left += fault.count
-            connections: list[GatewayConnection] = []
-        else:
-            if shard_id is None:
-                raise ConfigError(f"{type(fault).__name__} needs a shard id")
-            connections = self.live(shard_id)
-            self._apply_to_shard(self._shards[shard_id], connections, fault)
-        self._record(
-            self.records.faults,
-            FaultRecord(
-                time=time.monotonic(),
-                shard_id=shard_id,
-                fault=fault,
-                connections=len(connections),
-            ),
-        )
-        return len(connections)
-
-    def _apply_to_shard(
-        self, shard: ShardState, connections: list[GatewayConnection], fault: faults.Fault
-    ) -> None:
-        if isinstance(fault, faults.CloseConnection):
-            for conn in connections:
-                self._close(conn, fault.code, fault.reason)
-        elif isinstance(fault, faults.DropConnection):
-            for conn in connections:
-                self._detach(conn, end_session=False)
-                conn.wire.drop()
-        elif isinstance(fault, faults.Reconnect):
-            for conn in connections:
-                conn.wire.send(RECONNECT)
-                # Discord sends nothing more on a connection it asked to leave:
-                # later dispatches wait in the session for the RESUME.
-                self._detach(conn, end_session=False)
-        elif isinstance(fault, faults.InvalidateSession):
-            if not fault.resumable and shard.session is not None:
-                self._end_session(shard.session)
-            for conn in connections:
-                if not fault.resumable:
-                    # The connection may IDENTIFY again, as after a failed RESUME.
-                    conn.authenticated = False
-                conn.wire.send(INVALID_SESSION[fault.resumable])
-        elif isinstance(fault, faults.RequestHeartbeat):
-            for conn in connections:
-                conn.wire.send(HEARTBEAT_REQUEST)
-        elif isinstance(fault, faults.StopHeartbeatAcks):
-            for conn in connections:
-                conn.acks_heartbeats = False
-        elif isinstance(fault, faults.GarbageFrame):
-            for conn in connections:
-                if fault.kind == "zlib" and conn.wire.compressed:
-                    conn.wire.send_raw(GARBAGE_ZLIB)
-                else:
-                    conn.wire.send(GARBAGE_TEXT)
-        elif isinstance(fault, faults.UnknownOpcode):
-            frame = encode({"t": None, "s": None, "op": fault.op, "d": None})
-            for conn in connections:
-                conn.wire.send(frame)
-        elif isinstance(fault, faults.HugeDispatch):
-            number = shard.stream.claim_number()
-            guild = shard.guilds[number % len(shard.guilds)]
-            data = payloads.guild_create(guild, size_bytes=fault.size_bytes)
-            data[payloads.NUMBER_KEY] = number
-            intents = self.intents_for("GUILD_CREATE", data)
-            self.deliver(shard.id, "GUILD_CREATE", encode(data), number, intents)
-        elif isinstance(fault, faults.Stall):
-            for conn in connections:
-                conn.wire.stall(fault.seconds)
-        elif isinstance(fault, faults.ExpireSession):
-            if shard.session is not None:
-                self._end_session(shard.session)
-            for conn in connections:
-                if fault.code is None:
-                    conn.wire.drop()
-                else:
-                    conn.wire.close(fault.code, fault.reason)
-        else:  # pragma: no cover - the Fault union is closed
-            raise TypeError(f"not a fault: {fault!r}")
-
-    def arm(self, plan: faults.FaultPlan) -> None:
-        """Count dispatches toward ``plan`` (one with ``after_dispatches``)."""
-        assert plan.after_dispatches is not None and plan.shard_id is not None
-        if plan.after_dispatches == 0:
-            self.apply_fault(plan.shard_id, plan.fault)
-        else:
-            self._shards[plan.shard_id].plans.append(_ArmedPlan(plan, plan.after_dispatches))
-
-    # -- internals ---------------------------------------------------------
-
-    def _record(self, records: list[Any], record: Any) -> None:
+    def record(self, records: list[Any], record: Any) -> None:
+        """Append ``record`` to one of ``self.records``' lists and wake its waiters."""
         records.append(record)
         self.records.notify()
+
+    def quote(self, name: str) -> str:
+        """``name`` as a JSON string, for a dispatch's ``t`` (kept, as names recur)."""
+        quoted = self._quoted_names.get(name)
+        if quoted is None:
+            quoted = self._quoted_names[name] = encode(name)
+        return quoted
+
+    def detach(self, conn: GatewayConnection, *, end_session: bool) -> None:
+        """Stop ``conn`` serving its session; later dispatches wait there for a RESUME."""
+        session = conn.session
+        if session is None:
+            return
+        if session.connection is conn:
+            session.connection = None
+        elif session.connection is not None:
+            # Resumed elsewhere meanwhile: this connection no longer speaks for it.
+            return
+        if end_session:
+            self.end_session(session)
+
+    def end_session(self, session: Session) -> None:
+        """Forget ``session``: a RESUME of it fails, its waiting dispatches are lost."""
+        self._sessions.pop(session.id, None)
+        shard = self._shards[session.shard_id]
+        if shard.session is session:
+            shard.session = None
+        if session.connection is not None:
+            session.connection.session = None
+            session.connection = None
+
+    def server_close(self, conn: GatewayConnection, code: int, reason: str) -> None:
+        """Close ``conn`` from the gateway's side; the codes Discord marks so end the session."""
+        # Detach at once, so dispatches from now on are kept for a RESUME
+        # instead of being queued behind the close frame and lost.
+        self.detach(conn, end_session=rules.server_close_ends_session(code))
+        conn.wire.close(code, reason)
+
+    def refuse_connections(self, count: int) -> None:
+        """Answer the next ``count`` websocket upgrades with 503 (see `admit`)."""
+        self._refusals_left += count
+
+    def after_dispatches(self, shard_id: int, count: int, action: Callable[[], object]) -> None:
+        """Call ``action()`` right after ``count`` (at least 1) more dispatches
+        were sent to the shard's live connection, replayed ones included."""
+        self._shards[shard_id].countdowns.append(_Countdown(count, action))
+
+    # -- internals ---------------------------------------------------------
 
     def _record_resume(
         self,
@@ -847,7 +615,7 @@ class Gateway:
         *,
         ok: bool,
     ) -> None:
-        self._record(
+        self.record(
             self.records.resumes,
             ResumeRecord(
                 time=time.monotonic(),
@@ -866,44 +634,11 @@ class Gateway:
         conn.authenticated = True
         session.connection = conn
 
-    def _detach(self, conn: GatewayConnection, *, end_session: bool) -> None:
-        session = conn.session
-        if session is None:
-            return
-        if session.connection is conn:
-            session.connection = None
-        elif session.connection is not None:
-            # Resumed elsewhere meanwhile: this connection no longer speaks for it.
-            return
-        if end_session:
-            self._end_session(session)
-
-    def _end_session(self, session: Session) -> None:
-        self._sessions.pop(session.id, None)
-        shard = self._shards[session.shard_id]
-        if shard.session is session:
-            shard.session = None
-        if session.connection is not None:
-            session.connection.session = None
-            session.connection = None
-
-    def _close(self, conn: GatewayConnection, code: int, reason: str) -> None:
-        # Detach at once, so dispatches from now on are kept for a RESUME
-        # instead of being queued behind the close frame and lost.
-        self._detach(conn, end_session=rules.server_close_ends_session(code))
-        conn.wire.close(code, reason)
-
-    def _quote(self, name: str) -> str:
-        quoted = self._quoted_names.get(name)
-        if quoted is None:
-            quoted = self._quoted_names[name] = encode(name)
-        return quoted
-
     def _emit(
         self, session: Session, name: str, d_json: str, number: int | None, intents: int = 0
     ) -> None:
         if intents and not session.intents & intents:
-            self._record(
+            self.record(
                 self.records.withheld,
                 WithheldRecord(
                     time=time.monotonic(),
@@ -918,7 +653,7 @@ class Gateway:
         s = session.seq + 1
         session.seq = s
         # Discord's key order puts "t" first, so clients can peek at it.
-        frame = f'{{"t":{self._quote(name)},"s":{s},"op":0,"d":{d_json}}}'
+        frame = f'{{"t":{self.quote(name)},"s":{s},"op":0,"d":{d_json}}}'
         session.log.append((frame, name, number))
         conn = session.connection
         if conn is not None:
@@ -934,19 +669,19 @@ class Gateway:
         number: int | None,
     ) -> None:
         conn.wire.send(frame, (session.shard_id, conn.id, session.id, s, name, number))
-        plans = self._shards[session.shard_id].plans
-        if plans:
-            self._count_toward_plans(session.shard_id, plans)
+        countdowns = self._shards[session.shard_id].countdowns
+        if countdowns:
+            self._count_down(countdowns)
 
-    def _count_toward_plans(self, shard_id: int, plans: list[_ArmedPlan]) -> None:
+    def _count_down(self, countdowns: list[_Countdown]) -> None:
         due = []
-        for armed in plans:
-            armed.remaining -= 1
-            if armed.remaining == 0:
-                due.append(armed)
-        for armed in due:
-            plans.remove(armed)
-            self.apply_fault(shard_id, armed.plan.fault)
+        for countdown in countdowns:
+            countdown.remaining -= 1
+            if countdown.remaining == 0:
+                due.append(countdown)
+        for countdown in due:
+            countdowns.remove(countdown)
+            countdown.action()
 
     def on_written(self, receipts: list[Any]) -> None:
         """Record dispatches whose bytes reached a socket (the wire's callback)."""

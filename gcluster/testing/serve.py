@@ -39,7 +39,7 @@ from gevent.lock import Semaphore
 from gcluster.errors import ConfigError
 
 from . import faults
-from .gateway import Blast
+from .blast import Blast
 from .simulator import GatewaySimulator
 
 __all__ = ["main"]

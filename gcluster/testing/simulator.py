@@ -5,8 +5,9 @@ READY, sequence numbers, RESUME with replay, the close codes — and that a test
 can script: send it events, make it fail, and ask afterwards what happened.
 This is the public face of that peer; the work is split among `server` (one
 port for HTTP and websockets, optionally over TLS), `wire` (websocket I/O),
-`connection` (what a client may send), `gateway` (sessions, delivery, faults
-and the identify and session start rules), `faults` and `records`.
+`connection` (what a client may send), `gateway` (sessions, delivery and the
+identify and session start rules), `blast` (pre-encoded bulk sends),
+`apply_faults` (what each fault does), `faults` and `records`.
 """
 
 from __future__ import annotations
@@ -28,9 +29,10 @@ from gevent.pool import Group
 
 from gcluster.errors import ConfigError, InvalidState
 
-from . import faults, rest, rules
+from . import apply_faults, faults, rest, rules
+from .blast import Blast, queue_blast
 from .connection import GatewayConnection
-from .gateway import Blast, Gateway, GatewayConfig, SessionInfo, encode
+from .gateway import Gateway, GatewayConfig, SessionInfo, encode
 from .payloads import GuildFixture, event_number
 from .records import BlastRecord, ConnectionRecord, Records, RequestRecord, Traffic
 from .server import Server
@@ -422,7 +424,7 @@ class GatewaySimulator:
         self._check_shard(shard_id)
         if count < 1:
             raise ConfigError("count must be >= 1")
-        return gateway.blast(shard_id, count, self._kinds(kinds), hold=hold)
+        return queue_blast(gateway, shard_id, count, self._kinds(kinds), hold=hold)
 
     def send_paced(
         self,
@@ -469,7 +471,7 @@ class GatewaySimulator:
         blasts = []
         for position, shard_id in enumerate(ids):
             due = [index / rate for index in range(position, count, len(ids))]
-            blasts.append(gateway.blast(shard_id, len(due), names, due=due))
+            blasts.append(queue_blast(gateway, shard_id, len(due), names, due=due))
         start = time.monotonic() + lead
         for blast in blasts:
             blast.release(start)
@@ -524,7 +526,7 @@ class GatewaySimulator:
         """
         gateway = self._require()
         self._check_fault_target(shard_id, fault)
-        return gateway.apply_fault(shard_id, fault)
+        return apply_faults.apply_fault(gateway, shard_id, fault)
 
     def schedule_fault(
         self,
@@ -547,9 +549,11 @@ class GatewaySimulator:
             shard_id=shard_id, fault=fault, after_dispatches=after_dispatches, delay=delay
         )
         if plan.delay is not None:
-            self._timers.add(gevent.spawn_later(plan.delay, gateway.apply_fault, shard_id, fault))
+            self._timers.add(
+                gevent.spawn_later(plan.delay, apply_faults.apply_fault, gateway, shard_id, fault)
+            )
         else:
-            gateway.arm(plan)
+            apply_faults.arm(gateway, plan)
         return plan
 
     @property
