@@ -18,7 +18,6 @@ import logging
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
 
 import gevent
@@ -38,6 +37,7 @@ from gcluster.errors import (
 )
 from gcluster.events import Event
 from gcluster.http import GatewayBot, get_gateway_bot
+from gcluster.interface import ClusterLifecycle
 from gcluster.message import Message
 from gcluster.protocol import ResumeSession, Stage
 from gcluster.queue import ConfigurableQueue, LocalQueue, Queue
@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 _HOUSEKEEPING_INTERVAL: Final = 1.0
 
 
-class Cluster:
+class Cluster(ClusterLifecycle):
     """Many shards of one bot, and their events as one stream.
 
     Args:
@@ -206,34 +206,6 @@ class Cluster:
         if not self._wait_all(Shard.wait_until_ready, timeout):
             return False
         return all(shard.wait_until_ready(0) for shard in self._shards.values())
-
-    def down(self) -> None:
-        """Close every shard with 1000, ending their sessions, and end `events()`."""
-        self._shutdown(resumable=False)
-
-    def down_resumable(self) -> dict[int, ResumeSession]:
-        """Close every shard keeping its session; return the sessions to resume with.
-
-        Shards that never got a session are left out.
-        """
-        return self._shutdown(resumable=True)
-
-    def __enter__(self) -> Cluster:
-        try:
-            self.up()
-        except BaseException:
-            # __exit__ is not called when __enter__ raises: stop what did start.
-            self.down()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.down()
 
     # --- shards --------------------------------------------------------------
 

@@ -87,14 +87,8 @@ class ClusterConfig:
                 f"max_message_size must be an int of at least {MIN_MAX_MESSAGE} bytes, "
                 f"not {self.max_message_size!r}"
             )
-        try:
-            resolve_compression(self.compression)
-        except ValueError as err:
-            raise ConfigError(str(err)) from None
-        try:
-            resolve_decoder(self.decoder)
-        except ValueError as err:
-            raise ConfigError(str(err)) from None
+        resolve_compression(self.compression)  # both raise ConfigError themselves
+        resolve_decoder(self.decoder)
         if self.backlog_warning < 1:
             raise ConfigError("backlog_warning must be at least 1")
         if self.session_store is not None and not isinstance(self.session_store, SessionStore):
@@ -155,7 +149,8 @@ def make_config(token: str | Token, intents: int, options: Mapping[str, Any]) ->
     try:
         secret = Token(token)
     except (TypeError, ValueError) as err:
-        raise ConfigError(f"bad token: {err}") from None
+        # Token's messages never hold the token, so the cause may stay.
+        raise ConfigError(f"bad token: {err}") from err
     if isinstance(intents, bool) or not isinstance(intents, int) or intents < 0:
         raise ConfigError(f"intents must be Intents or a non-negative int, not {intents!r}")
     values = dict(options)
