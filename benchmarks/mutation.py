@@ -13,7 +13,7 @@ some loopback test happens to trip over it.
     python benchmarks/mutation.py                     # every module
     python benchmarks/mutation.py frames backoff      # some of them
     python benchmarks/mutation.py frames --diff       # with each survivor's diff
-    python benchmarks/mutation.py frames --tests tests/test_wire.py   # other tests
+    python benchmarks/mutation.py frames --tests tests/unit/test_wire.py   # other tests
 
 For each module it prints the score (killed / mutants; a mutant no test
 reaches counts as surviving), the score once the equivalent mutants listed in
@@ -40,14 +40,26 @@ RESULTS = ROOT / "benchmarks" / "results" / "mutation.json"
 
 # Each pure module and the unit tests that are its own (no sockets, no simulator).
 MODULES: dict[str, list[str]] = {
-    "frames": ["tests/test_wire.py", "tests/test_properties.py", "tests/test_unit_frames.py"],
-    "peek": ["tests/test_wire.py", "tests/test_properties.py"],
-    "inflate": ["tests/test_wire.py", "tests/test_properties.py", "tests/test_unit_inflate.py"],
-    "backoff": ["tests/test_policies.py", "tests/test_unit_backoff.py"],
-    "ratelimit": ["tests/test_policies.py", "tests/test_unit_ratelimit.py"],
-    "scheme": ["tests/test_config.py", "tests/test_unit_scheme.py"],
-    "_token": ["tests/test_token.py", "tests/test_properties.py", "tests/test_unit_token.py"],
-    "handshake": ["tests/test_unit_handshake.py"],
+    "frames": [
+        "tests/unit/test_wire.py",
+        "tests/unit/test_properties.py",
+        "tests/unit/test_frames.py",
+    ],
+    "peek": ["tests/unit/test_wire.py", "tests/unit/test_properties.py"],
+    "inflate": [
+        "tests/unit/test_wire.py",
+        "tests/unit/test_properties.py",
+        "tests/unit/test_inflate.py",
+    ],
+    "backoff": ["tests/unit/test_policies.py", "tests/unit/test_backoff.py"],
+    "ratelimit": ["tests/unit/test_policies.py", "tests/unit/test_ratelimit.py"],
+    "scheme": ["tests/test_config.py", "tests/unit/test_scheme.py"],
+    "_token": [
+        "tests/unit/test_token.py",
+        "tests/unit/test_properties.py",
+        "tests/unit/test_token_rules.py",
+    ],
+    "handshake": ["tests/unit/test_handshake.py"],
 }
 
 # Mutants no test can kill because the program does the same with them:
