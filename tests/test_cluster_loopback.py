@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import gevent
 import pytest
@@ -51,8 +51,21 @@ def sim(make_sim: MakeSim) -> GatewaySimulator:
 
 
 @pytest.fixture
-def cluster(sim: GatewaySimulator) -> Cluster:
-    cluster = make_cluster(sim)
+def cluster(sim: GatewaySimulator) -> Iterator[Cluster]:
+    yield from _started(make_cluster(sim))
+
+
+# The transports whose guarantees are the same; zstd-stream needs the zstd extra.
+COMPRESSIONS = ["zlib-stream", pytest.param("zstd-stream", marks=pytest.mark.extras)]
+
+
+@pytest.fixture(params=COMPRESSIONS)
+def each_transport(request: pytest.FixtureRequest, sim: GatewaySimulator) -> Iterator[Cluster]:
+    """The cluster once per transport compression (the tests name what they check)."""
+    yield from _started(make_cluster(sim, compression=request.param))
+
+
+def _started(cluster: Cluster) -> Iterator[Cluster]:
     cluster.up(timeout=TIMEOUT)
     assert cluster.wait_until_ready(TIMEOUT)
     yield cluster
@@ -60,12 +73,16 @@ def cluster(sim: GatewaySimulator) -> Cluster:
 
 
 def test_every_event_of_every_shard_exactly_once_in_order(
-    sim: GatewaySimulator, cluster: Cluster
+    sim: GatewaySimulator, each_transport: Cluster
 ) -> None:
+    cluster = each_transport
     for shard_id in range(SHARDS):
         sim.send_events(shard_id, 300)
     received = collect(cluster.events(), has_numbers(range(SHARDS), 300))
     assert_exactly_once_in_order(received, range(SHARDS), 300)
+    compression = cluster.config().compression
+    assert [c.compression for c in sim.records.connections] == [compression] * SHARDS
+    assert [c.query["compress"] for c in sim.records.connections] == [compression] * SHARDS
 
 
 def test_a_decoder_given_as_a_callable_decodes_every_dispatch(sim: GatewaySimulator) -> None:
@@ -170,7 +187,10 @@ def test_command_raw_is_deprecated_but_works(sim: GatewaySimulator, cluster: Clu
     assert sim.records.commands[0].data["status"] == "dnd"
 
 
-def test_close_4000_resumes_and_loses_nothing(sim: GatewaySimulator, cluster: Cluster) -> None:
+def test_close_4000_resumes_and_loses_nothing(
+    sim: GatewaySimulator, each_transport: Cluster
+) -> None:
+    cluster = each_transport
     sim.send_events(1, 100)
     collect(cluster.events(), has_numbers([1], 100))
     cluster.send(1, Message.close(4000, "testing"))
@@ -185,6 +205,8 @@ def test_close_4000_resumes_and_loses_nothing(sim: GatewaySimulator, cluster: Cl
     assert len(sim.records.identifies) == SHARDS  # no new session
     resumed_on = [c for c in sim.records.connections if c.id == resume.connection_id]
     assert resumed_on[0].path.startswith("/resume")
+    # A new connection, so a new compression stream of the same kind.
+    assert resumed_on[0].compression == cluster.config().compression
 
 
 def test_down_ends_the_iterator_after_queued_events(

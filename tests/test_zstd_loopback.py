@@ -1,8 +1,9 @@
-"""zstd-stream transport compression, end to end: a cluster against the simulator.
+"""zstd-stream transport compression: what it adds to zlib-stream's guarantees.
 
-The same guarantees as zlib-stream (every event exactly once, in order, and a
-RESUME that loses nothing), over one zstd stream per connection flushed after
-each message, plus what the switch is for: fewer bytes on the wire.
+Those guarantees (every event exactly once, in order, and a RESUME that loses
+nothing) are tested once for both transports in test_cluster_loopback.py
+(`each_transport`); here is what the switch is for, fewer bytes on the wire,
+and its bounded inflation.
 """
 
 from __future__ import annotations
@@ -10,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from conftest import TIMEOUT, assert_exactly_once_in_order, collect, has_numbers, numbers
+from conftest import TIMEOUT, collect, has_numbers, numbers
 
 from gcluster import Cluster, Intents, ShardScheme
-from gcluster.testing import STREAM_INTENTS, CloseConnection, GatewaySimulator
+from gcluster.testing import STREAM_INTENTS, GatewaySimulator
 
 pytestmark = pytest.mark.extras  # zstandard is the zstd extra
 
@@ -24,51 +25,6 @@ SHARDS = 4
 def make_cluster(sim: GatewaySimulator, **options: object) -> Cluster:
     options.setdefault("compression", "zstd-stream")
     return Cluster(sim.token, Intents.GUILDS | STREAM_INTENTS, api_base=sim.api_base, **options)
-
-
-@pytest.fixture
-def sim(make_sim: MakeSim) -> GatewaySimulator:
-    return make_sim(shards=SHARDS, max_concurrency=SHARDS)
-
-
-@pytest.fixture
-def cluster(sim: GatewaySimulator) -> Cluster:
-    cluster = make_cluster(sim)
-    cluster.up(timeout=TIMEOUT)
-    assert cluster.wait_until_ready(TIMEOUT)
-    yield cluster
-    cluster.down()
-
-
-def test_every_event_of_every_shard_exactly_once_in_order(
-    sim: GatewaySimulator, cluster: Cluster
-) -> None:
-    for shard_id in range(SHARDS):
-        sim.send_events(shard_id, 300)
-    received = collect(cluster.events(), has_numbers(range(SHARDS), 300))
-    assert_exactly_once_in_order(received, range(SHARDS), 300)
-    assert [c.compression for c in sim.records.connections] == ["zstd-stream"] * SHARDS
-    assert [c.query["compress"] for c in sim.records.connections] == ["zstd-stream"] * SHARDS
-
-
-def test_close_4000_resumes_on_a_new_zstd_stream_and_loses_nothing(
-    sim: GatewaySimulator, cluster: Cluster
-) -> None:
-    sim.send_events(1, 100)
-    collect(cluster.events(), has_numbers([1], 100))
-    assert sim.apply_fault(1, CloseConnection(code=4000, reason="testing")) == 1
-    # Sent while the shard is away: kept in the session and replayed on RESUME,
-    # compressed by the new connection's own zstd stream.
-    sim.send_events(1, 100)
-    received = collect(cluster.events(), has_numbers([1], 200))
-    assert numbers(received, 1) == list(range(101, 201))
-    assert sim.wait_until(lambda: any(r.ok for r in sim.records.resumes), timeout=TIMEOUT)
-    (resume,) = sim.records.resumes
-    assert resume.shard_id == 1 and resume.ok and resume.replayed >= 1
-    assert len(sim.records.identifies) == SHARDS  # no new session
-    (resumed_on,) = [c for c in sim.records.connections if c.id == resume.connection_id]
-    assert resumed_on.path.startswith("/resume") and resumed_on.compression == "zstd-stream"
-    assert [c.code for c in sim.records.closes if c.initiator == "server"] == [4000]
 
 
 def test_zstd_puts_fewer_bytes_on_the_wire_than_zlib(make_sim: MakeSim) -> None:
