@@ -51,6 +51,8 @@ MODULES: dict[str, list[str]] = {
         "tests/unit/test_properties.py",
         "tests/unit/test_inflate.py",
     ],
+    "protocol": ["tests/unit/test_protocol.py"],
+    "stages": ["tests/unit/test_protocol.py"],
     "backoff": ["tests/unit/test_policies.py", "tests/unit/test_backoff.py"],
     "ratelimit": ["tests/unit/test_policies.py", "tests/unit/test_ratelimit.py"],
     "scheme": ["tests/test_config.py", "tests/unit/test_scheme.py"],

@@ -86,3 +86,22 @@ def assert_exactly_once_in_order(
         ]
         assert sequences == sorted(sequences) and len(sequences) == len(set(sequences))
     assert {sid for sid, _ in received} == wanted
+
+
+class FakeClock:
+    """A clock that only moves when something sleeps on it, recording each sleep.
+
+    Call it for the time; pass `sleep` where a policy waits (identify queues,
+    the send budget), so schedules are tested without sleeping.
+    """
+
+    def __init__(self, now: float = 0.0) -> None:
+        self.now = now
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds

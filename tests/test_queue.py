@@ -11,6 +11,7 @@ from urllib.parse import parse_qs
 
 import gevent
 import pytest
+from conftest import FakeClock
 from gevent.pywsgi import WSGIServer
 
 from gcluster.errors import QueueError, SessionStartLimitExhausted
@@ -25,21 +26,6 @@ from gcluster.queue import (
 )
 
 
-class Clock:
-    """A fake clock whose sleep moves time forward (and records how long)."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.slept: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
-
-
 def limit(
     remaining: int, total: int = 1000, reset_after: float = 100.0, concurrency: int = 1
 ) -> SessionStartLimit:
@@ -48,7 +34,7 @@ def limit(
     )
 
 
-def local(clock: Clock, **options: Any) -> LocalQueue:
+def local(clock: FakeClock, **options: Any) -> LocalQueue:
     # No margin: the arithmetic of the slots is what these tests check.
     return LocalQueue(margin=0, clock=clock, sleep=clock.sleep, **options)
 
@@ -57,7 +43,7 @@ def local(clock: Clock, **options: Any) -> LocalQueue:
 
 
 def test_each_grant_spends_a_start_and_the_spare_one_is_never_spent() -> None:
-    clock = Clock()
+    clock = FakeClock(1000.0)
     queue = local(clock, session_start_limit=limit(4), interval=0)
     assert queue.remaining == 3  # one of the four is kept back
     for shard in range(3):
@@ -72,7 +58,7 @@ def test_each_grant_spends_a_start_and_the_spare_one_is_never_spent() -> None:
 
 
 def test_spare_can_be_changed_to_spend_everything() -> None:
-    clock = Clock()
+    clock = FakeClock(1000.0)
     queue = local(clock, session_start_limit=limit(2), interval=0, spare=0)
     queue.request(0, 1)
     queue.request(0, 1)
@@ -81,7 +67,7 @@ def test_spare_can_be_changed_to_spend_everything() -> None:
 
 
 def test_check_budget_refuses_before_any_identify() -> None:
-    clock = Clock()
+    clock = FakeClock(1000.0)
     queue = local(clock, session_start_limit=limit(5, reset_after=30.0))
     queue.check_budget(4)  # 5 remain, one is spare
     with pytest.raises(SessionStartLimitExhausted) as caught:
@@ -91,7 +77,7 @@ def test_check_budget_refuses_before_any_identify() -> None:
 
 
 def test_an_unknown_budget_is_not_checked() -> None:
-    clock = Clock()
+    clock = FakeClock(1000.0)
     queue = local(clock, interval=0)
     queue.check_budget(10_000)
     for _ in range(5):
@@ -100,7 +86,7 @@ def test_an_unknown_budget_is_not_checked() -> None:
 
 
 def test_the_budget_refills_after_the_reset() -> None:
-    clock = Clock()
+    clock = FakeClock(1000.0)
     queue = local(clock, session_start_limit=limit(2, total=50, reset_after=100.0), interval=0)
     queue.request(0, 1)
     with pytest.raises(SessionStartLimitExhausted):
@@ -117,7 +103,7 @@ def test_the_budget_refills_after_the_reset() -> None:
 
 
 def test_wait_for_reset_sleeps_until_the_next_day_and_keeps_bucket_spacing() -> None:
-    clock = Clock()
+    clock = FakeClock(1000.0)
     queue = local(
         clock,
         session_start_limit=limit(3, total=10, reset_after=60.0),
@@ -135,7 +121,7 @@ def test_wait_for_reset_sleeps_until_the_next_day_and_keeps_bucket_spacing() -> 
 
 
 def test_a_cancelled_wait_gives_its_start_back_and_holds_up_no_one() -> None:
-    clock = Clock()
+    clock = FakeClock(1000.0)
 
     def killed(seconds: float) -> None:
         raise gevent.GreenletExit
@@ -174,7 +160,7 @@ def test_a_killed_waiter_does_not_block_the_bucket() -> None:
 
 
 def test_configure_fills_in_what_was_not_given() -> None:
-    clock = Clock()
+    clock = FakeClock(1000.0)
     queue = local(clock)
     assert queue.max_concurrency == 1 and queue.remaining is None
     queue.configure(4, limit(20, concurrency=4))

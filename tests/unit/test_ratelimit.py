@@ -4,27 +4,13 @@ from __future__ import annotations
 
 import gevent
 import pytest
+from conftest import FakeClock
 from gevent.event import Event
 
 from gcluster.ratelimit import CommandRatelimiter
 
 
-class Clock:
-    """A clock that only moves when something sleeps on it."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.slept: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
-
-
-def limiter(clock: Clock, limit: int = 2, period: float = 100.0) -> CommandRatelimiter:
+def limiter(clock: FakeClock, limit: int = 2, period: float = 100.0) -> CommandRatelimiter:
     # A period of 100 s makes the counted span (period + 1%) exactly 101 s.
     return CommandRatelimiter(limit, period, clock=clock, sleep=clock.sleep)
 
@@ -39,7 +25,7 @@ def test_invalid_limits_are_refused(limit: int, period: float) -> None:
 
 
 def test_the_smallest_limits_are_valid() -> None:
-    clock = Clock()
+    clock = FakeClock()
     one = CommandRatelimiter(1, 0.5, clock=clock, sleep=clock.sleep)
     assert one.capacity == 1 and one.remaining() == 1
     assert one.acquire() and one.acquire()
@@ -47,11 +33,11 @@ def test_the_smallest_limits_are_valid() -> None:
 
 
 def test_no_heartbeat_interval_reserves_nothing() -> None:
-    assert limiter(Clock(), limit=10).capacity == 10
+    assert limiter(FakeClock(), limit=10).capacity == 10
 
 
 def test_the_heartbeats_share_is_rounded_up_and_capped_at_half() -> None:
-    rate = limiter(Clock(), limit=11, period=60.0)
+    rate = limiter(FakeClock(), limit=11, period=60.0)
     rate.set_heartbeat_interval(30.0)  # 2 heartbeats a window, and one spare
     assert rate.capacity == 8
     rate.set_heartbeat_interval(25.0)  # 2.4 -> 3, and one spare
@@ -63,7 +49,7 @@ def test_the_heartbeats_share_is_rounded_up_and_capped_at_half() -> None:
 
 
 def test_a_payload_counts_for_the_period_and_its_margin_exactly() -> None:
-    clock = Clock()
+    clock = FakeClock()
     rate = limiter(clock, limit=1)
     assert rate.acquire(timeout=0)
     clock.now = 100.99
@@ -73,7 +59,7 @@ def test_a_payload_counts_for_the_period_and_its_margin_exactly() -> None:
 
 
 def test_a_full_window_waits_for_its_oldest_payload() -> None:
-    clock = Clock()
+    clock = FakeClock()
     rate = limiter(clock)
     assert rate.acquire(timeout=0)
     clock.now = 10.0
@@ -85,7 +71,7 @@ def test_a_full_window_waits_for_its_oldest_payload() -> None:
 
 
 def test_a_timeout_just_long_enough_waits_and_takes_the_slot() -> None:
-    clock = Clock()
+    clock = FakeClock()
     rate = limiter(clock)
     assert rate.acquire(timeout=0) and rate.acquire(timeout=0)
     assert not rate.acquire(timeout=100.99)
@@ -95,7 +81,7 @@ def test_a_timeout_just_long_enough_waits_and_takes_the_slot() -> None:
 
 
 def test_refill_in() -> None:
-    clock = Clock()
+    clock = FakeClock()
     rate = limiter(clock, limit=3)
     assert rate.refill_in() == 0.0  # nothing counted
     rate.heartbeat()
@@ -107,7 +93,7 @@ def test_refill_in() -> None:
 
 
 def test_heartbeats_count_but_never_wait() -> None:
-    clock = Clock()
+    clock = FakeClock()
     rate = limiter(clock)
     for _ in range(5):
         rate.heartbeat()
@@ -118,7 +104,7 @@ def test_heartbeats_count_but_never_wait() -> None:
 def test_a_waiting_command_holds_back_the_ones_after_it() -> None:
     # The first acquire() sleeps (on a gevent event, so the test controls
     # when it wakes); a second one with a timeout gives up at once.
-    clock = Clock()
+    clock = FakeClock()
     wake = Event()
 
     def sleep(seconds: float) -> None:
