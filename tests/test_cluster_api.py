@@ -197,7 +197,6 @@ def test_dispatcher_stats_to_dict_is_json_ready() -> None:
 
 @pytest.mark.extras
 def test_redis_stats_to_dict_are_json_ready() -> None:
-    pytest.importorskip("redis")
     from gcluster.redis.inbox import InboxStats
     from gcluster.redis.streams import SinkStats
     from gcluster.redis.worker import WorkerStats
