@@ -906,3 +906,65 @@ def test_connecting_twice_is_refused() -> None:
     with pytest.raises(LocalProtocolError) as caught:
         proto.connecting("wss://gateway")
     assert str(caught.value) == "connect is not allowed in stage connected"
+
+
+# --- counters add up, flags are booleans ---------------------------------------------
+
+
+def test_the_counters_add_up_on_every_path() -> None:
+    proto = connected(make(event_types=EventTypeFlags.MESSAGE_CREATE | EventTypeFlags.READY))
+    for seq in (2, 4):  # peeked
+        proto.receive(encode(dispatch("MESSAGE_CREATE", seq)), 0.0)
+        proto.receive(encode(dispatch("MESSAGE_DELETE", seq + 1)), 0.0)
+    for seq in (6, 8):  # decoded
+        proto.receive(other_layout("MESSAGE_CREATE", seq), 0.0)
+        proto.receive(other_layout("MESSAGE_DELETE", seq + 1), 0.0)
+    for _ in range(2):
+        proto.receive(b"{not json", 0.0)
+        proto.receive(encode(dispatch("MESSAGE_CREATE", 1)), 0.0)
+    assert counters(proto) == ({"READY": 1, "MESSAGE_CREATE": 4}, 4, 2, 2)
+
+
+def test_identified_and_awaiting_ack_are_booleans() -> None:
+    proto = make()
+    assert proto.identified is False and proto.awaiting_ack is False
+    proto.connecting("wss://gateway")
+    assert proto.identified is False
+    proto.feed(hello(), 0.0)
+    proto.identify()
+    assert proto.identified is True
+    proto.heartbeat(1.0)
+    assert proto.awaiting_ack is True
+    proto.feed({"op": 11}, 1.5)
+    assert proto.awaiting_ack is False
+    proto.closed(4000)
+    assert proto.identified is False
+
+
+def test_a_beat_the_gateway_asked_for_is_timed() -> None:
+    proto = connected(make())
+    proto.feed({"op": 1, "d": None}, 5.0)
+    assert proto.latency == Latency(sent=5.0)
+    proto.feed({"op": 11}, 5.25)
+    assert proto.latency == Latency(
+        average=0.25, heartbeats=1, recent=(0.25,), sent=5.0, received=5.25
+    )
+
+
+def test_shard_payload_mode_passes_the_time_on() -> None:
+    proto = connected(make(event_types=EventTypeFlags.ALL | EventTypeFlags.SHARD_PAYLOAD))
+    proto.receive(encode({"op": 1, "d": None}), 5.0)
+    proto.receive(encode({"op": 11}), 5.5)
+    assert proto.latency == Latency(
+        average=0.5, heartbeats=1, recent=(0.5,), sent=5.0, received=5.5
+    )
+
+
+def test_resumed_without_a_resume() -> None:
+    proto = connected(make())
+    assert proto.feed(dispatch("RESUMED", 2), 0.0) == [
+        ReconnectAction(
+            resume=True, code=4000, reason="RESUMED without a RESUME", cause="protocol_error"
+        )
+    ]
+    assert proto.stage is Stage.CONNECTED
