@@ -130,6 +130,33 @@ EQUIVALENT: dict[str, list[tuple[str, str, str]]] = {
             "one more decompress() of b'' at the end, which inflates nothing",
         ),
     ],
+    "protocol": [
+        (
+            "_encode",
+            "ensure_ascii=None",
+            "ujson reads ensure_ascii as a flag: None is as false as False",
+        ),
+        (
+            "ShardProtocol.__init__",
+            'self._connection_url: str | None = ""',
+            "read only by _ready, which connecting() always precedes by setting it",
+        ),
+        (
+            "ShardProtocol._ready",
+            'self._connection_url or "XXXX"',
+            "connecting() always sets the URL before a READY; and no fallback starts with wss:",
+        ),
+        (
+            "ShardProtocol._invalid_session",
+            "resume=True,",
+            "the session was forgotten just before, so _reconnect resumes only with one: never",
+        ),
+        (
+            "ShardProtocol.closed",
+            "verdict = None",
+            "a client close's verdict is only compared with FATAL and REIDENTIFY: None is RESUME",
+        ),
+    ],
     "scheme": [
         (
             "ShardScheme.resolve",
