@@ -174,10 +174,8 @@ def test_identify_sends_text_as_utf8_not_escapes() -> None:
 def test_the_intents_are_a_plain_integer() -> None:
     from gcluster.intents import Intents
 
-    proto = make()
-    proto2 = ShardProtocol(0, 1, TOKEN, Intents(513))
-    assert type(proto2.intents) is int and proto2.intents == 513
-    assert proto.intents == 513
+    proto = ShardProtocol(0, 1, TOKEN, Intents(513))
+    assert type(proto.intents) is int and proto.intents == 513
 
 
 def test_a_new_protocol_before_any_connection() -> None:
@@ -191,7 +189,8 @@ def test_a_new_protocol_before_any_connection() -> None:
     assert (proto.session_id, proto.sequence, proto.resume_url) == (None, None, None)
     assert not proto.identified and not proto.awaiting_ack
     assert proto.latency == Latency()
-    assert isinstance(make().stats, ShardStats) and make().stats is not make().stats
+    first, second = make(), make()
+    assert isinstance(first.stats, ShardStats) and first.stats is not second.stats
 
 
 def test_a_saved_session_is_taken_field_by_field() -> None:
