@@ -51,8 +51,8 @@ MODULES: dict[str, list[str]] = {
         "tests/unit/test_properties.py",
         "tests/unit/test_inflate.py",
     ],
-    "protocol": ["tests/unit/test_protocol.py"],
-    "stages": ["tests/unit/test_protocol.py"],
+    "protocol": ["tests/unit/test_protocol.py", "tests/unit/test_protocol_rules.py"],
+    "stages": ["tests/unit/test_protocol.py", "tests/unit/test_protocol_rules.py"],
     "backoff": ["tests/unit/test_policies.py", "tests/unit/test_backoff.py"],
     "ratelimit": ["tests/unit/test_policies.py", "tests/unit/test_ratelimit.py"],
     "scheme": ["tests/test_config.py", "tests/unit/test_scheme.py"],
@@ -128,6 +128,33 @@ EQUIVALENT: dict[str, list[tuple[str, str, str]]] = {
             "ZstdStreamInflater.feed",
             "while start <= len(data):",
             "one more decompress() of b'' at the end, which inflates nothing",
+        ),
+    ],
+    "protocol": [
+        (
+            "_encode",
+            "ensure_ascii=None",
+            "ujson reads ensure_ascii as a flag: None is as false as False",
+        ),
+        (
+            "ShardProtocol.__init__",
+            'self._connection_url: str | None = ""',
+            "read only by _ready, which connecting() always precedes by setting it",
+        ),
+        (
+            "ShardProtocol._ready",
+            'self._connection_url or "XXXX"',
+            "connecting() always sets the URL before a READY; and no fallback starts with wss:",
+        ),
+        (
+            "ShardProtocol._invalid_session",
+            "resume=True,",
+            "the session was forgotten just before, so _reconnect resumes only with one: never",
+        ),
+        (
+            "ShardProtocol.closed",
+            "verdict = None",
+            "a client close's verdict is only compared with FATAL and REIDENTIFY: None is RESUME",
         ),
     ],
     "scheme": [
