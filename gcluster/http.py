@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 import requests
 
 from gcluster._blocking import call_blocking
 from gcluster._token import Token
+from gcluster._urls import websocket_url
 from gcluster.errors import AuthenticationFailed, ClusterStartError, ClusterStartErrorType
 
 __all__ = ["DEFAULT_API_BASE", "GatewayBot", "SessionStartLimit", "get_gateway_bot"]
@@ -98,15 +98,7 @@ def get_gateway_bot(api_base: str, token: Token, *, timeout: float = 10.0) -> Ga
 
 def _gateway_url_ok(value: object, api_base: str) -> bool:
     # The token goes there in IDENTIFY: a ws:// gateway only from a plain-HTTP API.
-    if not isinstance(value, str):
-        return False
-    try:
-        parts = urlsplit(value)
-    except ValueError:
-        return False
-    if parts.scheme not in ("ws", "wss") or not parts.hostname:
-        return False
-    return parts.scheme == "wss" or not api_base.startswith("https:")
+    return websocket_url(value, secure=api_base.startswith("https:")) is not None
 
 
 def _start_error(message: str, token: Token) -> ClusterStartError:

@@ -45,12 +45,12 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
-from urllib.parse import urlsplit
 
 import ujson
 
 from gcluster._json import JsonReady
 from gcluster._token import Token
+from gcluster._urls import websocket_url
 from gcluster.delivery import Loads, RawDispatch
 from gcluster.errors import ConfigError, GClusterError, closed_error
 from gcluster.events import Event, EventType, EventTypeFlags, dispatch_kind, event_type, flag_for
@@ -799,13 +799,9 @@ class ShardProtocol:
 
 
 def _as_strong(url: str, than: str) -> bool:
-    """Whether `url` is a websocket URL as secure as `than` (wss stays wss)."""
-    try:
-        parts = urlsplit(url)
-        ok = parts.scheme in ("ws", "wss") and bool(parts.hostname) and not parts.username
-    except ValueError:
-        return False
-    return ok and (parts.scheme == "wss" or not than.startswith("wss:"))
+    """Whether `url` is a websocket URL as secure as `than` (wss stays wss), without credentials."""
+    parts = websocket_url(url, secure=than.startswith("wss:"))
+    return parts is not None and not parts.username
 
 
 def _valid_session_id(value: Any, token: Token) -> bool:

@@ -20,7 +20,6 @@ import logging
 import ssl as _stdlib_ssl
 from collections.abc import Callable
 from typing import Any, NoReturn
-from urllib.parse import urlsplit
 
 import gevent
 import websocket
@@ -28,6 +27,7 @@ from gevent import socket as gsocket
 from gevent import ssl as gssl
 from gevent.lock import Semaphore
 
+from gcluster._urls import websocket_url
 from gcluster.errors import ConnectionFailed
 from gcluster.frames import (
     DEFAULT_MAX_MESSAGE,
@@ -137,10 +137,10 @@ class Connection:
                 was answered with anything but 101 (a redirect included: its
                 status and Location are in the message, and it is not followed).
         """
-        parts = urlsplit(url)
-        secure = parts.scheme == "wss"
-        if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        parts = websocket_url(url, secure=False)
+        if parts is None or parts.hostname is None:
             raise ConnectionFailed(redact(f"not a websocket URL: {url}"))
+        secure = parts.scheme == "wss"
         try:
             port = parts.port or (443 if secure else 80)
         except ValueError:
