@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Final, NamedTuple, TypeAlias
@@ -86,13 +87,42 @@ def resolve_decoder(decoder: str | Loads) -> Loads:
     return loads
 
 
+class SkipLog:
+    """Lines about skipped messages: one per shard per `interval`, then a count of the rest.
+
+    A peer can send garbage as fast as it likes; the log must not follow.
+    """
+
+    __slots__ = ("_clock", "_interval", "_last", "_unlogged")
+
+    def __init__(self, interval: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._interval = interval
+        self._clock = clock
+        self._last: dict[int, float] = {}
+        self._unlogged: dict[int, int] = {}
+
+    def error(self, shard_id: int, reason: str, what: str = "skipped") -> None:
+        now = self._clock()
+        last = self._last.get(shard_id)
+        if last is not None and now - last < self._interval:
+            self._unlogged[shard_id] = self._unlogged.get(shard_id, 0) + 1
+            return
+        unlogged = self._unlogged.pop(shard_id, 0)
+        more = f" ({unlogged} more since the last line)" if unlogged else ""
+        self._last[shard_id] = now
+        log.error("shard %d: %s; %s%s", shard_id, reason, what, more)
+
+
 class EventQueue:
     """First in, first out, for any number of readers and iterators in one hub."""
 
-    __slots__ = ("_closed", "_error", "_items", "_waiters", "loads")
+    __slots__ = ("_closed", "_error", "_items", "_waiters", "loads", "skips")
 
     def __init__(self, loads: Loads = ujson.loads) -> None:
         self.loads = loads
+        # Shared with the readers that put into this queue: a message skipped
+        # by a reader or by an iterator is logged the same way.
+        self.skips = SkipLog()
         self._items: deque[Item] = deque()
         self._closed = False
         self._error: BaseException | None = None
@@ -169,12 +199,8 @@ class EventQueue:
             try:
                 data = loads(payload)["d"]
             except (ValueError, KeyError, TypeError) as err:
-                log.error(
-                    "shard %d: dispatch %s s=%s is not valid JSON (%s); skipped",
-                    shard_id,
-                    name,
-                    sequence,
-                    err,
+                self.skips.error(
+                    shard_id, f"dispatch {name} s={sequence} is not valid JSON ({err})"
                 )
                 continue
             # tuple.__new__ directly: Event(...) would add a Python-level call.

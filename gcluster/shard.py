@@ -83,8 +83,6 @@ _TIME_SLICE = 0.001
 # A session lost sooner than this after READY/RESUMED counts as a failed
 # attempt, so a gateway that accepts and drops at once is still backed off.
 _SHORT_SESSION = 1.0
-# At most one line per this many seconds about skipped messages, per shard.
-_SKIP_LOG_INTERVAL = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,8 +207,6 @@ class Shard:
         self._client_close: tuple[int, str, str] | None = None
         self._reconnect_delay = 0.0
         self._connected_at: float | None = None  # READY/RESUMED on this connection
-        self._skips_unlogged = 0
-        self._skip_logged_at = -_SKIP_LOG_INTERVAL
         # Why the last attempt or connection failed, for errors like up()'s timeout.
         self.last_failure: str | None = None
         self._stop = Flag()  # down() was called or the shard failed
@@ -593,15 +589,8 @@ class Shard:
         if skip.what == "duplicate":
             log.debug("shard %d: %s; skipped", self.id, skip.reason)
             return
-        # A peer can send garbage as fast as it likes; the log must not follow.
-        now = time.monotonic()
-        if now - self._skip_logged_at < _SKIP_LOG_INTERVAL:
-            self._skips_unlogged += 1
-            return
-        more = f" ({self._skips_unlogged} more since the last line)" if self._skips_unlogged else ""
-        self._skips_unlogged = 0
-        self._skip_logged_at = now
-        log.error("shard %d: %s; %s%s", self.id, self._token.redact(skip.reason), skip.what, more)
+        # Rate-limited, and the same limit as a dispatch events() cannot decode.
+        self._events.skips.error(self.id, self._token.redact(skip.reason), skip.what)
 
     def _failed_connection(self, code: int | None, reason: str, too_big: bool) -> None:
         if too_big:

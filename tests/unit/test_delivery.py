@@ -116,3 +116,39 @@ def test_an_iterator_killed_while_waiting_leaves_the_items_to_the_others() -> No
     first.kill(block=True)
     queue.put((7, "item"))
     assert second.get(timeout=5) == (7, "item")
+
+
+def test_skipped_dispatches_are_logged_once_per_shard_per_interval_with_a_count(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    queue = EventQueue()
+    broken = b'{"t":"MESSAGE_CREATE","s":5,"op":0,"d":{'
+    for shard_id in (3, 3, 3, 4):
+        queue.put(RawDispatch(shard_id, EventType.MESSAGE_CREATE, "MESSAGE_CREATE", 5, broken))
+    queue.close()
+    with caplog.at_level(logging.ERROR, logger="gcluster.shard"):
+        assert queue.next_event() is None
+        # A reader's skip goes through the same limit (Shard uses queue.skips).
+        queue.skips.error(3, "a message that is not valid JSON")
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2  # one for shard 3, one for shard 4
+    assert lines[0].startswith("shard 3: dispatch MESSAGE_CREATE s=5 is not valid JSON")
+    assert lines[1].startswith("shard 4: ")
+
+
+def test_the_next_line_after_the_interval_says_how_many_were_not_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from gcluster.delivery import SkipLog
+
+    now = [100.0]
+    skips = SkipLog(interval=10.0, clock=lambda: now[0])
+    with caplog.at_level(logging.ERROR, logger="gcluster.shard"):
+        for _ in range(4):
+            skips.error(1, "bad")
+        now[0] += 10.0
+        skips.error(1, "bad")
+    assert [r.getMessage() for r in caplog.records] == [
+        "shard 1: bad; skipped",
+        "shard 1: bad; skipped (3 more since the last line)",
+    ]
