@@ -66,7 +66,7 @@ from gcluster.sessions import MemorySessionStore, SessionStore
 from gcluster.shard import Information, Shard
 from gcluster.threaded import ThreadedCluster, ThreadedClusterBuilder, ThreadedShard
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "Activity",
