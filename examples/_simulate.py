@@ -17,9 +17,12 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any
 
 from gcluster import GatewayCluster
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self is 3.11+
 
 # How long the simulated feed waits for the cluster to be ready and to receive everything.
 FEED_TIMEOUT = 15.0

@@ -61,8 +61,15 @@ class ActivityType(enum.IntEnum):
     COMPETING = 5
 
 
-class Status(enum.StrEnum):
-    """The status a presence update sets; the value is Discord's string."""
+class Status(str, enum.Enum):
+    """The status a presence update sets; the value is Discord's string.
+
+    A `str` subclass (``enum.StrEnum`` is 3.11+), so a member compares equal
+    to Discord's string and `str` gives the string, not ``Status.IDLE``.
+    """
+
+    def __str__(self) -> str:
+        return str(self.value)
 
     ONLINE = "online"
     DND = "dnd"

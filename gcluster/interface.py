@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol, Self
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gcluster.commands import Command
 from gcluster.errors import GClusterError
@@ -32,6 +32,8 @@ from gcluster.protocol import ResumeSession, Stage
 from gcluster.shard import Information
 
 if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self is 3.11+
+
     # For the annotation only: gcluster.cluster may then mix in ClusterLifecycle
     # without the two modules importing each other at run time.
     from gcluster.cluster import ClusterConfig

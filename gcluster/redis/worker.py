@@ -516,7 +516,14 @@ def _stream_keys(
         return [stream]
     names: list[str] = []
     if isinstance(event_types, EventTypeFlags):
-        names = [flag.name for flag in event_types if flag.name]
+        # The single-bit members set in event_types (what iterating a flag
+        # value gives on 3.11+; 3.10 cannot iterate one, and iterating the
+        # class there also yields the intent-named groups).
+        names = [
+            flag.name
+            for flag in EventTypeFlags
+            if flag.name and flag.value & (flag.value - 1) == 0 and flag in event_types
+        ]
     else:
         for item in event_types:
             if isinstance(item, EventType):

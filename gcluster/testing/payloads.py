@@ -16,7 +16,7 @@ import functools
 import itertools
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from typing import Any
 
 __all__ = [
@@ -104,7 +104,7 @@ class Snowflakes:
 
 
 def _iso(unix_ms: int) -> str:
-    return datetime.fromtimestamp(unix_ms / 1000, UTC).isoformat(timespec="microseconds")
+    return datetime.fromtimestamp(unix_ms / 1000, timezone.utc).isoformat(timespec="microseconds")
 
 
 def _created_ms(id_: int) -> int:

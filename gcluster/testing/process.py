@@ -19,7 +19,7 @@ import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any
 
 import gevent
 from gevent import subprocess
@@ -29,6 +29,9 @@ from gevent.lock import Semaphore
 from gcluster.errors import GClusterError
 
 from .faults import Fault
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self is 3.11+
 
 __all__ = ["SimulatorError", "SimulatorProcess"]
 

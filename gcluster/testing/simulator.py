@@ -21,7 +21,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterable
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
 import gevent
@@ -39,6 +39,9 @@ from .server import Server
 from .streams import STREAM_KINDS
 from .traffic import BLAST_KINDS
 from .wire import COMPRESSIONS, WebSocket
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self is 3.11+
 
 __all__ = ["GatewaySimulator", "PacedSend", "serving_in_thread"]
 
