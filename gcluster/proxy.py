@@ -84,6 +84,8 @@ class Proxy:
 
     def redact(self, text: str) -> str:
         """`text` with the password (as given or percent-encoded) replaced by ``***``."""
+        if self.username is None:
+            return text  # nothing secret: its URL is its display
         for secret in (self.url, self.password):
             if secret:
                 text = text.replace(secret, "***")
