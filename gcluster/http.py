@@ -15,7 +15,9 @@ so that is refused.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
+from typing import Final
 
 import requests
 
@@ -23,13 +25,14 @@ from gcluster._blocking import call_blocking
 from gcluster._token import Token
 from gcluster._urls import websocket_url
 from gcluster.errors import AuthenticationFailed, ClusterStartError, ClusterStartErrorType
-from gcluster.proxy import Proxy, resolve_proxy
+from gcluster.proxy import Proxy, refusal, resolve_proxy
 
 __all__ = ["DEFAULT_API_BASE", "GatewayBot", "SessionStartLimit", "get_gateway_bot"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_API_BASE = "https://discord.com/api/v10"
+_TUNNEL_REFUSED: Final = re.compile(r"Tunnel connection failed: (\d{3})\b")
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,11 +102,12 @@ def get_gateway_bot(
             proxies=_proxies(chosen),
         )
     except requests.RequestException as err:
-        message = f"GET {where} failed: {err}"
-        if chosen is not None:
-            # Without the cause, on purpose: requests' text may quote the proxy URL.
-            raise _start_error(chosen.redact(message), token) from None
-        raise _start_error(message, token) from err
+        if chosen is None:
+            raise _start_error(f"GET {where} failed: {err}", token) from err
+        # Without the cause, on purpose: requests' text may quote the proxy URL.
+        raise _start_error(
+            chosen.redact(f"GET {where} failed: {_through(err, chosen)}"), token
+        ) from None
     if response.status_code == 401:
         raise AuthenticationFailed(None, reason=f"GET {url} answered 401: the token was refused")
     if response.status_code != 200:
@@ -131,6 +135,15 @@ def get_gateway_bot(
         # unredacted (a proxy may echo the Authorization header); the message
         # carries it through Token.redact.
         raise _start_error(f"GET {url} gave an unexpected body ({err!r})", token) from None
+
+
+def _through(err: requests.RequestException, chosen: Proxy) -> str:
+    """What went wrong through the proxy, worded as the websocket's failures are."""
+    # urllib3 reports a refused CONNECT only in text ("Tunnel connection failed: 407 ...").
+    found = _TUNNEL_REFUSED.search(str(err))
+    if isinstance(err, requests.exceptions.ProxyError) and found is not None:
+        return str(refusal(int(found.group(1)), chosen))
+    return str(err)
 
 
 def _proxies(chosen: Proxy | None) -> dict[str, str | None]:

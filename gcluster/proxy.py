@@ -33,6 +33,7 @@ __all__ = [
     "ProxyConnect",
     "ProxyError",
     "check_proxy_option",
+    "refusal",
     "parse_proxy",
     "resolve_proxy",
 ]
@@ -259,7 +260,7 @@ class ProxyConnect:
                     continue  # 100 Continue and the like come before the answer
                 if isinstance(event, h11.Response):
                     if not 200 <= event.status_code < 300:
-                        raise self._refused(event.status_code)
+                        raise refusal(event.status_code, self._proxy)
                     leftover, _closed = conn.trailing_data
                     if leftover:
                         raise ProxyError(
@@ -274,20 +275,26 @@ class ProxyConnect:
             # Without h11's text: it may quote what the proxy sent.
             raise ProxyError(f"the proxy answered no valid HTTP ({_kind(err)})") from None
 
-    def _refused(self, status: int) -> ProxyError:
-        phrase = _phrase(status)
-        # 407 is the standard answer; some proxies (tinyproxy) answer CONNECT with 401.
-        if status in (401, 407):
-            if self._proxy.username is None:
-                return ProxyError(
-                    f"the proxy answered {status} {phrase}: it needs credentials, "
-                    "give them as http://user:password@host:port",
-                    status,
-                )
+
+def refusal(status: int, proxy: Proxy) -> ProxyError:
+    """The error for a proxy that answered CONNECT with `status` (not 2xx).
+
+    Named by the status and its standard phrase, with what to do about
+    credentials when it asks for them.
+    """
+    phrase = _phrase(status)
+    # 407 is the standard answer; some proxies (tinyproxy) answer CONNECT with 401.
+    if status in (401, 407):
+        if proxy.username is None:
             return ProxyError(
-                f"the proxy answered {status} {phrase}: it refused the credentials", status
+                f"the proxy answered {status} {phrase}: it needs credentials, "
+                "give them as http://user:password@host:port",
+                status,
             )
-        return ProxyError(f"the proxy answered {status} {phrase}".rstrip(), status)
+        return ProxyError(
+            f"the proxy answered {status} {phrase}: it refused the credentials", status
+        )
+    return ProxyError(f"the proxy answered {status} {phrase}".rstrip(), status)
 
 
 def _phrase(status: int) -> str:

@@ -10,6 +10,7 @@ no proxy should: garbage, endless headers, silence, bytes after the 200.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -21,6 +22,7 @@ from conftest import TIMEOUT, collect, has_numbers, numbers
 from gevent.event import Event as Flag
 from gevent.server import StreamServer
 from proxy_server import TinyProxy
+from test_cli import gcluster_cli
 
 from gcluster import (
     Cluster,
@@ -214,6 +216,7 @@ def test_wrong_or_missing_credentials_are_named_and_the_password_never_shown(
     cluster.down()
     message = str(start_error.value)
     assert "through the proxy http://***@127.0.0.1" in message and wrong not in message
+    assert "failed: the proxy answered 401 Unauthorized: it refused the credentials" in message
     assert tls_sim.records.requests == []
 
 
@@ -399,3 +402,73 @@ def test_a_proxy_that_is_not_listening_is_named(make_sim: MakeSim) -> None:
     server.stop()  # the port is free: nothing listens there now
     with pytest.raises(ConnectionFailed, match=f"through the proxy http://127.0.0.1:{port} failed"):
         Connection.open(sim.url, timeout=2.0, proxy=f"http://127.0.0.1:{port}")
+
+
+# --- the command line -------------------------------------------------------------
+
+
+def cli_run(sim: GatewaySimulator, *args: str) -> Any:
+    return gcluster_cli(
+        "run",
+        "--api-base",
+        sim.api_base,
+        "--shards",
+        "1",
+        "--events",
+        "READY",
+        "--limit",
+        "1",
+        *args,
+        token=sim.token,
+        timeout=60,
+    )
+
+
+def test_run_goes_through_the_proxy_given_or_the_environments_unless_no_proxy(
+    make_sim: MakeSim,
+    certificates: TestCertificates,
+    auth_proxy: TinyProxy,
+    refusing_proxy: TinyProxy,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The child trusts the test CA: requests through REQUESTS_CA_BUNDLE, the
+    # websocket's default context through OpenSSL's SSL_CERT_FILE.
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(certificates.ca_path))
+    monkeypatch.setenv("SSL_CERT_FILE", str(certificates.ca_path))
+    sim = make_sim(identify_interval=0, ssl_context=certificates.server_context())
+    before = auth_proxy.connects_to(sim.port)
+    given = cli_run(sim, "--proxy", auth_proxy.url_with(USER, PASSWORD))
+    assert given.returncode == 0, given.stderr
+    assert json.loads(given.stdout)["t"] == "READY"
+    assert auth_proxy.connects_to(sim.port) - before == 2  # REST and the websocket
+
+    monkeypatch.setenv("HTTPS_PROXY", auth_proxy.url_with(USER, PASSWORD))
+    from_environment = cli_run(sim)
+    assert from_environment.returncode == 0, from_environment.stderr
+    assert auth_proxy.connects_to(sim.port) - before == 4
+
+    monkeypatch.setenv("HTTPS_PROXY", refusing_proxy.url)
+    refused = cli_run(sim)
+    assert refused.returncode == 1 and "answered 403" in refused.stderr, refused.stderr
+    direct = cli_run(sim, "--no-proxy")
+    assert direct.returncode == 0, direct.stderr
+    assert refusing_proxy.connects_to(sim.port) == 1
+    assert len(sim.records.identifies) == 3
+
+
+@pytest.mark.parametrize(
+    ("args", "complaint"),
+    [
+        (("--proxy", f"https://{USER}:{PASSWORD}@proxy:3128"), "argument --proxy: proxy https"),
+        (("--proxy", f"http://{USER}:{PASSWORD}@proxy"), "give the proxy's port"),
+        (("--proxy", "http://proxy:3128", "--no-proxy"), "not allowed with argument --proxy"),
+        (("--simulate", "--proxy", "http://proxy:3128"), "leave out --proxy"),
+    ],
+)
+def test_a_bad_proxy_on_the_command_line_gets_one_line_and_status_2(
+    args: tuple[str, ...], complaint: str
+) -> None:
+    result = gcluster_cli("run", *args, token="a-token", timeout=30)
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.splitlines()
+    assert complaint in line and PASSWORD not in line, line

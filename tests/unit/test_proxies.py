@@ -254,6 +254,25 @@ def test_a_rest_failure_through_a_proxy_hides_the_password(
     assert caught.value.__cause__ is None and "hunter2" not in message
 
 
+def test_a_tunnel_refused_to_requests_is_worded_as_the_websockets_is(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def call(func: Any, url: str, **kwargs: Any) -> Any:
+        raise requests.exceptions.ProxyError(
+            "Unable to connect to proxy: Tunnel connection failed: 407 hunter2 says no"
+        )
+
+    monkeypatch.setattr(gateway_http, "call_blocking", call)
+    with pytest.raises(ClusterStartError) as caught:
+        gateway_http.get_gateway_bot(
+            "https://discord.com/api/v10", TOKEN, proxy="http://bob:hunter2@proxy:3128"
+        )
+    assert str(caught.value) == (
+        "GET https://discord.com/api/v10/gateway/bot through the proxy http://***@proxy:3128 "
+        "failed: the proxy answered 407 Proxy Authentication Required: it refused the credentials"
+    )
+
+
 # --- CONNECT --------------------------------------------------------------------
 
 
