@@ -11,6 +11,7 @@ no proxy should: garbage, endless headers, silence, bytes after the 200.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -258,11 +259,12 @@ def test_the_environment_chooses_the_proxy_unless_no_proxy_or_proxy_false(
 
 
 def test_a_proxy_dying_mid_stream_and_coming_back_resumes_the_session(
-    make_sim: MakeSim,
+    make_sim: MakeSim, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.DEBUG, logger="gcluster")
     sim = make_sim()
-    proxy = TinyProxy().start()
-    cluster = ws_cluster(sim, proxy=proxy.url)
+    proxy = TinyProxy(credentials=(USER, PASSWORD)).start()
+    cluster = ws_cluster(sim, proxy=proxy.url_with(USER, PASSWORD))
     try:
         cluster.up(timeout=TIMEOUT)
         assert cluster.wait_until_ready(TIMEOUT)
@@ -284,6 +286,7 @@ def test_a_proxy_dying_mid_stream_and_coming_back_resumes_the_session(
     assert len(sim.records.identifies) == 1  # resumed, not re-identified
     assert [r.ok for r in sim.records.resumes] == [True]
     assert len(sim.records.connections) == 2
+    assert caplog.records and PASSWORD not in caplog.text  # the reconnects logged, no password
 
 
 # --- hostile proxies ------------------------------------------------------------
