@@ -42,6 +42,7 @@ from gcluster.cluster import Cluster
 from gcluster.errors import GClusterError
 from gcluster.events import Event, EventType, EventTypeFlags
 from gcluster.intents import Intents
+from gcluster.proxy import parse_proxy
 from gcluster.queue import DEFAULT_SPARE
 from gcluster.scheme import ShardScheme
 from gcluster.shard import Information, Shard
@@ -329,6 +330,7 @@ def demo(args: argparse.Namespace) -> int:
         api_base=sim.api_base,
         shard_scheme=ShardScheme.range(range(args.shards), args.shards),
         event_types=EventTypeFlags.ALL,
+        proxy=False,  # the simulator is on 127.0.0.1, in this process: never behind a proxy
     )
     tallies = Tallies(shard_ids)
     stop = gevent.event.Event()
@@ -445,6 +447,8 @@ def run(args: argparse.Namespace) -> int:
     # Everything the command line alone decides is checked before anything starts.
     if args.simulate and args.api_base:
         raise UsageError("--simulate serves its own REST API: leave out --api-base")
+    if args.simulate and args.proxy:
+        raise UsageError("--simulate serves on 127.0.0.1 in this process: leave out --proxy")
     if args.sink and args.limit is not None:
         raise UsageError("--limit counts the events printed, and with --sink none are")
     scheme = parse_scheme(args.scheme, args.shards)
@@ -471,6 +475,10 @@ def run(args: argparse.Namespace) -> int:
         scheme = scheme or ShardScheme.range(range(total), total)
     elif args.api_base:
         options["api_base"] = args.api_base
+    if args.simulate or args.no_proxy:
+        options["proxy"] = False  # the simulator is local; or told so
+    elif args.proxy:
+        options["proxy"] = args.proxy
     if args.events is not None:
         options["event_types"] = args.events
     if serve is not None:
@@ -615,6 +623,15 @@ def event_types_option(text: str) -> EventTypeFlags:
             raise argparse.ArgumentTypeError(f"unknown event type {part!r}")
         value |= EventTypeFlags[part]
     return value
+
+
+def proxy_option(text: str) -> str:
+    """`--proxy`: an http://[user:password@]host:port URL (checked as the option is)."""
+    try:
+        parse_proxy(text)
+    except ValueError as err:  # its message never holds the credentials
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
 
 
 def api_base_option(text: str) -> str:
@@ -797,6 +814,20 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         help="REST base URL instead of Discord's, e.g. a gateway proxy or a simulator "
         "started elsewhere (the token still comes from DISCORD_TOKEN)",
+    )
+    proxy = r.add_mutually_exclusive_group()
+    proxy.add_argument(
+        "--proxy",
+        type=proxy_option,
+        default=None,
+        metavar="URL",
+        help="reach Discord through this HTTP proxy, http://[user:password@]host:port "
+        "(default: HTTPS_PROXY and NO_PROXY, as requests reads them)",
+    )
+    proxy.add_argument(
+        "--no-proxy",
+        action="store_true",
+        help="connect directly, whatever HTTPS_PROXY says",
     )
     r.add_argument(
         "--simulate", action="store_true", help="use the embedded simulator instead of Discord"

@@ -96,6 +96,12 @@ class Cluster(ClusterLifecycle):
             benchmarks; integers past 64 bits become floats), or any
             callable taking bytes. Events are decoded by `events()` as it
             yields them, in the consumer's greenlet.
+        proxy: an HTTP proxy for the websocket and GET /gateway/bot:
+            "http://[user:password@]host:port" (or a `gcluster.proxy.Proxy`),
+            reached with CONNECT, TLS to Discord running inside the tunnel;
+            None (the default) follows HTTPS_PROXY/HTTP_PROXY/ALL_PROXY and
+            NO_PROXY as requests does; False uses no proxy, whatever the
+            environment says. See docs/proxies.rst.
 
     The options are typed by `ClusterOptions`, so mypy reports a misspelled
     or mistyped one.
@@ -402,7 +408,7 @@ class Cluster(ClusterLifecycle):
             or config.shard_scheme.is_auto
             or isinstance(queue, ConfigurableQueue)
         ):
-            self._gateway = get_gateway_bot(config.api_base, config.token)
+            self._gateway = get_gateway_bot(config.api_base, config.token, proxy=config.proxy)
             recommended = self._gateway.shards
             gateway_url = gateway_url or self._gateway.url
         limit = self._gateway.session_start_limit if self._gateway is not None else None
@@ -435,6 +441,7 @@ class Cluster(ClusterLifecycle):
                 connect_timeout=config.connect_timeout,
                 max_message_size=config.max_message_size,
                 ssl_context=config.ssl_context,
+                proxy=config.proxy,  # checked by the config: a Proxy, False or None
                 on_fatal=self._shard_failed,
                 ratelimit_payloads=config.ratelimit_payloads,
                 session_marks=self._consumed is not None,

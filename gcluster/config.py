@@ -24,6 +24,7 @@ from gcluster.frames import DEFAULT_MAX_MESSAGE
 from gcluster.http import DEFAULT_API_BASE
 from gcluster.inflate import resolve_compression
 from gcluster.protocol import ResumeSession, default_properties
+from gcluster.proxy import Proxy, check_proxy_option
 from gcluster.queue import Queue
 from gcluster.scheme import ShardScheme
 from gcluster.sessions import SessionStore
@@ -66,6 +67,9 @@ class ClusterConfig:
     session_store: SessionStore | None = None
     backlog_warning: int = 10_000
     decoder: str | Loads = "ujson"
+    # A URL given as a string is parsed here into a Proxy, whose repr hides
+    # the credentials; None follows the environment, False means none.
+    proxy: Proxy | str | bool | None = None
 
     def __post_init__(self) -> None:
         if not 50 <= self.large_threshold <= 250:
@@ -98,6 +102,10 @@ class ClusterConfig:
         for shard_id, session in self.resume_sessions.items():
             if not isinstance(session, ResumeSession):
                 raise ConfigError(f"resume_sessions[{shard_id}] must be a ResumeSession")
+        try:
+            object.__setattr__(self, "proxy", check_proxy_option(self.proxy))
+        except ValueError as err:  # its message never holds the credentials
+            raise ConfigError(str(err)) from None
         for url_option in ("gateway_url", "api_base"):
             url = getattr(self, url_option)
             if url is not None and "://" not in url:
@@ -132,6 +140,7 @@ class ClusterOptions(TypedDict, total=False):
     backlog_warning: int
     decoder: str | Loads
     max_message_size: int
+    proxy: Proxy | str | bool | None
 
 
 _OPTIONS: Final = frozenset(f.name for f in fields(ClusterConfig)) - {"token", "intents"}
@@ -262,4 +271,8 @@ class ClusterBuilder:
 
     def decoder(self, value: str | Loads) -> ClusterBuilder:
         self._options["decoder"] = value
+        return self
+
+    def proxy(self, value: Proxy | str | bool | None) -> ClusterBuilder:
+        self._options["proxy"] = value
         return self

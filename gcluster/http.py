@@ -3,12 +3,21 @@
 requests is blocking; `call_blocking` makes only the calling greenlet wait,
 never the hub (and with it every shard's heartbeat). requests' exceptions stop here
 and leave as `ClusterStartError` or `AuthenticationFailed`.
+
+The proxy is chosen by `proxy.resolve_proxy`, as the websocket's is, and
+handed to requests explicitly, with the environment's proxies switched off,
+so the two never disagree (``proxy=False`` means no proxy here too). An
+https:// API is reached through the proxy's CONNECT tunnel; a plain http://
+one would be forwarded with the token in its headers, in clear, to the proxy,
+so that is refused.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
+from typing import Final
 
 import requests
 
@@ -16,12 +25,14 @@ from gcluster._blocking import call_blocking
 from gcluster._token import Token
 from gcluster._urls import websocket_url
 from gcluster.errors import AuthenticationFailed, ClusterStartError, ClusterStartErrorType
+from gcluster.proxy import Proxy, refusal, resolve_proxy
 
 __all__ = ["DEFAULT_API_BASE", "GatewayBot", "SessionStartLimit", "get_gateway_bot"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_API_BASE = "https://discord.com/api/v10"
+_TUNNEL_REFUSED: Final = re.compile(r"Tunnel connection failed: (\d{3})\b")
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,23 +61,53 @@ class GatewayBot:
     session_start_limit: SessionStartLimit
 
 
-def get_gateway_bot(api_base: str, token: Token, *, timeout: float = 10.0) -> GatewayBot:
+def get_gateway_bot(
+    api_base: str, token: Token, *, timeout: float = 10.0, proxy: Proxy | str | bool | None = None
+) -> GatewayBot:
     """Ask Discord for the gateway URL, the recommended shard count and the identify limits.
+
+    Args:
+        proxy: a `Proxy`, False for none, or None to follow HTTPS_PROXY/NO_PROXY.
 
     Raises:
         AuthenticationFailed: Discord refused the token (401).
-        ClusterStartError: any other failure (kind RETRIEVING_GATEWAY_INFO).
+        ClusterStartError: any other failure (kind RETRIEVING_GATEWAY_INFO),
+            a proxy's refusal included, or a proxy chosen for an http:// API.
     """
     url = api_base.rstrip("/") + "/gateway/bot"
     headers = {"Authorization": token.authorization, "User-Agent": "DiscordBot (gcluster)"}
     try:
+        chosen = resolve_proxy(proxy, url)
+    except ValueError as err:  # a bad proxy in the environment; never the credentials
+        raise _start_error(f"GET {url}: {err}", token) from None
+    where = url
+    if chosen is not None:
+        if not url.startswith("https://"):
+            raise _start_error(
+                f"GET {url} through the proxy {chosen.display} would show the token to the "
+                "proxy in clear (a plain http:// request is forwarded, not tunnelled): use an "
+                "https:// api_base, or reach it directly with proxy=False or NO_PROXY",
+                token,
+            )
+        where = f"{url} through the proxy {chosen.display}"
+    try:
         # Not redirected: requests would carry the Authorization header along
         # to wherever a Location pointed on the same host, plaintext included.
         response = call_blocking(
-            requests.get, url, headers=headers, timeout=timeout, allow_redirects=False
+            requests.get,
+            url,
+            headers=headers,
+            timeout=timeout,
+            allow_redirects=False,
+            proxies=_proxies(chosen),
         )
     except requests.RequestException as err:
-        raise _start_error(f"GET {url} failed: {err}", token) from err
+        if chosen is None:
+            raise _start_error(f"GET {where} failed: {err}", token) from err
+        # Without the cause, on purpose: requests' text may quote the proxy URL.
+        raise _start_error(
+            chosen.redact(f"GET {where} failed: {_through(err, chosen)}"), token
+        ) from None
     if response.status_code == 401:
         raise AuthenticationFailed(None, reason=f"GET {url} answered 401: the token was refused")
     if response.status_code != 200:
@@ -94,6 +135,27 @@ def get_gateway_bot(api_base: str, token: Token, *, timeout: float = 10.0) -> Ga
         # unredacted (a proxy may echo the Authorization header); the message
         # carries it through Token.redact.
         raise _start_error(f"GET {url} gave an unexpected body ({err!r})", token) from None
+
+
+def _through(err: requests.RequestException, chosen: Proxy) -> str:
+    """What went wrong through the proxy, worded as the websocket's failures are."""
+    # urllib3 reports a refused CONNECT only in text ("Tunnel connection failed: 407 ...").
+    found = _TUNNEL_REFUSED.search(str(err))
+    if isinstance(err, requests.exceptions.ProxyError) and found is not None:
+        return str(refusal(int(found.group(1)), chosen))
+    return str(err)
+
+
+def _proxies(chosen: Proxy | None) -> dict[str, str | None]:
+    """requests' `proxies` for the one proxy chosen, or for none.
+
+    requests merges the environment's proxies into the keys left unset, and
+    drops the keys set to None after that merge: so None for every key a
+    proxy variable can fill turns the environment's proxies off.
+    """
+    if chosen is None:
+        return {"http": None, "https": None, "all": None}
+    return {"http": chosen.url, "https": chosen.url}
 
 
 def _gateway_url_ok(value: object, api_base: str) -> bool:

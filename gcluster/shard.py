@@ -41,6 +41,7 @@ from gcluster.delivery import EventQueue, Loads, RawDispatch
 from gcluster.errors import (
     ClusterNotUp,
     CommandSendingError,
+    ConfigError,
     ConnectionFailed,
     GClusterError,
     InvalidState,
@@ -68,6 +69,7 @@ from gcluster.protocol import (
     Skip,
     Stage,
 )
+from gcluster.proxy import Proxy, check_proxy_option
 from gcluster.queue import NoOpQueue, Queue
 from gcluster.ratelimit import CommandRatelimiter
 from gcluster.sessions import SessionMark
@@ -135,6 +137,8 @@ class Shard:
         max_message_size: the largest message, compressed or inflated, in
             bytes; a bigger one closes the connection with 1009 (resumable).
         ssl_context: a gevent SSL context for wss (verifying by default).
+        proxy: a `Proxy` or http:// URL to tunnel through, False for none, or None to
+            follow HTTPS_PROXY/NO_PROXY (read at each connection).
         on_fatal: called with the shard once it is fatally closed.
         ratelimit_payloads: hold commands to 120 per 60 s per connection.
         loads: the JSON decoder of a shard that owns its queue (a shared
@@ -160,6 +164,7 @@ class Shard:
         connect_timeout: float = 10.0,
         max_message_size: int = DEFAULT_MAX_MESSAGE,
         ssl_context: Any = None,
+        proxy: Proxy | str | bool | None = None,
         on_fatal: Callable[[Shard], None] | None = None,
         ratelimit_payloads: bool = True,
         session_marks: bool = False,
@@ -177,6 +182,10 @@ class Shard:
         self._connect_timeout = connect_timeout
         self._max_message = max_message_size
         self._ssl_context = ssl_context
+        try:
+            self._proxy = check_proxy_option(proxy)
+        except ValueError as err:  # never holds the credentials
+            raise ConfigError(str(err)) from None
         self._on_fatal = on_fatal
         self._ratelimiter = CommandRatelimiter() if ratelimit_payloads else None
         self._session_marks = session_marks
@@ -432,6 +441,7 @@ class Shard:
                         url,
                         timeout=self._connect_timeout,
                         ssl_context=self._ssl_context,
+                        proxy=self._proxy,
                         max_message=self._max_message,
                         redact=self._token.redact,
                     )

@@ -71,6 +71,7 @@ if TYPE_CHECKING:
     from gcluster.commands import UpdatePresence
     from gcluster.delivery import Loads
     from gcluster.events import EventTypeFlags
+    from gcluster.proxy import Proxy
     from gcluster.queue import Queue
     from gcluster.scheme import ShardScheme
     from gcluster.sessions import SessionStore
@@ -795,6 +796,7 @@ class ThreadedClusterBuilder(ClusterBuilder):
         def session_store(self, value: SessionStore) -> ThreadedClusterBuilder: ...
         def backlog_warning(self, value: int) -> ThreadedClusterBuilder: ...
         def decoder(self, value: str | Loads) -> ThreadedClusterBuilder: ...
+        def proxy(self, value: Proxy | str | bool | None) -> ThreadedClusterBuilder: ...
 
 
 def _plus_grace(timeout: float | None) -> float | None:

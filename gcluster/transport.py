@@ -3,7 +3,9 @@
 It opens the TCP (and TLS) connection with gevent's own socket and ssl
 modules, so the library works whether or not the application monkey-patched,
 and does the upgrade itself (`handshake.py`) on that socket: TCP, TLS and the
-upgrade share one deadline, and nothing in them can block the hub. Reading is
+upgrade share one deadline, and nothing in them can block the hub. Through
+an HTTP proxy, the CONNECT that opens the tunnel (`proxy.py`) shares it too,
+and TLS runs inside the tunnel, verified against the gateway. Reading is
 done here in large chunks parsed by `frames.FrameParser`: one socket read can
 yield many messages. This is the only module that touches websocket-client,
 which builds (and masks) the frames the client sends.
@@ -39,6 +41,7 @@ from gcluster.frames import (
     valid_close_code,
 )
 from gcluster.handshake import ClientHandshake, HandshakeError
+from gcluster.proxy import Proxy, ProxyConnect, ProxyError, resolve_proxy
 
 __all__ = ["Connection", "ConnectionClosed", "default_ssl_context"]
 
@@ -127,15 +130,23 @@ class Connection:
         ssl_context: Any = None,
         max_message: int = DEFAULT_MAX_MESSAGE,
         redact: Callable[[str], str] = str,
+        proxy: Proxy | str | bool | None = False,
     ) -> Connection:
         """Connect and complete the websocket handshake within `timeout` seconds.
 
-        DNS, TCP, TLS and the HTTP upgrade share the one deadline.
+        DNS, TCP, the proxy's CONNECT, TLS and the HTTP upgrade share the one
+        deadline.
+
+        Args:
+            proxy: a `Proxy` to tunnel through, False to connect directly, or
+                None to follow the environment (see `proxy.resolve_proxy`).
 
         Raises:
-            ConnectionFailed: any of them failed or timed out, or the upgrade
-                was answered with anything but 101 (a redirect included: its
-                status and Location are in the message, and it is not followed).
+            ConnectionFailed: any of them failed or timed out, the proxy
+                answered CONNECT with anything but 2xx (its status is in the
+                message), or the upgrade was answered with anything but 101 (a
+                redirect included: its status and Location are in the message,
+                and it is not followed).
         """
         parts = websocket_url(url, secure=False)
         if parts is None or parts.hostname is None:
@@ -147,12 +158,25 @@ class Connection:
             # Without the cause, on purpose: it quotes the URL's port text
             # unredacted, and the URL may hold the token.
             raise ConnectionFailed(redact(f"not a websocket URL: {url}")) from None
+        try:
+            tunnel = resolve_proxy(proxy, url)
+        except ValueError as err:  # a bad proxy in the environment; never the credentials
+            raise ConnectionFailed(redact(f"connecting to {parts.netloc}: {err}")) from None
+        if tunnel is not None:
+            # The proxy's password must not show in any message either.
+            redact = _both(redact, tunnel.redact)
         where = redact(parts.netloc)
+        if tunnel is not None:
+            where += f" through the proxy {tunnel.display}"
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         sock = None
         try:
             with gevent.Timeout(timeout, ConnectionFailed(f"connecting to {where} timed out")):
-                sock = gsocket.create_connection((parts.hostname, port))
+                if tunnel is None:
+                    sock = gsocket.create_connection((parts.hostname, port))
+                else:
+                    sock = gsocket.create_connection((tunnel.host, tunnel.port))
+                    _open_tunnel(sock, tunnel, parts.hostname, port)
                 sock.setsockopt(gsocket.IPPROTO_TCP, gsocket.TCP_NODELAY, 1)
                 if secure:
                     context = ssl_context if ssl_context is not None else default_ssl_context()
@@ -163,7 +187,7 @@ class Connection:
                     received = handshake.receive(sock.recv(_HANDSHAKE_READ_SIZE))
                     if received is not None:
                         break
-        except HandshakeError as err:
+        except (HandshakeError, ProxyError) as err:
             _close_quietly(sock)
             # Without the cause, on purpose: its message (a Location the server
             # answered with, say) is only redacted here, in ours.
@@ -297,6 +321,22 @@ class Connection:
         except OSError as err:
             self.abort()
             raise ConnectionClosed(None, f"send failed: {err}") from err
+
+
+def _both(first: Callable[[str], str], second: Callable[[str], str]) -> Callable[[str], str]:
+    return lambda text: first(second(text))
+
+
+def _open_tunnel(sock: Any, proxy: Proxy, host: str, port: int) -> None:
+    """CONNECT through `proxy` on `sock` (the caller's deadline bounds it).
+
+    Raises:
+        ProxyError: the proxy refused, answered no valid HTTP, or closed.
+    """
+    connect = ProxyConnect(proxy, host, port)
+    sock.sendall(connect.request)
+    while not connect.receive(sock.recv(_HANDSHAKE_READ_SIZE)):
+        pass
 
 
 def _close_quietly(sock: Any) -> None:
