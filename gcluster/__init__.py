@@ -60,6 +60,7 @@ from gcluster.intents import Intents
 from gcluster.interface import GatewayCluster, GatewayShard
 from gcluster.message import Message
 from gcluster.protocol import Latency, ResumeSession, Stage
+from gcluster.proxy import Proxy
 from gcluster.queue import ConfigurableQueue, HttpQueue, LocalQueue, NoOpQueue, Queue
 from gcluster.scheme import ShardScheme
 from gcluster.sessions import MemorySessionStore, SessionStore
@@ -112,6 +113,7 @@ __all__ = [
     "Message",
     "NoOpQueue",
     "PayloadTooLarge",
+    "Proxy",
     "Queue",
     "QueueError",
     "RequestGuildMembers",
