@@ -80,7 +80,12 @@ _NAME = re.compile(r"[A-Za-z_][\w.]*")
 
 
 def _name_role(
-    name: str, rawtext: str, text: str, lineno: int, inliner: Inliner, options: Any = None,
+    name: str,
+    rawtext: str,
+    text: str,
+    lineno: int,
+    inliner: Inliner,
+    options: Any = None,
     content: Any = None,
 ) -> tuple[list[nodes.Node], list[nodes.system_message]]:
     target = text[:-2] if text.endswith("()") else text
@@ -88,8 +93,13 @@ def _name_role(
         return [nodes.literal(rawtext, text)], []
     env = inliner.document.settings.env
     ref = addnodes.pending_xref(
-        rawtext, refdomain="py", reftype="obj", reftarget=target, refexplicit=False,
-        refwarn=False, gcluster_name=True,
+        rawtext,
+        refdomain="py",
+        reftype="obj",
+        reftarget=target,
+        refexplicit=False,
+        refwarn=False,
+        gcluster_name=True,
     )
     ref["py:module"] = env.ref_context.get("py:module")
     ref["py:class"] = env.ref_context.get("py:class")
@@ -112,9 +122,7 @@ def _unresolved_name(
     if len(matches) != 1:
         return contnode
     name, entry = matches[0]
-    return make_refnode(
-        app.builder, node["refdoc"], entry.docname, entry.node_id, contnode, name
-    )
+    return make_refnode(app.builder, node["refdoc"], entry.docname, entry.node_id, contnode, name)
 
 
 # Args, Attributes and Raises sections become definition lists before
