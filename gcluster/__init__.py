@@ -1,6 +1,6 @@
 """gcluster: Discord gateway shards for synchronous Python, on gevent.
 
-The twilight-gateway `Cluster` API with greenlets in place of async tasks:
+The twilight-gateway `Cluster` API with greenlets in place of async tasks::
 
     cluster = Cluster(token, Intents.GUILD_MESSAGES)
     cluster.up()

@@ -3,7 +3,7 @@
 Nothing is counted here: shards keep cheap counters of their own
 (`Shard.stats`), and this collector turns them into metric families when
 Prometheus scrapes, so a cluster without the extra pays nothing and one with
-it pays only per scrape.
+it pays only per scrape::
 
     from gcluster import metrics
     metrics.serve(cluster, port=9100)           # its own endpoint, in the hub

@@ -171,7 +171,7 @@ class ThreadedCluster(ClusterLifecycle):
     options checked) in the hub thread, which starts here and ends with
     `down()` or `down_resumable()` (both, and the context manager, come from
     `ClusterLifecycle`). Call it from any thread; exceptions raise in the
-    calling thread. Like `Cluster`, it is a `GatewayCluster`.
+    calling thread. Like `Cluster`, it is a `GatewayCluster`::
 
         cluster = ThreadedCluster(token, Intents.GUILD_MESSAGES)
         cluster.up()

@@ -297,7 +297,7 @@ def test_disallowed_intents_fail_fatally(make_sim: MakeSim) -> None:
     sim = make_sim(shards=1, privileged_intents=0)
     cluster = Cluster(sim.token, Intents.MESSAGE_CONTENT, api_base=sim.api_base)
     try:
-        # As README says: up() raises it, rather than return before the close came.
+        # As the docs say: up() raises it, rather than return before the close came.
         with pytest.raises(DisallowedIntents) as caught:
             cluster.up(timeout=TIMEOUT)
         assert caught.value.shard_id == 0 and caught.value.code == 4014

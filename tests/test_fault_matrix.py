@@ -4,7 +4,7 @@ For each fault the test asserts the outcome (resumed, re-identified, fatal, or
 nothing to recover from) and what reached the application: every event exactly
 once and in order when the session survives; when a new session starts, no
 duplicate, nothing out of order, and gaps only among the events the gateway
-sent to the ended session (Discord drops those too). README.rst's fault table
+sent to the ended session (Discord drops those too). docs/operations.rst's fault table
 is checked against these outcomes, and every log line and error text produced
 along the way is searched for the token.
 """
@@ -45,7 +45,7 @@ FAULT_AFTER = 40  # events of each shard delivered before the fault strikes
 INTERVAL = 0.3  # heartbeat interval: zombies are found within a second
 IDENTIFY_INTERVAL = 0.5  # scaled down from Discord's 5 s, the same for client and simulator
 
-# Outcome: (behaviour, events lost), as README.rst's fault table shows them.
+# Outcome: (behaviour, events lost), as docs/operations.rst's fault table shows them.
 RESUMED = ("resumes the session", "none")
 REIDENTIFIED = ("identifies a new session", "only those sent to the ended session")
 FATAL = ("stops the shard: FATALLY_CLOSED, error in info()", "shard stops")
@@ -240,18 +240,19 @@ def test_token_never_appears_in_logs_or_errors(recorder: Recorder) -> None:
     assert not [t for t in texts if "fault-matrix-secret-token-value" in t]
 
 
-def test_readme_fault_table_matches_the_outcomes() -> None:
+def test_docs_fault_table_matches_the_outcomes() -> None:
     assert len(RESULTS) == len(CASES), "run with the whole fault matrix"
-    with open(os.path.join(os.path.dirname(__file__), "..", "README.rst"), encoding="utf-8") as f:
-        readme = re.sub(" +", " ", f.read())
+    page = os.path.join(os.path.dirname(__file__), "..", "docs", "operations.rst")
+    with open(page, encoding="utf-8") as f:
+        text = re.sub(" +", " ", f.read())
     for case in CASES:
         behaviour, lost = RESULTS[case.name]
         row = f"| {case.name} | {behaviour} | {lost} |"
-        assert row in readme, f"README.rst lacks the row: {row}"
+        assert row in text, f"docs/operations.rst lacks the row: {row}"
 
 
 def table() -> str:
-    """README.rst's fault table, from the expected outcomes the tests assert."""
+    """docs/operations.rst's fault table, from the expected outcomes the tests assert."""
     rows = [("Fault", "Behaviour", "Events lost")]
     rows += [(case.name, *case.outcome) for case in CASES]
     widths = [max(len(row[i]) for row in rows) for i in range(3)]

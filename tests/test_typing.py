@@ -1,7 +1,8 @@
-"""What mypy --strict says about a user's code: README's snippets pass, misspelled options fail.
+"""What mypy --strict says about a user's code: the docs' snippets pass, misspelled options fail.
 
 mypy runs once, in a subprocess, over files written here: every ``..
-code-block:: python`` of README.rst and a file of right and wrong calls. It
+code-block:: python`` of README.rst and of the pages in docs/, and a file of
+right and wrong calls. It
 checks them against this checkout's gcluster with the project's own mypy
 settings (pyproject.toml). mypy comes with the test extra; CI's run without
 extras deselects these tests.
@@ -24,11 +25,12 @@ import gcluster
 pytestmark = pytest.mark.extras
 
 ROOT = Path(__file__).resolve().parent.parent
-README = ROOT / "README.rst"
+# Where a reader copies code from: the README and every page of the docs site.
+DOCUMENTS = [ROOT / "README.rst", *sorted((ROOT / "docs").glob("*.rst"))]
 # A cold mypy run over gcluster takes a while on a loaded machine.
 MYPY_TIMEOUT = 300.0
 
-# Names README's fragments use without defining them: what the text around
+# Names the docs' fragments use without defining them: what the text around
 # them says they are. A snippet gets only the lines for names it leaves free.
 FREE_NAMES = {
     "token": "token: str",
@@ -92,11 +94,22 @@ first_shard(ThreadedCluster(token, intents))
 """
 
 
-def readme_snippets() -> list[str]:
-    text = README.read_text()
+def python_blocks(text: str) -> list[str]:
+    """Every ``.. code-block:: python`` of a reST text, dedented."""
     blocks = re.findall(r"^\.\. code-block:: python\n\n((?:(?: {4}.*)?\n)+)", text, re.M)
-    assert len(blocks) == text.count(".. code-block:: python")
+    directives = re.findall(r"^\s*\.\. code-block:: python\s*$", text, re.M)
+    assert len(blocks) == len(directives), "a code block this test cannot read (indented?)"
     return [textwrap.dedent(block) for block in blocks]
+
+
+def doc_snippets() -> dict[str, str]:
+    """The snippets by file name: `docs_<page>_<n>.py`, numbered from 0 in each page."""
+    snippets = {}
+    for document in DOCUMENTS:
+        page = re.sub(r"\W", "_", document.stem.lower())
+        for index, block in enumerate(python_blocks(document.read_text(encoding="utf-8"))):
+            snippets[f"docs_{page}_{index}.py"] = block
+    return snippets
 
 
 def free_names(source: str) -> set[str]:
@@ -117,7 +130,7 @@ def free_names(source: str) -> set[str]:
 def with_prelude(source: str) -> str:
     free = sorted(free_names(source))
     unknown = [name for name in free if name not in FREE_NAMES]
-    assert not unknown, f"a README snippet uses {unknown}: define them or add them to FREE_NAMES"
+    assert not unknown, f"a docs snippet uses {unknown}: define them or add them to FREE_NAMES"
     prelude = ["import gcluster"] + [FREE_NAMES[name] for name in free]
     # The snippet keeps its own line numbers after the prelude's one line.
     return "; ".join(prelude) + "\n" + source
@@ -128,8 +141,8 @@ def mypy_errors(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[tupl
     """mypy's errors by file name, as (line, message); files that passed map to []."""
     where = tmp_path_factory.mktemp("typing")
     files = {}
-    for index, snippet in enumerate(readme_snippets()):
-        files[f"readme_{index}.py"] = with_prelude(snippet)
+    for name, snippet in doc_snippets().items():
+        files[name] = with_prelude(snippet)
     files["calls.py"] = CALLS
     for name, source in files.items():
         (where / name).write_text(source)
@@ -157,16 +170,16 @@ def mypy_errors(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[tupl
     return errors
 
 
-def test_readme_snippets_pass_mypy_strict(mypy_errors: dict[str, list[tuple[int, str]]]) -> None:
-    readme = {name: found for name, found in mypy_errors.items() if name.startswith("readme_")}
-    assert len(readme) == len(readme_snippets()) >= 6
+def test_docs_snippets_pass_mypy_strict(mypy_errors: dict[str, list[tuple[int, str]]]) -> None:
+    docs = {name: found for name, found in mypy_errors.items() if name.startswith("docs_")}
+    assert len(docs) == len(doc_snippets()) >= 12
     # Line numbers are the snippet's own (the prelude is line 1).
     failed = {
         name: [(line - 1, message) for line, message in found]
-        for name, found in readme.items()
+        for name, found in docs.items()
         if found
     }
-    assert not failed, f"README snippets (numbered from 0) fail mypy --strict: {failed}"
+    assert not failed, f"docs snippets (docs_<page>_<n>, n from 0) fail mypy --strict: {failed}"
 
 
 def test_misspelled_or_mistyped_options_fail_mypy(

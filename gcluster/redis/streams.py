@@ -181,7 +181,7 @@ class _StopReading(BaseException):
 
 
 class StreamSink:
-    """Publishes a cluster's events to Redis Streams for `StreamWorker`s to handle.
+    """Publishes a cluster's events to Redis Streams for workers (`StreamWorker`) to handle.
 
     Args:
         cluster: the `Cluster` whose `events()` to publish (the sink is then

@@ -10,8 +10,8 @@ the simulator over TLS. For benchmarks, `GatewaySimulator.blast` and
 `send_paced` send pre-encoded varied traffic (`gcluster.testing.traffic`), and
 ``python -m gcluster.testing serve`` runs a simulator in its own process,
 driven by `SimulatorProcess`, so it has a core of its own (and so a
-`gcluster.ThreadedCluster` can be tested against it). README's "Testing your
-bot" shows both in use.
+`gcluster.ThreadedCluster` can be tested against it). docs/testing.rst ("Testing your
+bot") shows both in use.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""README's "Testing your bot" does what it says: each of its snippets runs and its asserts hold.
+"""docs/testing.rst does what it says: each of its snippets runs and its asserts hold.
 
-Each ``.. code-block:: python`` of that section is a whole program; it runs
+Each ``.. code-block:: python`` of that page is a whole program; it runs
 here as a script of its own, as a reader would paste it.
 """
 
@@ -16,23 +16,19 @@ import pytest
 from gevent import subprocess
 
 ROOT = Path(__file__).resolve().parent.parent
-SECTION = "Testing your bot"
+PAGE = ROOT / "docs" / "testing.rst"
 # Each runs in a few seconds; this only bounds a broken one.
 LIMIT = 60.0
 
 
-def section_snippets() -> list[str]:
-    text = (ROOT / "README.rst").read_text()
-    start = text.index(f"\n{SECTION}\n{'-' * len(SECTION)}\n")
-    # Up to the next section heading (a title underlined with dashes).
-    end = re.compile(r"\n[^\n]+\n-{3,}\n").search(text, start + len(SECTION) + 2)
-    body = text[start : end.start() if end else len(text)]
-    blocks = re.findall(r"^\.\. code-block:: python\n\n((?:(?: {4}.*)?\n)+)", body, re.M)
+def page_snippets() -> list[str]:
+    text = PAGE.read_text(encoding="utf-8")
+    blocks = re.findall(r"^\.\. code-block:: python\n\n((?:(?: {4}.*)?\n)+)", text, re.M)
     return [textwrap.dedent(block) for block in blocks]
 
 
-def test_the_section_has_its_three_programs() -> None:
-    snippets = section_snippets()
+def test_the_page_has_its_three_programs() -> None:
+    snippets = page_snippets()
     assert len(snippets) == 3
     assert "GatewaySimulator(" in snippets[0] and "Cluster(" in snippets[0]
     assert "SimulatorProcess(" in snippets[1] and "ThreadedCluster(" in snippets[1]
@@ -42,7 +38,7 @@ def test_the_section_has_its_three_programs() -> None:
 @pytest.mark.parametrize("index", range(3), ids=["in-process", "process", "hub-thread"])
 def test_each_snippet_runs(index: int, tmp_path: Path) -> None:
     script = tmp_path / f"snippet_{index}.py"
-    script.write_text(section_snippets()[index])
+    script.write_text(page_snippets()[index])
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     proc = subprocess.run(
