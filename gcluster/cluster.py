@@ -44,7 +44,13 @@ from gcluster.events import Event
 from gcluster.http import GatewayBot, get_gateway_bot
 from gcluster.intents import Intents
 from gcluster.interface import ClusterLifecycle
-from gcluster.members import GuildMembers, MemberRequests, MembersAnswer, is_full_request
+from gcluster.members import (
+    DEFAULT_MEMBERS_TIMEOUT,
+    GuildMembers,
+    MemberRequests,
+    MembersAnswer,
+    is_full_request,
+)
 from gcluster.message import Message
 from gcluster.protocol import ResumeSession, Stage
 from gcluster.queue import ConfigurableQueue, LocalQueue, Queue
@@ -57,7 +63,6 @@ if TYPE_CHECKING:
     from typing_extensions import Unpack
 
 __all__ = [
-    "DEFAULT_MEMBERS_TIMEOUT",
     "Cluster",
     "ClusterBuilder",
     "ClusterConfig",
@@ -66,9 +71,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-#: Seconds `request_members` waits for the whole answer unless told otherwise.
-DEFAULT_MEMBERS_TIMEOUT: Final = 30.0
 
 _HOUSEKEEPING_INTERVAL: Final = 1.0
 

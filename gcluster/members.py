@@ -44,6 +44,7 @@ from gcluster.errors import (
 )
 
 __all__ = [
+    "DEFAULT_MEMBERS_TIMEOUT",
     "FULL_REQUEST_WINDOW",
     "MAX_CHUNK_MEMBERS",
     "MAX_FULL_CHUNKS",
@@ -55,6 +56,8 @@ __all__ = [
     "is_full_request",
 ]
 
+#: Seconds `request_members` waits for the whole answer unless told otherwise.
+DEFAULT_MEMBERS_TIMEOUT: Final = 30.0
 #: Seconds between two requests for all of a guild's members (Discord: 1 per 30 s per guild).
 FULL_REQUEST_WINDOW: Final = 30.0
 #: Discord sends "up to 1000 members per chunk".
