@@ -382,7 +382,10 @@ class MemberRequests:
         """The shard's session is now `session_id`: answers owed by another session are lost."""
         for pending in list(self._by_nonce.values()):
             if pending.shard_id == shard_id and pending.session_id != session_id:
-                pending.fail(self._lost(pending, "the shard's session ended and a new one began"))
+                why = "the shard's session ended" + (
+                    "" if session_id is None else " and a new one began"
+                )
+                pending.fail(self._lost(pending, why))
 
     def shard_stopped(self, shard_id: int, why: str) -> None:
         """The shard stopped (down(), a fatal close): its waiting requests get no answer."""

@@ -677,7 +677,11 @@ class Shard:
                 self._started.set()
                 self._ready.set()
         requests = self._member_requests
-        if requests is not None and self._protocol.session_id != self._requests_session:
+        if (
+            requests is not None
+            and self._protocol.session_id != self._requests_session
+            and not self._shut_down  # down() says so itself (_finish)
+        ):
             # A new session (or none): answers owed to the old one never come.
             self._requests_session = self._protocol.session_id
             requests.session_changed(self.id, self._requests_session)
