@@ -365,9 +365,11 @@ class Cluster(ClusterLifecycle):
                 )
         answer = MembersAnswer(guild, nonce, full=full)
         # Registered before sending: the first chunk may come while the send yields.
-        pending = requests.begin(answer, shard.id, shard.info().session_id)
+        pending = requests.begin(answer, shard.id)
         try:
             shard.command(command, timeout=max(0.0, deadline - time.monotonic()))
+            # Not read before: the wait for a slot may have seen a new session.
+            requests.sent(pending, shard.info().session_id)
             if full:
                 requests.window.sent(guild, time.monotonic())
             pending.done.wait(max(0.0, deadline - time.monotonic()))
@@ -522,6 +524,10 @@ class Cluster(ClusterLifecycle):
                 f"guild {guild_id} is on shard {shard_id} of {total} ((guild_id >> 22) % "
                 f"{total}), which this cluster does not run (it runs "
                 f"{_id_ranges(sorted(self._shards))}): ask the process that runs it",
+            )
+        if self._stopped:
+            raise CommandSendingError(
+                "the cluster was shut down, so no shard can ask for members", shard_id=shard_id
             )
         if shard.stage is not Stage.CONNECTED:
             raise CommandSendingError(

@@ -312,10 +312,12 @@ class _Pending:
 
     __slots__ = ("answer", "done", "error", "shard_id", "session_id")
 
-    def __init__(self, answer: MembersAnswer, shard_id: int, session_id: str | None) -> None:
+    def __init__(self, answer: MembersAnswer, shard_id: int) -> None:
         self.answer = answer
         self.shard_id = shard_id
-        self.session_id = session_id
+        # The session that owes the answer; None until the request is sent
+        # (waiting for a rate-limit slot, it may yet go out on a new session).
+        self.session_id: str | None = None
         self.done = Flag()
         self.error: MembersRequestError | None = None
 
@@ -347,11 +349,17 @@ class MemberRequests:
         """Whether a request sent through this shard waits for its answer."""
         return self._per_shard[shard_id] > 0
 
-    def begin(self, answer: MembersAnswer, shard_id: int, session_id: str | None) -> _Pending:
-        pending = _Pending(answer, shard_id, session_id)
+    def begin(self, answer: MembersAnswer, shard_id: int) -> _Pending:
+        """Register a request before it is sent: its first chunk may come while the send yields."""
+        pending = _Pending(answer, shard_id)
         self._by_nonce[answer.nonce] = pending
         self._per_shard[shard_id] += 1
         return pending
+
+    @staticmethod
+    def sent(pending: _Pending, session_id: str | None) -> None:
+        """The request went out in session `session_id`, which now owes the answer."""
+        pending.session_id = session_id
 
     def end(self, pending: _Pending) -> None:
         if self._by_nonce.pop(pending.answer.nonce, None) is not None:
@@ -381,7 +389,11 @@ class MemberRequests:
     def session_changed(self, shard_id: int, session_id: str | None) -> None:
         """The shard's session is now `session_id`: answers owed by another session are lost."""
         for pending in list(self._by_nonce.values()):
-            if pending.shard_id == shard_id and pending.session_id != session_id:
+            if (
+                pending.shard_id == shard_id
+                and pending.session_id is not None
+                and pending.session_id != session_id
+            ):
                 why = "the shard's session ended" + (
                     "" if session_id is None else " and a new one began"
                 )

@@ -36,6 +36,7 @@ from gcluster import (
     RequestGuildMembers,
     ShardNonexistent,
     ShardScheme,
+    Stage,
     ThreadedCluster,
 )
 from gcluster.events import Event
@@ -240,9 +241,17 @@ def test_a_guild_on_a_shard_elsewhere_or_not_connected_gets_a_clear_error(
     with pytest.raises(ShardNonexistent, match=rf"guild {elsewhere} is on shard 1 of 2") as caught:
         cluster.request_members(elsewhere)
     assert "it runs shards 0" in str(caught.value) and caught.value.shard_id == 1
+    shard_zero = sim.guild_ids(0)[0]
+    sim.apply_fault(0, faults.RefuseConnections(count=100))
+    sim.drop_shard(0)
+    shard = cluster.shard(0)
+    assert shard is not None and sim.wait_until(lambda: shard.stage is not Stage.CONNECTED)
+    with pytest.raises(CommandSendingError, match="is not connected") as caught:
+        cluster.request_members(shard_zero)
+    assert "shard.wait_until_ready()" in str(caught.value)
     cluster.down()
-    with pytest.raises(CommandSendingError, match="is not connected"):
-        cluster.request_members(sim.guild_ids(0)[0])
+    with pytest.raises(CommandSendingError, match="the cluster was shut down"):
+        cluster.request_members(shard_zero)
     assert member_requests(sim) == []
 
 

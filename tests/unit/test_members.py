@@ -147,7 +147,9 @@ def test_a_query_answer_is_held_to_100_members() -> None:
 
 
 def waiting(requests: MemberRequests, nonce: str, *, shard_id: int = 0, full: bool = True) -> Any:
-    return requests.begin(MembersAnswer(GUILD, nonce, full=full), shard_id, "session-1")
+    pending = requests.begin(MembersAnswer(GUILD, nonce, full=full), shard_id)
+    requests.sent(pending, "session-1")
+    return pending
 
 
 def test_only_chunks_with_a_waiting_nonce_on_its_shard_are_taken() -> None:
@@ -236,6 +238,17 @@ def test_a_new_session_or_a_stopped_shard_loses_the_answers_owed() -> None:
     requests.shard_stopped(1, "the shard was shut down")
     assert isinstance(on_one.error, MembersRequestLost)
     assert "the shard was shut down (no chunk arrived)" in str(on_one.error)
+
+
+def test_a_request_not_sent_yet_is_owed_by_no_session() -> None:
+    requests = MemberRequests()
+    unsent = requests.begin(MembersAnswer(GUILD, "n", full=True), 0)
+    requests.session_changed(0, "session-2")  # while it waited for a rate-limit slot
+    assert not unsent.done.is_set()
+    requests.sent(unsent, "session-2")
+    requests.session_changed(0, None)
+    assert isinstance(unsent.error, MembersRequestLost)
+    assert "the shard's session ended (no chunk arrived)" in str(unsent.error)
 
 
 def test_the_timeout_error_says_what_arrived() -> None:
