@@ -721,10 +721,9 @@ class Gateway:
             self.reject(conn, Rejection(Close.DECODE_ERROR, "Error while decoding payload."))
             return
         if rules.is_full_member_request(data):
-            if not session.intents & Intents.GUILD_MEMBERS:
-                # Discord documents the intent as required and sends no
-                # answer without it (client libraries' trackers report silence).
-                return
+            # Discord documents GUILD_MEMBERS as required here but not what it
+            # does without it (trackers report silence); the simulator answers,
+            # as it always has, and request_members refuses such a request unsent.
             guild_id = int(data["guild_id"])
             now = time.monotonic()
             retry_after = rules.members_retry_after(
