@@ -16,6 +16,8 @@ import gevent
 import pytest
 from conftest import TIMEOUT, collect
 from hostile import TOKEN, HostileGateway, Peer
+from test_simulator import TOKEN as SIM_TOKEN
+from test_simulator import connect
 from test_threaded import simulator_hub
 
 from gcluster import (
@@ -286,6 +288,53 @@ def test_channel_info_and_voice_channel_updates_arrive_with_kinds_of_their_own(
     [sent] = [c for c in sim.records.commands if c.op == 43]
     assert sent.data == {"guild_id": str(guild.id), "fields": ["status"]}
     assert written(sim, "VOICE_CHANNEL_START_TIME_UPDATE") == 1
+
+
+def test_the_simulator_answers_op_8_and_op_43_on_the_wire_as_discord_documents() -> None:
+    with GatewaySimulator(token=SIM_TOKEN, heartbeat_interval=12.5, members_per_chunk=10) as sim:
+        client = connect(sim)
+        try:
+            client.ready(intents=int(Intents.GUILDS | Intents.GUILD_MEMBERS))
+            guild = sim.guilds(0)[0]
+            client.send(8, {"guild_id": str(guild.id), "query": "", "limit": 0, "nonce": "a"})
+            chunks = [m["d"] for m in client.recv_dispatches(3)]
+            assert [(c["chunk_index"], c["chunk_count"], c["nonce"]) for c in chunks] == [
+                (0, 3, "a"),
+                (1, 3, "a"),
+                (2, 3, "a"),
+            ]
+            assert [len(c["members"]) for c in chunks] == [10, 10, 4]
+            client.send(8, {"guild_id": str(guild.id), "query": "", "limit": 0, "nonce": "b"})
+            [limited] = client.recv_dispatches(1)
+            assert limited["t"] == "RATE_LIMITED"
+            assert limited["d"]["opcode"] == 8 and 0 < limited["d"]["retry_after"] <= 30
+            assert limited["d"]["meta"] == {"guild_id": str(guild.id), "nonce": "b"}
+            # Presences need GUILD_PRESENCES, which this session lacks: none come.
+            client.send(8, {"guild_id": str(guild.id), "user_ids": ["1"], "presences": True})
+            [answer] = client.recv_dispatches(1)
+            assert answer["d"]["not_found"] == ["1"] and "presences" not in answer["d"]
+            client.send(43, {"guild_id": str(guild.id), "fields": ["voice_start_time"]})
+            [info] = client.recv_dispatches(1)
+            assert info["t"] == "CHANNEL_INFO" and info["d"]["guild_id"] == str(guild.id)
+            assert [set(c) for c in info["d"]["channels"]] == [{"id", "voice_start_time"}] * 6
+            client.send(43, {"guild_id": str(guild.id), "fields": "status"})
+            assert client.expect_close() == 4002
+        finally:
+            client.drop()
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"members_per_chunk": 0},
+        {"members_per_chunk": 1001},
+        {"members_window": -1},
+        {"members_window": math.nan},
+    ],
+)
+def test_the_simulators_member_options_are_checked(options: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError):
+        GatewaySimulator(**options)
 
 
 # --- ThreadedCluster ---------------------------------------------------------------------------

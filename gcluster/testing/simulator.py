@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import socket
 import ssl
 import threading
@@ -202,8 +203,8 @@ class GatewaySimulator:
             raise ConfigError(f"members_per_chunk must be an int, got {members_per_chunk!r}")
         if not 1 <= members_per_chunk <= 1000:
             raise ConfigError("members_per_chunk must be 1..1000 (Discord sends up to 1000)")
-        if members_window < 0:
-            raise ConfigError("members_window must be >= 0")
+        if not 0 <= members_window < math.inf:
+            raise ConfigError(f"members_window must be >= 0 seconds, got {members_window!r}")
         if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
             raise TypeError("ssl_context must be an ssl.SSLContext")
         self.records = Records()

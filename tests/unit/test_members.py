@@ -259,3 +259,18 @@ def test_the_timeout_error_says_what_arrived() -> None:
     assert isinstance(error, MembersTimeout) and isinstance(error, TimeoutError)
     assert (error.received, error.expected) == ((1,), 3)
     assert "within 2.0 s: 1 of 3 chunks arrived (indexes 1; 1 members)" in str(error)
+
+
+# --- the simulator's reading of the rule --------------------------------------------------------
+
+
+def test_the_simulator_limits_full_requests_only_and_per_window() -> None:
+    from gcluster.testing import rules
+
+    assert rules.is_full_member_request({"guild_id": "1", "query": "", "limit": 0})
+    assert not rules.is_full_member_request({"guild_id": "1", "query": "", "limit": 1})
+    assert not rules.is_full_member_request({"guild_id": "1", "user_ids": ["2"]})
+    assert rules.members_retry_after(None, 5.0, 30.0) is None
+    assert rules.members_retry_after(100.0, 110.0, 30.0) == pytest.approx(20.0)
+    assert rules.members_retry_after(100.0, 130.0, 30.0) is None
+    assert rules.members_retry_after(100.0, 100.0, 0.0) is None  # the rule turned off
