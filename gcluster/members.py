@@ -36,6 +36,7 @@ from typing import Any, Final
 
 from gevent.event import Event as Flag
 
+from gcluster._json import JsonReady
 from gcluster.errors import (
     MembersRateLimited,
     MembersRequestError,
@@ -127,8 +128,8 @@ class FullRequestWindow:
 
 
 @dataclass(frozen=True, slots=True)
-class GuildMembers:
-    """The whole answer to one member request.
+class GuildMembers(JsonReady):
+    """The whole answer to one member request; `to_dict()` gives it for `json.dumps`.
 
     Attributes:
         guild_id: the guild.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -88,6 +89,8 @@ def test_chunks_in_any_order_make_one_answer_in_chunk_order() -> None:
     assert result.presences == [{"user": {"id": "2"}}]
     assert result.not_found == [5, 6]
     assert (result.guild_id, result.nonce, result.chunk_count) == (GUILD, "n", 3)
+    as_json = json.loads(json.dumps(result.to_dict()))
+    assert as_json["not_found"] == [5, 6] and len(as_json["members"]) == 3
 
 
 def test_a_repeated_chunk_index_is_ignored_and_the_first_one_kept() -> None:
