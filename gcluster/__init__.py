@@ -17,6 +17,7 @@ from gcluster.commands import (
     Activity,
     ActivityType,
     Command,
+    RequestChannelInfo,
     RequestGuildMembers,
     RequestSoundboardSounds,
     Status,
@@ -46,6 +47,10 @@ from gcluster.errors import (
     InvalidIntents,
     InvalidShard,
     InvalidState,
+    MembersRateLimited,
+    MembersRequestError,
+    MembersRequestLost,
+    MembersTimeout,
     PayloadTooLarge,
     QueueError,
     SessionStartLimitExhausted,
@@ -58,6 +63,7 @@ from gcluster.errors import (
 from gcluster.events import Event, EventType, EventTypeFlags
 from gcluster.intents import Intents
 from gcluster.interface import GatewayCluster, GatewayShard
+from gcluster.members import GuildMembers
 from gcluster.message import Message
 from gcluster.protocol import Latency, ResumeSession, Stage
 from gcluster.proxy import Proxy
@@ -98,6 +104,7 @@ __all__ = [
     "GatewayClosedError",
     "GatewayCluster",
     "GatewayShard",
+    "GuildMembers",
     "HttpQueue",
     "HubThreadStopped",
     "Information",
@@ -109,6 +116,10 @@ __all__ = [
     "InvalidState",
     "Latency",
     "LocalQueue",
+    "MembersRateLimited",
+    "MembersRequestError",
+    "MembersRequestLost",
+    "MembersTimeout",
     "MemorySessionStore",
     "Message",
     "NoOpQueue",
@@ -116,6 +127,7 @@ __all__ = [
     "Proxy",
     "Queue",
     "QueueError",
+    "RequestChannelInfo",
     "RequestGuildMembers",
     "RequestSoundboardSounds",
     "ResumeSession",

@@ -15,6 +15,7 @@ options, their checks and the builder live in `gcluster.config`.
 from __future__ import annotations
 
 import logging
+import math
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -24,20 +25,32 @@ import gevent
 from gevent.event import Event as Flag
 
 from gcluster._token import Token
-from gcluster.commands import Command, shard_for_guild
+from gcluster.commands import Command, RequestGuildMembers, Snowflake, shard_for_guild
 from gcluster.config import ClusterBuilder, ClusterConfig, ClusterOptions, make_config
 from gcluster.delivery import EventQueue, resolve_decoder
 from gcluster.errors import (
     ClusterNotUp,
     ClusterStartError,
     ClusterStartErrorType,
+    CommandSendingError,
+    ConfigError,
     EventStreamBusy,
     GClusterError,
+    InvalidCommand,
+    MembersRateLimited,
     ShardNonexistent,
 )
 from gcluster.events import Event
 from gcluster.http import GatewayBot, get_gateway_bot
+from gcluster.intents import Intents
 from gcluster.interface import ClusterLifecycle
+from gcluster.members import (
+    DEFAULT_MEMBERS_TIMEOUT,
+    GuildMembers,
+    MemberRequests,
+    MembersAnswer,
+    is_full_request,
+)
 from gcluster.message import Message
 from gcluster.protocol import ResumeSession, Stage
 from gcluster.queue import ConfigurableQueue, LocalQueue, Queue
@@ -49,7 +62,13 @@ if TYPE_CHECKING:
     # (whose stub type checkers carry) is never imported, on 3.10 as on 3.13.
     from typing_extensions import Unpack
 
-__all__ = ["Cluster", "ClusterBuilder", "ClusterConfig", "ClusterOptions"]
+__all__ = [
+    "Cluster",
+    "ClusterBuilder",
+    "ClusterConfig",
+    "ClusterOptions",
+    "check_members_timeout",
+]
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +147,7 @@ class Cluster(ClusterLifecycle):
         # wakes up() when one is.
         self._failed_order: dict[int, None] = {}
         self._fatal = Flag()
+        self._member_requests = MemberRequests()
 
     @classmethod
     def new(cls, token: str | Token, intents: int, **options: Unpack[ClusterOptions]) -> Cluster:
@@ -261,6 +281,112 @@ class Cluster(ClusterLifecycle):
         """
         self._get(shard_id).command(command, timeout=timeout)
 
+    def request_members(
+        self,
+        guild_id: Snowflake,
+        *,
+        query: str | None = None,
+        limit: int = 0,
+        user_ids: Any = None,
+        presences: bool = False,
+        timeout: float = DEFAULT_MEMBERS_TIMEOUT,
+    ) -> GuildMembers:
+        """Ask the gateway for members of a guild and wait for the whole answer.
+
+        Sends Request Guild Members (op 8) with a nonce of its own through
+        the shard that holds the guild, gathers every GUILD_MEMBERS_CHUNK
+        with that nonce, and returns them together. Those chunks (and a
+        RATE_LIMITED answer to the request) go to this call only, not to
+        `events()`, whatever `event_types` says; other chunks are delivered
+        as usual.
+
+        Without `query` and `user_ids` it asks for every member. Discord
+        allows that once per guild per 30 s, and it needs the GUILD_MEMBERS
+        intent; a second one within the window is refused here, before it
+        is sent.
+
+        Args:
+            guild_id: the guild (an int or its decimal string).
+            query: members whose username starts with it (at most `limit`,
+                and at most 100 whatever the limit).
+            limit: with `query`, at most this many members (0..100; 0 with
+                an empty query means every member).
+            user_ids: these users (at most 100); ids that are not members
+                come back in `not_found`.
+            presences: also fetch their presences (needs GUILD_PRESENCES).
+            timeout: seconds to wait, for a rate-limit slot and for every
+                chunk, all together.
+
+        Returns:
+            `GuildMembers`: `members`, `presences`, `not_found`, `nonce`,
+            `chunk_count`.
+
+        Raises:
+            InvalidCommand: the arguments break Discord's rules, or the
+                cluster's intents lack GUILD_MEMBERS (for every member) or
+                GUILD_PRESENCES (for presences): Discord would not answer.
+            ConfigError: `timeout` is not a positive number of seconds.
+            ClusterNotUp: `up()` was never called.
+            ShardNonexistent: the guild's shard runs in another process.
+            CommandSendingError: the guild's shard is not connected, or no
+                rate-limit slot came in time.
+            MembersRateLimited: Discord answered RATE_LIMITED (`sent` True),
+                or a request for every member of this guild was made less
+                than 30 s ago (`sent` False); `retry_after` says how long to wait.
+            MembersTimeout: not every chunk came within `timeout`; the
+                message and `received` say which did.
+            MembersRequestLost: the shard's session ended (a new session, a
+                fatal close, `down()`) before the answer was whole.
+            MembersRequestError: the answer broke the gateway's rules.
+        """
+        deadline = time.monotonic() + check_members_timeout(timeout)
+        requests = self._member_requests
+        nonce = requests.nonces.next()
+        if query is None and user_ids is None:
+            query = ""
+        command = RequestGuildMembers(
+            guild_id=guild_id,
+            query=query,
+            limit=limit,
+            user_ids=user_ids,
+            presences=presences,
+            nonce=nonce,
+        )
+        guild = int(command.guild_id)
+        full = command.user_ids is None and is_full_request(command.query, command.limit)
+        _check_member_intents(self._config.intents, full=full, presences=presences)
+        shard = self._shard_for_request(guild)
+        if full:
+            wait = requests.window.wait(guild, time.monotonic())
+            if wait > 0:
+                raise MembersRateLimited(
+                    f"every member of guild {guild} was asked for less than "
+                    f"{requests.window.window:g} s ago, and Discord allows that once per "
+                    f"{requests.window.window:g} s per guild: ask again in {wait:.1f} s "
+                    "(or keep the members up to date from GUILD_MEMBER_* events)",
+                    guild_id=guild,
+                    nonce=None,
+                    retry_after=wait,
+                    sent=False,
+                )
+        answer = MembersAnswer(guild, nonce, full=full)
+        # Registered before sending: the first chunk may come while the send yields.
+        pending = requests.begin(answer, shard.id)
+        try:
+            shard.command(command, timeout=max(0.0, deadline - time.monotonic()))
+            # Not read before: the wait for a slot may have seen a new session.
+            requests.sent(pending, shard.info().session_id)
+            if full:
+                requests.window.sent(guild, time.monotonic())
+            pending.done.wait(max(0.0, deadline - time.monotonic()))
+            if pending.error is not None:
+                raise pending.error
+            if not answer.complete:
+                raise requests.timed_out(pending, timeout)
+            return answer.result()
+        finally:
+            requests.end(pending)
+
     def command_raw(self, shard_id: int, payload: bytes | str) -> None:
         """Send a raw payload through one shard. Deprecated: use `command` or `send`."""
         warnings.warn(
@@ -391,6 +517,33 @@ class Cluster(ClusterLifecycle):
             raise ShardNonexistent(shard_id)
         return shard
 
+    def _shard_for_request(self, guild_id: int) -> Shard:
+        """The connected shard that holds `guild_id`, or a clear error."""
+        total = self.total
+        if total is None:
+            raise ClusterNotUp(self._not_up(f"does not know which shard holds guild {guild_id}"))
+        shard_id = shard_for_guild(guild_id, total)
+        shard = self._shards.get(shard_id)
+        if shard is None:
+            raise ShardNonexistent(
+                shard_id,
+                f"guild {guild_id} is on shard {shard_id} of {total} ((guild_id >> 22) % "
+                f"{total}), which this cluster does not run (it runs "
+                f"{_id_ranges(sorted(self._shards))}): ask the process that runs it",
+            )
+        if self._stopped:
+            raise CommandSendingError(
+                "the cluster was shut down, so no shard can ask for members", shard_id=shard_id
+            )
+        if shard.stage is not Stage.CONNECTED:
+            raise CommandSendingError(
+                f"shard {shard_id}, which holds guild {guild_id}, is not connected "
+                f"(stage {shard.stage.value}): wait for it (shard.wait_until_ready()) "
+                "and ask again",
+                shard_id=shard_id,
+            )
+        return shard
+
     def _not_up(self, what: str) -> str:
         if self._stopped:
             return f"the cluster was shut down without being brought up, so it {what}"
@@ -445,6 +598,7 @@ class Cluster(ClusterLifecycle):
                 on_fatal=self._shard_failed,
                 ratelimit_payloads=config.ratelimit_payloads,
                 session_marks=self._consumed is not None,
+                member_requests=self._member_requests,
                 properties=config.identify_properties,
                 large_threshold=config.large_threshold,
                 presence=self._presence_for(shard_id),
@@ -596,6 +750,58 @@ class Cluster(ClusterLifecycle):
             store.save(shard_id, session)
         except Exception as err:  # noqa: BLE001 - a store outage must not stop the shards
             log.warning("shard %d: could not save its session: %s", shard_id, err)
+
+
+def check_members_timeout(timeout: object) -> float:
+    """`request_members`' timeout, checked: a positive, finite number of seconds.
+
+    Raises:
+        ConfigError: anything else (None included: the wait needs a deadline).
+    """
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not math.isfinite(timeout)
+        or timeout <= 0
+    ):
+        raise ConfigError(
+            f"request_members' timeout must be a positive number of seconds, got {timeout!r}"
+        )
+    return float(timeout)
+
+
+def _check_member_intents(intents: int, *, full: bool, presences: bool) -> None:
+    # Discord's rules for op 8: every member needs GUILD_MEMBERS, presences
+    # need GUILD_PRESENCES. Refused here rather than sent: without the first
+    # the gateway closes the connection, without the second it drops the flag.
+    missing = []
+    if full and not intents & Intents.GUILD_MEMBERS:
+        missing.append("GUILD_MEMBERS (to ask for every member)")
+    if presences and not intents & Intents.GUILD_PRESENCES:
+        missing.append("GUILD_PRESENCES (for presences=True)")
+    if missing:
+        raise InvalidCommand(
+            "request_members needs the intent "
+            + " and the intent ".join(missing)
+            + ", which this cluster does not identify with: add it to the cluster's intents "
+            "(and enable it in the Developer Portal), or ask by query or user_ids"
+        )
+
+
+def _id_ranges(ids: list[int]) -> str:
+    """`[0, 1, 2, 5]` as "shards 0-2, 5"."""
+    if not ids:
+        return "no shards"
+    parts = []
+    start = previous = ids[0]
+    for shard_id in [*ids[1:], None]:
+        if shard_id is not None and shard_id == previous + 1:
+            previous = shard_id
+            continue
+        parts.append(str(start) if start == previous else f"{start}-{previous}")
+        if shard_id is not None:
+            start = previous = shard_id
+    return "shards " + ", ".join(parts)
 
 
 def _why_not_ready(shard: Shard) -> str:

@@ -23,8 +23,10 @@ __all__ = [
     "MAX_PAYLOAD_SIZE",
     "Activity",
     "ActivityType",
+    "CHANNEL_INFO_FIELDS",
     "Command",
     "GatewayCommand",
+    "RequestChannelInfo",
     "RequestGuildMembers",
     "RequestSoundboardSounds",
     "Snowflake",
@@ -44,6 +46,9 @@ _MAX_SNOWFLAKE = (1 << 64) - 1
 _MAX_MEMBERS_LIMIT = 100
 _MAX_USER_IDS = 100
 _MAX_NONCE_BYTES = 32
+
+#: The fields Request Channel Info (op 43) may ask for, as Discord documents them.
+CHANNEL_INFO_FIELDS: tuple[str, ...] = ("status", "voice_start_time")
 
 #: What a snowflake may be given as: an int, or its decimal string as Discord
 #: sends it. Commands store it as an int and serialize it as a string.
@@ -421,9 +426,64 @@ class RequestSoundboardSounds:
         return {"op": self.op, "d": self.data()}
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RequestChannelInfo:
+    """Op 43: ask for a guild's ephemeral channel data; the answer is a CHANNEL_INFO dispatch.
+
+    The data is what the channel object does not carry: a voice channel's
+    status text and when its voice session started. Changes arrive
+    unasked as VOICE_CHANNEL_STATUS_UPDATE and VOICE_CHANNEL_START_TIME_UPDATE.
+
+    Attributes:
+        guild_id: the guild (stored as an int).
+        fields: which fields to ask for, from `CHANNEL_INFO_FIELDS` (both by
+            default); stored as a tuple of str.
+    """
+
+    op: ClassVar[int] = 43
+
+    guild_id: Snowflake
+    fields: Iterable[str] = CHANNEL_INFO_FIELDS
+
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "guild_id", _snowflake(self.guild_id, "RequestChannelInfo.guild_id")
+        )
+        given: object = self.fields
+        if isinstance(given, str | bytes) or not isinstance(given, Iterable):
+            raise InvalidCommand(
+                f"RequestChannelInfo.fields must be a list or tuple of field names, got {given!r}"
+            )
+        fields = tuple(given)
+        if not fields:
+            raise InvalidCommand("RequestChannelInfo.fields must name at least one field")
+        known = ", ".join(repr(name) for name in CHANNEL_INFO_FIELDS)
+        for name in fields:
+            # Discord documents no answer to an unknown field; refuse it here.
+            if name not in CHANNEL_INFO_FIELDS:
+                raise InvalidCommand(
+                    f"RequestChannelInfo.fields may hold only {known}; got {name!r}"
+                )
+        if len(set(fields)) != len(fields):
+            raise InvalidCommand(f"RequestChannelInfo.fields names a field twice: {fields!r}")
+        object.__setattr__(self, "fields", fields)
+
+    def data(self) -> dict[str, Any]:
+        """The ``d`` of the payload."""
+        return {"guild_id": str(self.guild_id), "fields": list(self.fields)}
+
+    def payload(self) -> dict[str, Any]:
+        """The whole gateway message."""
+        return {"op": self.op, "d": self.data()}
+
+
 #: The commands this module defines, for signatures that take any of them.
 GatewayCommand: TypeAlias = (
-    UpdatePresence | RequestGuildMembers | UpdateVoiceState | RequestSoundboardSounds
+    UpdatePresence
+    | RequestGuildMembers
+    | UpdateVoiceState
+    | RequestSoundboardSounds
+    | RequestChannelInfo
 )
 
 

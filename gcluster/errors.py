@@ -29,6 +29,10 @@ in the one module that calls them and re-raised from here with the cause kept.
     ├── SessionStoreError                 a session store could not load or save
     ├── StreamError                       Redis could not take or give stream entries
     ├── RedisCallError                    a Redis call failed; reply: its error reply or None
+    ├── MembersRequestError               request_members() got no whole answer; .guild_id, .nonce
+    │   ├── MembersRateLimited            RATE_LIMITED, or refused unsent; .retry_after
+    │   ├── MembersTimeout (also TimeoutError)  not every chunk came in time; .received, .expected
+    │   └── MembersRequestLost            the shard's session ended before the answer was whole
     ├── ThreadedClusterTimeout (also TimeoutError)  ThreadedCluster's thread did not answer
     └── HubThreadStopped (also RuntimeError)        ThreadedCluster's thread has ended
 
@@ -64,6 +68,10 @@ __all__ = [
     "InvalidIntents",
     "InvalidShard",
     "InvalidState",
+    "MembersRateLimited",
+    "MembersRequestError",
+    "MembersRequestLost",
+    "MembersTimeout",
     "PayloadTooLarge",
     "QueueError",
     "HubThreadStopped",
@@ -146,8 +154,10 @@ class ShardNonexistent(ClusterCommandError):
 
     kind = ClusterCommandErrorType.SHARD_NONEXISTENT
 
-    def __init__(self, shard_id: int) -> None:
-        super().__init__(f"shard {shard_id} is not part of this cluster", shard_id=shard_id)
+    def __init__(self, shard_id: int, message: str | None = None) -> None:
+        super().__init__(
+            message or f"shard {shard_id} is not part of this cluster", shard_id=shard_id
+        )
 
 
 class CommandSendingError(ClusterCommandError):
@@ -277,6 +287,81 @@ class SessionStartLimitExhausted(QueueError):
 
 class SessionStoreError(GClusterError):
     """A session store (e.g. Redis) could not load or save a shard's session."""
+
+
+class MembersRequestError(GClusterError):
+    """`request_members` got no whole answer; the subclasses say why.
+
+    Raised as itself when the gateway's answer broke the rules (a chunk
+    count that changed, an index out of range, members that are not
+    objects): the message names what was wrong.
+
+    Attributes:
+        guild_id: the guild the members were asked for.
+        nonce: the request's nonce, as sent in op 8 (None if it was never sent).
+    """
+
+    def __init__(self, message: str, *, guild_id: int, nonce: str | None) -> None:
+        super().__init__(message)
+        self.guild_id = guild_id
+        self.nonce = nonce
+
+
+class MembersRateLimited(MembersRequestError):
+    """Discord rate-limits the request: ask again after `retry_after` seconds.
+
+    Either Discord answered with a RATE_LIMITED dispatch for the request's
+    nonce (`sent` True), or the cluster refused to send a request Discord
+    would refuse (`sent` False): a request for all of a guild's members
+    within 30 s of the last one for that guild.
+
+    Attributes:
+        retry_after: seconds to wait before asking again.
+        sent: whether the request reached the gateway.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        guild_id: int,
+        nonce: str | None,
+        retry_after: float,
+        sent: bool,
+    ) -> None:
+        super().__init__(message, guild_id=guild_id, nonce=nonce)
+        self.retry_after = retry_after
+        self.sent = sent
+
+
+class MembersTimeout(MembersRequestError, TimeoutError):
+    """Not every GUILD_MEMBERS_CHUNK of the answer came within the timeout.
+
+    Attributes:
+        received: the chunk indexes that did come, sorted.
+        expected: the answer's chunk_count, or None when no chunk came.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        guild_id: int,
+        nonce: str | None,
+        received: tuple[int, ...],
+        expected: int | None,
+    ) -> None:
+        super().__init__(message, guild_id=guild_id, nonce=nonce)
+        self.received = received
+        self.expected = expected
+
+
+class MembersRequestLost(MembersRequestError):
+    """The shard's session ended (a new one, a fatal close, `down()`) before the answer was whole.
+
+    A session that resumes keeps its answer coming; a new session never
+    gets the rest. Asking again is safe.
+    """
 
 
 class ThreadedClusterTimeout(GClusterError, TimeoutError):

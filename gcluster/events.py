@@ -30,6 +30,7 @@ class EventType(enum.Enum):
     CHANNEL_CREATE = "CHANNEL_CREATE"
     CHANNEL_UPDATE = "CHANNEL_UPDATE"
     CHANNEL_DELETE = "CHANNEL_DELETE"
+    CHANNEL_INFO = "CHANNEL_INFO"
     CHANNEL_PINS_UPDATE = "CHANNEL_PINS_UPDATE"
     THREAD_CREATE = "THREAD_CREATE"
     THREAD_UPDATE = "THREAD_UPDATE"
@@ -93,6 +94,8 @@ class EventType(enum.Enum):
     TYPING_START = "TYPING_START"
     USER_UPDATE = "USER_UPDATE"
     VOICE_CHANNEL_EFFECT_SEND = "VOICE_CHANNEL_EFFECT_SEND"
+    VOICE_CHANNEL_START_TIME_UPDATE = "VOICE_CHANNEL_START_TIME_UPDATE"
+    VOICE_CHANNEL_STATUS_UPDATE = "VOICE_CHANNEL_STATUS_UPDATE"
     VOICE_STATE_UPDATE = "VOICE_STATE_UPDATE"
     VOICE_SERVER_UPDATE = "VOICE_SERVER_UPDATE"
     WEBHOOKS_UPDATE = "WEBHOOKS_UPDATE"
@@ -204,6 +207,11 @@ class EventTypeFlags(enum.IntFlag):
     GATEWAY_INVALIDATE_SESSION = 1 << 86
     GATEWAY_RECONNECT = 1 << 87
     UNKNOWN = 1 << 88
+    # Bits are never renumbered (an application may keep a filter as an int):
+    # kinds added later take the next free bit.
+    CHANNEL_INFO = 1 << 89
+    VOICE_CHANNEL_STATUS_UPDATE = 1 << 90
+    VOICE_CHANNEL_START_TIME_UPDATE = 1 << 91
 
     # Groups named after the intent that brings the events.
     GUILDS = (
@@ -226,6 +234,8 @@ class EventTypeFlags(enum.IntFlag):
         | STAGE_INSTANCE_CREATE
         | STAGE_INSTANCE_UPDATE
         | STAGE_INSTANCE_DELETE
+        | VOICE_CHANNEL_STATUS_UPDATE
+        | VOICE_CHANNEL_START_TIME_UPDATE
     )
     GUILD_MEMBERS = (
         GUILD_MEMBER_ADD | GUILD_MEMBER_UPDATE | GUILD_MEMBER_REMOVE | THREAD_MEMBERS_UPDATE
@@ -284,7 +294,7 @@ class EventTypeFlags(enum.IntFlag):
         | GATEWAY_RECONNECT
     )
     # Everything but SHARD_PAYLOAD, which costs a copy of every raw message.
-    ALL = (1 << 89) - 1 - SHARD_PAYLOAD
+    ALL = (1 << 92) - 1 - SHARD_PAYLOAD
 
 
 class Event(NamedTuple):

@@ -24,9 +24,10 @@ from collections.abc import Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
-from gcluster.commands import Command
+from gcluster.commands import Command, Snowflake
 from gcluster.errors import GClusterError
 from gcluster.events import Event
+from gcluster.members import DEFAULT_MEMBERS_TIMEOUT, GuildMembers
 from gcluster.message import Message
 from gcluster.protocol import ResumeSession, Stage
 from gcluster.shard import Information
@@ -177,6 +178,19 @@ class GatewayCluster(Protocol):
 
     def send(self, shard_id: int, message: Message) -> None:
         """Send a raw websocket message through one shard."""
+        ...
+
+    def request_members(
+        self,
+        guild_id: Snowflake,
+        *,
+        query: str | None = None,
+        limit: int = 0,
+        user_ids: Any = None,
+        presences: bool = False,
+        timeout: float = DEFAULT_MEMBERS_TIMEOUT,
+    ) -> GuildMembers:
+        """Ask for members of a guild (op 8) and wait for every chunk of the answer."""
         ...
 
     def restart(self, shard_id: int) -> None:

@@ -12,6 +12,8 @@ event), or a list of actions:
     Send        write this payload to the websocket
     Deliver     hand this event to the application
     DeliverRaw  queue this dispatch undecoded
+    Offer       a dispatch someone in this process may be waiting for (a
+                member request's answer): theirs if they take it, else as usual
     Heartbeat   start the heartbeat timer (first beat after `first_delay`)
     Identify    wait for the identify queue, then call `identify()`
     Reconnect   close the socket with `code` and connect again
@@ -68,6 +70,7 @@ __all__ = [
     "Identify",
     "Latency",
     "LocalProtocolError",
+    "Offer",
     "Opcode",
     "ReconnectAction",
     "ResumeSession",
@@ -91,6 +94,7 @@ _MAX_SESSION_ID: Final = 256
 # Dispatches that change the session: always decoded, whatever the filter says.
 _SESSION_DISPATCHES: Final = frozenset({"READY", "RESUMED"})
 _new_tuple = tuple.__new__
+_NOTHING_OFFERED: Final = EventTypeFlags(0)
 
 
 class Opcode(enum.IntEnum):
@@ -106,6 +110,7 @@ class Opcode(enum.IntEnum):
     HELLO = 10
     HEARTBEAT_ACK = 11
     REQUEST_SOUNDBOARD_SOUNDS = 31
+    REQUEST_CHANNEL_INFO = 43
 
 
 class CloseCode(enum.IntEnum):
@@ -228,6 +233,19 @@ class DeliverRaw:
 
 
 @dataclass(frozen=True, slots=True)
+class Offer:
+    """A dispatch of a kind the driver was asked to offer (see ShardProtocol's `offered`).
+
+    The driver hands it to whoever waits for it (member requests); if they
+    do not take it, it is queued when `wanted` (the filter lets it through)
+    and counted as filtered otherwise. Counted by the driver, not here.
+    """
+
+    dispatch: RawDispatch | Event
+    wanted: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Heartbeat:
     interval: float
     first_delay: float
@@ -266,7 +284,7 @@ class Fail:
     error: GClusterError
 
 
-Action = Send | Deliver | DeliverRaw | Heartbeat | Identify | ReconnectAction | Skip | Fail
+Action = Send | Deliver | DeliverRaw | Offer | Heartbeat | Identify | ReconnectAction | Skip | Fail
 
 
 def default_properties() -> dict[str, str]:
@@ -308,6 +326,9 @@ class ShardProtocol:
         loads: the JSON decoder for what is not queued undecoded.
         stats: the counters the protocol keeps (events, filtered, duplicates,
             skipped, heartbeat latency); a fresh `ShardStats` by default.
+        offered: dispatch kinds returned as `Offer` whatever the filter says
+            (GUILD_MEMBERS_CHUNK and RATE_LIMITED for a shard whose cluster
+            gathers member requests); none by default.
     """
 
     def __init__(
@@ -326,6 +347,7 @@ class ShardProtocol:
         rng: Callable[[], float] = random.random,
         loads: Loads = ujson.loads,
         stats: ShardStats | None = None,
+        offered: EventTypeFlags = _NOTHING_OFFERED,
     ) -> None:
         self.shard_id = shard_id
         self.total = total
@@ -333,6 +355,7 @@ class ShardProtocol:
         self.intents = int(intents)
         self.event_types = event_types
         self._mask = int(event_types)
+        self._offered = int(offered)
         self.properties = dict(properties) if properties is not None else default_properties()
         self.large_threshold = large_threshold
         self.presence = dict(presence) if presence is not None else None
@@ -453,6 +476,9 @@ class ShardProtocol:
                     return None
                 self.sequence = sequence
                 kind, bit = dispatch_kind(name)
+                if bit & self._offered:
+                    raw = _new_tuple(RawDispatch, (self.shard_id, kind, name, sequence, payload))
+                    return [Offer(raw, bool(self._mask & bit))]
                 if not self._mask & bit:
                     self.stats.filtered += 1
                     return None
@@ -706,7 +732,11 @@ class ShardProtocol:
         return notes + actions + connected
 
     def _deliver(self, kind: EventType, name: str, sequence: int | None, data: Any) -> list[Action]:
-        if self._mask & int(flag_for(kind)):
+        bit = int(flag_for(kind))
+        if bit & self._offered:
+            event = Event(kind, name, self.shard_id, sequence, data)
+            return [Offer(event, bool(self._mask & bit))]
+        if self._mask & bit:
             self.stats.events[name] += 1
             return [Deliver(Event(kind, name, self.shard_id, sequence, data))]
         self.stats.filtered += 1

@@ -51,6 +51,7 @@ from gcluster.errors import (
 from gcluster.events import Event, EventTypeFlags
 from gcluster.frames import CLOSE_MESSAGE_TOO_BIG, DEFAULT_MAX_MESSAGE, OP_BINARY, OP_TEXT
 from gcluster.inflate import MessageTooLarge, inflater_for, resolve_compression
+from gcluster.members import MemberRequests
 from gcluster.message import Message, MessageKind
 from gcluster.protocol import (
     Action,
@@ -61,6 +62,7 @@ from gcluster.protocol import (
     Heartbeat,
     Identify,
     Latency,
+    Offer,
     Opcode,
     ReconnectAction,
     ResumeSession,
@@ -145,6 +147,9 @@ class Shard:
             queue, given as `events`, brings its own).
         session_marks: put a `SessionMark` in `events` before each new session's
             events (for a cluster that saves consumed sessions).
+        member_requests: the cluster's waiting member requests: offered every
+            GUILD_MEMBERS_CHUNK and RATE_LIMITED dispatch (even filtered-out
+            ones) while one waits on this shard, and told when the session ends.
         protocol_options: passed to `ShardProtocol` (properties, large_threshold, presence).
     """
 
@@ -168,6 +173,7 @@ class Shard:
         on_fatal: Callable[[Shard], None] | None = None,
         ratelimit_payloads: bool = True,
         session_marks: bool = False,
+        member_requests: MemberRequests | None = None,
         rng: Callable[[], float] = random.random,
         loads: Loads = ujson.loads,
         **protocol_options: Any,
@@ -193,6 +199,9 @@ class Shard:
         # saved state starts from; see sessions.ConsumedSessions).
         self.started_session: ResumeSession | None = session
         self._marked_session: str | None = session.session_id if session is not None else None
+        self._member_requests = member_requests
+        # The session member requests were last told about.
+        self._requests_session: str | None = session.session_id if session is not None else None
         self._rng = rng
         self.stats = ShardStats()
         self._protocol = ShardProtocol(
@@ -206,6 +215,11 @@ class Shard:
             rng=rng,
             loads=self._events.loads,
             stats=self.stats,
+            offered=(
+                EventTypeFlags.GUILD_MEMBERS_CHUNK | EventTypeFlags.RATE_LIMITED
+                if member_requests is not None
+                else EventTypeFlags(0)
+            ),
             **protocol_options,
         )
 
@@ -638,6 +652,8 @@ class Shard:
                 self._put(action.event)
             elif isinstance(action, DeliverRaw):
                 self._events.put(action.dispatch)
+            elif isinstance(action, Offer):
+                self._offer(action)
             elif isinstance(action, Send):
                 if action.heartbeat and self._ratelimiter is not None:
                     self._ratelimiter.heartbeat()
@@ -670,6 +686,15 @@ class Shard:
                 self._stop.set()
                 self._started.set()
                 self._ready.set()
+        requests = self._member_requests
+        if (
+            requests is not None
+            and self._protocol.session_id != self._requests_session
+            and not self._shut_down  # down() says so itself (_finish)
+        ):
+            # A new session (or none): answers owed to the old one never come.
+            self._requests_session = self._protocol.session_id
+            requests.session_changed(self.id, self._requests_session)
         stage = self._protocol.stage
         if stage is Stage.RESUMING or (stage is Stage.IDENTIFYING and self._protocol.identified):
             self._started.set()
@@ -679,6 +704,32 @@ class Shard:
             if self._connected_at is None:
                 self._connected_at = time.monotonic()
                 self.last_failure = None
+
+    def _offer(self, offer: Offer) -> None:
+        """A chunk or RATE_LIMITED dispatch: to the member request it answers, else as usual."""
+        dispatch = offer.dispatch
+        requests = self._member_requests
+        if requests is not None and requests.waiting(self.id):
+            if isinstance(dispatch, RawDispatch):
+                try:
+                    message = self._events.loads(dispatch.payload)
+                except (ValueError, TypeError, OverflowError, RecursionError):
+                    message = None  # queued as it is: events() skips it, and says so
+                data = message.get("d") if isinstance(message, dict) else None
+            else:
+                data = dispatch.data
+            if requests.offer(self.id, dispatch.name, data, time.monotonic()):
+                # Delivered, to request_members rather than to events().
+                self.stats.events[dispatch.name] += 1
+                return
+        if not offer.wanted:
+            self.stats.filtered += 1
+            return
+        self.stats.events[dispatch.name] += 1
+        if isinstance(dispatch, RawDispatch):
+            self._events.put(dispatch)
+        else:
+            self._put(dispatch)
 
     def _mark_new_session(self) -> None:
         # The protocol has already taken READY's session when its actions come
@@ -785,6 +836,9 @@ class Shard:
         conn.close(code, reason)
 
     def _finish(self) -> None:
+        if self._member_requests is not None:
+            why = "the shard was shut down" if self._shut_down else "the shard stopped for good"
+            self._member_requests.shard_stopped(self.id, why)
         if not self._stopped.is_set():
             self._stopped.set()
             if self._owns_events:

@@ -41,8 +41,14 @@ import gevent
 from gevent.event import Event as Flag
 
 from gcluster._token import Token
-from gcluster.cluster import Cluster, ClusterBuilder, ClusterConfig, ClusterOptions
-from gcluster.commands import Command, shard_for_guild
+from gcluster.cluster import (
+    Cluster,
+    ClusterBuilder,
+    ClusterConfig,
+    ClusterOptions,
+    check_members_timeout,
+)
+from gcluster.commands import Command, Snowflake, shard_for_guild
 from gcluster.errors import (
     ClusterNotUp,
     ClusterStartError,
@@ -58,6 +64,7 @@ from gcluster.errors import (
 from gcluster.events import Event
 from gcluster.hubthread import GRACE, POLL, HubThread
 from gcluster.interface import ClusterLifecycle
+from gcluster.members import DEFAULT_MEMBERS_TIMEOUT, GuildMembers
 from gcluster.message import Message
 from gcluster.protocol import ResumeSession, Stage
 from gcluster.shard import Information, Shard
@@ -410,6 +417,47 @@ class ThreadedCluster(ClusterLifecycle):
             shard_id, self._in_hub_command, shard_id, command, timeout, wait=_plus_grace(timeout)
         )
 
+    def request_members(
+        self,
+        guild_id: Snowflake,
+        *,
+        query: str | None = None,
+        limit: int = 0,
+        user_ids: Any = None,
+        presences: bool = False,
+        timeout: float = DEFAULT_MEMBERS_TIMEOUT,
+    ) -> GuildMembers:
+        """Ask for members of a guild and wait for the whole answer; as `Cluster.request_members`.
+
+        Callable from any thread, several at once: each request runs in a
+        greenlet of the hub thread while the calling thread waits.
+
+        Raises:
+            InvalidCommand, ConfigError, ClusterNotUp, ShardNonexistent,
+            CommandSendingError, MembersRateLimited, MembersTimeout,
+            MembersRequestLost, MembersRequestError: as `Cluster.request_members`;
+            CommandSendingError also when the cluster was shut down.
+        """
+        seconds = check_members_timeout(timeout)  # before the grace is added to it
+        try:
+            return self._call(
+                self._in_hub_request_members,
+                guild_id,
+                query,
+                limit,
+                user_ids,
+                presences,
+                seconds,
+                timeout=_plus_grace(seconds),
+            )
+        except HubThreadStopped as err:
+            if self._total is None:
+                raise ClusterNotUp(self._not_up("has no shards to ask")) from err
+            raise CommandSendingError(
+                "the cluster was shut down, so no shard can ask for members",
+                shard_id=shard_for_guild(guild_id, self._total),
+            ) from err
+
     def command_raw(self, shard_id: int, payload: bytes | str) -> None:
         """Send a raw payload through one shard. Deprecated: use `command` or `send`."""
         warnings.warn(
@@ -729,6 +777,24 @@ class ThreadedCluster(ClusterLifecycle):
         if shard is None:
             raise ShardNonexistent(shard_id)
         shard.command_raw(payload)
+
+    def _in_hub_request_members(
+        self,
+        guild_id: Snowflake,
+        query: str | None,
+        limit: int,
+        user_ids: Any,
+        presences: bool,
+        timeout: float,
+    ) -> GuildMembers:
+        return self._in_hub().request_members(
+            guild_id,
+            query=query,
+            limit=limit,
+            user_ids=user_ids,
+            presences=presences,
+            timeout=timeout,
+        )
 
     def _in_hub_send(self, shard_id: int, message: Message) -> None:
         self._in_hub().send(shard_id, message)

@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 import ujson
 
+from gcluster.intents import Intents
+
 from . import payloads, rules
 from .records import (
     CloseRecord,
@@ -84,6 +86,10 @@ class GatewayConfig:
     """Seconds one identify bucket must wait between two IDENTIFYs; 0: no limit."""
     replay_limit: int
     """How many of a session's latest dispatches are kept for a RESUME."""
+    members_per_chunk: int = 1000
+    """Members in one GUILD_MEMBERS_CHUNK (Discord: up to 1000)."""
+    members_window: float = rules.MEMBERS_WINDOW
+    """Seconds between two requests for all of a guild's members; 0: no limit."""
     login_endpoints: bool = False
     """Whether REST also answers what other libraries ask at login
     (GET /users/@me and /oauth2/applications/@me)."""
@@ -199,6 +205,8 @@ class Gateway:
             }
         )
         self._quoted_names: dict[str, str] = {}
+        # Guild -> when its members were last all asked for (time.monotonic()).
+        self._full_member_requests: dict[int, float] = {}
 
     # -- what REST reports -------------------------------------------------
 
@@ -479,7 +487,7 @@ class Gateway:
         self._emit(session, "RESUMED", encode(payloads.resumed()), None)
 
     def command(self, conn: GatewayConnection, op: int, data: Any) -> None:
-        """Record a gateway command; answer REQUEST_GUILD_MEMBERS with a chunk."""
+        """Record a gateway command; answer REQUEST_GUILD_MEMBERS and REQUEST_CHANNEL_INFO."""
         self.record(
             self.records.commands,
             CommandRecord(
@@ -490,12 +498,17 @@ class Gateway:
                 data=data,
             ),
         )
-        if op == Op.REQUEST_GUILD_MEMBERS and conn.session is not None:
-            chunk = self._members_chunk(conn.session.shard_id, data)
-            if chunk is None:
+        session = conn.session
+        if session is None:
+            return
+        if op == Op.REQUEST_GUILD_MEMBERS:
+            self._request_members(conn, session, data)
+        elif op == Op.REQUEST_CHANNEL_INFO:
+            info = self._channel_info(session.shard_id, data)
+            if info is None:
                 self.reject(conn, Rejection(Close.DECODE_ERROR, "Error while decoding payload."))
             else:
-                self._emit(conn.session, "GUILD_MEMBERS_CHUNK", encode(chunk), None)
+                self._emit(session, "CHANNEL_INFO", encode(info), None)
 
     # -- what tests send ---------------------------------------------------
 
@@ -701,7 +714,54 @@ class Gateway:
             )
         self.records.notify()
 
-    def _members_chunk(self, shard_id: int, data: Any) -> dict[str, Any] | None:
+    def _request_members(self, conn: GatewayConnection, session: Session, data: Any) -> None:
+        """Answer op 8 as Discord does: chunks, RATE_LIMITED, or nothing."""
+        chunks = self._members_chunks(session, data)
+        if chunks is None:
+            self.reject(conn, Rejection(Close.DECODE_ERROR, "Error while decoding payload."))
+            return
+        if rules.is_full_member_request(data):
+            # Discord documents GUILD_MEMBERS as required here but not what it
+            # does without it (trackers report silence); the simulator answers,
+            # as it always has, and request_members refuses such a request unsent.
+            guild_id = int(data["guild_id"])
+            now = time.monotonic()
+            retry_after = rules.members_retry_after(
+                self._full_member_requests.get(guild_id), now, self.config.members_window
+            )
+            if retry_after is not None:
+                meta: dict[str, Any] = {"guild_id": str(guild_id)}
+                if isinstance(data.get("nonce"), str):
+                    meta["nonce"] = data["nonce"]
+                limited = {"opcode": Op.REQUEST_GUILD_MEMBERS, "retry_after": retry_after}
+                self._emit(session, "RATE_LIMITED", encode({**limited, "meta": meta}), None)
+                return
+            self._full_member_requests[guild_id] = now
+        for chunk in chunks:
+            self._emit(session, "GUILD_MEMBERS_CHUNK", encode(chunk), None)
+
+    def _channel_info(self, shard_id: int, data: Any) -> dict[str, Any] | None:
+        if not isinstance(data, dict):
+            return None
+        fields = data.get("fields")
+        if not isinstance(fields, list) or not all(isinstance(f, str) for f in fields):
+            return None
+        try:
+            guild_id = int(data["guild_id"])
+        except (KeyError, TypeError, ValueError):
+            return None
+        return payloads.channel_info(self._guild(shard_id, guild_id), fields)
+
+    def _guild(self, shard_id: int, guild_id: int) -> payloads.GuildFixture:
+        shard_guilds = self._shards[shard_id].guilds
+        guild = next((g for g in shard_guilds if g.id == guild_id), None)
+        if guild is None:
+            # Not one of the shard's guilds: Discord would answer with what it
+            # has; a same-shaped guild under the asked-for id keeps tests simple.
+            guild = dataclasses.replace(shard_guilds[0], id=guild_id)
+        return guild
+
+    def _members_chunks(self, session: Session, data: Any) -> list[dict[str, Any]] | None:
         if not isinstance(data, dict):
             return None
         try:
@@ -712,12 +772,7 @@ class Gateway:
             requested = tuple(int(u) for u in user_ids) if user_ids else None
         except (KeyError, TypeError, ValueError):
             return None
-        shard_guilds = self._shards[shard_id].guilds
-        guild = next((g for g in shard_guilds if g.id == guild_id), None)
-        if guild is None:
-            # Not one of the shard's guilds: Discord would answer with what it
-            # has; a same-shaped guild under the asked-for id keeps tests simple.
-            guild = dataclasses.replace(shard_guilds[0], id=guild_id)
+        guild = self._guild(session.shard_id, guild_id)
         members = guild.member_ids
         not_found: list[str] = []
         if requested is not None:
@@ -726,12 +781,15 @@ class Gateway:
         nonce = data.get("nonce")
         query = data.get("query")
         limit = data.get("limit")
-        return payloads.guild_members_chunk(
+        return payloads.guild_members_chunks(
             guild,
             members,
+            per_chunk=self.config.members_per_chunk,
             nonce=nonce if isinstance(nonce, str) else None,
             query=query if isinstance(query, str) else None,
             limit=limit if isinstance(limit, int) else 0,
-            presences=data.get("presences") is True,
+            # Without GUILD_PRESENCES, Discord says, presences "will always be false".
+            presences=data.get("presences") is True
+            and bool(session.intents & Intents.GUILD_PRESENCES),
             not_found=not_found,
         )

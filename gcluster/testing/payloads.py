@@ -29,7 +29,9 @@ __all__ = [
     "event_number",
     "guild_create",
     "guild_fixtures",
+    "channel_info",
     "guild_members_chunk",
+    "guild_members_chunks",
     "message_create",
     "message_delete",
     "message_update",
@@ -489,6 +491,71 @@ def guild_members_chunk(
     if nonce is not None:
         data["nonce"] = nonce
     return data
+
+
+def guild_members_chunks(
+    guild: GuildFixture,
+    member_ids: tuple[int, ...],
+    *,
+    per_chunk: int = 1000,
+    nonce: str | None = None,
+    query: str | None = None,
+    limit: int = 0,
+    presences: bool = False,
+    not_found: list[str] | None = None,
+) -> list[dict[str, Any]]:
+    """The GUILD_MEMBERS_CHUNK ``d``s answering one request guild members (op 8).
+
+    ``per_chunk`` members to a chunk (Discord sends up to 1000), each chunk
+    with its ``chunk_index`` and the ``chunk_count``; an answer with no
+    members is one empty chunk. ``not_found`` goes in the first chunk.
+    """
+    whole = guild_members_chunk(
+        guild,
+        member_ids,
+        nonce=nonce,
+        query=query,
+        limit=limit,
+        presences=presences,
+        not_found=not_found,
+    )
+    members = whole["members"]
+    member_presences = whole.get("presences", [])
+    count = max(1, -(-len(members) // per_chunk))
+    chunks = []
+    for index in range(count):
+        part = slice(index * per_chunk, (index + 1) * per_chunk)
+        chunk = {
+            **whole,
+            "members": members[part],
+            "chunk_index": index,
+            "chunk_count": count,
+            "not_found": whole["not_found"] if index == 0 else [],
+        }
+        if presences:
+            chunk["presences"] = member_presences[part]
+        chunks.append(chunk)
+    return chunks
+
+
+def channel_info(guild: GuildFixture, fields: list[str]) -> dict[str, Any]:
+    """A CHANNEL_INFO ``d`` answering request channel info (op 43) with ``fields``.
+
+    Every other channel of the guild has a voice status and a start time;
+    the rest have none (null), as channels nobody talks in.
+    """
+    channels = []
+    for index, channel_id in enumerate(guild.channel_ids):
+        active = index % 2 == 1
+        channel: dict[str, Any] = {"id": str(channel_id)}
+        if "status" in fields:
+            channel["status"] = f"talking in {index}" if active else None
+        if "voice_start_time" in fields:
+            channel["voice_start_time"] = (
+                _created_ms(guild.id) // 1000 + 3_600 * index if active else None
+            )
+        channels.append(channel)
+    return {"guild_id": str(guild.id), "channels": channels}
 
 
 def ready(

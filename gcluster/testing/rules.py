@@ -21,6 +21,7 @@ __all__ = [
     "COMMAND_LIMIT",
     "COMMAND_WINDOW",
     "MAX_PAYLOAD_BYTES",
+    "MEMBERS_WINDOW",
     "PRIVILEGED_INTENTS",
     "Close",
     "Op",
@@ -31,6 +32,8 @@ __all__ = [
     "client_close_ends_session",
     "dispatch_intents",
     "identify_too_soon",
+    "is_full_member_request",
+    "members_retry_after",
     "server_close_ends_session",
     "strip_bot_prefix",
 ]
@@ -65,6 +68,7 @@ CLIENT_COMMAND_OPS = frozenset(
         Op.VOICE_STATE_UPDATE,
         Op.REQUEST_GUILD_MEMBERS,
         Op.REQUEST_SOUNDBOARD_SOUNDS,
+        Op.REQUEST_CHANNEL_INFO,
     }
 )
 """Ops that are commands: recorded, and only allowed after IDENTIFY or RESUME."""
@@ -76,6 +80,8 @@ PRIVILEGED_INTENTS = (1 << 1) | (1 << 8) | (1 << 15)
 _INTENT_LIMIT = 1 << 26
 MAX_PAYLOAD_BYTES = 4096
 """Discord rejects bigger client payloads."""
+MEMBERS_WINDOW = 30.0
+"""Seconds between two requests for all of a guild's members (Discord: 1 per 30 s per guild)."""
 COMMAND_LIMIT = 120
 COMMAND_WINDOW = 60.0
 """At most COMMAND_LIMIT payloads (heartbeats included) per COMMAND_WINDOW seconds."""
@@ -209,11 +215,34 @@ def identify_too_soon(previous: float | None, now: float, interval: float) -> fl
     return since if since < interval else None
 
 
+def is_full_member_request(data: Mapping[str, Any]) -> bool:
+    """Whether op 8's ``d`` asks for every member: an empty query and limit 0, no user_ids.
+
+    Only those are rate-limited (Discord's change log of August 2025).
+    """
+    return data.get("user_ids") is None and data.get("query") == "" and data.get("limit") == 0
+
+
+def members_retry_after(previous: float | None, now: float, window: float) -> float | None:
+    """Seconds the client must still wait, if a full member request comes too soon.
+
+    Discord allows one request for all of a guild's members per guild per
+    ``window`` seconds (30) and answers a faster one with a RATE_LIMITED
+    dispatch carrying ``retry_after``. A ``window`` of 0 disables the rule.
+
+    Returns:
+        None when the request is allowed, else the seconds left of the window.
+    """
+    if window <= 0 or previous is None or now - previous >= window:
+        return None
+    return window - (now - previous)
+
+
 # Which intents bring which dispatch (Discord's "List of Intents"). Dispatches
 # sent for a guild and for DMs alike are in both tables, told apart by the
 # ``guild_id`` in their ``d``; one in neither (READY, RESUMED,
-# INTERACTION_CREATE, GUILD_MEMBERS_CHUNK, USER_UPDATE, ...) is sent to every
-# session.
+# INTERACTION_CREATE, GUILD_MEMBERS_CHUNK, CHANNEL_INFO, RATE_LIMITED,
+# USER_UPDATE, ...) is sent to every session.
 _GUILD_DISPATCHES: dict[Intents, tuple[str, ...]] = {
     Intents.GUILDS: (
         "GUILD_CREATE", "GUILD_UPDATE", "GUILD_DELETE",
@@ -222,6 +251,7 @@ _GUILD_DISPATCHES: dict[Intents, tuple[str, ...]] = {
         "THREAD_CREATE", "THREAD_UPDATE", "THREAD_DELETE", "THREAD_LIST_SYNC",
         "THREAD_MEMBER_UPDATE", "THREAD_MEMBERS_UPDATE",
         "STAGE_INSTANCE_CREATE", "STAGE_INSTANCE_UPDATE", "STAGE_INSTANCE_DELETE",
+        "VOICE_CHANNEL_STATUS_UPDATE", "VOICE_CHANNEL_START_TIME_UPDATE",
     ),
     Intents.GUILD_MEMBERS: (
         "GUILD_MEMBER_ADD", "GUILD_MEMBER_UPDATE", "GUILD_MEMBER_REMOVE", "THREAD_MEMBERS_UPDATE",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import socket
 import ssl
 import threading
@@ -147,6 +148,13 @@ class GatewaySimulator:
         replay_limit: how many of a session's latest dispatches are kept for
             RESUME. A RESUME that missed older ones gets op 9 ``d = false``
             and ends the session, as on Discord when too much was missed.
+        members_per_chunk: members in one GUILD_MEMBERS_CHUNK of an answer to
+            request guild members (op 8); Discord sends up to 1000. With
+            fewer, a guild's 24 members come in several chunks.
+        members_window: seconds a guild must wait between two requests for
+            all of its members (empty query, limit 0); a faster one is
+            answered with a RATE_LIMITED dispatch instead of chunks, as
+            Discord does since August 2025. 0 disables it.
         login_endpoints: also answer GET /users/@me and
             /oauth2/applications/@me (with the Bot token), which other
             client libraries such as discord.py ask for when they log in.
@@ -175,6 +183,8 @@ class GatewaySimulator:
         guilds_per_shard: int = 2,
         identify_interval: float = 5.0,
         replay_limit: int = 100_000,
+        members_per_chunk: int = 1000,
+        members_window: float = rules.MEMBERS_WINDOW,
         login_endpoints: bool = False,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
@@ -192,6 +202,12 @@ class GatewaySimulator:
             raise ConfigError("identify_interval must be >= 0")
         if replay_limit < 1:
             raise ConfigError("replay_limit must be >= 1")
+        if isinstance(members_per_chunk, bool) or not isinstance(members_per_chunk, int):
+            raise ConfigError(f"members_per_chunk must be an int, got {members_per_chunk!r}")
+        if not 1 <= members_per_chunk <= 1000:
+            raise ConfigError("members_per_chunk must be 1..1000 (Discord sends up to 1000)")
+        if not 0 <= members_window < math.inf:
+            raise ConfigError(f"members_window must be >= 0 seconds, got {members_window!r}")
         if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
             raise TypeError("ssl_context must be an ssl.SSLContext")
         self.records = Records()
@@ -208,6 +224,8 @@ class GatewaySimulator:
             guilds_per_shard=guilds_per_shard,
             identify_interval=identify_interval,
             replay_limit=replay_limit,
+            members_per_chunk=members_per_chunk,
+            members_window=members_window,
             login_endpoints=login_endpoints,
         )
         self._ssl_context = ssl_context

@@ -13,6 +13,7 @@ from gcluster.commands import (
     Activity,
     ActivityType,
     Command,
+    RequestChannelInfo,
     RequestGuildMembers,
     RequestSoundboardSounds,
     Status,
@@ -462,6 +463,44 @@ def test_request_soundboard_sounds_bad_id_named_by_index(bad: Any) -> None:
         RequestSoundboardSounds(guild_ids=[bad])
 
 
+# RequestChannelInfo
+
+
+def test_request_channel_info_asks_for_both_fields_by_default() -> None:
+    command = RequestChannelInfo(guild_id=str(GUILD))
+    assert RequestChannelInfo.op == 43
+    assert command.guild_id == GUILD and command.fields == ("status", "voice_start_time")
+    assert ujson.loads(encode(command)) == {
+        "op": 43,
+        "d": {"guild_id": str(GUILD), "fields": ["status", "voice_start_time"]},
+    }
+    assert RequestChannelInfo(guild_id=GUILD, fields=["status"]).data()["fields"] == ["status"]
+
+
+@pytest.mark.parametrize(
+    ("fields", "match"),
+    [
+        ([], "must name at least one field"),
+        ("status", "must be a list or tuple of field names"),
+        (None, "must be a list or tuple of field names"),
+        (["status", "topic"], "may hold only 'status', 'voice_start_time'; got 'topic'"),
+        (["status", "status"], "names a field twice"),
+        ([1], "may hold only"),
+    ],
+)
+def test_request_channel_info_refuses_fields_discord_does_not_document(
+    fields: Any, match: str
+) -> None:
+    with refused(match):
+        RequestChannelInfo(guild_id=GUILD, fields=fields)
+
+
+@pytest.mark.parametrize("bad", BAD_SNOWFLAKES)
+def test_request_channel_info_needs_a_guild_snowflake(bad: Any) -> None:
+    with refused("RequestChannelInfo.guild_id"):
+        RequestChannelInfo(guild_id=bad)
+
+
 # Values and the Command protocol
 
 
@@ -473,6 +512,7 @@ def test_request_soundboard_sounds_bad_id_named_by_index(bad: Any) -> None:
         RequestGuildMembers(guild_id=GUILD, query=""),
         UpdateVoiceState(guild_id=GUILD),
         RequestSoundboardSounds(guild_ids=[GUILD]),
+        RequestChannelInfo(guild_id=GUILD),
     ],
     ids=lambda command: type(command).__name__,
 )
