@@ -98,6 +98,9 @@ class ClusterConfig:
         for shard_id, session in self.resume_sessions.items():
             if not isinstance(session, ResumeSession):
                 raise ConfigError(f"resume_sessions[{shard_id}] must be a ResumeSession")
+            why = session.mismatch(shard_id, self.shard_scheme.total)
+            if why is not None:
+                raise ConfigError(f"resume_sessions[{shard_id}] cannot be resumed: {why}")
         for url_option in ("gateway_url", "api_base"):
             url = getattr(self, url_option)
             if url is not None and "://" not in url:

@@ -261,6 +261,9 @@ class Shard:
             runner.kill(block=True, timeout=timeout)
         self._kill_helpers()
         self._finish()
+        # Wake whoever waits for READY: it will not come (wait_until_ready is False).
+        self._started.set()
+        self._ready.set()
         return session
 
     def restart(self) -> None:
