@@ -141,7 +141,8 @@ class ConsumedSessions:
 
     def handled(self, shard_id: int, sequence: int | None) -> None:
         """The application is done with an event it was given."""
-        if sequence is not None:
+        # A removed shard's events (those queued before its ShardRemoved) move nothing.
+        if sequence is not None and shard_id not in self._leaving:
             self._finished(shard_id, sequence)
 
     def finish(self, count: int) -> None:

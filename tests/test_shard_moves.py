@@ -300,7 +300,7 @@ def test_one_shard_id_is_added_or_removed_by_one_call_at_a_time(
     # Two removals of one shard: the second is told, the first gets the session.
     removals = [gevent.spawn(cluster.remove_shard, 2) for _ in range(2)]
     gevent.joinall(removals, timeout=TIMEOUT)
-    outcomes = sorted((type(g.value or g.exception).__name__ for g in removals))
+    outcomes = sorted(type(g.value or g.exception).__name__ for g in removals)
     assert outcomes == ["InvalidState", "ResumeSession"]
     assert [r.shard_id for r in sim.records.identifies].count(2) == 1
 
@@ -401,7 +401,8 @@ def test_metrics_follow_the_shards_the_cluster_runs(
     after = scrape()
     assert shards_in(after) == {"1", "2"}
     # Cluster-wide counters keep what the removed shard added.
-    assert after["gcluster_identify_queue_waits_total"] == before[
-        "gcluster_identify_queue_waits_total"
-    ]
+    assert (
+        after["gcluster_identify_queue_waits_total"]
+        == before["gcluster_identify_queue_waits_total"]
+    )
     assert cluster.session_starts_remaining == sim.session_start_remaining - 1

@@ -15,7 +15,9 @@ pytestmark = pytest.mark.extras
 
 
 def test_a_shard_moves_through_a_redis_session_store(
-    redis_url: str, make_sim: MakeSim, clusters: Callable[..., Cluster]  # noqa: F811
+    redis_url: str,
+    make_sim: MakeSim,
+    clusters: Callable[..., Cluster],  # noqa: F811
 ) -> None:
     stores: list[RedisSessionStore] = []
 
