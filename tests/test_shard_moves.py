@@ -13,6 +13,7 @@ test_identify_rules.py.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -37,7 +38,7 @@ from gcluster import (
 )
 from gcluster.events import Event
 from gcluster.sessions import SessionStore
-from gcluster.testing import STREAM_INTENTS, GatewaySimulator
+from gcluster.testing import STREAM_INTENTS, GatewaySimulator, event_number
 
 MakeSim = Callable[..., GatewaySimulator]
 
@@ -406,3 +407,72 @@ def test_metrics_follow_the_shards_the_cluster_runs(
         == before["gcluster_identify_queue_waits_total"]
     )
     assert cluster.session_starts_remaining == sim.session_start_remaining - 1
+
+
+# --- ThreadedCluster ------------------------------------------------------------------------
+
+
+def test_threaded_cluster_adds_and_removes_shards_from_any_thread() -> None:
+    from test_threaded import first_event, in_thread, simulator_hub
+
+    from gcluster.threaded import ThreadedCluster, ThreadedShard
+
+    with simulator_hub(shards=3, max_concurrency=3) as where:
+        sim = where.sim
+        cluster = ThreadedCluster(
+            sim.token,
+            STREAM_INTENTS,
+            api_base=sim.api_base,
+            shard_scheme=ShardScheme.range([0], 3),
+            call_timeout=TIMEOUT,
+        )
+        try:
+            with pytest.raises(ClusterNotUp, match=r"call cluster.up\(\) first"):
+                cluster.add_shard(1)
+            cluster.up(timeout=TIMEOUT)
+            # Two threads add shard 1 at once: one starts it, the other is told.
+            together = threading.Barrier(2, timeout=TIMEOUT)
+
+            def add() -> object:
+                together.wait()
+                return cluster.add_shard(1)
+
+            outcomes: list[object] = []
+            threads = [
+                threading.Thread(target=lambda: outcomes.append(in_thread(add))) for _ in range(2)
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(TIMEOUT)
+            (handle,) = [o for o in outcomes if isinstance(o, ThreadedShard)]
+            (refused,) = [o for o in outcomes if isinstance(o, InvalidState)]
+            assert "already runs" in str(refused)
+            assert cluster.shard(1) is handle and [s.id for s in cluster.shards()] == [0, 1]
+            assert handle.wait_until_ready(TIMEOUT) and handle.total == 3
+            with pytest.raises(ShardSchemeError):
+                cluster.add_shard(3)
+
+            where.call(sim.send_events, 1, 3)
+            assert where.wait_until(lambda: sim.session(1).sequence == handle.info().sequence)
+            session = cluster.remove_shard(1)
+            assert session is not None and (session.shard_id, session.total) == (1, 3)
+            assert cluster.shard(1) is None and sorted(cluster.info()) == [0]
+            with pytest.raises(ShardNonexistent):
+                handle.info()  # the handle of a removed shard says so
+            with pytest.raises(ShardNonexistent):
+                cluster.remove_shard(1)
+            # Its events, received before it left, still come out of events().
+            shard_id, third = first_event(cluster, lambda _, e: event_number(e.data) == 3)
+            assert shard_id == 1 and third.sequence == session.sequence
+
+            back = cluster.add_shard(1, session)
+            assert back.wait_until_ready(TIMEOUT)
+            assert [(r.shard_id, r.ok) for r in sim.records.resumes] == [(1, True)]
+            assert sorted(r.shard_id for r in sim.records.identifies) == [0, 1]
+        finally:
+            cluster.down()
+        with pytest.raises(InvalidState, match="shut down, so it cannot add shard 2"):
+            cluster.add_shard(2)
+        with pytest.raises(InvalidState, match="shut down"):
+            cluster.remove_shard(0)
