@@ -23,6 +23,7 @@ from conftest import TIMEOUT, collect, has_numbers, numbers
 from gevent.event import Event as Flag
 
 from gcluster import (
+    AuthenticationFailed,
     Cluster,
     ClusterNotUp,
     ConfigError,
@@ -201,16 +202,35 @@ def test_a_shard_added_while_up_still_identifies_queues_behind_the_others(
 ) -> None:
     sim = make_sim(shards=3, max_concurrency=1, identify_interval=INTERVAL)
     cluster = clusters(sim, [0, 1], 3, queue=LocalQueue(interval=INTERVAL))
-    cluster.up(block=False)
+    starting = gevent.spawn(cluster.up, timeout=TIMEOUT)
+    assert sim.wait_until(lambda: len(sim.records.identifies) == 1, TIMEOUT)
     cluster.add_shard(2)
     # up() waits for the shards the cluster has when they are all ready, the added one too.
-    cluster.up(timeout=TIMEOUT)
+    starting.get(timeout=TIMEOUT)
     assert all(info.stage is Stage.CONNECTED for info in cluster.info().values())
 
     assert sim.records.violations == []
     times = sorted(r.time for r in sim.records.identifies)
     assert len(times) == 3
     assert all(b - a >= INTERVAL for a, b in zip(times, times[1:], strict=False))
+
+
+def test_a_shard_removed_while_it_waits_to_identify_never_does_and_up_returns(
+    make_sim: MakeSim, clusters: Callable[..., Cluster]
+) -> None:
+    sim = make_sim(shards=2, max_concurrency=1, identify_interval=INTERVAL)
+    cluster = clusters(sim, [0, 1], 2, queue=LocalQueue(interval=INTERVAL))
+    starting = gevent.spawn(cluster.up, timeout=TIMEOUT)
+    # One shard has identified; the other waits a full interval for its turn.
+    assert sim.wait_until(lambda: len(sim.records.identifies) == 1, TIMEOUT)
+    (first,) = [r.shard_id for r in sim.records.identifies]
+    waiting = 1 - first
+    assert cluster.remove_shard(waiting) is None  # no session yet
+    starting.get(timeout=TIMEOUT)  # up() waits for the shards the cluster has: done
+    assert sorted(cluster.info()) == [first] and cluster.wait_until_ready(0)
+    assert [r.shard_id for r in sim.records.identifies] == [first]
+    # Its slot and session start were given back to the queue unspent.
+    assert cluster.session_starts_remaining == sim.session_start_remaining - 1
 
 
 # --- what a demanding caller meets ------------------------------------------------------
@@ -476,3 +496,25 @@ def test_threaded_cluster_adds_and_removes_shards_from_any_thread() -> None:
             cluster.add_shard(2)
         with pytest.raises(InvalidState, match="shut down"):
             cluster.remove_shard(0)
+
+
+def test_when_the_shards_left_have_all_failed_events_raise_and_an_added_shard_revives_them(
+    make_sim: MakeSim, clusters: Callable[..., Cluster]
+) -> None:
+    sim = make_sim(shards=2, max_concurrency=2)
+    cluster = clusters(sim, [0, 1], 2)
+    cluster.up(timeout=TIMEOUT)
+    sim.close_shard(0, 4004)  # closed for good: authentication failed
+    assert sim.wait_until(lambda: cluster.info()[0].error is not None, TIMEOUT)
+    session = cluster.remove_shard(1)
+    events = cluster.events()
+    # Shard 1's last events first, then the error: nothing else can arrive.
+    with pytest.raises(AuthenticationFailed), gevent.Timeout(TIMEOUT):
+        for _ in events:
+            pass
+
+    cluster.add_shard(1, session)
+    received = collect(
+        cluster.events(), lambda got: got[-1][0] == 1 and got[-1][1].kind is EventType.RESUMED
+    )
+    assert received[-1][1].kind is EventType.RESUMED
