@@ -41,6 +41,7 @@ from gcluster.delivery import EventQueue, Loads, RawDispatch
 from gcluster.errors import (
     ClusterNotUp,
     CommandSendingError,
+    ConfigError,
     ConnectionFailed,
     GClusterError,
     InvalidState,
@@ -142,6 +143,9 @@ class Shard:
         session_marks: put a `SessionMark` in `events` before each new session's
             events (for a cluster that saves consumed sessions).
         protocol_options: passed to `ShardProtocol` (properties, large_threshold, presence).
+
+    Raises:
+        ConfigError: `session` is of another shard id or total.
     """
 
     def __init__(
@@ -167,6 +171,10 @@ class Shard:
         loads: Loads = ujson.loads,
         **protocol_options: Any,
     ) -> None:
+        if session is not None:
+            why = session.mismatch(shard_id, total)
+            if why is not None:
+                raise ConfigError(f"shard {shard_id} cannot resume this session: {why}")
         self.id = shard_id
         self.total = total
         self._token = Token(token)

@@ -168,3 +168,11 @@ def test_manual_finish_counts_a_removed_shards_given_events_and_drops_its_marks(
     consumed.finish(2)
     assert consumed.take_dirty() == {0: ResumeSession("zero", 2)}
     assert consumed.all() == {0: ResumeSession("zero", 2)}
+
+
+def test_a_lone_shard_refuses_a_session_of_another_shard() -> None:
+    from gcluster.shard import Shard
+
+    Shard(1, 4, TOKEN, 513, gateway_url="wss://gateway", session=OF_1)
+    with pytest.raises(ConfigError, match="shard 2 cannot resume this session: .*of shard 1"):
+        Shard(2, 4, TOKEN, 513, gateway_url="wss://gateway", session=OF_1)
