@@ -127,6 +127,7 @@ class Cluster(ClusterLifecycle):
         self._stopped = False
         # What the application has finished with; only kept with a session store.
         self._consumed: ConsumedSessions | None = None
+        self._sessions_ended = False  # down() ended them: nothing more is saved
         # events(manual_finish=True): what was given and not finished yet, in order.
         # An events() iterator is open: a second one would get nothing.
         self._reading = False
@@ -281,8 +282,8 @@ class Cluster(ClusterLifecycle):
         waits for its READY or RESUMED.
 
         The shard count is the cluster's `total`, fixed when it came up:
-        Discord requires every shard of a bot to identify with one total,
-        so a shard of another total belongs in another cluster.
+        the shards of a set identify with one total (Discord maps guilds to
+        shards by it), so a shard of another total belongs in another cluster.
 
         Args:
             shard_id: a shard this cluster does not run, in 0..total-1.
@@ -293,17 +294,16 @@ class Cluster(ClusterLifecycle):
             ClusterNotUp: `up()` was never called (the total is not known yet).
             InvalidState: the cluster was shut down; or the shard runs in this
                 cluster already, or another call is adding or removing it.
-            ShardSchemeError: `shard_id` is not in 0..total-1.
+            ShardSchemeError: `shard_id` is not an int in 0..total-1.
             ConfigError: `session` is of another shard or another total.
             SessionStartLimitExhausted: the shard would IDENTIFY and too few
                 of the day's session starts remain (nothing was started).
             SessionStoreError: the session store could not be read.
         """
+        _check_shard_id(shard_id)
         self._check_changeable("add", shard_id)
         total = self._total
         assert total is not None, "set by up()"
-        if isinstance(shard_id, bool) or not isinstance(shard_id, int):
-            raise ShardSchemeError(f"shard id {shard_id!r} is not an int")
         if not 0 <= shard_id < total:
             raise ShardSchemeError(
                 f"shard id {shard_id} is outside 0..{total - 1}: this cluster's shards are of "
@@ -375,7 +375,9 @@ class Cluster(ClusterLifecycle):
             InvalidState: the cluster was shut down, or another call is
                 adding or removing this shard.
             ShardNonexistent: the cluster runs no such shard.
+            ShardSchemeError: `shard_id` is not an int.
         """
+        _check_shard_id(shard_id)
         self._check_changeable("remove", shard_id)
         shard = self._shards.get(shard_id)
         if shard is None:
@@ -757,7 +759,9 @@ class Cluster(ClusterLifecycle):
         store = self._config.session_store
         if store is not None and not resumable:
             # Closed with 1000: those sessions are over and must not be resumed.
-            self._consumed = None
+            # The iterator still needs `_consumed` to take the session marks
+            # out of what is left in the queue; nothing is saved any more.
+            self._sessions_ended = True
             for shard in shards:
                 self._store(store, shard.id, None)
         else:
@@ -794,7 +798,7 @@ class Cluster(ClusterLifecycle):
     def _save_sessions(self) -> None:
         store = self._config.session_store
         consumed = self._consumed
-        if store is None or consumed is None:
+        if store is None or consumed is None or self._sessions_ended:
             return
         for shard in self._shards.values():
             consumed.started(shard.id, shard.started_session)
@@ -806,6 +810,11 @@ class Cluster(ClusterLifecycle):
             store.save(shard_id, session)
         except Exception as err:  # noqa: BLE001 - a store outage must not stop the shards
             log.warning("shard %d: could not save its session: %s", shard_id, err)
+
+
+def _check_shard_id(shard_id: object) -> None:
+    if isinstance(shard_id, bool) or not isinstance(shard_id, int):
+        raise ShardSchemeError(f"shard id {shard_id!r} is not an int")
 
 
 def _resumable(stored: Mapping[int, ResumeSession], total: int) -> dict[int, ResumeSession]:

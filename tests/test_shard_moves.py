@@ -253,6 +253,8 @@ def test_add_and_remove_refuse_clearly_what_cannot_be_done(
         cluster.add_shard(-1)
     with pytest.raises(ShardSchemeError, match="not an int"):
         cluster.add_shard(True)
+    with pytest.raises(ShardSchemeError, match="not an int"):
+        cluster.remove_shard([0])  # type: ignore[arg-type]
     with pytest.raises(InvalidState, match=r"already runs .*remove_shard\(1\) first"):
         cluster.add_shard(1)
     with pytest.raises(ShardNonexistent):
@@ -518,3 +520,20 @@ def test_when_the_shards_left_have_all_failed_events_raise_and_an_added_shard_re
         cluster.events(), lambda got: got[-1][0] == 1 and got[-1][1].kind is EventType.RESUMED
     )
     assert received[-1][1].kind is EventType.RESUMED
+
+
+def test_after_down_the_queue_gives_events_only_never_the_clusters_session_marks(
+    make_sim: MakeSim, clusters: Callable[..., Cluster]
+) -> None:
+    store = MemorySessionStore()
+    sim = make_sim(shards=2, max_concurrency=2)
+    cluster = clusters(sim, [0, 1], 2, session_store=store)
+    cluster.up(timeout=TIMEOUT)
+    cluster.remove_shard(1)  # a ShardRemoved mark follows its events in the queue
+    assert sorted(store.sessions) == [1]
+    cluster.down()  # ends the sessions: nothing is saved from now on
+    with gevent.Timeout(TIMEOUT):
+        left = list(cluster.events())  # read only now: READYs, session marks and all
+    assert left and all(isinstance(event, Event) for _, event in left)
+    assert {sid for sid, e in left if e.kind is EventType.READY} == {0, 1}
+    assert sorted(store.sessions) == [1]  # shard 1 left with its session; 0 ended with down()
