@@ -18,7 +18,7 @@ import logging
 import math
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 import gevent
@@ -37,8 +37,10 @@ from gcluster.errors import (
     EventStreamBusy,
     GClusterError,
     InvalidCommand,
+    InvalidState,
     MembersRateLimited,
     ShardNonexistent,
+    ShardSchemeError,
 )
 from gcluster.events import Event
 from gcluster.http import GatewayBot, get_gateway_bot
@@ -54,8 +56,9 @@ from gcluster.members import (
 from gcluster.message import Message
 from gcluster.protocol import ResumeSession, Stage
 from gcluster.queue import ConfigurableQueue, LocalQueue, Queue
-from gcluster.sessions import ConsumedSessions, SessionStore
+from gcluster.sessions import ConsumedSessions, SessionStore, ShardRemoved
 from gcluster.shard import Information, Shard
+from gcluster.stats import ShardStats
 
 if TYPE_CHECKING:
     # Only annotations use it, and they are strings at run time: typing_extensions
@@ -133,11 +136,22 @@ class Cluster(ClusterLifecycle):
         self._config = make_config(token, intents, options)
         self._events = EventQueue(resolve_decoder(self._config.decoder))
         self._shards: dict[int, Shard] = {}
+        # Fixed by up(): every shard of this cluster is one of `_total`.
+        self._total: int | None = None
+        self._gateway_url = ""
+        # Shard ids an add_shard or remove_shard is working on (each may wait
+        # on the session store, the identify queue's budget or a close).
+        self._changing: set[int] = set()
+        # Set when a shard is added or removed: wakes up()'s wait to look again.
+        self._membership = Flag()
+        # The counters of shards removed, so cluster-wide totals never go down.
+        self._removed_stats = ShardStats()
         self._gateway: GatewayBot | None = None
         self._started = False
         self._stopped = False
         # What the application has finished with; only kept with a session store.
         self._consumed: ConsumedSessions | None = None
+        self._sessions_ended = False  # down() ended them: nothing more is saved
         # events(manual_finish=True): what was given and not finished yet, in order.
         # An events() iterator is open: a second one would get nothing.
         self._reading = False
@@ -224,23 +238,37 @@ class Cluster(ClusterLifecycle):
         """Wait until every shard has received READY or RESUMED.
 
         Returns:
-            True once they all have; False on timeout, when a shard was
-            closed for good, or when the cluster was never brought up.
+            True once they all have (at once when every shard was removed);
+            False on timeout, when a shard was closed for good, when the
+            cluster was never brought up or after `down()`.
         """
-        if not self._shards:
+        if not self._started or self._stopped:
             return False
-        if not self._wait_all(Shard.wait_until_ready, timeout):
-            return False
-        return all(shard.wait_until_ready(0) for shard in self._shards.values())
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            shards = list(self._shards.values())
+            for shard in shards:
+                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                if shard.error is not None:
+                    return False
+                if not shard.wait_until_ready(remaining) and self._shards.get(shard.id) is shard:
+                    return False  # timed out, or closed for good (not removed meanwhile)
+            current = list(self._shards.values())
+            if all(shard.wait_until_ready(0) for shard in current):
+                return True
+            if {id(shard) for shard in current} == {id(shard) for shard in shards}:
+                return False  # one of them lost its connection since
+            # Shards were added while this waited: wait for them too.
 
     # --- shards --------------------------------------------------------------
 
     @property
     def total(self) -> int | None:
-        """The bot's shard count (all processes together); None before `up()`."""
-        for shard in self._shards.values():
-            return shard.total
-        return None
+        """The bot's shard count (all processes together); None before `up()`.
+
+        Fixed when the cluster comes up, also while shards are added and removed.
+        """
+        return self._total
 
     def shard_for(self, guild_id: int | str) -> int:
         """The id of the shard that receives a guild's events: `(guild_id >> 22) % total`.
@@ -264,6 +292,135 @@ class Cluster(ClusterLifecycle):
     def info(self) -> dict[int, Information]:
         """`{shard_id: Information}`, in id order: a snapshot of each shard ({} before `up()`)."""
         return {shard_id: self._shards[shard_id].info() for shard_id in sorted(self._shards)}
+
+    # --- shards coming and going ----------------------------------------------
+
+    def add_shard(self, shard_id: int, session: ResumeSession | None = None) -> Shard:
+        """Start one more shard while the cluster runs; returns it at once.
+
+        The shard RESUMEs `session` when given one, else the session the
+        session store holds for it (if any), else IDENTIFYs through the
+        cluster's identify queue like every other shard: it waits its turn in
+        its bucket (`shard_id % max_concurrency`), behind shards still
+        identifying. Its events join `events()`, and it shows in `info()`,
+        `shards()` and the metrics from now on. `shard.wait_until_ready()`
+        waits for its READY or RESUMED.
+
+        The shard count is the cluster's `total`, fixed when it came up:
+        the shards of a set identify with one total (Discord maps guilds to
+        shards by it), so a shard of another total belongs in another cluster.
+
+        Args:
+            shard_id: a shard this cluster does not run, in 0..total-1.
+            session: a `ResumeSession` of this shard (e.g. what another
+                cluster's `remove_shard` returned).
+
+        Raises:
+            ClusterNotUp: `up()` was never called (the total is not known yet).
+            InvalidState: the cluster was shut down; or the shard runs in this
+                cluster already, or another call is adding or removing it.
+            ShardSchemeError: `shard_id` is not an int in 0..total-1.
+            ConfigError: `session` is of another shard or another total.
+            SessionStartLimitExhausted: the shard would IDENTIFY and too few
+                of the day's session starts remain (nothing was started).
+            SessionStoreError: the session store could not be read.
+        """
+        _check_shard_id(shard_id)
+        self._check_changeable("add", shard_id)
+        total = self._total
+        assert total is not None, "set by up()"
+        if not 0 <= shard_id < total:
+            raise ShardSchemeError(
+                f"shard id {shard_id} is outside 0..{total - 1}: this cluster's shards are of "
+                f"{total}, fixed when it came up; shards of another total are a new cluster"
+            )
+        if session is not None:
+            if not isinstance(session, ResumeSession):
+                raise ConfigError(f"session must be a ResumeSession or None, not {session!r}")
+            why = session.mismatch(shard_id, total)
+            if why is not None:
+                raise ConfigError(f"shard {shard_id} cannot resume this session: {why}")
+        self._check_not_running(shard_id)
+        self._changing.add(shard_id)
+        try:
+            # Both may wait (on Redis, say): the checks above hold throughout,
+            # as the id is marked as changing.
+            if session is None and self._config.session_store is not None:
+                session = _resumable(self._config.session_store.load([shard_id]), total).get(
+                    shard_id
+                )
+            if session is None and isinstance(self._queue, ConfigurableQueue):
+                self._queue.check_budget(1)
+            if self._stopped:
+                raise InvalidState(
+                    f"the cluster was shut down while shard {shard_id} was being added"
+                )
+            shard = self._new_shard(shard_id, session)
+            if self._consumed is not None:
+                self._consumed.add(shard_id, session)
+            self._shards[shard_id] = shard
+            shard.start()
+        finally:
+            self._changing.discard(shard_id)
+        self._membership.set()
+        # Events flow again, even if every other shard had failed.
+        self._events.reopen()
+        return shard
+
+    def remove_shard(self, shard_id: int, resumable: bool = True) -> ResumeSession | None:
+        """Stop one shard and take it out of the cluster; return its session.
+
+        The shard is gone from `shard()`, `info()`, `shards()` and the
+        metrics at once; it closes its connection (a SHARD_DISCONNECTED event
+        follows) and its session is returned, to resume elsewhere with
+        `add_shard(shard_id, session)` or `resume_sessions`. The events it
+        had received are still delivered by this cluster's `events()`, in
+        order, and the session returned resumes after the last of them: a
+        cluster resuming it delivers each event the gateway sends once,
+        counting both clusters, as long as this one lives to deliver its
+        queued events. With a session store, the session is also saved
+        there (or, not resumable, removed).
+
+        `events()` goes on when the last shard is removed: it ends only with
+        `down()`, and `add_shard` may add shards again.
+
+        Args:
+            shard_id: a shard this cluster runs.
+            resumable: close with a code that keeps the session (the
+                default). False closes with 1000, ending the session, and
+                returns None.
+
+        Returns:
+            the session to resume, or None when not `resumable` or the shard
+            had no session yet (it had not received READY): whoever runs it
+            next IDENTIFYs.
+
+        Raises:
+            ClusterNotUp: `up()` was never called.
+            InvalidState: the cluster was shut down, or another call is
+                adding or removing this shard.
+            ShardNonexistent: the cluster runs no such shard.
+            ShardSchemeError: `shard_id` is not an int.
+        """
+        _check_shard_id(shard_id)
+        self._check_changeable("remove", shard_id)
+        shard = self._shards.get(shard_id)
+        if shard is None:
+            raise ShardNonexistent(shard_id)
+        self._changing.add(shard_id)
+        try:
+            del self._shards[shard_id]
+            self._failed_order.pop(shard_id, None)
+            self._membership.set()
+            # It closes: the reader puts its last events and SHARD_DISCONNECTED
+            # into the queue, then ends.
+            session = shard.down(resumable=resumable)
+            self._retire(shard)
+            self._forget_session(shard_id, session if resumable else None)
+        finally:
+            self._changing.discard(shard_id)
+        self._fail_if_all_failed()
+        return session if resumable else None
 
     def command(
         self, shard_id: int, command: Command | Mapping[str, Any], *, timeout: float | None = None
@@ -499,7 +656,8 @@ class Cluster(ClusterLifecycle):
             return remaining
         if self._gateway is None:
             return None
-        spent = sum(shard.stats.identifies for shard in self._shards.values())
+        spent = self._removed_stats.identifies
+        spent += sum(shard.stats.identifies for shard in self._shards.values())
         return max(0, self._gateway.session_start_limit.remaining - spent)
 
     @property
@@ -508,6 +666,57 @@ class Cluster(ClusterLifecycle):
         return len(self._events)
 
     # --- internals -------------------------------------------------------------
+
+    def _check_changeable(self, action: str, shard_id: int) -> None:
+        """Raise unless shards may be added or removed now (the cluster is up)."""
+        if self._stopped:
+            raise InvalidState(
+                f"the cluster was shut down, so it cannot {action} shard {shard_id}: "
+                "build a new cluster"
+            )
+        if not self._started:
+            raise ClusterNotUp(self._not_up(f"cannot {action} shard {shard_id} yet"))
+        if shard_id in self._changing:
+            raise InvalidState(
+                f"shard {shard_id} is being added or removed by another call; "
+                "wait for that call to return"
+            )
+
+    def _check_not_running(self, shard_id: int) -> None:
+        shard = self._shards.get(shard_id)
+        if shard is None:
+            return
+        what = "was closed for good (restart() it, or" if shard.error else "runs (or"
+        raise InvalidState(
+            f"shard {shard_id} already {what} remove_shard({shard_id}) first) in this cluster"
+        )
+
+    def _retire(self, shard: Shard) -> None:
+        """Keep a removed shard's counters that cluster-wide totals are made of."""
+        removed = self._removed_stats
+        removed.identifies += shard.stats.identifies
+        removed.identify_waits += shard.stats.identify_waits
+        removed.identify_wait_seconds += shard.stats.identify_wait_seconds
+
+    def _forget_session(self, shard_id: int, session: ResumeSession | None) -> None:
+        """Save a removed shard's own session, and stop saving what is read of it."""
+        consumed = self._consumed
+        store = self._config.session_store
+        if consumed is None or store is None:
+            return
+        consumed.remove(shard_id)
+        # After the shard's last event: its events read from here on move nothing.
+        self._events.put((shard_id, ShardRemoved()))
+        self._store(store, shard_id, session)
+
+    def _fail_if_all_failed(self) -> None:
+        """With shards left and all of them closed for good, end `events()` with an error."""
+        shards = list(self._shards.values())
+        if not shards or any(shard.error is None for shard in shards):
+            return
+        error = self._fatal_error()
+        assert error is not None
+        self._events.close(error)
 
     def _get(self, shard_id: int) -> Shard:
         shard = self._shards.get(shard_id)
@@ -572,37 +781,49 @@ class Cluster(ClusterLifecycle):
         self._queue = queue
         ids, total = config.shard_scheme.resolve(recommended)
         sessions = dict(config.resume_sessions)
+        for shard_id, session in sessions.items():
+            why = session.mismatch(shard_id, total)
+            if why is not None:
+                raise ConfigError(f"resume_sessions[{shard_id}] cannot be resumed: {why}")
         if config.session_store is not None:
             # Sessions given explicitly win over stored ones.
-            sessions = {**config.session_store.load(ids), **sessions}
+            stored = _resumable(config.session_store.load(ids), total)
+            sessions = {**stored, **sessions}
             self._consumed = ConsumedSessions(sessions)
         if isinstance(queue, ConfigurableQueue):
             # Fail before any IDENTIFY rather than spend the day's last session starts.
             queue.check_budget(sum(1 for shard_id in ids if shard_id not in sessions))
+        self._total = total
+        self._gateway_url = gateway_url
         for shard_id in ids:
-            self._shards[shard_id] = Shard(
-                shard_id,
-                total,
-                config.token,
-                config.intents,
-                gateway_url=gateway_url,
-                event_types=config.event_types,
-                session=sessions.get(shard_id),
-                queue=queue,
-                events=self._events,
-                compression=config.compression,  # the shard resolves it
-                connect_timeout=config.connect_timeout,
-                max_message_size=config.max_message_size,
-                ssl_context=config.ssl_context,
-                proxy=config.proxy,  # checked by the config: a Proxy, False or None
-                on_fatal=self._shard_failed,
-                ratelimit_payloads=config.ratelimit_payloads,
-                session_marks=self._consumed is not None,
-                member_requests=self._member_requests,
-                properties=config.identify_properties,
-                large_threshold=config.large_threshold,
-                presence=self._presence_for(shard_id),
-            )
+            self._shards[shard_id] = self._new_shard(shard_id, sessions.get(shard_id))
+
+    def _new_shard(self, shard_id: int, session: ResumeSession | None) -> Shard:
+        config = self._config
+        assert self._total is not None and self._queue is not None, "made by _create_shards"
+        return Shard(
+            shard_id,
+            self._total,
+            config.token,
+            config.intents,
+            gateway_url=self._gateway_url,
+            event_types=config.event_types,
+            session=session,
+            queue=self._queue,
+            events=self._events,
+            compression=config.compression,  # the shard resolves it
+            connect_timeout=config.connect_timeout,
+            max_message_size=config.max_message_size,
+            ssl_context=config.ssl_context,
+            proxy=config.proxy,  # checked by the config: a Proxy, False or None
+            on_fatal=self._shard_failed,
+            ratelimit_payloads=config.ratelimit_payloads,
+            session_marks=self._consumed is not None,
+            member_requests=self._member_requests,
+            properties=config.identify_properties,
+            large_threshold=config.large_threshold,
+            presence=self._presence_for(shard_id),
+        )
 
     def _presence_for(self, shard_id: int) -> dict[str, Any] | None:
         config = self._config
@@ -610,46 +831,41 @@ class Cluster(ClusterLifecycle):
         presence = presence or config.presence
         return presence.data() if presence is not None else None
 
-    def _wait_all(self, wait: Callable[[Shard, float | None], bool], timeout: float | None) -> bool:
-        """Run `wait(shard, remaining)` for each shard within one overall timeout.
-
-        Returns False on timeout; stops early (True) when a shard failed, so the
-        caller can raise its error without waiting for the others.
-        """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        for shard in self._shards.values():
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if shard.error is None and not wait(shard, remaining) and shard.error is None:
-                return False
-            if shard.error is not None:
-                return True
-        return True
-
     def _wait_for_sessions(self, timeout: float | None) -> None:
         """up()'s wait: every shard READY or RESUMED, or else the first fatal close."""
         error = self._fatal_error()
         if error is not None:
             raise error
-        shards = list(self._shards.values())
-        if all(shard.stage is Stage.CONNECTED for shard in shards):
+        if all(shard.stage is Stage.CONNECTED for shard in self._shards.values()):
             return
         # Nothing is down for good now: only a close from here on sets it.
         self._fatal.clear()
 
-        def each_ready() -> None:
+        def each_ready(shards: list[Shard]) -> None:
             # A shard closed for good is "ready" too (its flag is set): the
             # error check below tells the two apart.
             for shard in shards:
                 shard.wait_until_ready()
 
-        walker = gevent.spawn(each_ready)
-        try:
-            # The walker waits for the shards in id order; the flag wakes
-            # this wait as soon as any shard, waited for yet or not, is closed.
-            gevent.wait([walker, self._fatal], timeout=timeout, count=1)
-            finished = walker.ready()
-        finally:
-            walker.kill(block=False)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            # The shards as they are now; add_shard and remove_shard wake the
+            # wait to take them again (a removed shard is never ready).
+            self._membership.clear()
+            walker = gevent.spawn(each_ready, list(self._shards.values()))
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                # The walker waits for the shards in id order; the flag wakes
+                # this wait as soon as any shard, waited for yet or not, is closed.
+                gevent.wait([walker, self._fatal, self._membership], timeout=remaining, count=1)
+                finished = walker.ready()
+            finally:
+                walker.kill(block=False)
+            if not self._membership.is_set() or self._fatal.is_set() or self._stopped:
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                finished = False
+                break
         error = self._fatal_error()
         if error is not None:
             raise error
@@ -659,7 +875,7 @@ class Cluster(ClusterLifecycle):
                 kind=ClusterStartErrorType.SHARD_START,
             )
         if not finished:
-            waiting = [shard for shard in shards if shard.stage is not Stage.CONNECTED]
+            waiting = [s for s in self._shards.values() if s.stage is not Stage.CONNECTED]
             raise ClusterStartError(
                 f"not every shard was ready within {timeout} s: "
                 + "; ".join(_why_not_ready(shard) for shard in waiting),
@@ -669,9 +885,9 @@ class Cluster(ClusterLifecycle):
     def _fatal_error(self) -> GClusterError | None:
         """The error of the first shard closed for good (and not restarted since)."""
         for shard_id in self._failed_order:
-            error = self._shards[shard_id].error
-            if error is not None:
-                return error
+            failed = self._shards.get(shard_id)
+            if failed is not None and failed.error is not None:
+                return failed.error
         # Closed, but its greenlet has not reported it yet.
         for shard in self._shards.values():
             if shard.error is not None:
@@ -679,6 +895,8 @@ class Cluster(ClusterLifecycle):
         return None
 
     def _shard_failed(self, shard: Shard) -> None:
+        if self._shards.get(shard.id) is not shard:
+            return  # removed as it failed: nothing of this cluster's any more
         self._failed_order.pop(shard.id, None)
         self._failed_order[shard.id] = None
         self._fatal.set()
@@ -701,7 +919,9 @@ class Cluster(ClusterLifecycle):
         store = self._config.session_store
         if store is not None and not resumable:
             # Closed with 1000: those sessions are over and must not be resumed.
-            self._consumed = None
+            # The iterator still needs `_consumed` to take the session marks
+            # out of what is left in the queue; nothing is saved any more.
+            self._sessions_ended = True
             for shard in shards:
                 self._store(store, shard.id, None)
         else:
@@ -738,7 +958,7 @@ class Cluster(ClusterLifecycle):
     def _save_sessions(self) -> None:
         store = self._config.session_store
         consumed = self._consumed
-        if store is None or consumed is None:
+        if store is None or consumed is None or self._sessions_ended:
             return
         for shard in self._shards.values():
             consumed.started(shard.id, shard.started_session)
@@ -802,6 +1022,29 @@ def _id_ranges(ids: list[int]) -> str:
         if shard_id is not None:
             start = previous = shard_id
     return "shards " + ", ".join(parts)
+
+
+def _check_shard_id(shard_id: object) -> None:
+    if isinstance(shard_id, bool) or not isinstance(shard_id, int):
+        raise ShardSchemeError(f"shard id {shard_id!r} is not an int")
+
+
+def _resumable(stored: Mapping[int, ResumeSession], total: int) -> dict[int, ResumeSession]:
+    """The stored sessions that may be resumed as the shard they are stored for.
+
+    A store is keyed by shard id alone; a bot that changed its total finds the
+    old total's sessions there. Resuming one would bring that shard's events
+    under the new numbering, so it is left out (with a warning) and the shard
+    identifies.
+    """
+    usable = {}
+    for shard_id, session in stored.items():
+        why = session.mismatch(shard_id, total)
+        if why is None:
+            usable[shard_id] = session
+        else:
+            log.warning("shard %d: not resuming its stored session: %s", shard_id, why)
+    return usable
 
 
 def _why_not_ready(shard: Shard) -> str:

@@ -102,6 +102,9 @@ class ClusterConfig:
         for shard_id, session in self.resume_sessions.items():
             if not isinstance(session, ResumeSession):
                 raise ConfigError(f"resume_sessions[{shard_id}] must be a ResumeSession")
+            why = session.mismatch(shard_id, self.shard_scheme.total)
+            if why is not None:
+                raise ConfigError(f"resume_sessions[{shard_id}] cannot be resumed: {why}")
         try:
             object.__setattr__(self, "proxy", check_proxy_option(self.proxy))
         except ValueError as err:  # its message never holds the credentials

@@ -158,6 +158,14 @@ class GatewayCluster(Protocol):
         """`{shard_id: Information}` in id order ({} before `up()`)."""
         ...
 
+    def add_shard(self, shard_id: int, session: ResumeSession | None = None) -> GatewayShard:
+        """Start one more shard (of `total`) while the cluster runs, resuming `session` if given."""
+        ...
+
+    def remove_shard(self, shard_id: int, resumable: bool = True) -> ResumeSession | None:
+        """Stop one shard and take it out of the cluster; return its session to resume elsewhere."""
+        ...
+
     @property
     def session_starts_remaining(self) -> int | None:
         """IDENTIFYs left today as far as this process knows; None if it never asked."""

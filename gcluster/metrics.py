@@ -38,7 +38,12 @@ __all__ = ["ClusterCollector", "register", "serve"]
 
 
 class ClusterCollector(Collector):
-    """Reads a cluster's shards at scrape time. Must be scraped in the cluster's hub."""
+    """Reads a cluster's shards at scrape time. Must be scraped in the cluster's hub.
+
+    The per-shard series are those of the shards the cluster runs at that
+    scrape: a shard added with `Cluster.add_shard` appears, one removed with
+    `remove_shard` disappears.
+    """
 
     def __init__(self, cluster: Cluster, *, namespace: str = "gcluster") -> None:
         self.cluster = cluster
@@ -99,8 +104,11 @@ class ClusterCollector(Collector):
         latency = HistogramMetricFamily(
             f"{ns}_shard_heartbeat_latency_seconds", "Heartbeat round trips.", labels=["shard"]
         )
-        identify_waits = 0
-        identify_seconds = 0.0
+        # Shards removed from the cluster take their series with them; these
+        # cluster-wide counters keep what they had added, so they never go down.
+        removed = self.cluster._removed_stats
+        identify_waits = removed.identify_waits
+        identify_seconds = removed.identify_wait_seconds
         for shard in self.cluster.shards():
             sid = str(shard.id)
             info = shard.info()

@@ -150,23 +150,43 @@ def classify_close(code: int | None) -> CloseVerdict:
 class ResumeSession:
     """What a shard needs to RESUME: hand it to a new cluster to pick up where one stopped.
 
+    A session belongs to one shard of one shard count: RESUME names only the
+    session, so resuming it on another shard id, or under another total,
+    would bring that other shard's events. Sessions a shard hands out
+    (`Cluster.down_resumable`, `Cluster.remove_shard`, `Shard.session`) say
+    which shard they are of, and a cluster refuses one given to another
+    shard; a session built by hand without them is taken on trust.
+
     Attributes:
         session_id: the session READY gave.
         sequence: the last dispatch sequence handled.
         resume_url: READY's resume_gateway_url; None means the default gateway.
+        shard_id, total: the shard the session is of (`[shard_id, total]` of
+            its IDENTIFY); None when unknown. Keyword-only, and not compared:
+            two values with the same session id and sequence are equal.
     """
 
     session_id: str
     sequence: int
     resume_url: str | None = None
+    shard_id: int | None = field(default=None, compare=False, kw_only=True)
+    total: int | None = field(default=None, compare=False, kw_only=True)
 
     def to_dict(self) -> dict[str, Any]:
-        """The session as a dict `json.dumps` takes as it is; `from_dict` reads it back."""
-        return {
+        """The session as a dict `json.dumps` takes as it is; `from_dict` reads it back.
+
+        `shard_id` and `total` are included when known.
+        """
+        data: dict[str, Any] = {
             "session_id": self.session_id,
             "sequence": self.sequence,
             "resume_url": self.resume_url,
         }
+        if self.shard_id is not None:
+            data["shard_id"] = self.shard_id
+        if self.total is not None:
+            data["total"] = self.total
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ResumeSession:
@@ -181,13 +201,41 @@ class ResumeSession:
         except KeyError as err:
             raise ConfigError(f"a resume session needs {err.args[0]!r}") from err
         resume_url = data.get("resume_url")
+        shard_id = data.get("shard_id")
+        total = data.get("total")
         if not isinstance(session_id, str) or not session_id:
             raise ConfigError("session_id must be a non-empty string")
         if isinstance(sequence, bool) or not isinstance(sequence, int) or sequence < 0:
             raise ConfigError("sequence must be a non-negative integer")
         if resume_url is not None and not isinstance(resume_url, str):
             raise ConfigError("resume_url must be a string or None")
-        return cls(session_id, sequence, resume_url)
+        if total is not None and (
+            isinstance(total, bool) or not isinstance(total, int) or total < 1
+        ):
+            raise ConfigError("total must be a positive integer or None")
+        if shard_id is not None and (
+            isinstance(shard_id, bool)
+            or not isinstance(shard_id, int)
+            or shard_id < 0
+            or (total is not None and shard_id >= total)
+        ):
+            raise ConfigError("shard_id must be an integer in 0..total-1, or None")
+        return cls(session_id, sequence, resume_url, shard_id=shard_id, total=total)
+
+    def mismatch(self, shard_id: int, total: int | None) -> str | None:
+        """Why this session may not be resumed as shard `shard_id` of `total`; None if it may.
+
+        A session that does not say which shard it is of may be resumed as
+        any; a `total` of None (not known yet) is not checked.
+        """
+        if self.shard_id is not None and self.shard_id != shard_id:
+            return f"the session is of shard {self.shard_id}, not of shard {shard_id}"
+        if self.total is not None and total is not None and self.total != total:
+            return (
+                f"the session is of a bot with {self.total} shards, not {total}: "
+                "a session cannot move to another total, the shard must IDENTIFY"
+            )
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -388,7 +436,13 @@ class ShardProtocol:
         """The session to resume, or None when the next connection must IDENTIFY."""
         if self.session_id is None or self.sequence is None:
             return None
-        return ResumeSession(self.session_id, self.sequence, self.resume_url)
+        return ResumeSession(
+            self.session_id,
+            self.sequence,
+            self.resume_url,
+            shard_id=self.shard_id,
+            total=self.total,
+        )
 
     def url(self, gateway_url: str) -> str:
         """Where to connect: the resume URL when resuming, else `gateway_url`.

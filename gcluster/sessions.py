@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any, Protocol, runtime_checkable
 
 from gcluster.protocol import ResumeSession
@@ -66,6 +67,21 @@ class SessionMark:
         return f"SessionMark({self.session!r})"
 
 
+class ShardRemoved:
+    """Put in the event queue by a cluster after the last events of a shard it removed.
+
+    The cluster's iterator consumes it (the application never sees it). The
+    removed shard's events still queued before it are handed out as usual,
+    but no longer move a saved session: the session was saved as the shard
+    left, and may belong to another process by now.
+    """
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "ShardRemoved()"
+
+
 class ConsumedSessions:
     """Each shard's session as far as the application has finished with its events.
 
@@ -88,6 +104,10 @@ class ConsumedSessions:
         # finished: an event's sequence (None for one without), or a mark
         # that must wait for the events given before it.
         self._unfinished: deque[tuple[int, SessionMark | int | None]] = deque()
+        # Shards removed whose `ShardRemoved` mark the application has not
+        # reached, with how many such marks are queued: their events before
+        # it change nothing that is saved.
+        self._leaving: dict[int, int] = {}
 
     # --- what events() reports ------------------------------------------------
 
@@ -97,6 +117,18 @@ class ConsumedSessions:
         A `SessionMark` is taken here (at once, or after the events before it
         are finished, with `manual`); anything else is handed out.
         """
+        if isinstance(item, ShardRemoved):
+            left = self._leaving.pop(shard_id, 1) - 1
+            if left:
+                self._leaving[shard_id] = left
+            return False
+        if shard_id in self._leaving:
+            # An event of a shard that has left: handed out, never saved.
+            if isinstance(item, SessionMark):
+                return False
+            if manual:
+                self._unfinished.append((shard_id, None))
+            return True
         if isinstance(item, SessionMark):
             if manual and self._unfinished:
                 self._unfinished.append((shard_id, item))
@@ -109,7 +141,8 @@ class ConsumedSessions:
 
     def handled(self, shard_id: int, sequence: int | None) -> None:
         """The application is done with an event it was given."""
-        if sequence is not None:
+        # A removed shard's events (those queued before its ShardRemoved) move nothing.
+        if sequence is not None and shard_id not in self._leaving:
             self._finished(shard_id, sequence)
 
     def finish(self, count: int) -> None:
@@ -138,6 +171,34 @@ class ConsumedSessions:
         self._pending[shard_id] = session
         self._dirty.add(shard_id)
 
+    # --- shards coming and going -----------------------------------------------
+
+    def remove(self, shard_id: int) -> None:
+        """The shard left the cluster; a `ShardRemoved` follows its events in the queue.
+
+        Its session is forgotten here (the cluster saved the shard's own as it
+        left), and nothing read or finished from now on changes it.
+        """
+        self._sessions.pop(shard_id, None)
+        self._pending.pop(shard_id, None)
+        self._seen.pop(shard_id, None)
+        self._dirty.discard(shard_id)
+        self._leaving[shard_id] = self._leaving.get(shard_id, 0) + 1
+        if any(sid == shard_id for sid, _ in self._unfinished):
+            # Its events given and not finished still count for finish(), as
+            # events without a sequence; its session marks no longer matter.
+            self._unfinished = deque(
+                (sid, what if sid != shard_id else None)
+                for sid, what in self._unfinished
+                if sid != shard_id or not isinstance(what, SessionMark)
+            )
+
+    def add(self, shard_id: int, session: ResumeSession | None) -> None:
+        """The shard joined the cluster, resuming `session` or (None) identifying."""
+        if session is not None:
+            self._sessions[shard_id] = session
+            self._seen[shard_id] = session.session_id
+
     # --- what is saved ---------------------------------------------------------
 
     def take_dirty(self) -> dict[int, ResumeSession]:
@@ -165,9 +226,7 @@ class ConsumedSessions:
     def _finished(self, shard_id: int, sequence: int) -> None:
         session = self._sessions.get(shard_id)
         if session is not None and sequence > session.sequence:
-            self._sessions[shard_id] = ResumeSession(
-                session.session_id, sequence, session.resume_url
-            )
+            self._sessions[shard_id] = replace(session, sequence=sequence)
             self._dirty.add(shard_id)
 
     def _current(self, shard_id: int) -> ResumeSession:

@@ -151,6 +151,9 @@ class Shard:
             GUILD_MEMBERS_CHUNK and RATE_LIMITED dispatch (even filtered-out
             ones) while one waits on this shard, and told when the session ends.
         protocol_options: passed to `ShardProtocol` (properties, large_threshold, presence).
+
+    Raises:
+        ConfigError: `session` is of another shard id or total.
     """
 
     def __init__(
@@ -178,6 +181,10 @@ class Shard:
         loads: Loads = ujson.loads,
         **protocol_options: Any,
     ) -> None:
+        if session is not None:
+            why = session.mismatch(shard_id, total)
+            if why is not None:
+                raise ConfigError(f"shard {shard_id} cannot resume this session: {why}")
         self.id = shard_id
         self.total = total
         self._token = Token(token)
@@ -284,6 +291,9 @@ class Shard:
             runner.kill(block=True, timeout=timeout)
         self._kill_helpers()
         self._finish()
+        # Wake whoever waits for READY: it will not come (wait_until_ready is False).
+        self._started.set()
+        self._ready.set()
         return session
 
     def restart(self) -> None:

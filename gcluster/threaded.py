@@ -113,7 +113,8 @@ class ThreadedShard:
     runs there, as the cluster's own methods do, and raises in the calling
     thread. `stage`, `error` and `session` read a fresh `info()` (one call
     into the hub thread each). After the cluster's `down()` they answer as
-    the shard was when it stopped.
+    the shard was when it stopped; once the shard is removed
+    (`remove_shard`) they raise `ShardNonexistent`.
 
     Attributes:
         id: the shard id.
@@ -150,7 +151,9 @@ class ThreadedShard:
         info = self.info()
         if info.session_id is None or info.sequence is None:
             return None
-        return ResumeSession(info.session_id, info.sequence, info.resume_url)
+        return ResumeSession(
+            info.session_id, info.sequence, info.resume_url, shard_id=self.id, total=self.total
+        )
 
     def wait_until_ready(self, timeout: float | None = None) -> bool:
         """Wait for READY or RESUMED; False on timeout, when the shard failed, or after `down()`."""
@@ -491,6 +494,46 @@ class ThreadedCluster(ClusterLifecycle):
                 raise ClusterNotUp(self._not_up(f"has no shard {shard_id} yet")) from err
             raise InvalidState(f"shard {shard_id} was shut down; build a new cluster") from err
 
+    def add_shard(self, shard_id: int, session: ResumeSession | None = None) -> ThreadedShard:
+        """Start one more shard while the cluster runs; as `Cluster.add_shard`, from any thread.
+
+        Returns at once with the shard's `ThreadedShard` handle (also in
+        `shard(id)` and `shards()` from now on); `handle.wait_until_ready()`
+        waits for its READY or RESUMED. Its events join `events()`, also
+        when every other shard had been closed for good.
+
+        Raises:
+            ClusterNotUp, InvalidState, ShardSchemeError, ConfigError,
+            SessionStartLimitExhausted, SessionStoreError: as `Cluster.add_shard`.
+        """
+        self._refuse_after_down("add", shard_id)
+        try:
+            return self._call(self._in_hub_add_shard, shard_id, session, timeout=self._call_timeout)
+        except HubThreadStopped as err:
+            raise self._shut_down_error("add", shard_id) from err
+
+    def remove_shard(self, shard_id: int, resumable: bool = True) -> ResumeSession | None:
+        """Stop one shard and take it out of the cluster; as `Cluster.remove_shard`.
+
+        Waits (in the calling thread) for the shard to close, up to
+        `call_timeout` plus a few seconds. Its handle then raises
+        `ShardNonexistent`; the events it had received are still handed out
+        by `events()`.
+
+        Raises:
+            ClusterNotUp, InvalidState, ShardNonexistent: as `Cluster.remove_shard`.
+        """
+        self._refuse_after_down("remove", shard_id)
+        try:
+            return self._call(
+                self._in_hub_remove_shard,
+                shard_id,
+                resumable,
+                timeout=self._call_timeout + GRACE,
+            )
+        except HubThreadStopped as err:
+            raise self._shut_down_error("remove", shard_id) from err
+
     # --- events -------------------------------------------------------------------------
 
     def events(self, *, manual_finish: bool = False) -> Iterator[tuple[int, Event]]:
@@ -581,6 +624,8 @@ class ThreadedCluster(ClusterLifecycle):
         except HubThreadStopped:
             self._down_done.wait(self._call_timeout)
             info = self._final_info.get(shard_id)
+            if info is None and self._final_info:
+                raise ShardNonexistent(shard_id) from None  # removed before down()
             if info is None:
                 # down() timed out and the hub thread ended before taking the snapshot.
                 raise HubThreadStopped(f"shard {shard_id}: the hub thread ended") from None
@@ -598,6 +643,19 @@ class ThreadedCluster(ClusterLifecycle):
             )
         except (HubThreadStopped, ThreadedClusterTimeout):
             return False
+
+    def _refuse_after_down(self, action: str, shard_id: int) -> None:
+        if self._down_started:
+            raise self._shut_down_error(action, shard_id)
+
+    def _shut_down_error(self, action: str, shard_id: int) -> InvalidState:
+        # Cluster's error and wording, for a hub thread that has ended.
+        if self._total is None:
+            return ClusterNotUp(self._not_up(f"cannot {action} shard {shard_id} yet"))
+        return InvalidState(
+            f"the cluster was shut down, so it cannot {action} shard {shard_id}: "
+            "build a new cluster"
+        )
 
     def _not_up(self, what: str) -> str:
         # Cluster's wording, for a cluster whose shards were never made.
@@ -693,12 +751,31 @@ class ThreadedCluster(ClusterLifecycle):
 
     def _in_hub_restart(self, shard_id: int) -> None:
         self._in_hub().restart(shard_id)
+        self._revive_pump()
+
+    def _revive_pump(self) -> None:
         pump = self._pump
         if pump is not None and pump.dead and self._failure is not None and not self._draining:
             # Every shard had failed and the pump ended with their error; the
             # cluster's events flow again now, and so does a new pump.
             self._failure = None
             self._start_pump()
+
+    def _in_hub_add_shard(self, shard_id: int, session: ResumeSession | None) -> ThreadedShard:
+        shard = self._in_hub().add_shard(shard_id, session)
+        handle = ThreadedShard(self, shard.id, shard.total)
+        # A new dict, not a change to the one other threads may be reading.
+        self._shards = dict(sorted({**self._shards, shard_id: handle}.items()))
+        self._revive_pump()
+        return handle
+
+    def _in_hub_remove_shard(self, shard_id: int, resumable: bool) -> ResumeSession | None:
+        try:
+            return self._in_hub().remove_shard(shard_id, resumable)
+        finally:
+            # Whatever happened, the handles are the cluster's shards.
+            if self._in_hub().shard(shard_id) is None and shard_id in self._shards:
+                self._shards = {i: h for i, h in self._shards.items() if i != shard_id}
 
     def _forward(self, item: tuple[int, Event]) -> None:
         # Only qsize is checked: the queue itself is unbounded, so put never
@@ -746,7 +823,8 @@ class ThreadedCluster(ClusterLifecycle):
 
     def _in_hub_shard(self, shard_id: int) -> Shard:
         shard = self._in_hub().shard(shard_id)
-        assert shard is not None, "handles are made for the cluster's shards only"
+        if shard is None:
+            raise ShardNonexistent(shard_id)  # the handle of a shard removed since
         return shard
 
     def _in_hub_shard_info(self, shard_id: int) -> Information:

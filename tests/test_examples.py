@@ -62,6 +62,14 @@ def check_resume(out: str) -> None:
     assert "simulator: 2 identifies, 2 resumes" in out
 
 
+def check_move_shard(out: str) -> None:
+    assert "shard 1 moved: first runs [0], second [1]" in out
+    assert "shard 0 moved: first runs [], second [0, 1]" in out
+    # 5 events a shard before the moves, 5 after: each read once, by one cluster or the other.
+    assert "events read: shard 0: 10, shard 1: 10" in out
+    assert "simulator: 2 identifies, 2 resumes" in out
+
+
 def check_threaded(out: str) -> None:
     assert "presence sent to shards [0, 1]" in out
     assert re.search(r"^shard 0: connected, session \w+$", out, re.M)
@@ -97,6 +105,7 @@ CASES: dict[str, tuple[tuple[str, ...], Callable[[str], None]]] = {
     "basic": ((), check_basic),
     "dispatcher": ((), check_dispatcher),
     "resume": ((), check_resume),
+    "move_shard": ((), check_move_shard),
     "threaded": ((), check_threaded),
     "commands": ((), check_commands),
     "flask_app-gevent": (("--mode", "gevent"), check_flask("gevent")),

@@ -37,6 +37,10 @@ FREE_NAMES = {
     "intents": "intents: gcluster.Intents",
     "cluster": "cluster: gcluster.Cluster",
     "index": "index: int",
+    "guild_id": "guild_id: int",
+    "session": "session: gcluster.ResumeSession",
+    "a_cluster": "a_cluster: gcluster.Cluster",
+    "b_cluster": "b_cluster: gcluster.Cluster",
     "my_registry": "import prometheus_client; my_registry: prometheus_client.CollectorRegistry",
 }
 FREE_NAMES.update({name: f"from gcluster import {name}" for name in gcluster.__all__})
@@ -124,6 +128,8 @@ def free_names(source: str) -> set[str]:
             bound.add(node.name)
         elif isinstance(node, ast.arg):
             bound.add(node.arg)
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            bound.add(node.name)  # `except Error as err`
     return loaded - bound - set(dir(builtins))
 
 
