@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from redis_server import free_port
+from _ports import free_port
 
 __all__ = ["TinyProxy"]
 

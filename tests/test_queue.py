@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -11,6 +10,7 @@ from urllib.parse import parse_qs
 
 import gevent
 import pytest
+from _ports import free_port
 from conftest import FakeClock
 from gevent.pywsgi import WSGIServer
 
@@ -263,13 +263,6 @@ def test_http_queue_raises_when_the_grant_takes_longer_than_the_timeout(
     assert time.monotonic() - started < 2
     assert caught.value.__cause__ is not None
     queue.close()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def test_http_queue_raises_when_nothing_listens() -> None:
