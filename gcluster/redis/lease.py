@@ -93,6 +93,10 @@ class ShardLease:
         ttl: seconds the lease outlives its holder's last renewal.
         on_lost: called (in a greenlet) when the lease is lost while held.
         client: a ready redis-py client instead of `url`.
+        connect_timeout: seconds to connect to Redis.
+        timeout: seconds to wait for a reply (at most `ttl / 3`); a standby's
+            wait on the handoff list lasts at most half of it, or of a given
+            client's socket timeout when that is shorter.
 
     Raises:
         ConfigError: a ttl under 0.5 s, no name, a bad namespace or URL, or
@@ -126,9 +130,11 @@ class ShardLease:
         self._url = url
         self._owns_client = client is None
         timeout = min(timeout, ttl / 3)
-        # Between tries a standby blocks on the handoff list, never past the poll interval.
-        self._wait = min(ttl / 4, timeout * _BLOCK_SHARE)
         self._client = make_client(url, client, connect_timeout=connect_timeout, timeout=timeout)
+        # Between tries a standby blocks on the handoff list: never past the
+        # poll interval, and well within the socket timeout (a given client's own).
+        socket_timeout = _socket_timeout(self._client) or timeout
+        self._wait = min(ttl / 4, min(timeout, socket_timeout) * _BLOCK_SHARE)
         self._renew_script = self._client.register_script(_RENEW)
         self._release_script = self._client.register_script(_RELEASE)
         self._held = False
@@ -258,6 +264,18 @@ class ShardLease:
         log.error("lease %s: lost by %s (%s); giving the shards up", self.key, self.owner, why)
         if self.on_lost is not None:
             gevent.spawn(self.on_lost)
+
+
+def _socket_timeout(client: Client) -> float | None:
+    """The seconds a reply may take on the client's connections, when it says."""
+    pool = getattr(client, "connection_pool", None)
+    kwargs = getattr(pool, "connection_kwargs", None)
+    if kwargs is None:  # a RedisCluster keeps them for every node
+        kwargs = getattr(getattr(client, "nodes_manager", None), "connection_kwargs", None)
+    value = kwargs.get("socket_timeout") if isinstance(kwargs, dict) else None
+    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    return None
 
 
 def _text(value: Any) -> str:
