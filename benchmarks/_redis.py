@@ -68,7 +68,7 @@ def _server(port: int, workdir: Path, *extra: str) -> subprocess.Popen[bytes]:
     )  # fmt: skip
 
 
-def _wait_for_ping(port: int) -> None:
+def _wait_for_ping(port: int, process: subprocess.Popen[bytes]) -> None:
     client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=1)
     deadline = time.monotonic() + _START_TIMEOUT
     try:
@@ -77,6 +77,8 @@ def _wait_for_ping(port: int) -> None:
                 client.ping()
                 return
             except redis.ConnectionError:
+                if process.poll() is not None:
+                    raise RuntimeError(f"redis-server on port {port} exited") from None
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
@@ -89,7 +91,7 @@ def start_redis() -> RedisProcesses:
     workdir = Path(tempfile.mkdtemp(prefix="gcluster-bench-"))
     port = _free_port()
     process = _server(port, workdir)
-    _wait_for_ping(port)
+    _wait_for_ping(port, process)
     return RedisProcesses(f"redis://127.0.0.1:{port}/0", [process], workdir)
 
 
@@ -97,14 +99,17 @@ def start_cluster(nodes: int = 6, replicas: int = 1) -> RedisProcesses:
     """A Redis Cluster of `nodes` servers (`replicas` per master), every slot covered."""
     workdir = Path(tempfile.mkdtemp(prefix="gcluster-bench-cluster-"))
     ports = [_free_port() for _ in range(nodes)]
+    # The cluster bus port is given too: the default, port + 10000, may be
+    # taken or past 65535.
     processes = [
-        _server(port, workdir, "--cluster-enabled", "yes", "--cluster-node-timeout", "2000")
+        _server(port, workdir, "--cluster-enabled", "yes", "--cluster-port", str(_free_port()),
+                "--cluster-node-timeout", "2000")
         for port in ports
-    ]
+    ]  # fmt: skip
     started = RedisProcesses(f"redis://127.0.0.1:{ports[0]}", processes, workdir)
     try:
-        for port in ports:
-            _wait_for_ping(port)
+        for port, process in zip(ports, processes, strict=True):
+            _wait_for_ping(port, process)
         subprocess.run(
             [_binary("redis-cli"), "--cluster", "create",
              *(f"127.0.0.1:{port}" for port in ports),

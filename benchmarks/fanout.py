@@ -16,16 +16,18 @@ the group has read and acknowledged all of them. Reported per run:
   sink's own rate (released -> last event published);
 - CPU µs per event of each process kind: the gateway, the workers (all),
   Redis (all nodes), the simulator;
-- where the time goes: in the sink's publishing thread, encoding an event
-  and the round trip of one batch (events per XADD pipeline); in the workers,
-  the XREADGROUP round trip (events per read), the XACK round trip and
-  decoding an event.
+- where the time goes, in CPU µs per event: the gateway's hub thread
+  (receiving, inflating, decoding, handing events to the sink) and its
+  publishing thread (of which encoding the entries; the rest is writing the
+  XADD pipeline and reading its replies); in the workers, XREADGROUP (mostly
+  parsing the reply), XACK and decoding an entry. Also the events per XADD
+  batch and per read, and the wall time of a batch and of one XACK.
 
 Redis: by default a redis-server started here; `--cluster` starts a 6-node
 Redis Cluster here (3 masters, 3 replicas, see _redis.py); `--redis-url`
 uses a running one, through `redis.cluster.RedisCluster` when it is a cluster
 node. The stream key carries a hash tag, so on a cluster one master serves it.
-Writes benchmarks/results/fanout.json (fanout-cluster.json for a cluster).
+Writes benchmarks/results/fanout[-cluster][-ackN].json.
 """
 
 from __future__ import annotations
@@ -70,18 +72,20 @@ WAIT = 600.0
 
 
 class Timed:
-    """Wraps a callable; adds up its calls and wall time (of the calling thread)."""
+    """Wraps a callable; adds up its calls, wall time and the calling thread's CPU time."""
 
     def __init__(self, func: Callable[..., Any]) -> None:
         self.func = func
         self.calls = 0
         self.seconds = 0.0
+        self.cpu = 0.0
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.thread_time()
         try:
             return self.func(*args, **kwargs)
         finally:
+            self.cpu += time.thread_time() - cpu
             self.seconds += time.perf_counter() - started
             self.calls += 1
 
@@ -116,9 +120,11 @@ def worker_main(url: str, cluster: bool, stream: str, name: str, ack_batch: int)
         "cpu_seconds": time.process_time() - started,
         "reads": reads.calls,
         "read_seconds": reads.seconds,
+        "read_cpu": reads.cpu,
         "acks": acks.calls,
         "ack_seconds": acks.seconds,
-        "decode_seconds": decodes.seconds,
+        "ack_cpu": acks.cpu,
+        "decode_cpu": decodes.cpu,
     }
     print(json.dumps(result), flush=True)
 
@@ -218,7 +224,7 @@ def fanout_run(
                     and (info["entries-read"] or 0) >= events
                 ):
                     break
-                gevent.sleep(0.005)
+                gevent.sleep(0.05)  # a cheap poll: its CPU counts as the gateway's
         finished = time.monotonic()
         gateway_cpu = cpu_seconds() - cpu_before
         redis_used = call_blocking(redis_cpu, nodes) - redis_before
@@ -263,17 +269,21 @@ def fanout_run(
         "sink": {
             "batches": stats.batches,
             "events_per_batch": stats.published / max(stats.batches, 1),
-            "encode_us_per_event": encode.seconds / max(encode.calls, 1) * 1e6,
             "batch_ms": send.seconds / max(send.calls, 1) * 1e3,
-            "round_trip_ms": (send.seconds - encode.seconds) / max(send.calls, 1) * 1e3,
+            # CPU µs per event: the publishing thread's, and the hub's (the rest).
+            "publish_cpu_us": send.cpu / events * 1e6,
+            "encode_cpu_us": encode.cpu / events * 1e6,
+            "hub_cpu_us": (gateway_cpu - send.cpu) / events * 1e6,
         },
         "worker": {
             "reads": reads,
             "events_per_read": events / max(reads, 1),
-            "read_ms": sum(r["read_seconds"] for r in reports) / max(reads, 1) * 1e3,
             "acks": acks,
             "ack_us": sum(r["ack_seconds"] for r in reports) / max(acks, 1) * 1e6,
-            "decode_us_per_event": sum(r["decode_seconds"] for r in reports) / events * 1e6,
+            # CPU µs per event, of all workers together.
+            "read_cpu_us": sum(r["read_cpu"] for r in reports) / events * 1e6,
+            "ack_cpu_us": sum(r["ack_cpu"] for r in reports) / events * 1e6,
+            "decode_cpu_us": sum(r["decode_cpu"] for r in reports) / events * 1e6,
         },
     }
 
@@ -346,29 +356,37 @@ def main() -> int:
             ],
         )
     )
-    print("\nwhere the time goes (wall time of the thread doing it):")
+    print("\nwhere the time goes: CPU µs per event (the gateway's hub thread, its publishing")
+    print("thread and the encoding in it; the workers' XREADGROUP, XACK and decoding), and the")
+    print("wall time of one XADD batch and of one XACK")
     print(
         table(
             [
                 "scenario",
-                "ev/XADD batch",
-                "encode µs/ev",
-                "batch RTT ms",
-                "ev/XREADGROUP",
-                "read ms",
+                "hub",
+                "publish",
+                "encode",
+                "ev/batch",
+                "batch ms",
+                "read",
+                "ack",
+                "decode",
+                "ev/read",
                 "XACK µs",
-                "decode µs/ev",
             ],
             [
                 [
                     r["scenario"],
+                    r["sink"]["hub_cpu_us"],
+                    r["sink"]["publish_cpu_us"],
+                    r["sink"]["encode_cpu_us"],
                     r["sink"]["events_per_batch"],
-                    r["sink"]["encode_us_per_event"],
-                    r["sink"]["round_trip_ms"],
+                    r["sink"]["batch_ms"],
+                    r["worker"]["read_cpu_us"],
+                    r["worker"]["ack_cpu_us"],
+                    r["worker"]["decode_cpu_us"],
                     r["worker"]["events_per_read"],
-                    r["worker"]["read_ms"],
                     r["worker"]["ack_us"],
-                    r["worker"]["decode_us_per_event"],
                 ]
                 for r in rows
                 if "sink" in r
@@ -376,7 +394,9 @@ def main() -> int:
         )  # fmt: skip
     )
     path = write_results(
-        "fanout-cluster" if on_cluster else "fanout",
+        "fanout"
+        + ("-cluster" if on_cluster else "")
+        + (f"-ack{options.ack_batch}" if options.ack_batch != 1 else ""),
         {
             "redis": kind,
             "shards": SHARDS,
