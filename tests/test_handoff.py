@@ -29,6 +29,8 @@ from gcluster.testing import GatewaySimulator, event_number
 pytestmark = pytest.mark.extras
 
 TIMEOUT = 30.0
+# A wake-up takes a round trip; this only bounds one that never comes.
+WOKEN = 15.0
 SLICE = "process:0/1"
 
 
@@ -59,21 +61,21 @@ def test_keys_share_the_namespace_hash_tag() -> None:
 
 def test_release_wakes_a_waiting_standby_before_its_next_try(redis_url: str) -> None:
     client = redis.Redis.from_url(redis_url)
-    # A long ttl and socket timeout: the standby's next try on its own would be
-    # 20 s away, so taking the lease within the acquire timeout below means
-    # the release woke it.
-    holder = ShardLease(redis_url, name=SLICE, namespace="t", ttl=120, timeout=60, owner="old")
-    standby = ShardLease(redis_url, name=SLICE, namespace="t", ttl=120, timeout=60, owner="new")
+    # A long ttl and socket timeout: the standby's next try on its own is 50 s
+    # away, so holding the lease within WOKEN seconds means the release woke it.
+    holder = ShardLease(redis_url, name=SLICE, namespace="t", ttl=300, timeout=100, owner="old")
+    standby = ShardLease(redis_url, name=SLICE, namespace="t", ttl=300, timeout=100, owner="new")
+    assert holder.acquire(timeout=1)
+    taking = gevent.spawn(standby.acquire)
     try:
-        assert holder.acquire(timeout=1)
-        taking = gevent.spawn(standby.acquire, timeout=10)
         wait_for(lambda: blocked_on(client, standby.handoff_key))
         holder.release()
-        assert taking.get(timeout=TIMEOUT) is True
+        assert taking.get(timeout=WOKEN) is True
         assert standby.holder() == "new"
         # The standby took the notification with it: nothing is left to wake another.
         assert client.llen(standby.handoff_key) == 0
     finally:
+        taking.kill()
         holder.close()
         standby.close()
         client.close()
@@ -97,18 +99,18 @@ def test_a_notification_never_makes_two_holders(redis_url: str) -> None:
         client.close()
 
 
-def test_a_lost_notification_falls_back_to_the_poll(redis_url: str) -> None:
+def test_a_standby_that_is_never_woken_takes_an_expired_lease(redis_url: str) -> None:
     client = redis.Redis.from_url(redis_url)
-    holder = ShardLease(redis_url, name=SLICE, namespace="t", ttl=0.8, owner="holder")
     standby = ShardLease(redis_url, name=SLICE, namespace="t", ttl=0.8, owner="standby")
     try:
-        assert holder.acquire(timeout=1)
-        holder.release()
-        client.delete(standby.handoff_key)  # as if the wake-up never came
-        assert standby.acquire(timeout=TIMEOUT)
+        # A holder that died: its key expires, and nobody pushes a wake-up.
+        client.set(standby.key, "dead", px=800)
+        taking = gevent.spawn(standby.acquire, timeout=TIMEOUT)
+        wait_for(lambda: blocked_on(client, standby.handoff_key))  # it waits for a wake-up
+        assert taking.get(timeout=TIMEOUT) is True
         assert standby.holder() == "standby"
+        assert not client.exists(standby.handoff_key)
     finally:
-        holder.close()
         standby.close()
         client.close()
 
