@@ -1,7 +1,7 @@
 """Fan-out: events/s from the shards through StreamSink and Redis to 1, 2 and 4 StreamWorkers.
 
     python benchmarks/fanout.py [--events 100000] [--workers 1,2,4] [--ack-batch 1]
-                                [--redis-url URL | --cluster]
+                                [--patch-workers] [--redis-url URL | --cluster]
 
 The simulator (its own process) blasts the same ~1.2 KB MESSAGE_CREATEs
 (`GatewaySimulator.blast`) to 4 shards each time. Beside the fan-out runs,
@@ -27,7 +27,7 @@ Redis: by default a redis-server started here; `--cluster` starts a 6-node
 Redis Cluster here (3 masters, 3 replicas, see _redis.py); `--redis-url`
 uses a running one, through `redis.cluster.RedisCluster` when it is a cluster
 node. The stream key carries a hash tag, so on a cluster one master serves it.
-Writes benchmarks/results/fanout[-cluster][-ackN].json.
+Writes benchmarks/results/fanout[-cluster][-ackN][-patched].json.
 """
 
 from __future__ import annotations
@@ -151,7 +151,7 @@ def node_clients(url: str, cluster: bool) -> list[redis.Redis]:
 
 
 def start_workers(
-    url: str, cluster: bool, stream: str, count: int, ack_batch: int
+    url: str, cluster: bool, stream: str, count: int, ack_batch: int, patch: bool
 ) -> list[subprocess.Popen[str]]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
@@ -161,6 +161,8 @@ def start_workers(
         argv = [sys.executable, script, "--worker", url, stream, f"w{index}", str(ack_batch)]
         if cluster:
             argv.append("--cluster-client")
+        if patch:
+            argv.append("--patch")
         process = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
         if hasattr(os, "sched_setaffinity"):
             os.sched_setaffinity(process.pid, set(range(os.cpu_count() or 1)))
@@ -176,13 +178,14 @@ def fanout_run(
     workers: int,
     per_shard: int,
     ack_batch: int,
+    patch: bool,
 ) -> dict[str, Any]:
     stream = f"{{fanout}}:events:{workers}:{time.monotonic_ns()}"
     events = per_shard * SHARDS
     control = client_for(url, on_cluster, socket_timeout=5)
     nodes = node_clients(url, on_cluster)
     control.xgroup_create(stream, GROUP, id="0", mkstream=True)
-    processes = start_workers(url, on_cluster, stream, workers, ack_batch)
+    processes = start_workers(url, on_cluster, stream, workers, ack_batch, patch)
     sink = StreamSink(
         cluster,
         client=client_for(url, on_cluster, socket_timeout=5, socket_connect_timeout=2),
@@ -311,6 +314,11 @@ def main() -> int:
     parser.add_argument("--events", type=int, default=100_000, help="events per run, all shards")
     parser.add_argument("--workers", default="1,2,4", help="worker counts, comma-separated")
     parser.add_argument("--ack-batch", type=int, default=1, help="the workers' ack_batch")
+    parser.add_argument(
+        "--patch-workers",
+        action="store_true",
+        help="workers call gevent.monkey.patch_all() first: Redis calls without a thread hop",
+    )
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--redis-url", help="a running Redis or Redis Cluster node")
     where.add_argument("--cluster", action="store_true", help="start a 6-node Redis Cluster")
@@ -334,7 +342,16 @@ def main() -> int:
             rows.append(in_process_run(sim, cluster, per_shard))
             for workers in counts:
                 rows.append(
-                    fanout_run(sim, cluster, url, on_cluster, workers, per_shard, options.ack_batch)
+                    fanout_run(
+                        sim,
+                        cluster,
+                        url,
+                        on_cluster,
+                        workers,
+                        per_shard,
+                        options.ack_batch,
+                        options.patch_workers,
+                    )
                 )
                 print(f"{rows[-1]['scenario']}: done", file=sys.stderr, flush=True)
         finally:
@@ -345,7 +362,10 @@ def main() -> int:
             started.stop()
 
     kind = "Redis Cluster (6 nodes)" if on_cluster else "one redis-server"
-    print(f"{options.events} events, {SHARDS} shards, {kind}, ack_batch={options.ack_batch}")
+    patched = ", workers monkey-patched" if options.patch_workers else ""
+    print(
+        f"{options.events} events, {SHARDS} shards, {kind}, ack_batch={options.ack_batch}{patched}"
+    )
     print(
         table(
             ["scenario", "events/s", "sink ev/s", "gateway µs", "workers µs", "redis µs", "sim µs"],
@@ -396,11 +416,13 @@ def main() -> int:
     path = write_results(
         "fanout"
         + ("-cluster" if on_cluster else "")
-        + (f"-ack{options.ack_batch}" if options.ack_batch != 1 else ""),
+        + (f"-ack{options.ack_batch}" if options.ack_batch != 1 else "")
+        + ("-patched" if options.patch_workers else ""),
         {
             "redis": kind,
             "shards": SHARDS,
             "ack_batch": options.ack_batch,
+            "patched_workers": options.patch_workers,
             "redis_py": redis.__version__,
             "rows": rows,
         },
@@ -411,6 +433,10 @@ def main() -> int:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        if "--patch" in sys.argv:
+            from gevent import monkey
+
+            monkey.patch_all()
         url_, stream_, name_, ack_ = sys.argv[2:6]
         worker_main(url_, "--cluster-client" in sys.argv, stream_, name_, int(ack_))
         sys.exit(0)
