@@ -22,8 +22,7 @@ import redis
 from redis_server import redis_server_fixture, redis_url_fixture  # noqa: F401 - fixtures
 from test_service import Service
 
-from gcluster.redis import ShardLease, decode_event
-from gcluster.redis.lease import handoff_key, lease_key
+from gcluster.redis import ShardLease, decode_event, handoff_key, lease_key
 from gcluster.testing import GatewaySimulator, event_number
 
 pytestmark = pytest.mark.extras

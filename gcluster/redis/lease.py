@@ -208,7 +208,7 @@ class ShardLease:
             gevent.sleep(max(0.0, wait - (time.monotonic() - started)))
             return
         if woken:
-            log.info("lease %s: released by %s; taking over", self.key, _text(woken[1]))
+            log.info("lease %s: released by %s; trying to take it", self.key, _text(woken[1]))
 
     def release(self) -> None:
         """Stop renewing and delete the key if it is still ours, waking a standby at once.
