@@ -27,7 +27,7 @@ except ImportError as err:  # pragma: no cover - depends on the installation
 
 from gcluster.errors import RedisCallError
 from gcluster.redis.inbox import CommandInbox, InboxStats, inbox_key, shard_count_key
-from gcluster.redis.lease import ShardLease
+from gcluster.redis.lease import ShardLease, handoff_key, lease_key
 from gcluster.redis.queue import RedisQueue
 from gcluster.redis.sessions import RedisSessionStore, SessionStoreError
 from gcluster.redis.streams import (
@@ -58,6 +58,8 @@ __all__ = [
     "decode_event",
     "encode_event",
     "event_stream_key",
+    "handoff_key",
     "inbox_key",
+    "lease_key",
     "shard_count_key",
 ]

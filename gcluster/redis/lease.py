@@ -12,6 +12,18 @@ The holder renews every `ttl / 3` seconds, and gives the slice up (the
 `on_lost` callback) when a renewal finds the key gone or someone else's, or
 when it could not renew for `ttl * 0.8` seconds (it cannot know whether the
 key still exists, and a standby may take it at `ttl`).
+
+A planned handoff (a deploy's SIGTERM) must not wait for a poll: `release()`
+deletes the key and, in the same script, pushes the old holder's name onto
+the handoff list `{namespace}:handoff:<slice>` (same hash tag, so the same
+Redis Cluster slot). A standby waits on that list with BLPOP between its
+attempts, so it is woken within a round trip and tries `SET NX` at once.
+A list rather than pub/sub: a push made while the standby is between two
+BLPOPs (or briefly reconnecting) waits in the list for it, where a published
+message would be gone. The notification only wakes the standby: taking the
+lease is still the one atomic `SET NX`, so a lost, stale or duplicated
+notification costs at most one wasted try, never two holders, and a standby
+that hears nothing still tries again every `ttl / 4` seconds at the latest.
 """
 
 from __future__ import annotations
@@ -29,7 +41,7 @@ from gcluster.redis._calls import call
 from gcluster.redis._client import Client, hash_tag, make_client, safe_url
 from gcluster.redis.inbox import default_consumer
 
-__all__ = ["ShardLease"]
+__all__ = ["ShardLease", "handoff_key", "lease_key"]
 
 log = logging.getLogger(__name__)
 
@@ -40,15 +52,33 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
-# Release it only if it is still ours.
+# Release it only if it is still ours, and tell a waiting standby (one entry:
+# a standby never needs more than one wake-up, and an old one must not pile up).
 _RELEASE: Final = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
+  redis.call('DEL', KEYS[1])
+  redis.call('DEL', KEYS[2])
+  redis.call('RPUSH', KEYS[2], ARGV[1])
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+  return 1
 end
 return 0
 """
 # The share of the ttl after the last renewal at which a holder gives up.
 _GIVE_UP: Final = 0.8
+# A standby's BLPOP waits at most this share of the socket timeout, so Redis
+# answers (nil) well before redis-py would call the connection dead.
+_BLOCK_SHARE: Final = 0.5
+
+
+def lease_key(namespace: str, name: str) -> str:
+    """`{namespace}:lease:<name>`: the lease of one slice, holding its holder's name."""
+    return f"{hash_tag(namespace)}:lease:{name}"
+
+
+def handoff_key(namespace: str, name: str) -> str:
+    """`{namespace}:handoff:<name>`: the list a released lease's standby is woken through."""
+    return f"{hash_tag(namespace)}:handoff:{name}"
 
 
 class ShardLease:
@@ -63,6 +93,10 @@ class ShardLease:
         ttl: seconds the lease outlives its holder's last renewal.
         on_lost: called (in a greenlet) when the lease is lost while held.
         client: a ready redis-py client instead of `url`.
+        connect_timeout: seconds to connect to Redis.
+        timeout: seconds to wait for a reply (at most `ttl / 3`); a standby's
+            wait on the handoff list lasts at most half of it, or of a given
+            client's socket timeout when that is shorter.
 
     Raises:
         ConfigError: a ttl under 0.5 s, no name, a bad namespace or URL, or
@@ -88,7 +122,8 @@ class ShardLease:
             raise ConfigError(f"ttl must be at least 0.5 s, not {ttl}")
         if not name:
             raise ConfigError("name must name the shards, e.g. 'process:0/4'")
-        self.key = f"{hash_tag(namespace)}:lease:{name}"
+        self.key = lease_key(namespace, name)
+        self.handoff_key = handoff_key(namespace, name)
         self.owner = owner or default_consumer()
         self.ttl = ttl
         self.on_lost = on_lost
@@ -96,6 +131,10 @@ class ShardLease:
         self._owns_client = client is None
         timeout = min(timeout, ttl / 3)
         self._client = make_client(url, client, connect_timeout=connect_timeout, timeout=timeout)
+        # Between tries a standby blocks on the handoff list: never past the
+        # poll interval, and well within the socket timeout (a given client's own).
+        socket_timeout = _socket_timeout(self._client) or timeout
+        self._wait = min(ttl / 4, min(timeout, socket_timeout) * _BLOCK_SHARE)
         self._renew_script = self._client.register_script(_RENEW)
         self._release_script = self._client.register_script(_RELEASE)
         self._held = False
@@ -122,6 +161,10 @@ class ShardLease:
     def acquire(self, timeout: float | None = None) -> bool:
         """Wait until the lease is free and take it; then keep renewing it.
 
+        Between tries it waits on the handoff list, so a holder's `release()`
+        wakes it at once; without one (the holder died) it tries again every
+        `ttl / 4` seconds at the latest, and takes the key once it expired.
+
         Returns:
             True once held; False if `timeout` seconds passed first.
         """
@@ -145,16 +188,35 @@ class ShardLease:
             if holder != announced:
                 announced = holder
                 log.info("lease %s: held by %s; waiting for it", self.key, holder)
-            wait = self.ttl / 4
+            wait = self._wait
             if deadline is not None:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
                 wait = min(wait, left)
-            gevent.sleep(wait)
+            self._wait_for_handoff(wait)
+
+    def _wait_for_handoff(self, wait: float) -> None:
+        """Up to `wait` seconds, or until a holder's `release()` pushes to the handoff list."""
+        started = time.monotonic()
+        try:
+            # BLPOP takes whole milliseconds; 0 would mean "for ever".
+            woken = call(self._client.blpop, [self.handoff_key], timeout=max(wait, 0.001))
+        except RedisCallError as err:
+            # Said by the SET NX that follows (or its holder() lookup); do not spin.
+            log.debug("lease %s: could not wait on %s: %s", self.key, self.handoff_key, err)
+            gevent.sleep(max(0.0, wait - (time.monotonic() - started)))
+            return
+        if woken:
+            log.info("lease %s: released by %s; trying to take it", self.key, _text(woken[1]))
 
     def release(self) -> None:
-        """Stop renewing and delete the key if it is still ours, so a standby starts at once."""
+        """Stop renewing and delete the key if it is still ours, waking a standby at once.
+
+        The standby is woken through the handoff list (see the module's
+        docstring); one that misses it still finds the key gone at its next
+        try. A release that cannot reach Redis leaves the key to expire.
+        """
         if not self._held:
             return
         self._held = False
@@ -163,7 +225,11 @@ class ShardLease:
         if renewer is not None and renewer is not gevent.getcurrent():
             renewer.kill()
         try:
-            call(self._release_script, keys=[self.key], args=[self.owner])
+            call(
+                self._release_script,
+                keys=[self.key, self.handoff_key],
+                args=[self.owner, int(self.ttl * 1000)],
+            )
             log.info("lease %s: released by %s", self.key, self.owner)
         except RedisCallError as err:
             log.warning("lease %s: could not release (it expires by itself): %s", self.key, err)
@@ -198,3 +264,19 @@ class ShardLease:
         log.error("lease %s: lost by %s (%s); giving the shards up", self.key, self.owner, why)
         if self.on_lost is not None:
             gevent.spawn(self.on_lost)
+
+
+def _socket_timeout(client: Client) -> float | None:
+    """The seconds a reply may take on the client's connections, when it says."""
+    pool = getattr(client, "connection_pool", None)
+    kwargs = getattr(pool, "connection_kwargs", None)
+    if kwargs is None:  # a RedisCluster keeps them for every node
+        kwargs = getattr(getattr(client, "nodes_manager", None), "connection_kwargs", None)
+    value = kwargs.get("socket_timeout") if isinstance(kwargs, dict) else None
+    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    return None
+
+
+def _text(value: Any) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)

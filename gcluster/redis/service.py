@@ -17,7 +17,9 @@ makes it exit 3, the command line's status for that.
 With `--lease`, the slice is held through a `ShardLease`: a second process
 started with the same `--scheme` waits as a standby, and takes over (resuming
 the sessions) once the holder stops or dies and its lease expires. A holder
-that loses its lease stops its shards and exits 1.
+stopped by SIGTERM releases the lease as soon as its sessions are saved, which
+wakes the standby at once (a deploy's handoff takes a fraction of a second); a
+holder that loses its lease stops its shards and exits 1.
 """
 
 from __future__ import annotations
@@ -161,6 +163,12 @@ def serve(
             shard_ranges(sorted(sessions)) or "none",
             hash_tag(namespace),
         )
+        if lease is not None:
+            # The shards are closed and their sessions saved: a standby may
+            # resume them now. Released before the sink's command inbox has
+            # wound down (up to its read's block time), which a deploy's
+            # handoff would otherwise wait out.
+            lease.release()
         publishing.join(timeout=5)
         log.info("service: stopped")
         return 0 if flushed and received[0] != "lease lost" else 1
