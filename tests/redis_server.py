@@ -1,16 +1,25 @@
-"""A real redis-server for the tests: started on a free port, stopped afterwards.
+"""Real Redis for the tests: one redis-server, or a six-node Redis Cluster, on loopback.
 
 Import the fixtures into a test module; they register under the names
-`redis_server`, `redis_url` and `make_redis_server`:
+`redis_server`, `redis_url`, `make_redis_server` and `make_redis_cluster`:
 
     from redis_server import redis_server_fixture, redis_url_fixture  # noqa: F401
-There is no skipping: without a redis-server binary the tests fail.
+
+`redis_server` (and so `redis_url`) is parametrised: each test using it runs
+against a single server (`[single]`) and against a Redis Cluster of three
+masters and three replicas (`[cluster]`), started once per session. A test
+that kills nodes starts a cluster of its own with `make_redis_cluster`.
+Benchmarks import `RedisServer` and `RedisClusterNodes` the same way (with
+tests/ on sys.path). There is no skipping: without redis-server and
+redis-cli the tests fail.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -21,20 +30,27 @@ import pytest
 import redis
 
 __all__ = [
+    "RedisClusterNodes",
     "RedisServer",
+    "all_keys",
     "free_port",
+    "make_redis_cluster_fixture",
     "make_redis_server_fixture",
+    "raw_client",
     "redis_server_fixture",
     "redis_url_fixture",
+    "shared_cluster",
 ]
 
 _START_TIMEOUT = 10.0
+# A Redis Cluster node listens on its port and, 10000 above it, on its cluster bus.
+_BUS_OFFSET = 10_000
 
 
-def _binary() -> str:
-    found = shutil.which("redis-server") or "/usr/bin/redis-server"
+def _binary(name: str = "redis-server") -> str:
+    found = shutil.which(name) or f"/usr/bin/{name}"
     if not os.access(found, os.X_OK):
-        raise RuntimeError("redis-server is not installed; the Redis tests need it")
+        raise RuntimeError(f"{name} is not installed; the Redis tests need it")
     return found
 
 
@@ -45,19 +61,51 @@ def free_port() -> int:
         return port
 
 
-class RedisServer:
-    """One redis-server process on 127.0.0.1, without persistence."""
+def _free_cluster_port() -> int:
+    """A free port whose cluster bus port (10000 above) is free too."""
+    for _ in range(100):
+        port = free_port()
+        if port + _BUS_OFFSET > 65_535:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port + _BUS_OFFSET))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port pair for a Redis Cluster node")
 
-    def __init__(self) -> None:
-        self.port = free_port()
+
+class RedisServer:
+    """One redis-server process on 127.0.0.1, without persistence.
+
+    Args:
+        cluster_node_timeout: make it a Redis Cluster node (not yet part of a
+            cluster) with this node timeout in milliseconds; None: a plain server.
+    """
+
+    def __init__(self, cluster_node_timeout: int | None = None) -> None:
+        self.cluster_node_timeout = cluster_node_timeout
+        self.port = free_port() if cluster_node_timeout is None else _free_cluster_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self._dir = tempfile.TemporaryDirectory(prefix="gcluster-redis-")
         self._process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> RedisServer:
+        cluster_args: list[str] = []
+        if self.cluster_node_timeout is not None:
+            cluster_args = [
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                os.path.join(self._dir.name, "nodes.conf"),
+                "--cluster-node-timeout",
+                str(self.cluster_node_timeout),
+            ]
         self._process = subprocess.Popen(
             [
                 _binary(),
+                *cluster_args,
                 "--port",
                 str(self.port),
                 "--bind",
@@ -98,6 +146,13 @@ class RedisServer:
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
+    def kill(self) -> None:
+        """SIGKILL: the server dies at once, as a crashed machine would (its files stay)."""
+        process = self._process
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+            process.wait(5.0)
+
     def stop(self) -> None:
         process, self._process = self._process, None
         if process is not None:
@@ -112,17 +167,189 @@ class RedisServer:
         self._dir.cleanup()
 
 
-@pytest.fixture(scope="module", name="redis_server")
-def redis_server_fixture() -> Iterator[RedisServer]:
-    """One server for a test module (use `redis_url` for a flushed one per test)."""
+class RedisClusterNodes:
+    """A Redis Cluster on 127.0.0.1: `masters` masters with `replicas` replicas each.
+
+    Started with ``redis-cli --cluster create``; `start()` returns once every
+    node says ``cluster_state:ok`` and every replica's link to its master is
+    up, so a master killed at once is failed over. `cluster_node_timeout` (in
+    ms) sets how soon a dead master's replica takes over (about twice it).
+    """
+
+    def __init__(self, masters: int = 3, replicas: int = 1, cluster_node_timeout: int = 1000):
+        if masters < 3:
+            raise ValueError("redis-cli --cluster create wants at least 3 masters")
+        self.nodes = [
+            RedisServer(cluster_node_timeout) for _ in range(masters * (1 + replicas))
+        ]
+        self.replicas = replicas
+        self.url = self.nodes[0].url
+
+    def start(self) -> RedisClusterNodes:
+        try:
+            for node in self.nodes:
+                node.start()
+            create = subprocess.run(
+                [
+                    _binary("redis-cli"),
+                    "--cluster",
+                    "create",
+                    *(f"127.0.0.1:{node.port}" for node in self.nodes),
+                    "--cluster-replicas",
+                    str(self.replicas),
+                    "--cluster-yes",
+                ],
+                capture_output=True,
+                timeout=60,
+                check=False,
+            )
+            if create.returncode != 0:
+                raise RuntimeError(
+                    f"redis-cli --cluster create failed: {create.stdout.decode(errors='replace')}"
+                    f"{create.stderr.decode(errors='replace')}"
+                )
+            self.wait_until_ok()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def wait_until_ok(self, timeout: float = 30.0) -> None:
+        """Until every running node says the cluster is ok and sees every master linked up.
+
+        Raises:
+            TimeoutError: not within `timeout`.
+        """
+        deadline = time.monotonic() + timeout
+        last = ""
+        while True:
+            last = self._not_ok()
+            if not last:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the Redis Cluster is not ok after {timeout} s: {last}")
+            time.sleep(0.05)
+
+    def _not_ok(self) -> str:
+        """What keeps the cluster from being ok, or "" when nothing does."""
+        running = [node for node in self.nodes if node.running]
+        for node in running:
+            client = node.client()
+            try:
+                info = client.execute_command("CLUSTER", "INFO")
+                text = info.decode() if isinstance(info, bytes) else str(info)
+                if "cluster_state:ok" not in text:
+                    return f"node {node.port} is not ok"
+                role = client.info("replication")
+                if role.get("role") == "slave" and role.get("master_link_status") != "up":
+                    return f"replica {node.port} is not linked to its master"
+            except redis.RedisError as err:
+                return f"node {node.port}: {err}"
+            finally:
+                client.close()
+        return ""
+
+    def client(self) -> redis.RedisCluster:
+        """A redis-py cluster client of the running nodes."""
+        port = next(node.port for node in self.nodes if node.running)
+        return redis.RedisCluster(host="127.0.0.1", port=port, socket_connect_timeout=1.0)
+
+    def master_of(self, key: str) -> RedisServer:
+        """The node serving `key`'s slot now."""
+        client = self.client()
+        try:
+            node = client.get_node_from_key(key)
+            return next(n for n in self.nodes if n.port == node.port)
+        finally:
+            client.close()
+
+    def flush(self) -> None:
+        """Empty every master."""
+        client = self.client()
+        try:
+            client.flushall(target_nodes=redis.RedisCluster.PRIMARIES)
+        finally:
+            client.close()
+
+    @property
+    def running(self) -> bool:
+        return all(node.running for node in self.nodes)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+
+def raw_client(url: str) -> redis.Redis | redis.RedisCluster:
+    """A redis-py client for the server or cluster at `url`, for a test to look with."""
+    plain = redis.Redis.from_url(url, socket_connect_timeout=1.0)
+    try:
+        plain.execute_command("CLUSTER", "INFO")
+    except redis.ResponseError:
+        return plain
+    plain.close()
+    return redis.RedisCluster.from_url(url, socket_connect_timeout=1.0)
+
+
+def all_keys(url: str) -> list[str]:
+    """Every key of the server, or of every master of the cluster, at `url`, sorted."""
+    client = raw_client(url)
+    try:
+        if isinstance(client, redis.RedisCluster):
+            found = client.keys("*", target_nodes=redis.RedisCluster.PRIMARIES)
+        else:
+            found = client.keys("*")
+        return sorted(key.decode() for key in found)
+    finally:
+        client.close()
+
+
+_session_cluster: RedisClusterNodes | None = None
+
+
+def shared_cluster() -> RedisClusterNodes:
+    """The session's Redis Cluster: started on first use, stopped when Python exits.
+
+    One for all test modules, since starting one takes seconds; a test that
+    kills nodes uses `make_redis_cluster` instead.
+    """
+    global _session_cluster
+    if _session_cluster is None or not _session_cluster.running:
+        if _session_cluster is None:
+            atexit.register(_stop_shared_cluster)
+        else:
+            _session_cluster.stop()
+        _session_cluster = RedisClusterNodes().start()
+    return _session_cluster
+
+
+def _stop_shared_cluster() -> None:
+    if _session_cluster is not None:
+        _session_cluster.stop()
+
+
+@pytest.fixture(scope="module", name="redis_server", params=["single", "cluster"])
+def redis_server_fixture(
+    request: pytest.FixtureRequest,
+) -> Iterator[RedisServer | RedisClusterNodes]:
+    """One server for a test module, or the session's Redis Cluster.
+
+    Use `redis_url` for an emptied one per test.
+    """
+    if request.param == "cluster":
+        yield shared_cluster()
+        return
     server = RedisServer().start()
     yield server
     server.stop()
 
 
 @pytest.fixture(name="redis_url")
-def redis_url_fixture(redis_server: RedisServer) -> str:
-    """The module's server, emptied for this test."""
+def redis_url_fixture(redis_server: RedisServer | RedisClusterNodes) -> str:
+    """The module's server (or the session's cluster), emptied for this test."""
+    if isinstance(redis_server, RedisClusterNodes):
+        redis_server.flush()
+        return redis_server.url
     client = redis_server.client()
     try:
         client.flushall()
@@ -144,3 +371,18 @@ def make_redis_server_fixture() -> Iterator[Callable[[], RedisServer]]:
     yield make
     for server in started:
         server.stop()
+
+
+@pytest.fixture(name="make_redis_cluster")
+def make_redis_cluster_fixture() -> Iterator[Callable[..., RedisClusterNodes]]:
+    """Start Redis Clusters of the test's own (to kill nodes mid-test); all stop after it."""
+    started: list[RedisClusterNodes] = []
+
+    def make(**kwargs: int) -> RedisClusterNodes:
+        cluster = RedisClusterNodes(**kwargs)
+        started.append(cluster)
+        return cluster.start()
+
+    yield make
+    for cluster in started:
+        cluster.stop()

@@ -16,9 +16,11 @@ import redis
 from redis.crc import key_slot
 from redis_server import (  # noqa: F401 - fixtures
     RedisServer,
+    all_keys,
     free_port,
     make_redis_server_fixture,
     redis_server_fixture,
+    raw_client,
     redis_url_fixture,
 )
 
@@ -43,8 +45,8 @@ def limit(
     )
 
 
-def raw(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url)
+def raw(url: str) -> redis.Redis | redis.RedisCluster:
+    return raw_client(url)
 
 
 def assert_spaced(grants: list[tuple[int, float]], concurrency: int, interval: float) -> None:
@@ -157,10 +159,10 @@ def test_a_killed_waiter_leaves_its_slot_empty_and_the_next_shard_goes(redis_url
 
 def test_keys_are_namespaced_and_share_one_cluster_slot(redis_url: str) -> None:
     queue = RedisQueue(
-        redis_url, namespace="bot-a", session_start_limit=limit(10, concurrency=4), interval=0
+        redis_url, namespace="bot-a", session_start_limit=limit(10, concurrency=4), interval=5
     )
     queue.request(7, 8)
-    keys = sorted(key.decode() for key in raw(redis_url).keys("*"))
+    keys = all_keys(redis_url)
     assert keys == ["{bot-a}:bucket:3", "{bot-a}:budget", "{bot-a}:concurrency"]
     assert len({key_slot(key.encode()) for key in keys}) == 1
     with pytest.raises(ValueError):

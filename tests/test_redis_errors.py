@@ -141,6 +141,10 @@ class FakeClient:
     def pipeline(self, transaction: bool = False) -> FakePipeline:
         return FakePipeline(self)
 
+    def exists(self, key: str) -> int:
+        # The sink's probe while it waits to retry: the node answers.
+        return 0
+
 
 class FiniteCluster:
     """A cluster stand-in whose event stream ends after `count` events."""

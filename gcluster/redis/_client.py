@@ -1,54 +1,193 @@
-"""What every Redis piece shares: making the client, key names, the server's name in messages.
+"""What every Redis piece shares: the client, key names, the server's name in messages.
+
+A URL names one node; whether it is a single server or a node of a Redis
+Cluster is found out, not configured: `RedisTarget` asks the node ``CLUSTER
+INFO`` at first use (within the connect timeout) and from then on uses a
+plain `redis.Redis` or a `RedisCluster`, which follows the cluster's slots,
+MOVED redirections and failovers. Asking is the one way that always works:
+waiting for a MOVED reply instead would never notice a cluster whose node in
+the URL happens to hold the namespace's slot, and once that node died, a
+plain client would have no other node to go to.
 
 Calls to the client go through `gcluster.redis._calls.call`.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Final
 
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.cluster import RedisCluster
+from redis.commands.core import Script
 from redis.connection import SSLConnection
+from redis.exceptions import RedisClusterException, ResponseError
 from redis.retry import Retry
 
 from gcluster.errors import ConfigError
+from gcluster.redis._calls import call
 
-__all__ = ["Client", "hash_tag", "make_client", "safe_url"]
+__all__ = ["Client", "RedisTarget", "hash_tag", "make_client", "safe_url"]
+
+log = logging.getLogger(__name__)
 
 Client = redis.Redis | RedisCluster
 
 _PASSWORD_PARAMETER: Final = re.compile(r"([?&]password=)[^&#]*")
+# How often a cluster client may refresh its map of the slots after an
+# error: a failover is noticed this soon after the replica's promotion.
+_TOPOLOGY_REFRESH: Final = 0.2
 
 
-def make_client(
-    url: str | None, client: Client | None, *, connect_timeout: float, timeout: float
-) -> Client:
-    """The given client, or one for `url` whose failures surface within the timeouts.
+def _retry() -> Retry:
+    # Two quick retries ride over a connection that went stale (a Redis
+    # restart); a Redis that is down fails within the connect timeout.
+    return Retry(ExponentialBackoff(cap=0.2, base=0.02), 2)
+
+
+class RedisTarget:
+    """The Redis a piece talks to: one server or a Redis Cluster, told apart at first use.
+
+    Args:
+        url: a node's URL (or pass `client`).
+        client: a ready redis-py client, used as it is.
+        connect_timeout, timeout: seconds to connect and to wait for a reply.
 
     Raises:
         ConfigError: neither (or both of) url and client, or a URL redis-py refuses.
     """
-    if client is not None:
+
+    def __init__(
+        self,
+        url: str | None,
+        client: Client | None,
+        *,
+        connect_timeout: float,
+        timeout: float,
+    ) -> None:
+        if client is not None and url is not None:
+            raise ConfigError("pass either url or client, not both")
+        if client is None and url is None:
+            raise ConfigError("a Redis url or client is needed")
+        self.url = url
+        self._connect_timeout = connect_timeout
+        self._timeout = timeout
+        self._client: Client | None = client
+        self._plain: redis.Redis | None = None
+        self._scripts: dict[str, Script] = {}
+        if client is None:
+            assert url is not None
+            # Made now (it connects only when used) so a bad URL fails here.
+            try:
+                self._plain = redis.Redis.from_url(
+                    url,
+                    socket_connect_timeout=connect_timeout,
+                    socket_timeout=timeout,
+                    retry=_retry(),
+                )
+            except ValueError as err:
+                raise ConfigError(
+                    f"not a Redis URL redis-py takes: {safe_url(url)} ({err})"
+                ) from err
+
+    def __repr__(self) -> str:
+        return f"<RedisTarget {self.describe()}>"
+
+    @property
+    def client(self) -> Client | None:
+        """The client, once known (always, when one was given)."""
+        return self._client
+
+    def get(self) -> Client:
+        """The client; the first call asks the node whether it is part of a Redis Cluster.
+
+        Call it from the greenlet (not from a function `call` runs in the
+        thread pool): the first call blocks only the calling greenlet.
+
+        Raises:
+            RedisCallError: the node did not answer (the next call asks again).
+        """
+        client = self._client
+        if client is None:
+            client = self._client = call(self._detect)
+        return client
+
+    def script(self, text: str) -> Script:
+        """`text` as a redis-py `Script` of the client (`get()`: the first call may ask the node).
+
+        Raises:
+            RedisCallError: the node did not answer.
+        """
+        script = self._scripts.get(text)
+        if script is None:
+            script = self._scripts[text] = self.get().register_script(text)
+        return script
+
+    def _detect(self) -> Client:
+        """Run in the thread pool: the plain client, or a cluster client starting at the URL."""
+        plain = self._plain
+        assert plain is not None and self.url is not None
+        try:
+            plain.execute_command("CLUSTER", "INFO")  # type: ignore[no-untyped-call]
+        except ResponseError as err:
+            # "cluster support disabled" on a plain server; anything else (an
+            # ACL refusing CLUSTER, a proxy that does not know it) means the
+            # server routes keys itself: a plain client is right either way.
+            if "disabled" not in str(err):
+                log.debug("redis: CLUSTER INFO refused (%s); using %s as one server", err, self)
+            return plain
+        try:
+            cluster = RedisCluster.from_url(
+                self.url,
+                socket_connect_timeout=self._connect_timeout,
+                socket_timeout=self._timeout,
+                retry=_retry(),
+                # A slot whose master is down must not keep the others from working.
+                require_full_coverage=False,
+                topology_refresh_min_interval=_TOPOLOGY_REFRESH,
+            )
+        except RedisClusterException as err:
+            if "db" in str(err):
+                raise ConfigError(
+                    f"{safe_url(self.url)} is a Redis Cluster node: a cluster has only "
+                    "database 0, so leave the database out of the URL"
+                ) from err
+            raise
+        plain.close()
+        log.info("redis: %s is a node of a Redis Cluster: following its slots", safe_url(self.url))
+        return cluster
+
+    def describe(self) -> str:
+        """The server's URL without a password, for messages."""
+        return safe_url(self.url, self._client)
+
+    def close(self) -> None:
+        """Close the client's connections (the owner of a given client calls it, or nobody)."""
+        if self._client is not None:
+            self._client.close()
+        if self._plain is not None:
+            self._plain.close()
+
+
+def make_client(
+    url: str | None,
+    client: Client | RedisTarget | None,
+    *,
+    connect_timeout: float,
+    timeout: float,
+) -> RedisTarget:
+    """A `RedisTarget` for the given client or for `url` (a given target is shared as it is).
+
+    Raises:
+        ConfigError: neither (or both of) url and client, or a URL redis-py refuses.
+    """
+    if isinstance(client, RedisTarget):
         if url is not None:
             raise ConfigError("pass either url or client, not both")
         return client
-    if url is None:
-        raise ConfigError("a Redis url or client is needed")
-    # Two quick retries ride over a connection that went stale (a Redis
-    # restart); a Redis that is down fails within the connect timeout.
-    retry = Retry(ExponentialBackoff(cap=0.2, base=0.02), 2)
-    try:
-        return redis.Redis.from_url(
-            url,
-            socket_connect_timeout=connect_timeout,
-            socket_timeout=timeout,
-            retry=retry,
-        )
-    except ValueError as err:
-        raise ConfigError(f"not a Redis URL redis-py takes: {safe_url(url)} ({err})") from err
+    return RedisTarget(url, client, connect_timeout=connect_timeout, timeout=timeout)
 
 
 def hash_tag(namespace: str) -> str:
@@ -68,6 +207,8 @@ def safe_url(url: str | None, client: Client | None = None) -> str:
     Without `url`, the URL of the server `client` connects to (never its
     password), e.g. "redis://10.0.0.5:6379/0".
     """
+    if isinstance(client, RedisCluster) and url is not None:
+        return f"{safe_url(url)} (Redis Cluster)"
     if url is None:
         return _client_url(client)
     # By hand rather than with urlsplit: a password holding "/" or "?" that

@@ -26,7 +26,7 @@ from gevent.event import Event as Flag
 
 from gcluster.errors import ConfigError, RedisCallError
 from gcluster.redis._calls import call
-from gcluster.redis._client import Client, hash_tag, make_client, safe_url
+from gcluster.redis._client import Client, hash_tag, make_client
 from gcluster.redis.inbox import default_consumer
 
 __all__ = ["ShardLease"]
@@ -55,7 +55,8 @@ class ShardLease:
     """The right to run one slice of shards, held in Redis while this process lives.
 
     Args:
-        url: e.g. "redis://localhost:6379/0" (or pass `client`).
+        url: e.g. "redis://localhost:6379/0": a single server, or any node of a
+            Redis Cluster (found out at first use). Or pass `client`.
         name: names the slice, e.g. "process:0/4"; processes that may run
             the same shards use the same name.
         namespace: the bot's key prefix and hash tag.
@@ -92,15 +93,17 @@ class ShardLease:
         self.owner = owner or default_consumer()
         self.ttl = ttl
         self.on_lost = on_lost
-        self._url = url
         self._owns_client = client is None
         timeout = min(timeout, ttl / 3)
-        self._client = make_client(url, client, connect_timeout=connect_timeout, timeout=timeout)
-        self._renew_script = self._client.register_script(_RENEW)
-        self._release_script = self._client.register_script(_RELEASE)
+        self._redis = make_client(url, client, connect_timeout=connect_timeout, timeout=timeout)
         self._held = False
         self._renewer: gevent.Greenlet | None = None
         self._released = Flag()
+
+    @property
+    def _client(self) -> Client:
+        # The first use asks the node whether it is part of a Redis Cluster.
+        return self._redis.get()
 
     def __repr__(self) -> str:
         state = "held" if self._held else "not held"
@@ -134,7 +137,7 @@ class ShardLease:
                 )
                 holder = None if taken else self.holder()
             except RedisCallError as err:
-                where = safe_url(self._url, self._client)
+                where = self._redis.describe()
                 taken, holder = False, f"unknown (Redis at {where} failed: {err})"
             if taken:
                 self._held = True
@@ -163,7 +166,7 @@ class ShardLease:
         if renewer is not None and renewer is not gevent.getcurrent():
             renewer.kill()
         try:
-            call(self._release_script, keys=[self.key], args=[self.owner])
+            call(self._redis.script(_RELEASE), keys=[self.key], args=[self.owner])
             log.info("lease %s: released by %s", self.key, self.owner)
         except RedisCallError as err:
             log.warning("lease %s: could not release (it expires by itself): %s", self.key, err)
@@ -172,7 +175,7 @@ class ShardLease:
         """Release, and close the connections of a client this lease made."""
         self.release()
         if self._owns_client:
-            self._client.close()
+            self._redis.close()
 
     def _renew_loop(self, renewed_at: float) -> None:
         interval = self.ttl / 3
@@ -180,7 +183,9 @@ class ShardLease:
             started = time.monotonic()
             try:
                 ours = call(
-                    self._renew_script, keys=[self.key], args=[self.owner, int(self.ttl * 1000)]
+                    self._redis.script(_RENEW),
+                    keys=[self.key],
+                    args=[self.owner, int(self.ttl * 1000)],
                 )
             except RedisCallError as err:
                 if time.monotonic() - renewed_at < self.ttl * _GIVE_UP:

@@ -59,7 +59,7 @@ from gcluster.errors import (
 )
 from gcluster.events import Event, EventType
 from gcluster.redis._calls import call
-from gcluster.redis._client import Client, hash_tag, make_client, safe_url
+from gcluster.redis._client import Client, hash_tag, make_client
 from gcluster.redis.inbox import CommandInbox
 
 __all__ = [
@@ -68,17 +68,25 @@ __all__ = [
     "StreamError",
     "StreamSink",
     "decode_event",
+    "default_stream",
     "encode_event",
     "event_stream_key",
 ]
 
 log = logging.getLogger(__name__)
 
-#: The stream every event goes to unless told otherwise.
+#: The default stream of gcluster before 0.2 (outside every namespace's hash
+#: tag). Pass it as ``stream=`` to keep a deployment on it; the default is now
+#: `default_stream(namespace)`.
 DEFAULT_STREAM: Final = "gcluster:events"
 
 # While the buffer stays full, repeat the warning at most this often.
 _WARN_EVERY: Final = 10.0
+# While Redis cannot be reached, ask this often whether it can again.
+_PROBE_EVERY: Final = 0.1
+# Error replies of a Redis Cluster between two masters of a slot, or of a
+# demoted master: the slot will be served again without anyone's help.
+_TOPOLOGY_REPLIES: Final = ("CLUSTERDOWN", "TRYAGAIN", "MOVED", "ASK", "READONLY", "LOADING")
 
 # Every kind by the name its events carry; dispatch names this version does not
 # know decode as UNKNOWN, as they do in a shard.
@@ -94,6 +102,44 @@ class EventSource(Protocol):
 
 
 # --- the envelope ---------------------------------------------------------------
+
+
+def default_stream(namespace: str) -> str:
+    """The stream events go to unless told otherwise: ``{namespace}:events``.
+
+    It shares the namespace's Redis Cluster hash tag with every other key of
+    the bot, so the sink's events, the command inboxes and the session store
+    all live on one node of a cluster.
+
+    Raises:
+        ConfigError: the namespace is empty or holds braces.
+    """
+    return f"{hash_tag(namespace)}:events"
+
+
+def warn_of_old_stream(client: Any, stream: str, namespace: str, who: str) -> None:
+    """Log once when the stream of gcluster < 0.2 still holds events and the default is in use.
+
+    Run in the thread pool, best effort: a Redis failure here only skips the check.
+    """
+    if stream != default_stream(namespace):
+        return
+    try:
+        length = client.xlen(DEFAULT_STREAM)
+    except Exception:  # noqa: BLE001 - a check only; the real calls report failures
+        return
+    if length:
+        log.warning(
+            "%s: %r holds %d events: the default stream of gcluster < 0.2. Events now go "
+            "to %r; run a worker with stream=%r until it is empty, then delete it "
+            "(or keep sink and workers on it with --stream %s)",
+            who,
+            DEFAULT_STREAM,
+            length,
+            stream,
+            DEFAULT_STREAM,
+            DEFAULT_STREAM,
+        )
 
 
 def event_stream_key(stream: str, name: str) -> str:
@@ -186,8 +232,10 @@ class StreamSink:
     Args:
         cluster: the `Cluster` whose `events()` to publish (the sink is then
             its only reader).
-        url: e.g. "redis://localhost:6379/0" (or pass `client`).
-        stream: the stream every event goes to.
+        url: e.g. "redis://localhost:6379/0", a single server or any node of
+            a Redis Cluster (or pass `client`).
+        stream: the stream every event goes to; default
+            `default_stream(namespace)`, ``{namespace}:events``.
         per_event_streams: one stream per event name instead, named by
             `event_stream_key(stream, name)`; workers then pick their names.
         maxlen: trim each stream to about this many entries (`MAXLEN ~`);
@@ -214,7 +262,7 @@ class StreamSink:
         cluster: Any,
         url: str | None = None,
         *,
-        stream: str = DEFAULT_STREAM,
+        stream: str | None = None,
         per_event_streams: bool = False,
         maxlen: int | None = 1_000_000,
         batch: int = 500,
@@ -232,6 +280,8 @@ class StreamSink:
             raise ConfigError(f"buffer ({buffer}) must hold at least one batch ({batch})")
         if maxlen is not None and maxlen < 1:
             raise ConfigError(f"maxlen must be at least 1 (or None), not {maxlen}")
+        if stream is None:
+            stream = default_stream(namespace)  # checks the namespace
         if not stream:
             raise ConfigError("stream must be a non-empty key")
         hash_tag(namespace)  # checks it
@@ -242,21 +292,21 @@ class StreamSink:
         self.batch = batch
         self.buffer = buffer
         self.namespace = namespace
-        self._url = url
         self._owns_client = client is None
-        self._client = make_client(url, client, connect_timeout=connect_timeout, timeout=timeout)
+        self._redis = make_client(url, client, connect_timeout=connect_timeout, timeout=timeout)
         self._retry = retry if retry is not None else Backoff(base=0.1, cap=5.0)
         # A plain client's pipeline is packed by hand: redis-py's generic
         # packing costs more than the rest of publishing an event together.
-        client_ = self._client
-        self._packer = _XaddPacker(client_, maxlen) if type(client_) is redis.Redis else None
+        # Which client it is is known at the first publish.
+        self._packer: _XaddPacker | None = None
+        self._packer_for: Client | None = None
         self._keys: dict[str, str] = {}
         # A Cluster's sessions must not be saved past events Redis has not
         # taken: the sink finishes events itself, once published.
         self._finish: Callable[[int], None] | None = getattr(cluster, "finish", None)
         self._inbox: CommandInbox | None = None
         if commands:
-            self._inbox = CommandInbox(cluster, client=self._client, namespace=namespace)
+            self._inbox = CommandInbox(cluster, client=self._redis, namespace=namespace)
         self._pending: deque[tuple[int, Event]] = deque()
         self._has_events = Flag()  # something to publish, or reading ended
         self._room = Flag()  # the buffer has room: reading may go on
@@ -281,10 +331,15 @@ class StreamSink:
         self._outage_since: float | None = None
         self._last_error: str | None = None
 
+    @property
+    def _client(self) -> Client:
+        # The first use asks the node whether it is part of a Redis Cluster.
+        return self._redis.get()
+
     def __repr__(self) -> str:
         target = "per-event streams" if self.per_event_streams else "stream"
         return (
-            f"<StreamSink {safe_url(self._url, self._client)} {target} {self.stream!r} "
+            f"<StreamSink {self._redis.describe()} {target} {self.stream!r} "
             f"buffered={len(self._pending)}>"
         )
 
@@ -377,7 +432,7 @@ class StreamSink:
             "sink: %d events read from the cluster could not be published to Redis at %s "
             "within %s s; they are dropped",
             lost,
-            safe_url(self._url, self._client),
+            self._redis.describe(),
             timeout,
         )
         publisher = self._publisher
@@ -390,7 +445,7 @@ class StreamSink:
     def close(self) -> None:
         """Close the connections of a client this sink made (not of one it was given)."""
         if self._owns_client:
-            self._client.close()
+            self._redis.close()
 
     def stats(self) -> SinkStats:
         """The counters now."""
@@ -481,6 +536,10 @@ class StreamSink:
     # --- publishing ----------------------------------------------------------------
 
     def _publish_loop(self) -> None:
+        try:
+            call(warn_of_old_stream, self._redis.get(), self.stream, self.namespace, "sink")
+        except RedisCallError:
+            pass  # the first batch reports it
         pending = self._pending
         backoff = self._retry.reset()
         low_water = self.buffer - self.batch
@@ -494,12 +553,11 @@ class StreamSink:
                 continue
             items = list(islice(pending, self.batch))
             try:
-                call(self._send, items)
+                call(self._send, self._redis.get(), items)
             except RedisCallError as err:
                 self._failed(err)
                 backoff = backoff.increment()
-                if self._retry_now.wait(backoff.delay(random.random)):
-                    self._retry_now.clear()
+                self._wait_to_retry(backoff.delay(random.random), err)
                 continue
             if self._outage_since is not None:
                 self._recovered()
@@ -513,13 +571,47 @@ class StreamSink:
             if not self._room.is_set() and len(pending) <= low_water:
                 self._room.set()
 
-    def _send(self, items: list[tuple[int, Event]]) -> None:
+    def _wait_to_retry(self, delay: float, err: RedisCallError) -> None:
+        """Sleep out `delay` before the next attempt, or less: `stop()`, or Redis answering again.
+
+        While the failure is one of reaching Redis (no answer, or a cluster
+        between masters: CLUSTERDOWN, TRYAGAIN, MOVED, a replica's READONLY),
+        a one-key command probes every `_PROBE_EVERY` seconds whether the
+        stream's slot is served again, so the buffered events go as soon as a
+        replica is promoted or Redis is back, not after the rest of a long
+        backoff. An error Redis answers with for the batch itself (a key of
+        the wrong type) is retried on the backoff alone.
+        """
+        deadline = time.monotonic() + delay
+        probing = _unreachable(err)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            if self._retry_now.wait(min(left, _PROBE_EVERY) if probing else left):
+                self._retry_now.clear()
+                return
+            if probing and self._answers():
+                return
+
+    def _answers(self) -> bool:
+        """Whether the node serving the stream's slot answers a one-key command now."""
+        try:
+            call(self._redis.get().exists, self.key(""))
+        except RedisCallError:
+            return False
+        return True
+
+    def _send(self, client: Client, items: list[tuple[int, Event]]) -> None:
         """Run in the thread pool: encode a batch and send it as one pipeline."""
+        if self._packer_for is not client:
+            self._packer_for = client
+            self._packer = _XaddPacker(client, self.maxlen) if type(client) is redis.Redis else None
         packer = self._packer
         if packer is not None:
             packer.send([(self.key(e.name), shard_id, e) for shard_id, e in items])
             return
-        pipe = self._client.pipeline(transaction=False)
+        pipe = client.pipeline(transaction=False)
         key = self.key
         maxlen = self.maxlen
         for shard_id, event in items:
@@ -534,7 +626,7 @@ class StreamSink:
             self._outages += 1
             log.warning(
                 "sink: Redis at %s failed: %s; buffering events (up to %d) and retrying",
-                safe_url(self._url, self._client),
+                self._redis.describe(),
                 self._last_error,
                 self.buffer,
             )
@@ -548,7 +640,7 @@ class StreamSink:
         self._outage_since = None
         log.info(
             "sink: Redis at %s answers again after %.1f s; publishing %d buffered events",
-            safe_url(self._url, self._client),
+            self._redis.describe(),
             lasted,
             len(self._pending),
         )
@@ -642,3 +734,8 @@ def _connection(pool: Any) -> Any:
 def _backlog(cluster: Any) -> int | str:
     backlog = getattr(cluster, "backlog", None)
     return backlog if isinstance(backlog, int) else "?"
+
+
+def _unreachable(err: RedisCallError) -> bool:
+    """Whether a failure is one of reaching Redis rather than an answer about the command."""
+    return err.reply is None or err.reply.startswith(_TOPOLOGY_REPLIES)
