@@ -179,9 +179,7 @@ class RedisClusterNodes:
     def __init__(self, masters: int = 3, replicas: int = 1, cluster_node_timeout: int = 1000):
         if masters < 3:
             raise ValueError("redis-cli --cluster create wants at least 3 masters")
-        self.nodes = [
-            RedisServer(cluster_node_timeout) for _ in range(masters * (1 + replicas))
-        ]
+        self.nodes = [RedisServer(cluster_node_timeout) for _ in range(masters * (1 + replicas))]
         self.replicas = replicas
         self.url = self.nodes[0].url
 

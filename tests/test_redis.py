@@ -19,8 +19,8 @@ from redis_server import (  # noqa: F401 - fixtures
     all_keys,
     free_port,
     make_redis_server_fixture,
-    redis_server_fixture,
     raw_client,
+    redis_server_fixture,
     redis_url_fixture,
 )
 

@@ -111,7 +111,4 @@ class RedisSessionStore:
         return SessionStoreError(f"session store: could not {action} at Redis {where}: {err}")
 
     def __repr__(self) -> str:
-        return (
-            f"RedisSessionStore({self._redis.describe()!r}, "
-            f"namespace={self.namespace!r})"
-        )
+        return f"RedisSessionStore({self._redis.describe()!r}, namespace={self.namespace!r})"
