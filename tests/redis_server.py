@@ -261,6 +261,24 @@ class RedisClusterNodes:
         finally:
             client.close()
 
+    def other_url(self, key: str) -> str:
+        """The URL of a node that does not serve `key`'s slot: a replica of another master.
+
+        Whatever the library is given must work from there as well.
+        """
+        serving = self.master_of(key)
+        for node in self.nodes:
+            if node is serving or not node.running:
+                continue
+            client = node.client()
+            try:
+                info = client.info("replication")
+            finally:
+                client.close()
+            if info.get("role") == "slave" and info.get("master_port") != serving.port:
+                return node.url
+        raise RuntimeError(f"no node outside the slot of {key!r}")
+
     def flush(self) -> None:
         """Empty every master."""
         client = self.client()
