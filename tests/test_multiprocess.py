@@ -23,11 +23,11 @@ from typing import IO, Any
 
 import gevent
 import pytest
-import redis
 from conftest import TIMEOUT
 from gevent import subprocess
 from redis_server import (  # noqa: F401 - fixtures
     RedisServer,
+    all_keys,
     make_redis_server_fixture,
     redis_server_fixture,
     redis_url_fixture,
@@ -552,8 +552,4 @@ def test_the_multiprocess_example_runs_processes_that_share_redis(redis_url: str
     # Each stopped by itself once the events were in (2 shards x 5 events).
     assert out.count("stopped after 10 events") == 3, out
     # Nothing of the run is left in Redis.
-    client = redis.Redis.from_url(redis_url)
-    try:
-        assert client.keys("*") == []
-    finally:
-        client.close()
+    assert all_keys(redis_url) == []
