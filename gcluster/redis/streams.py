@@ -44,7 +44,14 @@ import gevent
 import redis
 import ujson
 from gevent.event import Event as Flag
-from redis.exceptions import ResponseError
+from redis.cluster import RedisCluster
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    ReadOnlyError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.typing import EncodableT, FieldT
 
 from gcluster._json import JsonReady
@@ -86,7 +93,17 @@ _WARN_EVERY: Final = 10.0
 _PROBE_EVERY: Final = 0.1
 # Error replies of a Redis Cluster between two masters of a slot, or of a
 # demoted master: the slot will be served again without anyone's help.
-_TOPOLOGY_REPLIES: Final = ("CLUSTERDOWN", "TRYAGAIN", "MOVED", "ASK", "READONLY", "LOADING")
+_TOPOLOGY_ERRORS: Final = (AskError, TryAgainError, ClusterDownError, ReadOnlyError)
+# How long a batch waits for a replica of a cluster's master to confirm it
+# (on a healthy link it takes well under a millisecond) ...
+_WAIT_MS: Final = 500
+# ... and how long the sink stops waiting after a replica failed to: a dead
+# replica must not slow every batch down until the cluster forgets it.
+_REPLICATION_PAUSE: Final = 10.0
+_WAIT_COMMAND: Final = b"*3\r\n$4\r\nWAIT\r\n$1\r\n1\r\n$%d\r\n%d\r\n" % (
+    len(str(_WAIT_MS)),
+    _WAIT_MS,
+)
 
 # Every kind by the name its events carry; dispatch names this version does not
 # know decode as UNKNOWN, as they do in a shard.
@@ -205,6 +222,8 @@ class SinkStats(JsonReady):
         outages: how many times Redis went from answering to failing.
         outage_seconds: total time spent failing, the current outage included.
         last_error: the latest failure, or None.
+        unreplicated: events a Redis Cluster master took that no replica
+            confirmed within 0.5 s (a failover at that moment would lose them).
     """
 
     read: int
@@ -217,6 +236,7 @@ class SinkStats(JsonReady):
     outages: int
     outage_seconds: float
     last_error: str | None
+    unreplicated: int = 0
 
 
 class _StopReading(BaseException):
@@ -295,11 +315,12 @@ class StreamSink:
         self._owns_client = client is None
         self._redis = make_client(url, client, connect_timeout=connect_timeout, timeout=timeout)
         self._retry = retry if retry is not None else Backoff(base=0.1, cap=5.0)
-        # A plain client's pipeline is packed by hand: redis-py's generic
+        # A batch is packed by hand and sent on one connection to the server
+        # (or to the master serving the stream's slot): redis-py's generic
         # packing costs more than the rest of publishing an event together.
-        # Which client it is is known at the first publish.
-        self._packer: _XaddPacker | None = None
-        self._packer_for: Client | None = None
+        self._packer = _XaddPacker(maxlen)
+        self._replication_wait_after = 0.0  # monotonic time before which WAIT is skipped
+        self._unreplicated = 0
         self._keys: dict[str, str] = {}
         # A Cluster's sessions must not be saved past events Redis has not
         # taken: the sink finishes events itself, once published.
@@ -463,6 +484,7 @@ class StreamSink:
             outages=self._outages,
             outage_seconds=outage,
             last_error=self._last_error,
+            unreplicated=self._unreplicated,
         )
 
     # --- reading -----------------------------------------------------------------
@@ -603,13 +625,28 @@ class StreamSink:
         return True
 
     def _send(self, client: Client, items: list[tuple[int, Event]]) -> None:
-        """Run in the thread pool: encode a batch and send it as one pipeline."""
-        if self._packer_for is not client:
-            self._packer_for = client
-            self._packer = _XaddPacker(client, self.maxlen) if type(client) is redis.Redis else None
-        packer = self._packer
-        if packer is not None:
-            packer.send([(self.key(e.name), shard_id, e) for shard_id, e in items])
+        """Run in the thread pool: encode a batch and send it as one pipeline.
+
+        On a Redis Cluster the batch goes to the master serving the stream's
+        slot (every stream of a sink shares one hash tag), followed by ``WAIT
+        1`` when the slot has a replica: the events leave the buffer (and
+        the shards' sessions move past them) only once a replica holds them,
+        so a master that dies right after taking a batch does not take the
+        batch with it. A MOVED or a dead master fails the batch; the probe in
+        `_wait_to_retry`, through the cluster client, refreshes its map of
+        the slots and the next attempt goes to the new master.
+        """
+        batch = [(self.key(e.name), shard_id, e) for shard_id, e in items]
+        if isinstance(client, RedisCluster):
+            slot_key = batch[0][0]
+            node = client.get_node_from_key(slot_key)  # type: ignore[no-untyped-call]
+            wait = self._replicas_to_wait_for(client, slot_key)
+            acked = self._packer.send(client.get_redis_connection(node), batch, wait)
+            if wait and acked is not None and acked < 1:
+                self._not_replicated(len(items))
+            return
+        if type(client) is redis.Redis:
+            self._packer.send(client, batch, False)
             return
         pipe = client.pipeline(transaction=False)
         key = self.key
@@ -617,6 +654,26 @@ class StreamSink:
         for shard_id, event in items:
             pipe.xadd(key(event.name), encode_event(shard_id, event), maxlen=maxlen)
         pipe.execute()
+
+    def _replicas_to_wait_for(self, client: RedisCluster, key: str) -> bool:
+        """Whether to WAIT for a replica: the slot has one, and the last WAIT did not time out."""
+        if time.monotonic() < self._replication_wait_after:
+            return False
+        replica = client.get_node_from_key(key, replica=True)  # type: ignore[no-untyped-call]
+        return replica is not None
+
+    def _not_replicated(self, count: int) -> None:
+        """A replica did not confirm a batch in time: count it, and stop waiting for a while."""
+        self._unreplicated += count
+        self._replication_wait_after = time.monotonic() + _REPLICATION_PAUSE
+        log.warning(
+            "sink: no replica of the stream's master confirmed %d events within %d ms: "
+            "taken as published (a failover now would lose them); not waiting for "
+            "replicas for %.0f s",
+            count,
+            _WAIT_MS,
+            _REPLICATION_PAUSE,
+        )
 
     def _failed(self, err: RedisCallError) -> None:
         self._failures += 1
@@ -655,12 +712,11 @@ class _XaddPacker:
 
     What `client.pipeline()` + `xadd()` would send, byte for byte, without
     redis-py's per-argument encoding; replies are read with redis-py's own
-    parser. Only for a plain `redis.Redis` client (a cluster client routes
-    each key to its node).
+    parser. Sent with a plain `redis.Redis` client: the server's, or that of
+    the cluster node serving the batch's slot.
     """
 
-    def __init__(self, client: redis.Redis, maxlen: int | None) -> None:
-        self._client = client
+    def __init__(self, maxlen: int | None) -> None:
         self._trim = [b"MAXLEN", b"~", b"%d" % maxlen] if maxlen is not None else []
         self._heads: dict[str, bytes] = {}
         self._shards: dict[int, bytes] = {}
@@ -697,23 +753,34 @@ class _XaddPacker:
             )
         )
 
-    def send(self, batch: list[tuple[str, int, Event]]) -> None:
-        """XADD every event; raise the first error Redis answered with, if any.
+    def send(
+        self, client: redis.Redis, batch: list[tuple[str, int, Event]], wait: bool
+    ) -> int | None:
+        """XADD every event (then ``WAIT 1`` if `wait`); raise the first error Redis answered with.
 
         Runs inside `call`, which turns what it raises into `RedisCallError`;
         an error reply is only held here until every reply has been read.
+
+        Returns:
+            How many replicas confirmed the batch (WAIT's reply), or None without `wait`.
         """
-        payload = b"".join([self.pack(key, shard_id, event) for key, shard_id, event in batch])
-        pool = self._client.connection_pool
+        parts = [self.pack(key, shard_id, event) for key, shard_id, event in batch]
+        if wait:
+            # On the same connection: WAIT counts this connection's writes.
+            parts.append(_WAIT_COMMAND)
+        pool = client.connection_pool
         conn = _connection(pool)
         error: ResponseError | None = None
+        acked: int | None = None
         try:
-            conn.send_packed_command([payload])
+            conn.send_packed_command([b"".join(parts)])
             for _ in batch:
                 try:
                     conn.read_response()
                 except ResponseError as err:
                     error = error or err
+            if wait:
+                acked = int(conn.read_response())
         except BaseException:
             # Replies may be left unread: this connection cannot be reused.
             conn.disconnect()
@@ -722,6 +789,7 @@ class _XaddPacker:
             pool.release(conn)
         if error is not None:
             raise error
+        return acked
 
 
 def _connection(pool: Any) -> Any:
@@ -738,4 +806,4 @@ def _backlog(cluster: Any) -> int | str:
 
 def _unreachable(err: RedisCallError) -> bool:
     """Whether a failure is one of reaching Redis rather than an answer about the command."""
-    return err.reply is None or err.reply.startswith(_TOPOLOGY_REPLIES)
+    return err.reply is None or isinstance(err.__cause__, _TOPOLOGY_ERRORS)
