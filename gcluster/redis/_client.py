@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from typing import Final
 
+import gevent
 import redis
+from gevent.event import Event as Flag
 from redis.backoff import ExponentialBackoff
 from redis.cluster import RedisCluster
 from redis.commands.core import Script
@@ -26,8 +29,8 @@ from redis.connection import SSLConnection
 from redis.exceptions import RedisClusterException, ResponseError
 from redis.retry import Retry
 
-from gcluster.errors import ConfigError
-from gcluster.redis._calls import call
+from gcluster.errors import ConfigError, RedisCallError
+from gcluster.redis._calls import call, unreachable
 
 __all__ = ["Client", "RedisTarget", "hash_tag", "make_client", "safe_url"]
 
@@ -39,6 +42,8 @@ _PASSWORD_PARAMETER: Final = re.compile(r"([?&]password=)[^&#]*")
 # How often a cluster client may refresh its map of the slots after an
 # error: a failover is noticed this soon after the replica's promotion.
 _TOPOLOGY_REFRESH: Final = 0.2
+# While Redis cannot be reached, ask this often whether it can again.
+_PROBE_EVERY: Final = 0.1
 
 
 def _retry() -> Retry:
@@ -124,6 +129,45 @@ class RedisTarget:
         if script is None:
             script = self._scripts[text] = self.get().register_script(text)
         return script
+
+    def answers(self, key: str) -> bool:
+        """Whether the node serving `key` (its slot's master on a cluster) answers now."""
+        try:
+            call(self.get().exists, key)
+        except RedisCallError:
+            return False
+        return True
+
+    def sleep_until_served(
+        self, key: str, delay: float, err: RedisCallError, wake: Flag | None = None
+    ) -> bool:
+        """Sleep `delay` seconds after `err`, or until `key`'s node answers again, or `wake`.
+
+        While `err` is a failure to reach Redis (no answer; a Redis Cluster
+        between masters), a one-key command asks every `_PROBE_EVERY` seconds
+        whether the node serving `key` answers (through a cluster client,
+        which refreshes its map of the slots as it goes): a failed-over
+        master is noticed within that, not after the rest of a backoff that
+        grew during the failover. After an error Redis answered (a key of
+        the wrong type), it sleeps `delay` out.
+
+        Returns:
+            True when `wake` was set (it is left set for the caller to clear).
+        """
+        deadline = time.monotonic() + delay
+        probing = unreachable(err)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            step = min(left, _PROBE_EVERY) if probing else left
+            if wake is not None:
+                if wake.wait(step):
+                    return True
+            else:
+                gevent.sleep(step)
+            if probing and self.answers(key):
+                return False
 
     def _detect(self) -> Client:
         """Run in the thread pool: the plain client, or a cluster client starting at the URL."""

@@ -376,7 +376,10 @@ class CommandInbox:
                 self._last_error,
             )
         backoff = backoff.increment()
-        self._wake.wait(backoff.delay(random.random))
+        # Woken by stop(), or early once the inboxes' slot is served again.
+        self._redis.sleep_until_served(
+            shard_count_key(self.namespace), backoff.delay(random.random), err, self._wake
+        )
         return backoff
 
     # --- sending -------------------------------------------------------------------

@@ -45,13 +45,7 @@ import redis
 import ujson
 from gevent.event import Event as Flag
 from redis.cluster import RedisCluster
-from redis.exceptions import (
-    AskError,
-    ClusterDownError,
-    ReadOnlyError,
-    ResponseError,
-    TryAgainError,
-)
+from redis.exceptions import ResponseError
 from redis.typing import EncodableT, FieldT
 
 from gcluster._json import JsonReady
@@ -89,11 +83,6 @@ DEFAULT_STREAM: Final = "gcluster:events"
 
 # While the buffer stays full, repeat the warning at most this often.
 _WARN_EVERY: Final = 10.0
-# While Redis cannot be reached, ask this often whether it can again.
-_PROBE_EVERY: Final = 0.1
-# Error replies of a Redis Cluster between two masters of a slot, or of a
-# demoted master: the slot will be served again without anyone's help.
-_TOPOLOGY_ERRORS: Final = (AskError, TryAgainError, ClusterDownError, ReadOnlyError)
 # How long a batch waits for a replica of a cluster's master to confirm it
 # (on a healthy link it takes well under a millisecond) ...
 _WAIT_MS: Final = 500
@@ -594,35 +583,14 @@ class StreamSink:
                 self._room.set()
 
     def _wait_to_retry(self, delay: float, err: RedisCallError) -> None:
-        """Sleep out `delay` before the next attempt, or less: `stop()`, or Redis answering again.
+        """Sleep out `delay` before the next attempt; less on `stop()` or once Redis answers.
 
-        While the failure is one of reaching Redis (no answer, or a cluster
-        between masters: CLUSTERDOWN, TRYAGAIN, MOVED, a replica's READONLY),
-        a one-key command probes every `_PROBE_EVERY` seconds whether the
-        stream's slot is served again, so the buffered events go as soon as a
-        replica is promoted or Redis is back, not after the rest of a long
-        backoff. An error Redis answers with for the batch itself (a key of
-        the wrong type) is retried on the backoff alone.
+        See `RedisTarget.sleep_until_served`: the buffered events go as soon
+        as a replica is promoted or Redis is back, not after the rest of a
+        long backoff.
         """
-        deadline = time.monotonic() + delay
-        probing = _unreachable(err)
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return
-            if self._retry_now.wait(min(left, _PROBE_EVERY) if probing else left):
-                self._retry_now.clear()
-                return
-            if probing and self._answers():
-                return
-
-    def _answers(self) -> bool:
-        """Whether the node serving the stream's slot answers a one-key command now."""
-        try:
-            call(self._redis.get().exists, self.key(""))
-        except RedisCallError:
-            return False
-        return True
+        if self._redis.sleep_until_served(self.key(""), delay, err, self._retry_now):
+            self._retry_now.clear()
 
     def _send(self, client: Client, items: list[tuple[int, Event]]) -> None:
         """Run in the thread pool: encode a batch and send it as one pipeline.
@@ -803,7 +771,3 @@ def _backlog(cluster: Any) -> int | str:
     backlog = getattr(cluster, "backlog", None)
     return backlog if isinstance(backlog, int) else "?"
 
-
-def _unreachable(err: RedisCallError) -> bool:
-    """Whether a failure is one of reaching Redis rather than an answer about the command."""
-    return err.reply is None or isinstance(err.__cause__, _TOPOLOGY_ERRORS)

@@ -32,8 +32,6 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Final
 
-import gevent
-
 from gcluster._json import JsonReady
 from gcluster.backoff import Backoff
 from gcluster.commands import Command, encode, shard_for_guild
@@ -519,7 +517,8 @@ class StreamWorker:
                 err,
             )
         backoff = backoff.increment()
-        gevent.sleep(backoff.delay(random.random))
+        # Early once the stream's slot is served again (a promoted replica).
+        self._redis.sleep_until_served(self.keys[0], backoff.delay(random.random), err)
         return backoff
 
 
