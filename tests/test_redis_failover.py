@@ -195,6 +195,4 @@ def test_a_killed_master_fails_over_with_no_event_lost_no_identify_too_soon_and_
 
     # One holder at a time, all along.
     assert history.most_holders_at_once() == 1
-    assert holder.held or any(
-        owner == "holder" and not took for _, owner, took in history.changes
-    )
+    assert holder.held or any(owner == "holder" and not took for _, owner, took in history.changes)

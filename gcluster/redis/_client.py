@@ -14,10 +14,12 @@ Calls to the client go through `gcluster.redis._calls.call`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
+import threading
 import time
-from typing import Final
+from typing import Any, Final
 
 import gevent
 import redis
@@ -26,7 +28,7 @@ from redis.backoff import ExponentialBackoff
 from redis.cluster import RedisCluster
 from redis.commands.core import Script
 from redis.connection import SSLConnection
-from redis.exceptions import RedisClusterException, ResponseError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
 from redis.retry import Retry
 
 from gcluster.errors import ConfigError, RedisCallError
@@ -44,12 +46,25 @@ _PASSWORD_PARAMETER: Final = re.compile(r"([?&]password=)[^&#]*")
 _TOPOLOGY_REFRESH: Final = 0.2
 # While Redis cannot be reached, ask this often whether it can again.
 _PROBE_EVERY: Final = 0.1
+#: How long a write that must survive a failover waits for a replica of a
+#: Redis Cluster master to confirm it (on a healthy link: well under 1 ms).
+REPLICATION_WAIT_MS: Final = 500
 
 
 def _retry() -> Retry:
     # Two quick retries ride over a connection that went stale (a Redis
     # restart); a Redis that is down fails within the connect timeout.
     return Retry(ExponentialBackoff(cap=0.2, base=0.02), 2)
+
+
+def _script_and_wait(
+    master: redis.Redis, script: Script, keys: list[str], args: list[Any]
+) -> tuple[Any, Any]:
+    pipe = master.pipeline(transaction=False)
+    pipe.evalsha(script.sha, len(keys), *keys, *args)
+    pipe.execute_command("WAIT", 1, REPLICATION_WAIT_MS)  # type: ignore[no-untyped-call]
+    reply, acked = pipe.execute()
+    return reply, acked
 
 
 class RedisTarget:
@@ -82,6 +97,7 @@ class RedisTarget:
         self._client: Client | None = client
         self._plain: redis.Redis | None = None
         self._scripts: dict[str, Script] = {}
+        self._detecting = threading.Lock()
         if client is None:
             assert url is not None
             # Made now (it connects only when used) so a bad URL fails here.
@@ -130,6 +146,55 @@ class RedisTarget:
             script = self._scripts[text] = self.get().register_script(text)
         return script
 
+    def run_script(self, text: str, keys: list[str], args: list[Any]) -> Any:
+        """Run a Lua script whose write must survive a failover; its reply.
+
+        On a Redis Cluster whose slot has a replica, the script runs on the
+        slot's master followed, on the same connection, by ``WAIT 1``: the
+        reply comes back once a replica holds the write (or after
+        `REPLICATION_WAIT_MS`, logged), so a master that dies at once does
+        not take a write the caller already acted on with it. Elsewhere (a
+        single server, a cluster without replicas) it is an ordinary call.
+
+        Raises:
+            RedisCallError: Redis failed, or refused the script.
+        """
+        client = self.get()
+        script = self.script(text)
+        if isinstance(client, RedisCluster):
+            return call(self._run_replicated, client, script, keys, args)
+        return call(script, keys, args)
+
+    def _run_replicated(
+        self, client: RedisCluster, script: Script, keys: list[str], args: list[Any]
+    ) -> Any:
+        """Run in the thread pool: the script, then WAIT 1, on one connection to the master."""
+        if client.get_node_from_key(keys[0], replica=True) is None:  # type: ignore[no-untyped-call]
+            return script(keys, args)
+        node = client.get_node_from_key(keys[0])  # type: ignore[no-untyped-call]
+        master = client.get_redis_connection(node)
+        try:
+            try:
+                reply, acked = _script_and_wait(master, script, keys, args)
+            except NoScriptError:
+                master.script_load(script.script)
+                reply, acked = _script_and_wait(master, script, keys, args)
+        except (RedisError, OSError):
+            # A MOVED or a dead master: let the cluster client refresh its map
+            # of the slots (it follows redirections) so the next attempt goes
+            # to the right node; the caller gets the original failure.
+            with contextlib.suppress(RedisError, RedisClusterException, OSError):
+                client.exists(keys[0])
+            raise
+        if int(acked) < 1:
+            log.warning(
+                "redis: no replica confirmed a write to %s within %d ms (a failover now "
+                "would lose it)",
+                keys[0],
+                REPLICATION_WAIT_MS,
+            )
+        return reply
+
     def answers(self, key: str) -> bool:
         """Whether the node serving `key` (its slot's master on a cluster) answers now."""
         try:
@@ -171,6 +236,14 @@ class RedisTarget:
 
     def _detect(self) -> Client:
         """Run in the thread pool: the plain client, or a cluster client starting at the URL."""
+        # Greenlets using one piece at once ask once; the others take its answer.
+        with self._detecting:
+            client = self._client
+            if client is None:
+                client = self._ask()
+            return client
+
+    def _ask(self) -> Client:
         plain = self._plain
         assert plain is not None and self.url is not None
         try:

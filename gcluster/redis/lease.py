@@ -33,6 +33,11 @@ __all__ = ["ShardLease"]
 
 log = logging.getLogger(__name__)
 
+# Take the lease if nobody holds it (a script so that, on a Redis Cluster,
+# RedisTarget.run_script returns only once a replica holds it too).
+_ACQUIRE: Final = """
+return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) and 1 or 0
+"""
 # Renew the lease only if it is still ours: PEXPIRE after a GET in one step.
 _RENEW: Final = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -132,8 +137,8 @@ class ShardLease:
         announced = None
         while True:
             try:
-                taken = call(
-                    self._client.set, self.key, self.owner, nx=True, px=int(self.ttl * 1000)
+                taken = self._redis.run_script(
+                    _ACQUIRE, [self.key], [self.owner, int(self.ttl * 1000)]
                 )
                 holder = None if taken else self.holder()
             except RedisCallError as err:
@@ -182,10 +187,8 @@ class ShardLease:
         while not self._released.wait(interval):
             started = time.monotonic()
             try:
-                ours = call(
-                    self._redis.script(_RENEW),
-                    keys=[self.key],
-                    args=[self.owner, int(self.ttl * 1000)],
+                ours = self._redis.run_script(
+                    _RENEW, [self.key], [self.owner, int(self.ttl * 1000)]
                 )
             except RedisCallError as err:
                 if time.monotonic() - renewed_at < self.ttl * _GIVE_UP:

@@ -31,7 +31,6 @@ import gevent
 from gcluster.errors import ConfigError, QueueError, RedisCallError, SessionStartLimitExhausted
 from gcluster.http import SessionStartLimit
 from gcluster.queue import DEFAULT_SPARE, IDENTIFY_INTERVAL, SESSION_START_DAY
-from gcluster.redis._calls import call
 from gcluster.redis._client import Client, hash_tag, make_client
 
 __all__ = ["RedisQueue", "SLOT_SCRIPT"]
@@ -315,7 +314,8 @@ class RedisQueue:
         ]
         where = self._redis.describe()
         try:
-            reply = call(self._redis.script(SLOT_SCRIPT), keys, args)
+            # Replicated before it is acted on: a failover must not forget a slot.
+            reply = self._redis.run_script(SLOT_SCRIPT, keys, args)
         except RedisCallError as err:
             raise QueueError(
                 f"identify queue: Redis at {where} failed for shard {shard_id}: {err}"

@@ -770,4 +770,3 @@ def _connection(pool: Any) -> Any:
 def _backlog(cluster: Any) -> int | str:
     backlog = getattr(cluster, "backlog", None)
     return backlog if isinstance(backlog, int) else "?"
-
