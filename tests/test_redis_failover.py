@@ -10,8 +10,9 @@ worker and the lease:
 - the identify queue fails closed: a shard that must IDENTIFY while the slot
   has no master does not, and identifies once the replica is promoted, with
   no identify rule broken;
-- the sink buffers and catches up: the worker receives every event the
-  simulator sent (a few may come twice, none is missing);
+- the sink buffers and catches up as soon as the replica is promoted (not
+  after its backoff): the worker receives every event the simulator sent (a
+  few may come twice, none is missing);
 - the worker carries on, reading through the new master;
 - the lease is never held by two owners at once.
 """
@@ -28,6 +29,7 @@ import pytest
 from redis_server import RedisClusterNodes, make_redis_cluster_fixture  # noqa: F401 - fixture
 
 from gcluster import Cluster, EventTypeFlags, Intents, ShardScheme
+from gcluster.backoff import Backoff
 from gcluster.errors import QueueError
 from gcluster.redis import RedisQueue, RedisSessionStore, ShardLease, StreamSink, StreamWorker
 from gcluster.testing import STREAM_INTENTS, GatewaySimulator, event_number
@@ -117,7 +119,9 @@ def test_a_killed_master_fails_over_with_no_event_lost_no_identify_too_soon_and_
     started.append(cluster.down)
     cluster.up(timeout=TIMEOUT)
     assert cluster.wait_until_ready(TIMEOUT)
-    sink = StreamSink(cluster, url, namespace=NAMESPACE)  # the default backoff: 0.1 s to 5 s
+    # A backoff longer than every wait of this test (at least 60 s between
+    # two attempts): catching up proves the sink noticed the promotion itself.
+    sink = StreamSink(cluster, url, namespace=NAMESPACE, retry=Backoff(base=120.0, cap=120.0))
     publishing = gevent.spawn(sink.run)
     started += [sink.close, lambda: publishing.join(5), lambda: sink.stop(timeout=5)]
 
