@@ -31,6 +31,7 @@ from redis_server import (  # noqa: F401 - fixtures
     raw_client,
     redis_server_fixture,
     redis_url_fixture,
+    single_only,
 )
 
 from gcluster import (
@@ -705,6 +706,8 @@ def test_commands_are_checked_by_the_worker_and_stale_ones_dropped_by_the_gatewa
 # --- the example ------------------------------------------------------------------------------
 
 
+# The example's service on a Redis Cluster is what test_service.py proves.
+@single_only
 def test_the_workers_example_runs_a_service_and_two_workers(redis_url: str) -> None:
     path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     result = subprocess.run(
