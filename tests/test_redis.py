@@ -15,6 +15,7 @@ import pytest
 import redis
 from redis.crc import key_slot
 from redis_server import (  # noqa: F401 - fixtures
+    RedisClusterNodes,
     RedisServer,
     all_keys,
     free_port,
@@ -29,6 +30,7 @@ from gcluster.http import SessionStartLimit
 from gcluster.protocol import ResumeSession
 from gcluster.queue import SESSION_START_DAY, ConfigurableQueue
 from gcluster.redis import RedisQueue, RedisSessionStore, SessionStoreError
+from gcluster.redis._client import make_client
 from gcluster.sessions import SessionStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,6 +57,30 @@ def assert_spaced(grants: list[tuple[int, float]], concurrency: int, interval: f
         times = sorted(t for shard, t in grants if shard % concurrency == bucket)
         gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
         assert gaps and min(gaps) >= interval, (bucket, gaps)
+
+
+# --- which Redis --------------------------------------------------------------------
+
+
+def test_the_kind_of_redis_is_found_out_at_first_use(
+    redis_server: RedisServer | RedisClusterNodes, redis_url: str
+) -> None:
+    target = make_client(redis_url, None, connect_timeout=1.0, timeout=2.0)
+    try:
+        assert target.client is None  # nothing asked at construction
+        client = target.get()
+        assert isinstance(client, redis.RedisCluster) is isinstance(redis_server, RedisClusterNodes)
+        assert target.get() is client  # asked once
+    finally:
+        target.close()
+
+
+@pytest.mark.parametrize("redis_server", ["cluster"], indirect=True)
+def test_a_cluster_url_naming_another_database_is_refused_clearly(redis_url: str) -> None:
+    store = RedisSessionStore(redis_url.rsplit("/", 1)[0] + "/1")
+    with pytest.raises(ValueError, match="only database 0"):
+        store.load([0])
+    store.close()
 
 
 # --- RedisQueue: spacing --------------------------------------------------------

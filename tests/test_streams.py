@@ -49,6 +49,7 @@ from gcluster import (
 from gcluster.backoff import Backoff
 from gcluster.errors import InvalidCommand
 from gcluster.redis import (
+    DEFAULT_STREAM,
     RedisSessionStore,
     StreamSink,
     StreamWorker,
@@ -581,6 +582,25 @@ def test_a_key_of_the_wrong_type_is_reported_and_retried_until_fixed(
         cluster.down()
         sink.close()
         client.close()
+
+
+def test_events_left_in_the_old_default_stream_are_pointed_out(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = raw_client(redis_url)
+    old = Event(EventType.MESSAGE_CREATE, "MESSAGE_CREATE", 0, 1, {"n": 1})
+    new = Event(EventType.MESSAGE_CREATE, "MESSAGE_CREATE", 0, 2, {"n": 2})
+    client.xadd(DEFAULT_STREAM, encode_event(0, old))  # published by gcluster 0.1
+    client.xadd(STREAM, encode_event(0, new))  # and by 0.2
+    worker = StreamWorker(redis_url, "g", "w", namespace=NAMESPACE, block=0.2)
+    try:
+        assert worker.stream == STREAM
+        # The new default stream is read; the log says where the old events wait.
+        assert collect(worker.events(), lambda got: len(got) == 1) == [(0, new)]
+    finally:
+        worker.close()
+        client.close()
+    assert "'gcluster:events' holds 1 events" in caplog.text
 
 
 # --- one stream per event name -------------------------------------------------------------

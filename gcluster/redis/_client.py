@@ -57,6 +57,13 @@ def _retry() -> Retry:
     return Retry(ExponentialBackoff(cap=0.2, base=0.02), 2)
 
 
+def _database_error(url: str) -> ConfigError:
+    return ConfigError(
+        f"{safe_url(url)} is a node of a Redis Cluster, which has only database 0: "
+        "leave the database out of the URL (or make it /0)"
+    )
+
+
 def _script_and_wait(
     master: redis.Redis, script: Script, keys: list[str], args: list[Any]
 ) -> tuple[Any, Any]:
@@ -129,6 +136,7 @@ class RedisTarget:
 
         Raises:
             RedisCallError: the node did not answer (the next call asks again).
+            ConfigError: the URL names a database other than 0 of a cluster node.
         """
         client = self._client
         if client is None:
@@ -249,6 +257,9 @@ class RedisTarget:
         try:
             plain.execute_command("CLUSTER", "INFO")  # type: ignore[no-untyped-call]
         except ResponseError as err:
+            if "cluster mode" in str(err):
+                # The connection's SELECT of another database was refused.
+                raise _database_error(self.url) from err
             # "cluster support disabled" on a plain server; anything else (an
             # ACL refusing CLUSTER, a proxy that does not know it) means the
             # server routes keys itself: a plain client is right either way.
@@ -267,10 +278,7 @@ class RedisTarget:
             )
         except RedisClusterException as err:
             if "db" in str(err):
-                raise ConfigError(
-                    f"{safe_url(self.url)} is a Redis Cluster node: a cluster has only "
-                    "database 0, so leave the database out of the URL"
-                ) from err
+                raise _database_error(self.url) from err
             raise
         plain.close()
         log.info("redis: %s is a node of a Redis Cluster: following its slots", safe_url(self.url))
