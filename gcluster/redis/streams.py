@@ -60,7 +60,7 @@ from gcluster.errors import (
 )
 from gcluster.events import Event, EventType
 from gcluster.redis._calls import call
-from gcluster.redis._client import Client, hash_tag, make_client
+from gcluster.redis._client import Client, RedisTarget, hash_tag, make_client
 from gcluster.redis.inbox import CommandInbox
 
 __all__ = [
@@ -123,16 +123,17 @@ def default_stream(namespace: str) -> str:
     return f"{hash_tag(namespace)}:events"
 
 
-def warn_of_old_stream(client: Any, stream: str, namespace: str, who: str) -> None:
-    """Log once when the stream of gcluster < 0.2 still holds events and the default is in use.
+def warn_of_old_stream(target: RedisTarget, stream: str, namespace: str, who: str) -> None:
+    """Log when the stream of gcluster < 0.2 still holds events and the default is in use.
 
-    Run in the thread pool, best effort: a Redis failure here only skips the check.
+    Best effort: a Redis failure here only skips the check (the calls that
+    matter report it).
     """
     if stream != default_stream(namespace):
         return
     try:
-        length = client.xlen(DEFAULT_STREAM)
-    except Exception:  # noqa: BLE001 - a check only; the real calls report failures
+        length = call(target.get().xlen, DEFAULT_STREAM)
+    except RedisCallError:
         return
     if length:
         log.warning(
@@ -547,10 +548,7 @@ class StreamSink:
     # --- publishing ----------------------------------------------------------------
 
     def _publish_loop(self) -> None:
-        try:
-            call(warn_of_old_stream, self._redis.get(), self.stream, self.namespace, "sink")
-        except RedisCallError:
-            pass  # the first batch reports it
+        warn_of_old_stream(self._redis, self.stream, self.namespace, "sink")
         pending = self._pending
         backoff = self._retry.reset()
         low_water = self.buffer - self.batch

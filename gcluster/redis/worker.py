@@ -381,12 +381,12 @@ class StreamWorker:
     def _setup_groups(self) -> None:
         try:
             self._create_groups(self.start)
-            call(warn_of_old_stream, self._client, self.stream, self.namespace, "stream worker")
         except RedisCallError as err:
             raise StreamError(
                 f"stream worker: could not create group {self.group!r} at Redis "
                 f"{self._redis.describe()}: {err}"
             ) from err
+        warn_of_old_stream(self._redis, self.stream, self.namespace, "stream worker")
 
     def _safe_setup(self, backoff: Backoff) -> None:
         try:
