@@ -184,22 +184,34 @@ class ShardLease:
 
     def _renew_loop(self, renewed_at: float) -> None:
         interval = self.ttl / 3
-        while not self._released.wait(interval):
+        give_up = self.ttl * _GIVE_UP
+        wait = interval
+        while True:
+            # Given up on time whatever the calls do: the key may expire `ttl`
+            # after the last renewal (e.g. on a replica promoted during an
+            # outage), and a standby take it, so the holder must stop before.
+            left = renewed_at + give_up - time.monotonic()
+            if left <= 0:
+                self._lost(f"not renewed for {time.monotonic() - renewed_at:.1f} s")
+                return
+            if self._released.wait(min(wait, left)):
+                return
+            if time.monotonic() - renewed_at >= give_up:
+                continue  # too late to count on a renewal: give up above
             started = time.monotonic()
             try:
                 ours = self._redis.run_script(
                     _RENEW, [self.key], [self.owner, int(self.ttl * 1000)]
                 )
             except RedisCallError as err:
-                if time.monotonic() - renewed_at < self.ttl * _GIVE_UP:
-                    log.warning("lease %s: could not renew, will retry: %s", self.key, err)
-                    continue
-                self._lost(f"not renewed for {time.monotonic() - renewed_at:.1f} s: {err}")
-                return
+                log.warning("lease %s: could not renew, will retry: %s", self.key, err)
+                wait = interval / 4  # sooner than usual: the time left is short
+                continue
             if not ours:
                 self._lost("it expired and was taken, or deleted")
                 return
             renewed_at = started
+            wait = interval
 
     def _lost(self, why: str) -> None:
         self._held = False
