@@ -50,7 +50,7 @@ from gcluster.errors import (
     ShardNonexistent,
 )
 from gcluster.redis._calls import call, stream_reply
-from gcluster.redis._client import Client, hash_tag, make_client, safe_url
+from gcluster.redis._client import Client, RedisTarget, hash_tag, make_client
 
 __all__ = [
     "INBOX_GROUP",
@@ -119,7 +119,8 @@ class CommandInbox:
 
     Args:
         cluster: the `Cluster`, already up (its shards and total are known).
-        url: e.g. "redis://localhost:6379/0" (or pass `client`).
+        url: e.g. "redis://localhost:6379/0": a single server, or any node of a
+            Redis Cluster (found out at first use). Or pass `client`.
         namespace: key prefix and Redis Cluster hash tag of the bot.
         consumer: this process's name in the consumer group; default `host-pid`.
         ttl: seconds after which an unsent command is dropped; None never drops.
@@ -142,7 +143,7 @@ class CommandInbox:
         consumer: str | None = None,
         ttl: float | None = 60.0,
         block: float = 0.5,
-        client: Client | None = None,
+        client: Client | RedisTarget | None = None,
         connect_timeout: float = 2.0,
         timeout: float = 5.0,
     ) -> None:
@@ -156,9 +157,8 @@ class CommandInbox:
         self.consumer = consumer or default_consumer()
         self.ttl = ttl
         self.block = block
-        self._url = url
         self._owns_client = client is None
-        self._client = make_client(url, client, connect_timeout=connect_timeout, timeout=timeout)
+        self._redis = make_client(url, client, connect_timeout=connect_timeout, timeout=timeout)
         self._keys: dict[bytes, int] = {}
         # (inbox, entry id) of commands routed and not yet acknowledged; ids
         # are only unique within one stream.
@@ -177,9 +177,14 @@ class CommandInbox:
         self._failed = 0
         self._last_error: str | None = None
 
+    @property
+    def _client(self) -> Client:
+        # The first use asks the node whether it is part of a Redis Cluster.
+        return self._redis.get()
+
     def __repr__(self) -> str:
         return (
-            f"<CommandInbox {safe_url(self._url, self._client)} namespace={self.namespace!r} "
+            f"<CommandInbox {self._redis.describe()} namespace={self.namespace!r} "
             f"shards={sorted(self._keys.values())}>"
         )
 
@@ -261,7 +266,7 @@ class CommandInbox:
     def close(self) -> None:
         """Close the connections of a client this inbox made (not of one it was given)."""
         if self._owns_client:
-            self._client.close()
+            self._redis.close()
 
     # --- reading -----------------------------------------------------------------
 
@@ -367,11 +372,14 @@ class CommandInbox:
             self._failing_since = time.monotonic()
             log.warning(
                 "command inbox: Redis at %s failed: %s; retrying (the shards are not affected)",
-                safe_url(self._url, self._client),
+                self._redis.describe(),
                 self._last_error,
             )
         backoff = backoff.increment()
-        self._wake.wait(backoff.delay(random.random))
+        # Woken by stop(), or early once the inboxes' slot is served again.
+        self._redis.sleep_until_served(
+            shard_count_key(self.namespace), backoff.delay(random.random), err, self._wake
+        )
         return backoff
 
     # --- sending -------------------------------------------------------------------
