@@ -18,6 +18,7 @@ import tempfile
 import time
 
 import redis
+from _ports import free_port
 
 __all__ = [
     "RedisClusterNodes",
@@ -37,13 +38,6 @@ def _binary(name: str = "redis-server") -> str:
     if not os.access(found, os.X_OK):
         raise RuntimeError(f"{name} is not installed; the Redis tests need it")
     return found
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _free_cluster_port() -> int:
