@@ -117,6 +117,7 @@ def test_sigterm_saves_resumable_sessions_and_exits_0(
         "--simulate",
         "--simulate-events", "25",
         "--intents", "GUILDS,GUILD_MESSAGES,GUILD_MESSAGE_TYPING,GUILD_PRESENCES",
+        "--log-level", "debug",  # a line per command sent is a DEBUG line
     )  # fmt: skip
     services.append(service)
     client = redis.Redis.from_url(redis_url)

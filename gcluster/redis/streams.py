@@ -373,12 +373,18 @@ class StreamSink:
         if self._published_all.wait(timeout):
             return True
         lost = len(self._pending)
+        config = getattr(self.cluster, "config", None)
+        resumed = self._finish is not None and getattr(config, "session_store", None) is not None
         log.error(
-            "sink: %d events read from the cluster could not be published to Redis at %s "
-            "within %s s; they are dropped",
+            "sink: %d events read from the cluster were not published to Redis at %s "
+            "within %s s; %s",
             lost,
             safe_url(self._url, self._client),
             timeout,
+            # Sessions are saved only up to the events Redis took (see the module's notes).
+            "the sessions saved for resuming stop before them: resuming delivers them again"
+            if resumed
+            else "without a session store they are lost",
         )
         publisher = self._publisher
         if publisher is not None:
