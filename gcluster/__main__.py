@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import logging
 import math
 import os
 import platform
@@ -64,6 +65,8 @@ _PROGRESS_EVERY: Final = 5.0
 _LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
 
 _N = TypeVar("_N", int, float)
+
+log = logging.getLogger("gcluster.cli")
 
 
 class UsageError(ValueError):
@@ -534,7 +537,10 @@ def _print_stream(
         if error is not None:
             raise error
     except GClusterError as err:
-        print(f"error: {err}", file=sys.stderr)
+        if args.log_format == "json":
+            log.error("error: %s", err)
+        else:
+            print(f"error: {err}", file=sys.stderr)
         status = exit_status(err)
     finally:
         out.close()
@@ -543,9 +549,13 @@ def _print_stream(
         if cluster is not None:
             shards = render_shards(cluster.shards())
             cluster.down()
-            # stdout carries the JSON lines; the operator's summary goes to stderr.
+            # stdout carries the JSON lines; the operator's summary goes to stderr,
+            # through the log when that is JSON lines, so a shipper reads every line.
             for line in shards:
-                print(line, file=sys.stderr)
+                if args.log_format == "json":
+                    log.info("%s", line, extra={"step": "summary"})
+                else:
+                    print(line, file=sys.stderr)
         if sim is not None:
             sim.stop()
     return status

@@ -53,7 +53,9 @@ LOG_FORMATS: Final = ("text", "json")
 MAX_MESSAGE: Final = 8192
 MAX_FIELD: Final = 1024
 MAX_TRACEBACK: Final = 16384
-# How often the start-up progress is looked at (seconds).
+# How often the start-up progress is looked at, and the least time between
+# two of its lines (the last one, every shard ready, is logged at once).
+_PROGRESS_POLL: Final = 0.1
 _PROGRESS_EVERY: Final = 1.0
 # Not-ready shard ids listed in a stats line, as ranges, before "and N more".
 _MAX_RANGES: Final = 8
@@ -298,18 +300,22 @@ class Reporter:
             sample = current
 
     def _starting(self, started: float) -> Sample:
-        """Log "k/n shards ready" each time k changes, until every shard is ready."""
+        """Log "k/n shards ready" as k changes (at most once a second), until all are ready."""
         reported = -1
+        last_line = -math.inf
         while True:
             sample = take_sample(self.cluster)
             total = len(sample.stages)
-            if total and sample.ready != reported:
+            done = bool(total) and sample.ready == total
+            changed = bool(total) and sample.ready != reported
+            if changed and (done or sample.at - last_line >= _PROGRESS_EVERY):
                 reported = sample.ready
+                last_line = sample.at
                 self.logger.info(
                     "%s",
                     format_progress(sample, started),
                     extra={"step": "progress", "ready": sample.ready, "shards": total},
                 )
-            if total and sample.ready == total:
+            if done:
                 return sample
-            gevent.sleep(_PROGRESS_EVERY)
+            gevent.sleep(_PROGRESS_POLL)
