@@ -162,7 +162,7 @@ def serve(
     if max_connections < 1:
         raise ConfigError(f"max_connections must be at least 1, not {max_connections}")
     monitor = Monitor(cluster, interval=interval, history=history, source=source)
-    listener = port if isinstance(port, socket.socket) else listen(host, port)
+    listener = port if isinstance(port, socket.socket | gsocket.socket) else listen(host, port)
     app = make_app(monitor, metrics=_metrics_app(cluster, namespace), refresh=refresh)
     server = WSGIServer(
         listener,

@@ -224,3 +224,23 @@ def test_status_json_is_strict_json(
     # No NaN or Infinity, which JavaScript's JSON.parse refuses.
     text = get(server.url + "/status.json").text
     json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in the JSON"))
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--sink", "redis://127.0.0.1:1/0", "--metrics-port", "65536"], "a port, 0 to 65535"),
+        (["--sink", "redis://127.0.0.1:1/0", "--metrics-port", "-1"], "a port, 0 to 65535"),
+        (["--sink", "redis://127.0.0.1:1/0", "--metrics-port", "http"], "a port, 0 to 65535"),
+        (["--simulate", "--metrics-port", "0"], "--metrics-port serves the service mode's"),
+    ],
+)
+def test_metrics_port_usage_errors(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gcluster.__main__ import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["run", *argv])
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err
