@@ -8,7 +8,7 @@ One small server per gateway process, in the cluster's hub (gevent's
     ...
     server.stop()
 
-Routes (GET and HEAD only; anything else is 405, any other path 404):
+Routes (GET and HEAD only; anything else is 405, any other path 404)::
 
     /metrics      Prometheus text (`gcluster.metrics`; needs gcluster[metrics], else 501)
     /healthz      200 while the cluster is not shut down and not every shard is closed for good
