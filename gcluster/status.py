@@ -283,11 +283,11 @@ class Monitor:
         counts = self._delivered_now()
         rate = events_rate(self._counts, counts, now - self._counted_at)
         self._counts, self._counted_at = counts, now
-        latencies = [
-            shard.info().latency.recent[-1]
-            for shard in self.cluster.shards()
-            if shard.info().stage is Stage.CONNECTED and shard.info().latency.recent
-        ]
+        latencies = []
+        for shard in self.cluster.shards():
+            info = shard.info()
+            if info.stage is Stage.CONNECTED and info.latency.recent:
+                latencies.append(info.latency.recent[-1])
         mean = sum(latencies) / len(latencies) * 1000 if latencies else None
         self.history.add(time.time(), rate, mean)
 
