@@ -455,6 +455,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--simulate serves on 127.0.0.1 in this process: leave out --proxy")
     if args.sink and args.limit is not None:
         raise UsageError("--limit counts the events printed, and with --sink none are")
+    if args.metrics_port is not None and not args.sink:
+        raise UsageError("--metrics-port serves the service mode's status: add --sink REDIS_URL")
     scheme = parse_scheme(args.scheme, args.shards)
     # stderr: in printing mode stdout carries the events.
     configure_logging(args.log_level, args.log_format)
@@ -471,6 +473,8 @@ def run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return ExitStatus.ERROR
+    # Bound before anything starts: a taken port is a one-line error, not a half-started service.
+    status_listener = _status_listener(args) if serve is not None else None
     sim = None
     options: dict[str, Any] = {}
     if args.simulate:
@@ -495,10 +499,24 @@ def run(args: argparse.Namespace) -> int:
             scheme=scheme or ShardScheme.auto(),
             options=options,
             simulate=sim,
+            status_listener=status_listener,
         )
     if scheme is not None:
         options["shard_scheme"] = scheme
     return _print_stream(args, token, options, sim)
+
+
+def _status_listener(args: argparse.Namespace) -> Any:
+    """The socket of ``--metrics-port`` (None without it); one that cannot be bound is refused."""
+    if args.metrics_port is None:
+        return None
+    from gcluster.errors import ConfigError
+    from gcluster.web import listen
+
+    try:
+        return listen(args.metrics_host, args.metrics_port)
+    except ConfigError as err:
+        raise UsageError(f"--metrics-port {args.metrics_port}: {err}") from err
 
 
 def _token_from_environment() -> str:
@@ -586,6 +604,10 @@ def positive_int(text: str) -> int:
 
 def non_negative_int(text: str) -> int:
     return _number(text, int, lambda value: value >= 0, "an integer, 0 or more")
+
+
+def port_option(text: str) -> int:
+    return _number(text, int, lambda value: 0 <= value <= 65535, "a port, 0 to 65535")
 
 
 def positive_float(text: str) -> float:
@@ -902,6 +924,18 @@ def parser() -> argparse.ArgumentParser:
         type=positive_float,
         default=15.0,
         help="seconds a dead holder's lease lasts before a standby takes over (default 15)",
+    )
+    service.add_argument(
+        "--metrics-port",
+        type=port_option,
+        default=None,
+        help="serve /metrics (Prometheus), /healthz, /readyz and the status page (/status) "
+        "on this port; 0 picks a free one (logged)",
+    )
+    service.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="the address --metrics-port listens on (default 127.0.0.1; 0.0.0.0 for every one)",
     )
     logs = r.add_argument_group("logs (on stderr)")
     logs.add_argument(

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import socket
 from collections.abc import Iterable
 from typing import Any, Final
 
@@ -65,6 +66,7 @@ def serve(
     scheme: ShardScheme,
     options: dict[str, Any],
     simulate: Any = None,
+    status_listener: socket.socket | None = None,
 ) -> int:
     """Run the gateway service until SIGTERM or SIGINT; the exit code.
 
@@ -72,6 +74,8 @@ def serve(
         args: the `run` command's options (sink, namespace, stream, ...).
         token, intents, scheme, options: the cluster's.
         simulate: a started `GatewaySimulator` to feed events to, or None.
+        status_listener: a socket from `gcluster.web.listen` (``--metrics-port``)
+            to serve /metrics, /healthz, /readyz and the status page on, or None.
     """
     # The log is configured by the command line (--log-level, --log-format).
     url = args.sink
@@ -116,6 +120,7 @@ def serve(
             ttl=args.lease_ttl,
             on_lost=lambda: on_signal("lease lost"),
         )
+    web = _serve_status(status_listener, cluster, sink, lease, url, args.stream)
     try:
         if lease is not None:
             log.info("service: waiting for the lease on shards %s (%s)", args.scheme, lease.key)
@@ -192,6 +197,9 @@ def serve(
         return exit_status(err)
     finally:
         reporter.stop()
+        if web is not None:
+            web.stop()
+            web.monitor.source.close()
         if lease is not None:
             lease.close()
         sink.close()
@@ -272,6 +280,32 @@ def _sink_line(sink: StreamSink) -> str:
     if stats.last_error is not None and stats.buffered:
         text += f", Redis failing: {stats.last_error}"
     return text
+
+
+def _serve_status(
+    listener: socket.socket | None,
+    cluster: Cluster,
+    sink: StreamSink,
+    lease: ShardLease | None,
+    url: str,
+    stream: str,
+) -> Any:
+    """Serve the status page on `listener` (``--metrics-port``), or do nothing without one."""
+    if listener is None:
+        return None
+    from gcluster import web
+    from gcluster.redis.status import RedisStatus
+
+    def streams() -> list[str]:
+        # Per-event streams: the keys the sink has published to so far.
+        return list(sink._keys.values()) if sink.per_event_streams else [stream]
+
+    server = web.serve(cluster, listener, source=RedisStatus(url, streams=streams, lease=lease))
+    log.info(
+        "service: status page at %s/status, metrics at /metrics, health at /healthz and /readyz",
+        server.url,
+    )
+    return server
 
 
 def _start(cluster: Cluster) -> GClusterError | None:
