@@ -65,7 +65,7 @@ class ClusterConfig:
     ssl_context: Any = None
     session_store: SessionStore | None = None
     backlog_warning: int = 10_000
-    decoder: str | Loads = "ujson"
+    decoder: str | Loads = "auto"
 
     def __post_init__(self) -> None:
         if not 50 <= self.large_threshold <= 250:
