@@ -13,7 +13,7 @@ import zlib
 
 import pytest
 
-from gcluster.backends import ZSTD_MODULES, Backend, zlib_backend, zstd_backend
+from gcluster.backends import ZSTD_MODULES, Backend, zlib_backend
 from gcluster.errors import ConfigError
 from gcluster.inflate import (
     ZLIB_STREAM,
@@ -163,26 +163,7 @@ def test_zlib_corruption_is_a_zlib_error_whichever_library(zlib_lib: Backend) ->
 
 # -- zstd-stream ---------------------------------------------------------------
 
-# Each zstd library gcluster can use on this Python: the standard library's on
-# 3.14+, and the ones the test extra installs (marked: CI's run without
-# extras deselects them, so none is ever skipped where it should run).
-ZSTD_LIBRARIES = [
-    *(["compression.zstd"] if sys.version_info >= (3, 14) else []),
-    *(
-        [pytest.param("backports.zstd", marks=pytest.mark.extras)]
-        if sys.version_info < (3, 14)
-        else []
-    ),
-    pytest.param("zstandard", marks=pytest.mark.extras),
-]
-needs_zstd = pytest.mark.extras
-
-
-@pytest.fixture(params=ZSTD_LIBRARIES)
-def zstd(request: pytest.FixtureRequest) -> Backend:
-    backend = zstd_backend(request.param)
-    assert backend is not None, f"{request.param} is not installed"
-    return backend
+needs_zstd = pytest.mark.extras  # the zstd extra; `zstd`: each library in turn (conftest)
 
 
 def zstd_messages(zstd: Backend, *messages: bytes) -> list[bytes]:
