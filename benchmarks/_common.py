@@ -29,6 +29,18 @@ VENV_PYTHON = VENV / "bin" / "python"
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+# GCLUSTER_BENCH_NO_FAST=1 measures gcluster as installed without the `fast`
+# extra: zlib-ng and orjson are hidden from this process (None in sys.modules
+# makes their import fail), so gcluster.backends falls back to zlib and ujson,
+# exactly as when they are not installed. Set before gcluster is imported.
+FAST = os.environ.get("GCLUSTER_BENCH_NO_FAST", "") in ("", "0")
+FAST_MODULES = ("orjson", "zlib_ng", "zlib_ng.zlib_ng")
+if not FAST:
+    for _module in FAST_MODULES:
+        sys.modules[_module] = None  # type: ignore[assignment]
+    # Results without the extra go beside the others, not over them.
+    RESULTS = RESULTS / "nofast"
+
 from gcluster import Cluster, Intents, ShardScheme  # noqa: E402
 from gcluster.testing import STREAM_INTENTS, SimulatorProcess  # noqa: E402
 
@@ -139,12 +151,17 @@ def environment() -> dict[str, Any]:
     import gevent
     import ujson
 
+    from gcluster import backends
+
     return {
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
         "gevent": gevent.__version__,
         "ujson": ujson.__version__,
+        # What gcluster inflates and decodes with in this run (the `fast` extra or not).
+        "fast": FAST,
+        "backends": backends.in_use().to_dict(),
         "git": revision + ("+dirty" if dirty else ""),
         # Other work on the machine skews every figure: look here first.
         "loadavg": os.getloadavg(),
@@ -155,7 +172,7 @@ def environment() -> dict[str, Any]:
 
 def write_results(name: str, data: dict[str, Any]) -> Path:
     """Write ``benchmarks/results/<name>.json`` and return its path."""
-    RESULTS.mkdir(exist_ok=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
     payload = {"benchmark": name, "command": command_line(), "environment": environment()}
     payload.update(data)

@@ -27,7 +27,9 @@ from throughput import decode_limit
 
 from gcluster import EventTypeFlags
 
-TARGET = 0.35
+# The most a filtered event may cost against a delivered one, per compression:
+# under zlib-stream every message must still be inflated.
+TARGETS = {"zlib-stream": 0.5, "none": 0.3}
 # Every dispatch type filtered out; TYPING_START only marks the end of a run.
 NO_DISPATCHES = (
     EventTypeFlags.SHARD_LIFECYCLE | EventTypeFlags.GATEWAY_LIFECYCLE | EventTypeFlags.TYPING_START
@@ -120,14 +122,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     targets = {}
     for r in results:
-        met = r["cpu_ratio"] <= TARGET
+        target = TARGETS.get(r["compression"])
+        if target is None:
+            continue
+        met = r["cpu_ratio"] <= target
         targets[f"filtered_vs_delivered_{r['compression']}"] = {
             "value": r["cpu_ratio"],
-            "target": TARGET,
+            "target": target,
             "met": met,
         }
         print(
-            f"target: a filtered event <= {TARGET}x a delivered one ({r['compression']}): "
+            f"target: a filtered event <= {target}x a delivered one ({r['compression']}): "
             f"{r['cpu_ratio']:.2f}x ({'met' if met else 'MISSED'})"
         )
     path = write_results(

@@ -1,13 +1,17 @@
 """Run every benchmark, draw the plot, and print the figures against their targets.
 
     python benchmarks/run_all.py --setup     # once: the benchmarks' virtualenv
-    python benchmarks/run_all.py [--quick] [--only throughput,peers]
+    python benchmarks/run_all.py [--quick] [--only throughput,peers] [--no-fast]
 
 ``--setup`` makes ``benchmarks/.venv-bench`` with discord.py (for peers.py),
 matplotlib (for plot.py) and py-spy (for receive_profile.py); gcluster itself
 never imports any of them. Each benchmark runs in its own process with this
 interpreter and writes ``benchmarks/results/<name>.json``; the summary goes
 to ``benchmarks/results/summary.json``.
+
+``--no-fast`` measures gcluster as installed without the ``fast`` extra:
+each benchmark runs with ``GCLUSTER_BENCH_NO_FAST=1``, which hides zlib-ng
+and orjson from it (``_common.py``), and writes to ``results/nofast/``.
 """
 
 from __future__ import annotations
@@ -66,10 +70,10 @@ def run(name: str, quick: bool) -> int:
     return code
 
 
-def summary() -> list[dict[str, object]]:
+def summary(results: Path = RESULTS) -> list[dict[str, object]]:
     rows = []
     for name in ORDER:
-        path = RESULTS / f"{name}.json"
+        path = results / f"{name}.json"
         if not path.exists():
             continue
         data = json.loads(path.read_text())
@@ -93,10 +97,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--setup", action="store_true", help="make the virtualenv and stop")
     parser.add_argument("--quick", action="store_true", help="short runs (a smoke test)")
     parser.add_argument("--only", default=",".join(ORDER))
+    parser.add_argument(
+        "--no-fast",
+        action="store_true",
+        help="hide zlib-ng and orjson, as without the fast extra (results/nofast/)",
+    )
     args = parser.parse_args(argv)
     if args.setup:
         setup()
         return 0
+    results = RESULTS
+    if args.no_fast:
+        os.environ["GCLUSTER_BENCH_NO_FAST"] = "1"  # inherited by every benchmark
+        results = RESULTS / "nofast"
     failed = []
     for name in args.only.split(","):
         if name in ("peers", "receive_profile") and not VENV_PYTHON.exists():
@@ -104,15 +117,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             continue
         if run(name, args.quick) != 0:
             failed.append(name)
-    if VENV_PYTHON.exists():
+    if VENV_PYTHON.exists() and not args.no_fast:
         subprocess.run([str(VENV_PYTHON), str(BENCHMARKS / "plot.py")], check=False)
-    rows = summary()
+    rows = summary(results)
     print("\ntarget                                     value      goal   met")
     for row in rows:
         value, goal = float(row["value"]), float(row["goal"])  # type: ignore[arg-type]
         print(f"{row['target']:<40} {value:>8.3f}  {goal:>8.3f}   {'yes' if row['met'] else 'NO'}")
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
     if failed:
         print(f"\nfailed: {', '.join(failed)}", file=sys.stderr)
         return 1

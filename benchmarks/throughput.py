@@ -5,8 +5,10 @@ zstd-stream), the simulator (in its own process, on the other core) blasts
 pre-encoded ~1.2 KB MESSAGE_CREATEs and the client's rate is timed from the
 first byte written to the last event yielded. In the same run:
 
-- the decode-only limit: zlib-stream decompression + ujson of the same
-  payloads on one core, with no network, framing, protocol or queue;
+- the decode-only limit: decompression + JSON decoding of the same
+  payloads with the libraries gcluster picks (zlib-ng and orjson with the
+  ``fast`` extra, zlib and ujson without), on one core, with no network,
+  framing, protocol or queue;
 - the simulator's own send rate into a reader that discards the bytes, and
   its CPU use during each client run, to show it is not the bottleneck;
 - bytes on the wire per event for each compression.
@@ -22,18 +24,18 @@ import json
 import os
 import sys
 import time
-import zlib
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import _common
 import gevent
 import gevent.socket
-import ujson
 import websocket
 from _common import INTENTS, make_cluster, pin_client, start_simulator, table, write_results
 from _stream import Run, blast_run, median_run
 
+from gcluster import backends
+from gcluster.frames import DEFAULT_MAX_MESSAGE
 from gcluster.testing import SimulatorProcess, traffic, wire
 
 TOTAL = 16  # the simulator's shard count; clusters run the first 1, 4 or 16
@@ -59,15 +61,19 @@ def decode_limit(
     repeat: int = 3,
     *,
     total: int = TOTAL,
-    loads: Callable[[bytes], Any] | None = ujson.loads,
-    decompressobj: Callable[[], Any] | None = None,
+    loads: Callable[[bytes], Any] | None | Literal["gcluster"] = "gcluster",
+    decompressor: Callable[[], Callable[[bytes], Any]] | None = None,
 ) -> dict[str, Any]:
-    """Decompress + ujson.loads of the blast's payloads: one core, nothing else.
+    """Decompress + JSON-decode the blast's payloads: one core, nothing else.
 
-    ``loads`` may be another decoder, or None for decompression alone: what
-    even a filtered-out event costs, since a compressed stream must be
-    inflated message by message to find where the next one starts.
-    ``decompressobj`` replaces zlib's for zlib-stream (e.g. zlib-ng's).
+    The libraries are the ones gcluster uses in this process
+    (``gcluster.backends``: zlib-ng and orjson with the ``fast`` extra, the
+    standard library's zlib and ujson without it), called bare. ``loads``
+    may be another decoder, or None for decompression alone: what even a
+    filtered-out event costs, since a compressed stream must be inflated
+    message by message to find where the next one starts. ``decompressor``
+    makes one connection's decompress function instead of the library's
+    (e.g. ``decoders.py``'s for each zstd library).
     """
     name = _common.compression_name(compression)
     streams = []
@@ -76,13 +82,13 @@ def decode_limit(
         compress = wire.compressor_for(name if name != "none" else None)
         streams.append([compress(f) for f in frames] if compress is not None else frames)
     events = sum(len(s) for s in streams)
+    decode = backends.json_backend().namespace.loads if loads == "gcluster" else loads
     timings, cpu_timings = [], []
     for _ in range(repeat):
-        if decompressobj is not None and name == "zlib-stream":
-            decompressors = [decompressobj().decompress for _ in streams]
-        else:
-            decompressors = [_decompressor(name) for _ in streams]
-        decode = loads if loads is not None else _ignore
+        make = decompressor if decompressor is not None else _decompressor(name)
+        decompressors = [make() if make is not None else None for _ in streams]
+        if decode is None:
+            decode = _ignore
         cpu_started = time.process_time()
         started = time.perf_counter()
         for stream, decompress in zip(streams, decompressors, strict=True):
@@ -111,17 +117,32 @@ def _ignore(message: bytes) -> None:
     return None
 
 
-def _decompressor(name: str) -> Callable[[bytes], bytes] | None:
+def _decompressor(name: str) -> Callable[[], Callable[[bytes], bytes]] | None:
+    """One connection's bare decompress function, from the library gcluster picks."""
     if name == "zlib-stream":
-        return zlib.decompressobj().decompress
+        zlib_module = backends.zlib_backend().namespace
+        return lambda: zlib_module.decompressobj().decompress
     if name == "zstd-stream":
-        import zstandard
-
-        decompress: Callable[[bytes], bytes] = (
-            zstandard.ZstdDecompressor().decompressobj().decompress
-        )
-        return decompress
+        backend = backends.zstd_backend()
+        if backend is None:
+            raise RuntimeError("no zstd library installed: pip install 'gcluster[zstd]'")
+        return zstd_decompressor(backend)
     return None
+
+
+def zstd_decompressor(backend: backends.Backend) -> Callable[[], Callable[[bytes], bytes]]:
+    """A factory of bare decompress functions of one zstd library, as gcluster calls it."""
+    zstd = backend.namespace
+    if backend.module == "zstandard":
+        return lambda: zstd.ZstdDecompressor().decompressobj().decompress
+    # compression.zstd and backports.zstd: bounded by max_length, as the inflater does.
+    limit = DEFAULT_MAX_MESSAGE + 1
+
+    def make() -> Callable[[bytes], bytes]:
+        decompress = zstd.ZstdDecompressor().decompress
+        return lambda data: decompress(data, limit)
+
+    return make
 
 
 def simulator_ceiling(

@@ -14,7 +14,6 @@ status 2; the statuses are listed in `gcluster._exit` and under ``--help``.
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import logging
 import math
 import os
@@ -24,7 +23,6 @@ import signal
 import stat
 import sys
 import time
-import zlib
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -37,6 +35,7 @@ import gevent.socket
 import ujson
 
 import gcluster
+from gcluster import backends
 from gcluster._exit import EPILOG, ExitStatus, exit_status
 from gcluster._token import Token
 from gcluster.cluster import Cluster
@@ -691,33 +690,33 @@ def api_base_option(text: str) -> str:
 
 
 def version_text() -> str:
-    """What `--version` prints: gcluster and what it runs on, for a bug report."""
-    orjson = _installed("orjson")
-    zstandard = _installed("zstandard")
+    """What `--version` prints: gcluster, what it runs on, the libraries it uses.
+
+    The JSON decoder and the zlib and zstd libraries are the ones
+    `gcluster.backends` picks in this process (what `decoder="auto"` and the
+    inflaters use), with the extra that would add a faster one.
+    """
     loop = gevent.config.loop
+    used = backends.in_use()
+    json_decoder, zlib_module, zstd = used.json, used.zlib_stream, used.zstd_stream
     return "\n".join(
         [
             f"gcluster {gcluster.__version__}",
             f"Python {platform.python_version()} ({platform.python_implementation()})",
             f"gevent {gevent.__version__} (loop {loop.__module__})",
-            f"JSON decoder: ujson {ujson.__version__}"
-            + (
-                f' (orjson {orjson} is installed: Cluster(decoder="orjson"))'
-                if orjson
-                else " (orjson is not installed)"
-            ),
-            f"zlib-stream: the zlib module, zlib {zlib.ZLIB_RUNTIME_VERSION}",
+            f"JSON decoder: {json_decoder}" + _faster(json_decoder, "orjson"),
+            f"zlib-stream: {zlib_module}" + _faster(zlib_module, "zlib-ng"),
             "zstd-stream: "
-            + (f"zstandard {zstandard}" if zstandard else "zstandard is not installed"),
+            + (f"{zstd}" if zstd is not None else "no zstd library: pip install 'gcluster[zstd]'"),
         ]
     )
 
 
-def _installed(distribution: str) -> str | None:
-    try:
-        return importlib.metadata.version(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        return None
+def _faster(backend: backends.Backend, fast: str) -> str:
+    """Where the `fast` extra's library is not the one in use, how to get it."""
+    if backend.distribution == fast:
+        return " (the fast extra)"
+    return f" ({fast} is not installed: pip install 'gcluster[fast]')"
 
 
 class _Version(argparse.Action):

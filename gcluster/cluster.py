@@ -113,10 +113,11 @@ class Cluster(ClusterLifecycle):
             is saved as the application finishes with its events.
         backlog_warning: log a warning when this many events wait unread in
             `events()` (a consumer falling behind).
-        decoder: how dispatches' JSON is decoded: "ujson" (the default),
-            "orjson" (the `gcluster[orjson]` extra; faster, see README's
-            benchmarks; integers past 64 bits become floats), or any
-            callable taking bytes. Events are decoded by `events()` as it
+        decoder: how dispatches' JSON is decoded: "auto" (the default:
+            orjson when installed, as by the `gcluster[fast]` extra, else
+            ujson), "ujson", "orjson" (faster, see README's benchmarks;
+            integers past 64 bits become floats), or any callable taking
+            bytes. Events are decoded by `events()` as it
             yields them, in the consumer's greenlet.
         proxy: an HTTP proxy for the websocket and GET /gateway/bot:
             "http://[user:password@]host:port" (or a `gcluster.proxy.Proxy`),

@@ -66,7 +66,7 @@ class ClusterConfig:
     ssl_context: Any = None
     session_store: SessionStore | None = None
     backlog_warning: int = 10_000
-    decoder: str | Loads = "ujson"
+    decoder: str | Loads = "auto"
     # A URL given as a string is parsed here into a Proxy, whose repr hides
     # the credentials; None follows the environment, False means none.
     proxy: Proxy | str | bool | None = None

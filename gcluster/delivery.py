@@ -34,6 +34,7 @@ from typing import Any, Final, NamedTuple, TypeAlias
 import ujson
 from gevent.hub import Waiter
 
+from gcluster.backends import json_backend
 from gcluster.errors import ConfigError
 from gcluster.events import Event, EventType
 
@@ -59,10 +60,12 @@ Item: TypeAlias = RawDispatch | tuple[int, Any]
 
 Loads = Callable[[bytes], Any]
 
-# Decoders by name, and the extra that installs each. ujson is the default;
-# orjson is faster (benchmarks/peers.py runs both), but turns integers past
-# 64 bits into floats (Discord sends snowflakes as strings, so none are lost).
-DECODERS: Final = {"ujson": "ujson", "orjson": "gcluster[orjson]"}
+# Decoders by name, and the extra that installs each. "auto", the default,
+# is orjson when installed (the `fast` extra) and ujson otherwise
+# (gcluster.backends). orjson is faster (benchmarks/decoders.py), but turns
+# integers past 64 bits into floats (Discord sends snowflakes as strings, so
+# none are lost).
+DECODERS: Final = {"auto": "ujson", "ujson": "ujson", "orjson": "gcluster[fast]"}
 
 
 def resolve_decoder(decoder: str | Loads) -> Loads:
@@ -73,6 +76,9 @@ def resolve_decoder(decoder: str | Loads) -> Loads:
     """
     if callable(decoder):
         return decoder
+    if decoder == "auto":
+        auto: Loads = json_backend().namespace.loads
+        return auto
     if decoder not in DECODERS:
         raise ConfigError(
             f"decoder must be one of {', '.join(DECODERS)} or a callable, not {decoder!r}"

@@ -6,10 +6,15 @@ when the compressed bytes received so far end in the sync-flush marker
 `00 00 ff ff`. A message may arrive split over several websocket frames; the
 pieces are buffered until the marker shows up.
 
-With `compress=zstd-stream` (needs the `zstandard` package) the connection is
-one zstd stream instead, flushed after each message: every websocket message
+With `compress=zstd-stream` (needs a zstd library: the `zstd` extra, or the
+standard library's `compression.zstd` on Python 3.14+) the connection is one
+zstd stream instead, flushed after each message: every websocket message
 decompresses to exactly one gateway message. Discord reports about 40% less
 traffic than zlib-stream.
+
+Which library inflates is `gcluster.backends`' choice (zlib-ng and the
+fastest zstd library installed); the errors of each are translated to
+`zlib.error`, so the reader handles every transport and library alike.
 
 Both inflaters are bounded: a message's compressed bytes are buffered only up
 to `max_size`, and it is inflated only up to `max_size` bytes (never inflated
@@ -22,6 +27,7 @@ from __future__ import annotations
 import zlib
 from typing import Any, Final, Protocol
 
+from gcluster.backends import Backend, zlib_backend, zstd_backend
 from gcluster.errors import ConfigError
 from gcluster.frames import DEFAULT_MAX_MESSAGE
 
@@ -62,23 +68,32 @@ class ZlibStreamInflater:
 
     A new inflater is needed for every connection: the zlib dictionary carries
     over between messages of one connection and means nothing on another.
+
+    Args:
+        max_size: the largest message, compressed or inflated, in bytes.
+        backend: the zlib implementation (`gcluster.backends.zlib_backend`'s
+            choice when None: zlib-ng when installed).
     """
 
     __slots__ = (
         "_buffer",
         "_decompressor",
+        "_error",
         "_header",
+        "backend",
         "compressed_bytes",
         "decompressed_bytes",
         "max_size",
     )
 
-    def __init__(self, max_size: int = DEFAULT_MAX_MESSAGE) -> None:
+    def __init__(self, max_size: int = DEFAULT_MAX_MESSAGE, backend: Backend | None = None) -> None:
         self.max_size = max_size
+        self.backend = backend if backend is not None else zlib_backend()
         # Raw deflate after reading the 2-byte zlib header ourselves: a stream
         # that never ends never delivers its adler32 trailer, so zlib would
         # checksum every byte for a check that can never happen.
-        self._decompressor = zlib.decompressobj(-zlib.MAX_WBITS)
+        self._decompressor: Any = self.backend.namespace.decompressobj(-zlib.MAX_WBITS)
+        self._error: type[Exception] = self.backend.namespace.error
         self._header = True
         # Only used when a message is split over frames; the common case of one
         # frame per message never copies into it.
@@ -108,7 +123,12 @@ class ZlibStreamInflater:
             data = _strip_zlib_header(data)
             self._header = False
         # One byte past the limit tells "exactly the limit" from "over it".
-        message = self._decompressor.decompress(data, self.max_size + 1)
+        try:
+            message: bytes = self._decompressor.decompress(data, self.max_size + 1)
+        except self._error as err:
+            if isinstance(err, zlib.error):
+                raise
+            raise zlib.error(str(err)) from err  # zlib-ng's error class is its own
         if len(message) > self.max_size:
             raise MessageTooLarge(f"a message inflating to over {self.max_size} bytes")
         self.decompressed_bytes += len(message)
@@ -136,17 +156,48 @@ def _strip_zlib_header(data: bytes) -> bytes:
 
 
 class ZstdStreamInflater:
-    """Turns zstd-stream messages into JSON messages; one per connection."""
+    """Turns zstd-stream messages into JSON messages; one per connection.
 
-    __slots__ = ("_decompressor", "compressed_bytes", "decompressed_bytes", "max_size")
+    Args:
+        max_size: the largest message inflated, in bytes.
+        backend: the zstd library (`gcluster.backends.zstd_backend`'s choice
+            when None: the first of compression.zstd, backports.zstd and
+            zstandard installed).
 
-    def __init__(self, max_size: int = DEFAULT_MAX_MESSAGE) -> None:
-        import zstandard
+    Raises:
+        ConfigError: no zstd library is installed.
+    """
 
+    __slots__ = (
+        "_decompressor",
+        "_errors",
+        "_sliced",
+        "backend",
+        "compressed_bytes",
+        "decompressed_bytes",
+        "max_size",
+    )
+
+    def __init__(self, max_size: int = DEFAULT_MAX_MESSAGE, backend: Backend | None = None) -> None:
+        chosen = backend if backend is not None else zstd_backend()
+        if chosen is None:
+            raise ConfigError(_NO_ZSTD)
+        self.backend = chosen
         self.max_size = max_size
-        # zstd refuses windows over 128 MiB by default: that bounds what the
-        # decompressor keeps between messages.
-        self._decompressor: Any = zstandard.ZstdDecompressor().decompressobj()
+        zstd = chosen.namespace
+        # zstd refuses windows over 128 MiB by default, in every library: that
+        # bounds what the decompressor keeps between messages.
+        self._decompressor: Any
+        if chosen.module == "zstandard":
+            # zstandard's decompressobj has no output bound: input goes in slices.
+            self._decompressor = zstd.ZstdDecompressor().decompressobj()
+            self._sliced = True
+        else:
+            # compression.zstd and backports.zstd: decompress(data, max_length).
+            self._decompressor = zstd.ZstdDecompressor()
+            self._sliced = False
+        # EOFError: data after the end of the frame, which Discord never ends.
+        self._errors: tuple[type[Exception], ...] = (zstd.ZstdError, EOFError)
         self.compressed_bytes = 0
         self.decompressed_bytes = 0
 
@@ -154,52 +205,63 @@ class ZstdStreamInflater:
         """Add one message's bytes; return what they decompress to (None if nothing yet).
 
         Raises:
-            zlib.error: the stream is corrupt (zstd's own error, translated so
-                the reader handles both transports alike).
+            zlib.error: the stream is corrupt (the zstd library's own error,
+                translated so the reader handles both transports alike).
             MessageTooLarge: the message inflates to over `max_size` bytes.
         """
-        import zstandard
-
         self.compressed_bytes += len(data)
+        try:
+            if self._sliced:
+                return self._feed_sliced(data)
+            # One byte past the limit tells "exactly the limit" from "over it";
+            # the library stops there, keeping the rest of the input unread.
+            message: bytes = self._decompressor.decompress(data, self.max_size + 1)
+        except self._errors as err:
+            raise zlib.error(f"zstd-stream: {err or type(err).__name__}") from err
+        self.decompressed_bytes += len(message)
+        if len(message) > self.max_size:
+            raise MessageTooLarge(f"a message inflating to over {self.max_size} bytes")
+        return message or None
+
+    def _feed_sliced(self, data: bytes) -> bytes | None:
         limit = self.max_size
-        # zstandard's decompressobj has no output bound, so input goes in
-        # slices small enough that none can inflate past what is left of the
+        # Slices small enough that none can inflate past what is left of the
         # limit; a normal message (under 2 KiB compressed at the default
         # limit) is one slice.
         pieces: list[bytes] = []
         size = 0
         start = 0
-        try:
-            while start < len(data):
-                step = max(64, (limit - size) // _ZSTD_MAX_RATIO)
-                piece: bytes = self._decompressor.decompress(data[start : start + step])
-                start += step
-                if piece:
-                    size += len(piece)
-                    self.decompressed_bytes += len(piece)
-                    if size > limit:
-                        raise MessageTooLarge(f"a message inflating to over {limit} bytes")
-                    pieces.append(piece)
-        except zstandard.ZstdError as err:
-            raise zlib.error(f"zstd-stream: {err}") from err
+        while start < len(data):
+            step = max(64, (limit - size) // _ZSTD_MAX_RATIO)
+            piece: bytes = self._decompressor.decompress(data[start : start + step])
+            start += step
+            if piece:
+                size += len(piece)
+                self.decompressed_bytes += len(piece)
+                if size > limit:
+                    raise MessageTooLarge(f"a message inflating to over {limit} bytes")
+                pieces.append(piece)
         if not pieces:
             return None
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
 
+_NO_ZSTD: Final = (
+    "compression='zstd-stream' needs a zstd library: pip install 'gcluster[zstd]' "
+    "(or Python 3.14+, whose compression.zstd is used)"
+)
+
+
 def zstd_available() -> bool:
-    try:
-        import zstandard  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """Whether a zstd library is installed (see `gcluster.backends.ZSTD_MODULES`)."""
+    return zstd_backend() is not None
 
 
 def resolve_compression(value: bool | str | None) -> str | None:
     """The `compress` query value for an option: True, "best", a name, or off.
 
     Raises:
-        ConfigError: an unknown name, or zstd-stream without `zstandard` installed.
+        ConfigError: an unknown name, or zstd-stream with no zstd library installed.
     """
     if value is None or value is False:
         return None
@@ -209,9 +271,7 @@ def resolve_compression(value: bool | str | None) -> str | None:
         return ZSTD_STREAM if zstd_available() else ZLIB_STREAM
     if value == ZSTD_STREAM:
         if not zstd_available():
-            raise ConfigError(
-                "compression='zstd-stream' needs zstandard: pip install 'gcluster[zstd]'"
-            )
+            raise ConfigError(_NO_ZSTD)
         return ZSTD_STREAM
     raise ConfigError(
         f"compression must be True, False, 'zlib-stream', 'zstd-stream' or 'best', not {value!r}"

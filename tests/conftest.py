@@ -2,17 +2,46 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import gevent
 import pytest
 
+from gcluster.backends import ZSTD_MODULES, Backend, zstd_backend
 from gcluster.events import Event
 from gcluster.testing import GatewaySimulator, event_number
 
 # Generous: a loaded CI machine is slow, and a passing test never waits this long.
 TIMEOUT = 15.0
+
+
+# Each zstd library gcluster can use on this Python: the standard library's on
+# 3.14+, and the ones the test extra installs (marked: CI's run without
+# extras deselects them, so none is ever skipped where it should run).
+ZSTD_LIBRARIES = [
+    *(["compression.zstd"] if sys.version_info >= (3, 14) else []),
+    *(
+        [pytest.param("backports.zstd", marks=pytest.mark.extras)]
+        if sys.version_info < (3, 14)
+        else []
+    ),
+    pytest.param("zstandard", marks=pytest.mark.extras),
+]
+
+
+@pytest.fixture(params=ZSTD_LIBRARIES)
+def zstd(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Backend:
+    """Each zstd library in turn, the others hidden: both the client and the
+    in-process simulator use it."""
+    backend = zstd_backend(request.param)
+    assert backend is not None, f"{request.param} is not installed"
+    for name, _ in ZSTD_MODULES:
+        if name != request.param:
+            # None in sys.modules makes `import name` raise ImportError.
+            monkeypatch.setitem(sys.modules, name, None)
+    return backend
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ the test waits for the command to finish.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import platform
@@ -24,7 +25,8 @@ from gevent import subprocess
 
 import gcluster
 from gcluster import Intents
-from gcluster.__main__ import parser
+from gcluster.__main__ import parser, version_text
+from gcluster.backends import ZSTD_MODULES, zstd_backend
 from gcluster.testing import GatewaySimulator
 
 MakeSim = Callable[..., GatewaySimulator]
@@ -338,9 +340,42 @@ def test_version_names_what_gcluster_runs_on() -> None:
     assert lines[0] == f"gcluster {gcluster.__version__}"
     assert lines[1].startswith(f"Python {platform.python_version()} ")
     assert lines[2].startswith(f"gevent {gevent.__version__} ")
-    assert lines[3].startswith(f"JSON decoder: ujson {ujson.__version__}")
-    assert lines[4] == f"zlib-stream: the zlib module, zlib {zlib.ZLIB_RUNTIME_VERSION}"
-    assert lines[5].startswith("zstd-stream: zstandard ")
+    # The libraries, as this interpreter has them (the next two tests pin each case).
+    assert lines[3:] == version_text().splitlines()[3:]
+    assert [line.split(":")[0] for line in lines[3:]] == [
+        "JSON decoder",
+        "zlib-stream",
+        "zstd-stream",
+    ]
+
+
+def test_version_without_the_extras_names_the_standard_libraries(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # As installed without the fast and zstd extras, on Python before 3.14.
+    for module in ("orjson", "zlib_ng", "zlib_ng.zlib_ng", *(m for m, _ in ZSTD_MODULES)):
+        monkeypatch.setitem(sys.modules, module, None)
+    assert version_text().splitlines()[3:] == [
+        f"JSON decoder: ujson {ujson.__version__} "
+        "(orjson is not installed: pip install 'gcluster[fast]')",
+        f"zlib-stream: zlib {zlib.ZLIB_RUNTIME_VERSION} "
+        "(zlib-ng is not installed: pip install 'gcluster[fast]')",
+        "zstd-stream: no zstd library: pip install 'gcluster[zstd]'",
+    ]
+
+
+@pytest.mark.extras  # the fast and zstd extras
+def test_version_with_the_extras_names_the_faster_libraries() -> None:
+    import orjson
+
+    result = gcluster_cli("--version", timeout=30)
+    assert result.returncode == 0, result.stderr
+    zstd = "compression.zstd" if sys.version_info >= (3, 14) else "backports.zstd"
+    assert result.stdout.splitlines()[3:] == [
+        f"JSON decoder: orjson {orjson.__version__} (the fast extra)",
+        f"zlib-stream: zlib_ng.zlib_ng {importlib.metadata.version('zlib-ng')} (the fast extra)",
+        f"zstd-stream: {zstd_backend(zstd)}",
+    ]
 
 
 def test_the_demo_starts_a_thousand_shards() -> None:

@@ -127,7 +127,7 @@ def test_bad_options_raise_config_error(
 
 
 def test_an_unknown_decoder_is_refused() -> None:
-    with pytest.raises(ConfigError, match="decoder must be one of ujson, orjson or a callable"):
+    with pytest.raises(ConfigError, match="decoder must be one of auto, ujson, orjson or a call"):
         Cluster(SECRET, 1, decoder="simplejson")
 
 

@@ -32,22 +32,22 @@ from wsproto.connection import ConnectionState
 from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
 from wsproto.utilities import LocalProtocolError
 
+from gcluster.backends import Backend, zstd_backend
 from gcluster.errors import ConfigError
 
 from .records import Traffic
-
-zstandard: Any
-try:
-    import zstandard
-except ImportError:  # an optional extra: without it zstd-stream is refused (4002)
-    zstandard = None
 
 __all__ = ["COMPRESSIONS", "BlastFrames", "Ending", "WebSocket", "compressor_for"]
 
 ZLIB_STREAM = "zlib-stream"
 ZSTD_STREAM = "zstd-stream"
-COMPRESSIONS = frozenset({ZLIB_STREAM, ZSTD_STREAM} if zstandard is not None else {ZLIB_STREAM})
-"""The ``compress`` query values the simulator serves (zstd-stream needs ``zstandard``)."""
+COMPRESSIONS = frozenset(
+    {ZLIB_STREAM, ZSTD_STREAM} if zstd_backend() is not None else {ZLIB_STREAM}
+)
+"""The ``compress`` query values the simulator serves (zstd-stream needs a zstd library).
+
+Without one (the ``zstd`` extra, or Python 3.14's ``compression.zstd``) zstd-stream
+is refused with 4002, as by a gateway that does not offer it."""
 
 _RECV_BYTES = 65536
 # Enough to amortize a syscall, small enough not to build huge joined buffers.
@@ -174,13 +174,14 @@ Compressor = Callable[[bytes], bytes]
 """One message in, the compressed bytes that complete it out (flushed)."""
 
 
-def compressor_for(compression: str | None) -> Compressor | None:
+def compressor_for(compression: str | None, zstd: Backend | None = None) -> Compressor | None:
     """A new compressor for one connection, or None for none (or an unknown name).
 
     ``zlib-stream``: one deflate stream, sync-flushed after every message (the
     client knows a message is complete by its ``00 00 ff ff`` tail).
     ``zstd-stream``: one zstd stream, block-flushed after every message (each
-    websocket message decompresses to exactly one gateway message).
+    websocket message decompresses to exactly one gateway message), made by
+    ``zstd`` (``gcluster.backends.zstd_backend()``'s choice when None).
     """
     if compression == ZLIB_STREAM:
         deflate = zlib.compressobj()
@@ -190,16 +191,33 @@ def compressor_for(compression: str | None) -> Compressor | None:
             return deflate.compress(data) + deflate.flush(sync)
 
         return compress_zlib
-    if compression == ZSTD_STREAM and zstandard is not None:
-        zstd = zstandard.ZstdCompressor().compressobj()
-        block = zstandard.COMPRESSOBJ_FLUSH_BLOCK
+    if compression == ZSTD_STREAM:
+        zstd = zstd if zstd is not None else zstd_backend()
+        if zstd is not None:
+            return _zstd_compressor(zstd)
+    return None
 
-        def compress_zstd(data: bytes) -> bytes:
-            compressed: bytes = zstd.compress(data) + zstd.flush(block)
+
+def _zstd_compressor(zstd: Backend) -> Compressor:
+    library = zstd.namespace
+    if zstd.module == "zstandard":
+        stream = library.ZstdCompressor().compressobj()
+        block = library.COMPRESSOBJ_FLUSH_BLOCK
+
+        def compress_zstandard(data: bytes) -> bytes:
+            compressed: bytes = stream.compress(data) + stream.flush(block)
             return compressed
 
-        return compress_zstd
-    return None
+        return compress_zstandard
+    # compression.zstd and backports.zstd (PEP 784's API).
+    compress = library.ZstdCompressor().compress
+    flush_block = library.ZstdCompressor.FLUSH_BLOCK
+
+    def compress_zstd(data: bytes) -> bytes:
+        compressed: bytes = compress(data, flush_block)
+        return compressed
+
+    return compress_zstd
 
 
 class WebSocket:
