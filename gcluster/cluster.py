@@ -529,12 +529,20 @@ class Cluster(ClusterLifecycle):
         answer = MembersAnswer(guild, nonce, full=full)
         # Registered before sending: the first chunk may come while the send yields.
         pending = requests.begin(answer, shard.id)
+        # Closed before the send, which may wait for a slot: a second full
+        # request for the guild made meanwhile is refused above, not sent too.
+        previous = requests.window.reserve(guild, time.monotonic()) if full else None
         try:
-            shard.command(command, timeout=max(0.0, deadline - time.monotonic()))
+            try:
+                shard.command(command, timeout=max(0.0, deadline - time.monotonic()))
+            except BaseException:
+                if full:
+                    requests.window.release(guild, previous)  # nothing went out
+                raise
             # Not read before: the wait for a slot may have seen a new session.
             requests.sent(pending, shard.info().session_id)
             if full:
-                requests.window.sent(guild, time.monotonic())
+                requests.window.sent(guild, time.monotonic())  # Discord's 30 s start now
             pending.done.wait(max(0.0, deadline - time.monotonic()))
             if pending.error is not None:
                 raise pending.error

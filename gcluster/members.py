@@ -116,6 +116,23 @@ class FullRequestWindow:
         self._prune(now)
         self._open_until[guild_id] = now + self.window
 
+    def reserve(self, guild_id: int, now: float) -> float | None:
+        """Close `guild_id`'s window before a full request is sent; returns what to `release`.
+
+        Taken before the send, which may wait for a rate-limit slot: a second
+        full request for the guild made meanwhile is refused, not sent too.
+        """
+        previous = self._open_until.get(guild_id)
+        self.sent(guild_id, now)
+        return previous
+
+    def release(self, guild_id: int, previous: float | None) -> None:
+        """Undo `reserve`: the request was not sent after all."""
+        if previous is None:
+            self._open_until.pop(guild_id, None)
+        else:
+            self._open_until[guild_id] = previous
+
     def limited(self, guild_id: int, now: float, retry_after: float) -> None:
         """Discord said RATE_LIMITED: no full request for `guild_id` for `retry_after` s."""
         self._prune(now)

@@ -40,6 +40,7 @@ from gcluster import (
     ShardScheme,
     Stage,
     ThreadedCluster,
+    UpdatePresence,
 )
 from gcluster.events import Event
 from gcluster.testing import GatewaySimulator, event_number, faults
@@ -481,3 +482,27 @@ def test_a_chunk_stream_that_never_ends_times_out_and_down_ends_a_waiting_reques
                 waiting.get(timeout=TIMEOUT)
         finally:
             cluster.down()
+
+
+
+def spend_the_commands(cluster: Cluster) -> None:
+    """Use up shard 0's commands: the next one waits up to a minute for a slot."""
+    while cluster.info()[0].ratelimit[0] > 0:  # type: ignore[index]
+        cluster.command(0, UpdatePresence())
+
+
+def test_a_full_request_made_while_another_waits_for_a_slot_is_refused_unsent(
+    make_sim: MakeSim, clusters: Callable[..., Cluster]
+) -> None:
+    sim = make_sim(heartbeat_interval=30)
+    cluster = clusters(sim)
+    guild = sim.guild_ids(0)[0]
+    spend_the_commands(cluster)
+    first = gevent.spawn(cluster.request_members, guild, timeout=120)
+    gevent.idle()  # it waits for its slot now
+    with pytest.raises(MembersRateLimited) as refused:
+        cluster.request_members(guild, timeout=120)
+    assert not refused.value.sent and refused.value.retry_after > 0
+    assert not first.ready()
+    first.kill()
+

@@ -75,6 +75,17 @@ def test_rate_limited_extends_the_window_and_expired_guilds_are_forgotten() -> N
     assert len(window._open_until) == 1
 
 
+def test_a_reserved_window_refuses_at_once_and_a_release_restores_it() -> None:
+    window = FullRequestWindow()
+    previous = window.reserve(GUILD, 100.0)
+    assert previous is None and window.wait(GUILD, 100.0) == pytest.approx(30.0)
+    window.release(GUILD, previous)  # not sent after all
+    assert window.wait(GUILD, 100.0) == 0.0
+    window.limited(GUILD, 100.0, 45.0)
+    window.release(GUILD, window.reserve(GUILD, 120.0))
+    assert window.wait(GUILD, 120.0) == pytest.approx(25.0)  # Discord's word stands
+
+
 # --- gathering -------------------------------------------------------------------------------
 
 
