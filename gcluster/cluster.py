@@ -65,6 +65,8 @@ if TYPE_CHECKING:
     # (whose stub type checkers carry) is never imported, on 3.10 as on 3.13.
     from typing_extensions import Unpack
 
+    from gcluster.members import _Pending as PendingRequest
+
 __all__ = [
     "Cluster",
     "ClusterBuilder",
@@ -534,7 +536,7 @@ class Cluster(ClusterLifecycle):
         previous = requests.window.reserve(guild, time.monotonic()) if full else None
         try:
             try:
-                shard.command(command, timeout=max(0.0, deadline - time.monotonic()))
+                _send_member_request(shard, command, pending, deadline)
             except BaseException:
                 if full:
                     requests.window.release(guild, previous)  # nothing went out
@@ -996,6 +998,36 @@ def check_members_timeout(timeout: object) -> float:
             f"request_members' timeout must be a positive number of seconds, got {timeout!r}"
         )
     return float(timeout)
+
+
+def _send_member_request(
+    shard: Shard, command: RequestGuildMembers, pending: PendingRequest, deadline: float
+) -> None:
+    """Send op 8, giving up as soon as the request is lost while it waits for a slot.
+
+    The wait for a rate-limit slot may last up to a minute; down() or
+    remove_shard meanwhile fails the request (`MemberRequests.shard_stopped`),
+    and the caller hears of it then, not once the slot comes.
+    """
+
+    def send() -> Exception | None:
+        try:
+            shard.command(command, timeout=max(0.0, deadline - time.monotonic()))
+        except Exception as err:  # noqa: BLE001 - raised in the caller's greenlet below
+            return err
+        return None
+
+    sender = gevent.spawn(send)
+    try:
+        # The sender's own wait ends by the deadline, so this one does too.
+        gevent.wait([sender, pending.done], count=1)
+        if not sender.ready() and pending.error is not None:
+            raise pending.error  # lost before it went out: nothing to wait for
+        error = sender.get()
+    finally:
+        sender.kill()
+    if error is not None:
+        raise error
 
 
 def _check_member_intents(intents: int, *, full: bool, presences: bool) -> None:

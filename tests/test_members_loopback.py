@@ -506,3 +506,22 @@ def test_a_full_request_made_while_another_waits_for_a_slot_is_refused_unsent(
     assert not first.ready()
     first.kill()
 
+
+@pytest.mark.parametrize("stop", ["down", "remove_shard"])
+def test_down_or_removal_ends_a_request_waiting_for_a_slot_at_once(
+    make_sim: MakeSim, clusters: Callable[..., Cluster], stop: str
+) -> None:
+    sim = make_sim(heartbeat_interval=30)
+    cluster = clusters(sim)
+    spend_the_commands(cluster)
+    sent_before = len(member_requests(sim))
+    waiting = gevent.spawn(cluster.request_members, sim.guild_ids(0)[0], user_ids=[5], timeout=120)
+    gevent.idle()  # it waits for its slot now
+    if stop == "down":
+        cluster.down()
+    else:
+        cluster.remove_shard(0)
+    # It hears of it now, not when the slot would have come (a minute on).
+    with pytest.raises(MembersRequestLost, match="the shard was shut down"):
+        waiting.get(timeout=TIMEOUT)
+    assert len(member_requests(sim)) == sent_before
