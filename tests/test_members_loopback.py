@@ -484,7 +484,6 @@ def test_a_chunk_stream_that_never_ends_times_out_and_down_ends_a_waiting_reques
             cluster.down()
 
 
-
 def spend_the_commands(cluster: Cluster) -> None:
     """Use up shard 0's commands: the next one waits up to a minute for a slot."""
     while cluster.info()[0].ratelimit[0] > 0:  # type: ignore[index]
