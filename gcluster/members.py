@@ -316,12 +316,13 @@ def _snowflakes(value: Any) -> list[int] | str:
         return f"{len(value)} not_found ids (at most {MAX_PARTIAL_MEMBERS})"
     ids = []
     for item in value:
-        if _is_int(item) and 0 < item < 1 << 64:
-            ids.append(item)
-        elif isinstance(item, str) and item.isascii() and item.isdigit() and len(item) <= 20:
-            ids.append(int(item))
-        else:
+        number = item if _is_int(item) else None
+        if isinstance(item, str) and item.isascii() and item.isdigit() and len(item) <= 20:
+            number = int(item)
+        # The same range for both spellings: "0" is no more an id than 0 is.
+        if number is None or not 0 < number < 1 << 64:
             return f"not_found holds {item!r}, not a snowflake"
+        ids.append(number)
     return ids
 
 

@@ -128,6 +128,11 @@ HOSTILE = {
     "too many members": (chunk(0, 1, members=[{}] * 1001), "1001 members in one chunk"),
     "presences not objects": (chunk(0, 1, presences=["x"]), "presences holds a str"),
     "not_found not ids": (chunk(0, 1, not_found=["abc"]), "not_found holds 'abc'"),
+    "not_found id zero": (chunk(0, 1, not_found=["0"]), "not_found holds '0'"),
+    "not_found past 64 bits": (
+        chunk(0, 1, not_found=["99999999999999999999"]),
+        "not_found holds '99999999999999999999'",
+    ),
 }
 
 
