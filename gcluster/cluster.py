@@ -468,8 +468,9 @@ class Cluster(ClusterLifecycle):
             guild_id: the guild (an int or its decimal string).
             query: members whose username starts with it (at most `limit`,
                 and at most 100 whatever the limit).
-            limit: with `query`, at most this many members (0..100; 0 with
-                an empty query means every member).
+            limit: with `query`, at most this many members: 1..100 (0 with
+                an empty query means every member; Discord does not answer
+                other queries with 0, so they are refused).
             user_ids: these users (at most 100); ids that are not members
                 come back in `not_found`.
             presences: also fetch their presences (needs GUILD_PRESENCES).
@@ -511,6 +512,14 @@ class Cluster(ClusterLifecycle):
             presences=presences,
             nonce=nonce,
         )
+        if command.query and command.limit == 0:
+            # Discord never answers that (discord-api-docs#662): the call
+            # would only time out.
+            raise InvalidCommand(
+                f"request_members(query={command.query!r}) needs limit=1..100: Discord does not "
+                "answer a query with limit 0 (only an empty query with limit 0, which asks for "
+                "every member)"
+            )
         guild = int(command.guild_id)
         full = command.user_ids is None and is_full_request(command.query, command.limit)
         _check_member_intents(self._config.intents, full=full, presences=presences)

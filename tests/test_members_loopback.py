@@ -222,6 +222,8 @@ def test_requests_discord_would_not_answer_are_refused_before_sending(
         cluster.request_members(guild, user_ids=[1], presences=True)
     with pytest.raises(InvalidCommand, match="limit must be between 0 and 100"):
         cluster.request_members(guild, query="a", limit=500)
+    with pytest.raises(InvalidCommand, match=r"query='a'\) needs limit=1\.\.100"):
+        cluster.request_members(guild, query="a")  # Discord would never answer
     with pytest.raises(InvalidCommand, match="exactly one of query or user_ids"):
         cluster.request_members(guild, query="a", user_ids=[1])
     for timeout in (0, -1, None, math.nan, math.inf, True, "5"):
