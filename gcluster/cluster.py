@@ -338,7 +338,11 @@ class Cluster(ClusterLifecycle):
             )
         if session is not None:
             if not isinstance(session, ResumeSession):
-                raise ConfigError(f"session must be a ResumeSession or None, not {session!r}")
+                # Its type only: a dict from to_dict() holds the session id.
+                raise ConfigError(
+                    f"session must be a ResumeSession or None, not {type(session).__name__}"
+                    + ": ResumeSession.from_dict(data) reads a dict" * isinstance(session, Mapping)
+                )
             why = session.mismatch(shard_id, total)
             if why is not None:
                 raise ConfigError(f"shard {shard_id} cannot resume this session: {why}")
