@@ -18,7 +18,7 @@ import logging
 import math
 import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 import gevent
@@ -547,17 +547,22 @@ class Cluster(ClusterLifecycle):
         # Closed before the send, which may wait for a slot: a second full
         # request for the guild made meanwhile is refused above, not sent too.
         previous = requests.window.reserve(guild, time.monotonic()) if full else None
+
+        def sent() -> None:
+            # Right after the send, before anything else runs: the session
+            # read now is the one that owes the answer (the wait for a slot
+            # may have seen a new one), and an early RATE_LIMITED is not undone.
+            requests.sent(pending, shard.info().session_id)
+            if full:
+                requests.window.sent(guild, time.monotonic())  # Discord's 30 s start now
+
         try:
             try:
-                _send_member_request(shard, command, pending, deadline)
+                _send_member_request(shard, command, pending, deadline, sent)
             except BaseException:
                 if full:
                     requests.window.release(guild, previous)  # nothing went out
                 raise
-            # Not read before: the wait for a slot may have seen a new session.
-            requests.sent(pending, shard.info().session_id)
-            if full:
-                requests.window.sent(guild, time.monotonic())  # Discord's 30 s start now
             pending.done.wait(max(0.0, deadline - time.monotonic()))
             if pending.error is not None:
                 raise pending.error
@@ -1014,9 +1019,13 @@ def check_members_timeout(timeout: object) -> float:
 
 
 def _send_member_request(
-    shard: Shard, command: RequestGuildMembers, pending: PendingRequest, deadline: float
+    shard: Shard,
+    command: RequestGuildMembers,
+    pending: PendingRequest,
+    deadline: float,
+    sent: Callable[[], None],
 ) -> None:
-    """Send op 8, giving up as soon as the request is lost while it waits for a slot.
+    """Send op 8 and call `sent`; give up as soon as the request is lost while it waits for a slot.
 
     The wait for a rate-limit slot may last up to a minute; down() or
     remove_shard meanwhile fails the request (`MemberRequests.shard_stopped`),
@@ -1028,6 +1037,7 @@ def _send_member_request(
             shard.command(command, timeout=max(0.0, deadline - time.monotonic()))
         except Exception as err:  # noqa: BLE001 - raised in the caller's greenlet below
             return err
+        sent()
         return None
 
     sender = gevent.spawn(send)

@@ -112,9 +112,9 @@ class FullRequestWindow:
         return 0.0 if until is None else max(0.0, until - now)
 
     def sent(self, guild_id: int, now: float) -> None:
-        """A full request for `guild_id` was sent at `now`."""
+        """A full request for `guild_id` was sent at `now` (a longer RATE_LIMITED wait stays)."""
         self._prune(now)
-        self._open_until[guild_id] = now + self.window
+        self._open_until[guild_id] = max(self._open_until.get(guild_id, now), now + self.window)
 
     def reserve(self, guild_id: int, now: float) -> float | None:
         """Close `guild_id`'s window before a full request is sent; returns what to `release`.

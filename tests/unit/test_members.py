@@ -75,6 +75,13 @@ def test_rate_limited_extends_the_window_and_expired_guilds_are_forgotten() -> N
     assert len(window._open_until) == 1
 
 
+def test_a_request_sent_after_discords_longer_wait_arrived_keeps_that_wait() -> None:
+    window = FullRequestWindow()
+    window.limited(GUILD, 100.0, 45.0)  # RATE_LIMITED read before the send was noted
+    window.sent(GUILD, 100.0)
+    assert window.wait(GUILD, 100.0) == pytest.approx(45.0)
+
+
 def test_a_reserved_window_refuses_at_once_and_a_release_restores_it() -> None:
     window = FullRequestWindow()
     previous = window.reserve(GUILD, 100.0)
