@@ -312,9 +312,13 @@ def test_the_simulator_answers_op_8_and_op_43_on_the_wire_as_discord_documents()
             assert limited["t"] == "RATE_LIMITED"
             assert limited["d"]["opcode"] == 8 and 0 < limited["d"]["retry_after"] <= 30
             assert limited["d"]["meta"] == {"guild_id": str(guild.id), "nonce": "b"}
+            # A query with limit 0 gets no answer at all, as from Discord
+            # (discord-api-docs#662): the next dispatch answers the next request.
+            client.send(8, {"guild_id": str(guild.id), "query": "a", "limit": 0, "nonce": "c"})
             # Presences need GUILD_PRESENCES, which this session lacks: none come.
             client.send(8, {"guild_id": str(guild.id), "user_ids": ["1"], "presences": True})
             [answer] = client.recv_dispatches(1)
+            assert answer["d"].get("nonce") != "c"
             assert answer["d"]["not_found"] == ["1"] and "presences" not in answer["d"]
             client.send(43, {"guild_id": str(guild.id), "fields": ["voice_start_time"]})
             [info] = client.recv_dispatches(1)
