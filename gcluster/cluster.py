@@ -18,7 +18,7 @@ import logging
 import math
 import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 import gevent
@@ -64,6 +64,8 @@ if TYPE_CHECKING:
     # Only annotations use it, and they are strings at run time: typing_extensions
     # (whose stub type checkers carry) is never imported, on 3.10 as on 3.13.
     from typing_extensions import Unpack
+
+    from gcluster.members import _Pending as PendingRequest
 
 __all__ = [
     "Cluster",
@@ -337,7 +339,11 @@ class Cluster(ClusterLifecycle):
             )
         if session is not None:
             if not isinstance(session, ResumeSession):
-                raise ConfigError(f"session must be a ResumeSession or None, not {session!r}")
+                # Its type only: a dict from to_dict() holds the session id.
+                raise ConfigError(
+                    f"session must be a ResumeSession or None, not {type(session).__name__}"
+                    + ": ResumeSession.from_dict(data) reads a dict" * isinstance(session, Mapping)
+                )
             why = session.mismatch(shard_id, total)
             if why is not None:
                 raise ConfigError(f"shard {shard_id} cannot resume this session: {why}")
@@ -467,8 +473,9 @@ class Cluster(ClusterLifecycle):
             guild_id: the guild (an int or its decimal string).
             query: members whose username starts with it (at most `limit`,
                 and at most 100 whatever the limit).
-            limit: with `query`, at most this many members (0..100; 0 with
-                an empty query means every member).
+            limit: with `query`, at most this many members: 1..100 (0 with
+                an empty query means every member; Discord does not answer
+                other queries with 0, so they are refused).
             user_ids: these users (at most 100); ids that are not members
                 come back in `not_found`.
             presences: also fetch their presences (needs GUILD_PRESENCES).
@@ -510,6 +517,14 @@ class Cluster(ClusterLifecycle):
             presences=presences,
             nonce=nonce,
         )
+        if command.query and command.limit == 0:
+            # Discord never answers that (discord-api-docs#662): the call
+            # would only time out.
+            raise InvalidCommand(
+                f"request_members(query={command.query!r}) needs limit=1..100: Discord does not "
+                "answer a query with limit 0 (only an empty query with limit 0, which asks for "
+                "every member)"
+            )
         guild = int(command.guild_id)
         full = command.user_ids is None and is_full_request(command.query, command.limit)
         _check_member_intents(self._config.intents, full=full, presences=presences)
@@ -530,12 +545,25 @@ class Cluster(ClusterLifecycle):
         answer = MembersAnswer(guild, nonce, full=full)
         # Registered before sending: the first chunk may come while the send yields.
         pending = requests.begin(answer, shard.id)
-        try:
-            shard.command(command, timeout=max(0.0, deadline - time.monotonic()))
-            # Not read before: the wait for a slot may have seen a new session.
+        # Closed before the send, which may wait for a slot: a second full
+        # request for the guild made meanwhile is refused above, not sent too.
+        previous = requests.window.reserve(guild, time.monotonic()) if full else None
+
+        def sent() -> None:
+            # Right after the send, before anything else runs: the session
+            # read now is the one that owes the answer (the wait for a slot
+            # may have seen a new one), and an early RATE_LIMITED is not undone.
             requests.sent(pending, shard.info().session_id)
             if full:
-                requests.window.sent(guild, time.monotonic())
+                requests.window.sent(guild, time.monotonic())  # Discord's 30 s start now
+
+        try:
+            try:
+                _send_member_request(shard, command, pending, deadline, sent)
+            except BaseException:
+                if full:
+                    requests.window.release(guild, previous)  # nothing went out
+                raise
             pending.done.wait(max(0.0, deadline - time.monotonic()))
             if pending.error is not None:
                 raise pending.error
@@ -989,6 +1017,41 @@ def check_members_timeout(timeout: object) -> float:
             f"request_members' timeout must be a positive number of seconds, got {timeout!r}"
         )
     return float(timeout)
+
+
+def _send_member_request(
+    shard: Shard,
+    command: RequestGuildMembers,
+    pending: PendingRequest,
+    deadline: float,
+    sent: Callable[[], None],
+) -> None:
+    """Send op 8 and call `sent`; give up as soon as the request is lost while it waits for a slot.
+
+    The wait for a rate-limit slot may last up to a minute; down() or
+    remove_shard meanwhile fails the request (`MemberRequests.shard_stopped`),
+    and the caller hears of it then, not once the slot comes.
+    """
+
+    def send() -> Exception | None:
+        try:
+            shard.command(command, timeout=max(0.0, deadline - time.monotonic()))
+        except Exception as err:  # noqa: BLE001 - raised in the caller's greenlet below
+            return err
+        sent()
+        return None
+
+    sender = gevent.spawn(send)
+    try:
+        # The sender's own wait ends by the deadline, so this one does too.
+        gevent.wait([sender, pending.done], count=1)
+        if not sender.ready() and pending.error is not None:
+            raise pending.error  # lost before it went out: nothing to wait for
+        error = sender.get()
+    finally:
+        sender.kill()
+    if error is not None:
+        raise error
 
 
 def _check_member_intents(intents: int, *, full: bool, presences: bool) -> None:

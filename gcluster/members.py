@@ -112,9 +112,26 @@ class FullRequestWindow:
         return 0.0 if until is None else max(0.0, until - now)
 
     def sent(self, guild_id: int, now: float) -> None:
-        """A full request for `guild_id` was sent at `now`."""
+        """A full request for `guild_id` was sent at `now` (a longer RATE_LIMITED wait stays)."""
         self._prune(now)
-        self._open_until[guild_id] = now + self.window
+        self._open_until[guild_id] = max(self._open_until.get(guild_id, now), now + self.window)
+
+    def reserve(self, guild_id: int, now: float) -> float | None:
+        """Close `guild_id`'s window before a full request is sent; returns what to `release`.
+
+        Taken before the send, which may wait for a rate-limit slot: a second
+        full request for the guild made meanwhile is refused, not sent too.
+        """
+        previous = self._open_until.get(guild_id)
+        self.sent(guild_id, now)
+        return previous
+
+    def release(self, guild_id: int, previous: float | None) -> None:
+        """Undo `reserve`: the request was not sent after all."""
+        if previous is None:
+            self._open_until.pop(guild_id, None)
+        else:
+            self._open_until[guild_id] = previous
 
     def limited(self, guild_id: int, now: float, retry_after: float) -> None:
         """Discord said RATE_LIMITED: no full request for `guild_id` for `retry_after` s."""
@@ -299,12 +316,13 @@ def _snowflakes(value: Any) -> list[int] | str:
         return f"{len(value)} not_found ids (at most {MAX_PARTIAL_MEMBERS})"
     ids = []
     for item in value:
-        if _is_int(item) and 0 < item < 1 << 64:
-            ids.append(item)
-        elif isinstance(item, str) and item.isascii() and item.isdigit() and len(item) <= 20:
-            ids.append(int(item))
-        else:
+        number = item if _is_int(item) else None
+        if isinstance(item, str) and item.isascii() and item.isdigit() and len(item) <= 20:
+            number = int(item)
+        # The same range for both spellings: "0" is no more an id than 0 is.
+        if number is None or not 0 < number < 1 << 64:
             return f"not_found holds {item!r}, not a snowflake"
+        ids.append(number)
     return ids
 
 

@@ -172,6 +172,27 @@ class ResumeSession:
     shard_id: int | None = field(default=None, compare=False, kw_only=True)
     total: int | None = field(default=None, compare=False, kw_only=True)
 
+    def __post_init__(self) -> None:
+        # A session built by hand with "3" for 3 would be refused later as
+        # "of shard 3, not of shard 3": say what is wrong where it is made.
+        shard_id, total = self.shard_id, self.total
+        if total is not None and (
+            isinstance(total, bool) or not isinstance(total, int) or total < 1
+        ):
+            raise ConfigError(
+                f"ResumeSession's total must be an int of at least 1 or None, not {total!r}"
+            )
+        if shard_id is not None and (
+            isinstance(shard_id, bool)
+            or not isinstance(shard_id, int)
+            or shard_id < 0
+            or (total is not None and shard_id >= total)
+        ):
+            raise ConfigError(
+                f"ResumeSession's shard_id must be an int in 0..total-1 or None, not {shard_id!r}"
+                + (f" (total {total})" if total is not None else "")
+            )
+
     def to_dict(self) -> dict[str, Any]:
         """The session as a dict `json.dumps` takes as it is; `from_dict` reads it back.
 

@@ -28,6 +28,8 @@ from urllib.parse import quote, unquote, urlsplit
 import h11
 import requests.utils
 
+from gcluster.errors import ConfigError
+
 __all__ = [
     "Proxy",
     "ProxyConnect",
@@ -58,6 +60,28 @@ class Proxy:
     port: int
     username: str | None = field(default=None, repr=False)
     password: str | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        # Built by hand as well as by parse_proxy: a mistake is said here, not
+        # as a failed DNS lookup or a 407 at the first connection. No message
+        # quotes the credentials.
+        host = self.host
+        if not isinstance(host, str) or not host or any(c in host for c in "/@[] \t\r\n"):
+            raise ConfigError(
+                f"Proxy's host must be a host name or IP address alone, not {host!r}: "
+                "for a URL, use parse_proxy('http://host:port') or pass the URL as the option"
+            )
+        port = self.port
+        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+            raise ConfigError(f"Proxy's port must be an int within 1..65535, not {port!r}")
+        for name in ("username", "password"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise ConfigError(
+                    f"Proxy's {name} must be a str or None, not {type(value).__name__}"
+                )
+        if self.password is not None and self.username is None:
+            raise ConfigError("Proxy has a password but no username: give both (or neither)")
 
     def __repr__(self) -> str:
         return f"Proxy({self.display!r})"

@@ -40,6 +40,7 @@ from gcluster import (
     ShardScheme,
     Stage,
     ThreadedCluster,
+    UpdatePresence,
 )
 from gcluster.events import Event
 from gcluster.testing import GatewaySimulator, event_number, faults
@@ -221,6 +222,8 @@ def test_requests_discord_would_not_answer_are_refused_before_sending(
         cluster.request_members(guild, user_ids=[1], presences=True)
     with pytest.raises(InvalidCommand, match="limit must be between 0 and 100"):
         cluster.request_members(guild, query="a", limit=500)
+    with pytest.raises(InvalidCommand, match=r"query='a'\) needs limit=1\.\.100"):
+        cluster.request_members(guild, query="a")  # Discord would never answer
     with pytest.raises(InvalidCommand, match="exactly one of query or user_ids"):
         cluster.request_members(guild, query="a", user_ids=[1])
     for timeout in (0, -1, None, math.nan, math.inf, True, "5"):
@@ -309,9 +312,13 @@ def test_the_simulator_answers_op_8_and_op_43_on_the_wire_as_discord_documents()
             assert limited["t"] == "RATE_LIMITED"
             assert limited["d"]["opcode"] == 8 and 0 < limited["d"]["retry_after"] <= 30
             assert limited["d"]["meta"] == {"guild_id": str(guild.id), "nonce": "b"}
+            # A query with limit 0 gets no answer at all, as from Discord
+            # (discord-api-docs#662): the next dispatch answers the next request.
+            client.send(8, {"guild_id": str(guild.id), "query": "a", "limit": 0, "nonce": "c"})
             # Presences need GUILD_PRESENCES, which this session lacks: none come.
             client.send(8, {"guild_id": str(guild.id), "user_ids": ["1"], "presences": True})
             [answer] = client.recv_dispatches(1)
+            assert answer["d"].get("nonce") != "c"
             assert answer["d"]["not_found"] == ["1"] and "presences" not in answer["d"]
             client.send(43, {"guild_id": str(guild.id), "fields": ["voice_start_time"]})
             [info] = client.recv_dispatches(1)
@@ -481,3 +488,45 @@ def test_a_chunk_stream_that_never_ends_times_out_and_down_ends_a_waiting_reques
                 waiting.get(timeout=TIMEOUT)
         finally:
             cluster.down()
+
+
+def spend_the_commands(cluster: Cluster) -> None:
+    """Use up shard 0's commands: the next one waits up to a minute for a slot."""
+    while cluster.info()[0].ratelimit[0] > 0:  # type: ignore[index]
+        cluster.command(0, UpdatePresence())
+
+
+def test_a_full_request_made_while_another_waits_for_a_slot_is_refused_unsent(
+    make_sim: MakeSim, clusters: Callable[..., Cluster]
+) -> None:
+    sim = make_sim(heartbeat_interval=30)
+    cluster = clusters(sim)
+    guild = sim.guild_ids(0)[0]
+    spend_the_commands(cluster)
+    first = gevent.spawn(cluster.request_members, guild, timeout=120)
+    gevent.idle()  # it waits for its slot now
+    with pytest.raises(MembersRateLimited) as refused:
+        cluster.request_members(guild, timeout=120)
+    assert not refused.value.sent and refused.value.retry_after > 0
+    assert not first.ready()
+    first.kill()
+
+
+@pytest.mark.parametrize("stop", ["down", "remove_shard"])
+def test_down_or_removal_ends_a_request_waiting_for_a_slot_at_once(
+    make_sim: MakeSim, clusters: Callable[..., Cluster], stop: str
+) -> None:
+    sim = make_sim(heartbeat_interval=30)
+    cluster = clusters(sim)
+    spend_the_commands(cluster)
+    sent_before = len(member_requests(sim))
+    waiting = gevent.spawn(cluster.request_members, sim.guild_ids(0)[0], user_ids=[5], timeout=120)
+    gevent.idle()  # it waits for its slot now
+    if stop == "down":
+        cluster.down()
+    else:
+        cluster.remove_shard(0)
+    # It hears of it now, not when the slot would have come (a minute on).
+    with pytest.raises(MembersRequestLost, match="the shard was shut down"):
+        waiting.get(timeout=TIMEOUT)
+    assert len(member_requests(sim)) == sent_before

@@ -267,6 +267,9 @@ def test_add_and_remove_refuse_clearly_what_cannot_be_done(
     other_total = ResumeSession(session.session_id, session.sequence, shard_id=2, total=4)
     with pytest.raises(ConfigError, match="4 shards, not 3"):
         cluster.add_shard(2, other_total)
+    with pytest.raises(ConfigError, match=r"not dict: ResumeSession\.from_dict\(data\)") as raw:
+        cluster.add_shard(2, session.to_dict())  # type: ignore[arg-type]
+    assert session.session_id not in str(raw.value)
     assert sim.records.resumes == [] and sorted(cluster.info()) == [0, 1]
 
     # Not resumable: closed with 1000, the session ends and nothing is returned.

@@ -720,6 +720,10 @@ class Gateway:
         if chunks is None:
             self.reject(conn, Rejection(Close.DECODE_ERROR, "Error while decoding payload."))
             return
+        if data.get("user_ids") is None and data.get("query") and data.get("limit") == 0:
+            # Discord answers a non-empty query with limit 0 with nothing at
+            # all (discord-api-docs#662): nor does the simulator.
+            return
         if rules.is_full_member_request(data):
             # Discord documents GUILD_MEMBERS as required here but not what it
             # does without it (trackers report silence); the simulator answers,

@@ -75,6 +75,24 @@ def test_rate_limited_extends_the_window_and_expired_guilds_are_forgotten() -> N
     assert len(window._open_until) == 1
 
 
+def test_a_request_sent_after_discords_longer_wait_arrived_keeps_that_wait() -> None:
+    window = FullRequestWindow()
+    window.limited(GUILD, 100.0, 45.0)  # RATE_LIMITED read before the send was noted
+    window.sent(GUILD, 100.0)
+    assert window.wait(GUILD, 100.0) == pytest.approx(45.0)
+
+
+def test_a_reserved_window_refuses_at_once_and_a_release_restores_it() -> None:
+    window = FullRequestWindow()
+    previous = window.reserve(GUILD, 100.0)
+    assert previous is None and window.wait(GUILD, 100.0) == pytest.approx(30.0)
+    window.release(GUILD, previous)  # not sent after all
+    assert window.wait(GUILD, 100.0) == 0.0
+    window.limited(GUILD, 100.0, 45.0)
+    window.release(GUILD, window.reserve(GUILD, 120.0))
+    assert window.wait(GUILD, 120.0) == pytest.approx(25.0)  # Discord's word stands
+
+
 # --- gathering -------------------------------------------------------------------------------
 
 
@@ -117,6 +135,11 @@ HOSTILE = {
     "too many members": (chunk(0, 1, members=[{}] * 1001), "1001 members in one chunk"),
     "presences not objects": (chunk(0, 1, presences=["x"]), "presences holds a str"),
     "not_found not ids": (chunk(0, 1, not_found=["abc"]), "not_found holds 'abc'"),
+    "not_found id zero": (chunk(0, 1, not_found=["0"]), "not_found holds '0'"),
+    "not_found past 64 bits": (
+        chunk(0, 1, not_found=["99999999999999999999"]),
+        "not_found holds '99999999999999999999'",
+    ),
 }
 
 

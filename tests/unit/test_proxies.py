@@ -332,3 +332,22 @@ def test_a_proxy_closing_mid_answer_is_refused() -> None:
 def test_credentials_refused_are_told_apart_from_credentials_missing() -> None:
     with pytest.raises(ProxyError, match="refused the credentials"):
         exchange(b"HTTP/1.1 407 No\r\n\r\n", Proxy("p", 1, "bob", "pw"))
+
+
+@pytest.mark.parametrize(
+    ("args", "what"),
+    [
+        (("http://proxy", 3128), "host name or IP address alone"),
+        (("", 3128), "host name or IP address alone"),
+        (("proxy", "3128"), "port must be an int"),
+        (("proxy", 0), "port must be an int"),
+        (("proxy", True), "port must be an int"),
+        (("proxy", 3128, None, "hunter2"), "password but no username"),
+        (("proxy", 3128, b"bob", "hunter2"), "username must be a str"),
+    ],
+)
+def test_a_proxy_built_by_hand_wrongly_is_refused_at_once(args: Any, what: str) -> None:
+    with pytest.raises(ConfigError, match=what) as caught:
+        Proxy(*args)
+    assert "hunter2" not in str(caught.value)
+    assert Proxy("::1", 3128, "bob", "").display == "http://***@[::1]:3128"

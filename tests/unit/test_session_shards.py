@@ -23,6 +23,25 @@ OF_1 = ResumeSession("abc", 7, "wss://resume.example", shard_id=1, total=4)
 # --- ResumeSession -------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("fields", "what"),
+    [
+        ({"shard_id": "1"}, "shard_id must be an int"),
+        ({"shard_id": 4, "total": 4}, r"shard_id must be an int in 0\.\.total-1 or None, not 4"),
+        ({"shard_id": -1}, "shard_id must be an int"),
+        ({"total": "4"}, "total must be an int of at least 1"),
+        ({"total": 0}, "total must be an int of at least 1"),
+        ({"total": True}, "total must be an int of at least 1"),
+    ],
+)
+def test_a_session_built_by_hand_with_a_bad_shard_or_total_is_refused_at_once(
+    fields: dict[str, object], what: str
+) -> None:
+    # Not later, as "the session is of shard 1, not of shard 1".
+    with pytest.raises(ConfigError, match=what):
+        ResumeSession("abc", 7, **fields)  # type: ignore[arg-type]
+
+
 def test_a_shards_session_names_the_shard_and_total_it_was_identified_with() -> None:
     proto = make()  # shard 3 of 8
     connected(proto)
