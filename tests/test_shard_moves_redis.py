@@ -128,7 +128,9 @@ def test_commands_follow_a_shard_to_the_process_that_runs_it_each_sent_once(
         assert sim.wait_until(lambda: old_inbox.stats().left == before - by_old, TIMEOUT)
         stats = old_inbox.stats()
         assert (stats.sent, stats.expired, stats.failed) == (by_old, 0, 0)
-        assert client.xpending(shard_1, INBOX_GROUP)["pending"] == before - by_old
+        assert sim.wait_until(
+            lambda: client.xpending(shard_1, INBOX_GROUP)["pending"] == before - by_old, TIMEOUT
+        )
 
         # During: the shard runs nowhere; its commands wait in its inbox.
         during = range(before + 1, before + 4)
@@ -225,6 +227,9 @@ def test_a_command_another_process_read_and_left_is_taken_over_within_the_claim_
         assert sim.wait_until(lambda: inbox.shard_ids() == [0], TIMEOUT)
         client.xadd(shard_0, presence(1))
         assert sim.wait_until(lambda: inbox.stats().sent == 1, TIMEOUT)
+        assert sim.wait_until(
+            lambda: client.xpending(shard_0, INBOX_GROUP)["pending"] == 0, TIMEOUT
+        )
         # Another process read one after this one took the shard's inbox over
         # (it read it just as its shard left, then died or let it be).
         with client.pipeline(transaction=True) as pipe:
