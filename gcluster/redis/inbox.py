@@ -128,8 +128,8 @@ class InboxStats(JsonReady):
         failed: commands dropped because they were invalid or could not be sent in time.
         last_error: the latest Redis failure, or None.
         left: commands read and not sent because their shard left this
-            process (or the inbox stopped): left pending in Redis for the
-            process that runs the shard next.
+            process (or the inbox stopped while sending one): left pending
+            in Redis for the process that runs the shard next.
     """
 
     received: int
