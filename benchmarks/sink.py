@@ -311,24 +311,40 @@ def main() -> int:
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--workers", type=int, default=3)
+    parser.add_argument(
+        "--redis-cluster",
+        action="store_true",
+        help="publish to a six-node Redis Cluster on loopback (each batch then waits "
+        "for a replica); no worker scenarios",
+    )
     args = parser.parse_args()
 
     pin(0, 0)  # this process: the gateway; the simulator and Redis share the other core
-    redis_process, url, workdir = start_redis()
+    if args.redis_cluster:
+        sys.path.insert(0, os.path.join(ROOT, "tests"))
+        from redis_nodes import RedisClusterNodes
+
+        nodes = RedisClusterNodes().start()
+        url = nodes.url
+    else:
+        redis_process, url, workdir = start_redis()
     sim = Simulator(args.shards)
     rows = []
     try:
         rows.append(no_sink(sim, args.events))
         rows.append(sink_live(sim, url, args.events, args.batch))
         rows.append(sink_drain(sim, url, args.events, args.batch))
-        if args.workers:
+        if args.workers and not args.redis_cluster:
             rows.append(workers(url, args.workers, args.events, 1))
             rows.append(workers(url, args.workers, args.events, 50))
     finally:
         sim.stop()
-        redis_process.terminate()
-        redis_process.wait()
-        workdir.cleanup()
+        if args.redis_cluster:
+            nodes.stop()
+        else:
+            redis_process.terminate()
+            redis_process.wait()
+            workdir.cleanup()
 
     print(f"{'scenario':<52}{'events':>9}{'seconds':>9}{'events/s':>10}{'CPU µs/event':>14}")
     for r in rows:
@@ -337,7 +353,8 @@ def main() -> int:
             f"{r['scenario']:<52}{r['events']:>9}{r['seconds']:>9.2f}{r['events_per_s']:>10}{per_event:>14}"
         )
     os.makedirs(RESULTS, exist_ok=True)
-    with open(os.path.join(RESULTS, "sink.json"), "w", encoding="utf-8") as out:
+    name = "sink-cluster.json" if args.redis_cluster else "sink.json"
+    with open(os.path.join(RESULTS, name), "w", encoding="utf-8") as out:
         json.dump(
             {
                 "command": "python benchmarks/sink.py " + " ".join(sys.argv[1:]),

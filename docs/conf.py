@@ -50,7 +50,7 @@ nitpick_ignore_regex = [
     (
         "py:class",
         r"gcluster\.(_token\.Token|Token|_json\.JsonReady|interface\.ClusterLifecycle"
-        r"|hubthread\.T|backoff\.Backoff|testing\.wire\.BlastFrames)",
+        r"|hubthread\.T|backoff\.Backoff|testing\.wire\.BlastFrames|redis\._client\.RedisTarget)",
     ),
 ]
 

@@ -287,13 +287,26 @@ def forget(url: str, namespace: str) -> None:
     """Remove the keys of a simulated run (queue slots, budget, sessions) from Redis."""
     import redis
 
+    tag = f"{{{namespace}}}"
     client = redis.Redis.from_url(url)
+    cluster = None
     try:
-        keys = list(client.scan_iter(match=f"{{{namespace}}}:*"))
+        try:
+            client.execute_command("CLUSTER", "INFO")
+        except redis.ResponseError:
+            pass  # "cluster support disabled": one server
+        else:
+            # A node of a Redis Cluster: every key of the namespace shares its
+            # hash tag, so the node serving the tag's slot holds them all.
+            cluster = redis.RedisCluster.from_url(url)
+            client = cluster.get_redis_connection(cluster.get_node_from_key(tag))
+        keys = list(client.scan_iter(match=f"{tag}:*"))
         if keys:
             client.delete(*keys)
     finally:
         client.close()
+        if cluster is not None:
+            cluster.close()
 
 
 if __name__ == "__main__":

@@ -844,14 +844,19 @@ def parser() -> argparse.ArgumentParser:
         metavar="REDIS_URL",
         default=None,
         help="run as a service publishing to Redis Streams at this URL (e.g. "
-        "redis://host:6379/0); needs gcluster[redis]",
+        "redis://host:6379/0: a server, or any node of a Redis Cluster); needs gcluster[redis]",
     )
     service.add_argument(
         "--namespace",
         default="gcluster",
         help="key prefix of the bot in Redis: identify queue, sessions, command inboxes",
     )
-    service.add_argument("--stream", default="gcluster:events", help="the event stream's key")
+    service.add_argument(
+        "--stream",
+        default=None,
+        help="the event stream's key (default {NAMESPACE}:events; gcluster < 0.2 used "
+        "gcluster:events)",
+    )
     service.add_argument(
         "--per-event-streams",
         action="store_true",

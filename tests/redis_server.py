@@ -1,128 +1,92 @@
-"""A real redis-server for the tests: started on a free port, stopped afterwards.
+"""Real Redis for the tests: one redis-server, or a six-node Redis Cluster, on loopback.
 
 Import the fixtures into a test module; they register under the names
-`redis_server`, `redis_url` and `make_redis_server`:
+`redis_server`, `redis_url`, `make_redis_server` and `make_redis_cluster`:
 
     from redis_server import redis_server_fixture, redis_url_fixture  # noqa: F401
-There is no skipping: without a redis-server binary the tests fail.
+
+`redis_server` (and so `redis_url`) is parametrised: each test using it runs
+against a single server (`[single]`) and against a Redis Cluster of three
+masters and three replicas (`[cluster]`), started once per session. A test
+that kills nodes starts a cluster of its own with `make_redis_cluster`; one
+that means a single server only is marked `@single_only`. The launchers
+themselves are in redis_nodes.py (re-exported here), which benchmarks import
+without pytest. There is no skipping: without redis-server and redis-cli the
+tests fail.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import subprocess
-import tempfile
-import time
+import atexit
 from collections.abc import Callable, Iterator
 
 import pytest
-import redis
+from redis_nodes import RedisClusterNodes, RedisServer, all_keys, free_port, raw_client
 
 __all__ = [
+    "RedisClusterNodes",
     "RedisServer",
+    "all_keys",
     "free_port",
+    "make_redis_cluster_fixture",
     "make_redis_server_fixture",
+    "raw_client",
     "redis_server_fixture",
     "redis_url_fixture",
+    "shared_cluster",
+    "single_only",
 ]
 
-_START_TIMEOUT = 10.0
+#: Runs a test using `redis_server`/`redis_url` against the single server only
+#: (what it proves does not depend on the kind of Redis, and CI time is scarce).
+single_only = pytest.mark.parametrize("redis_server", ["single"], indirect=True)
+
+_session_cluster: RedisClusterNodes | None = None
 
 
-def _binary() -> str:
-    found = shutil.which("redis-server") or "/usr/bin/redis-server"
-    if not os.access(found, os.X_OK):
-        raise RuntimeError("redis-server is not installed; the Redis tests need it")
-    return found
+def shared_cluster() -> RedisClusterNodes:
+    """The session's Redis Cluster: started on first use, stopped when Python exits.
+
+    One for all test modules, since starting one takes seconds; a test that
+    kills nodes uses `make_redis_cluster` instead.
+    """
+    global _session_cluster
+    if _session_cluster is None or not _session_cluster.running:
+        if _session_cluster is None:
+            atexit.register(_stop_shared_cluster)
+        else:
+            _session_cluster.stop()
+        _session_cluster = RedisClusterNodes().start()
+    return _session_cluster
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+def _stop_shared_cluster() -> None:
+    if _session_cluster is not None:
+        _session_cluster.stop()
 
 
-class RedisServer:
-    """One redis-server process on 127.0.0.1, without persistence."""
+@pytest.fixture(scope="module", name="redis_server", params=["single", "cluster"])
+def redis_server_fixture(
+    request: pytest.FixtureRequest,
+) -> Iterator[RedisServer | RedisClusterNodes]:
+    """One server for a test module, or the session's Redis Cluster.
 
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self._dir = tempfile.TemporaryDirectory(prefix="gcluster-redis-")
-        self._process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> RedisServer:
-        self._process = subprocess.Popen(
-            [
-                _binary(),
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                self._dir.name,
-                "--loglevel",
-                "warning",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        client = self.client()
-        deadline = time.monotonic() + _START_TIMEOUT
-        try:
-            while True:
-                if self._process.poll() is not None:
-                    err = self._process.stderr.read() if self._process.stderr else b""
-                    raise RuntimeError(f"redis-server exited: {err.decode(errors='replace')}")
-                try:
-                    if client.ping():
-                        return self
-                except redis.ConnectionError:
-                    if time.monotonic() > deadline:
-                        raise
-                time.sleep(0.02)
-        finally:
-            client.close()
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=1.0)
-
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
-
-    def stop(self) -> None:
-        process, self._process = self._process, None
-        if process is not None:
-            process.terminate()
-            try:
-                process.wait(5.0)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-            if process.stderr is not None:
-                process.stderr.close()
-        self._dir.cleanup()
-
-
-@pytest.fixture(scope="module", name="redis_server")
-def redis_server_fixture() -> Iterator[RedisServer]:
-    """One server for a test module (use `redis_url` for a flushed one per test)."""
+    Use `redis_url` for an emptied one per test.
+    """
+    if request.param == "cluster":
+        yield shared_cluster()
+        return
     server = RedisServer().start()
     yield server
     server.stop()
 
 
 @pytest.fixture(name="redis_url")
-def redis_url_fixture(redis_server: RedisServer) -> str:
-    """The module's server, emptied for this test."""
+def redis_url_fixture(redis_server: RedisServer | RedisClusterNodes) -> str:
+    """The module's server (or the session's cluster), emptied for this test."""
+    if isinstance(redis_server, RedisClusterNodes):
+        redis_server.flush()
+        return redis_server.url
     client = redis_server.client()
     try:
         client.flushall()
@@ -144,3 +108,18 @@ def make_redis_server_fixture() -> Iterator[Callable[[], RedisServer]]:
     yield make
     for server in started:
         server.stop()
+
+
+@pytest.fixture(name="make_redis_cluster")
+def make_redis_cluster_fixture() -> Iterator[Callable[..., RedisClusterNodes]]:
+    """Start Redis Clusters of the test's own (to kill nodes mid-test); all stop after it."""
+    started: list[RedisClusterNodes] = []
+
+    def make(**kwargs: int) -> RedisClusterNodes:
+        cluster = RedisClusterNodes(**kwargs)
+        started.append(cluster)
+        return cluster.start()
+
+    yield make
+    for cluster in started:
+        cluster.stop()

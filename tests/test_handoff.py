@@ -19,7 +19,7 @@ from typing import Any
 import gevent
 import pytest
 import redis
-from redis_server import redis_server_fixture, redis_url_fixture  # noqa: F401 - fixtures
+from redis_server import raw_client, redis_server_fixture, redis_url_fixture  # noqa: F401
 from test_service import Service
 
 from gcluster.redis import ShardLease, decode_event, handoff_key, lease_key
@@ -33,13 +33,19 @@ WOKEN = 15.0
 SLICE = "process:0/1"
 
 
-def blocked_on(client: redis.Redis, key: str) -> bool:
-    """Whether some connection waits in a BLPOP on `key` now (CLIENT LIST's flag `b`)."""
+def blocked_on(client: redis.Redis | redis.RedisCluster, key: str) -> bool:
+    """Whether some connection waits in a BLPOP on `key` now (CLIENT LIST's flag `b`).
+
+    On a Redis Cluster the waiter is connected to the master serving the key's
+    slot, so that node is asked.
+    """
+    if isinstance(client, redis.RedisCluster):
+        node = client.get_node_from_key(key)
+        entries = client.client_list(target_nodes=node)
+    else:
+        entries = client.client_list()
     return (
-        any(
-            entry.get("cmd") == "blpop" and "b" in entry.get("flags", "")
-            for entry in client.client_list()
-        )
+        any(entry.get("cmd") == "blpop" and "b" in entry.get("flags", "") for entry in entries)
         and client.llen(key) == 0
     )
 
@@ -59,7 +65,7 @@ def test_keys_share_the_namespace_hash_tag() -> None:
 
 
 def test_release_wakes_a_waiting_standby_before_its_next_try(redis_url: str) -> None:
-    client = redis.Redis.from_url(redis_url)
+    client = raw_client(redis_url)
     # A long ttl and socket timeout: the standby's next try on its own is 50 s
     # away, so holding the lease within WOKEN seconds means the release woke it.
     holder = ShardLease(redis_url, name=SLICE, namespace="t", ttl=300, timeout=100, owner="old")
@@ -81,7 +87,7 @@ def test_release_wakes_a_waiting_standby_before_its_next_try(redis_url: str) -> 
 
 
 def test_a_notification_never_makes_two_holders(redis_url: str) -> None:
-    client = redis.Redis.from_url(redis_url)
+    client = raw_client(redis_url)
     holder = ShardLease(redis_url, name=SLICE, namespace="t", ttl=60, owner="holder")
     standby = ShardLease(redis_url, name=SLICE, namespace="t", ttl=60, timeout=1, owner="standby")
     try:
@@ -99,7 +105,7 @@ def test_a_notification_never_makes_two_holders(redis_url: str) -> None:
 
 
 def test_a_standby_that_is_never_woken_takes_an_expired_lease(redis_url: str) -> None:
-    client = redis.Redis.from_url(redis_url)
+    client = raw_client(redis_url)
     standby = ShardLease(redis_url, name=SLICE, namespace="t", ttl=0.8, owner="standby")
     try:
         # A holder that died: its key expires, and nobody pushes a wake-up.
@@ -115,7 +121,7 @@ def test_a_standby_that_is_never_woken_takes_an_expired_lease(redis_url: str) ->
 
 
 def test_releasing_a_lease_taken_by_another_wakes_nobody(redis_url: str) -> None:
-    client = redis.Redis.from_url(redis_url)
+    client = raw_client(redis_url)
     mine = ShardLease(redis_url, name=SLICE, namespace="t", ttl=60, owner="me")
     try:
         assert mine.acquire(timeout=1)
@@ -184,7 +190,7 @@ def test_sigterm_hands_the_shards_over_resumed_with_no_event_lost(
         "--events", "MESSAGE_CREATE,MESSAGE_UPDATE,MESSAGE_DELETE,TYPING_START,PRESENCE_UPDATE",
         "--intents", "GUILDS,GUILD_MESSAGES,GUILD_MESSAGE_TYPING,GUILD_PRESENCES",
     )  # fmt: skip
-    client = redis.Redis.from_url(redis_url)
+    client = raw_client(redis_url)
     sent = [0] * shards
 
     def send(count: int) -> None:

@@ -23,14 +23,20 @@ from typing import IO, Any
 
 import gevent
 import pytest
-import redis
 from conftest import TIMEOUT
 from gevent import subprocess
+
+# What these prove is about processes, not the kind of Redis: they run on the
+# single server only (CI time is scarce). The queue shared by processes and
+# the session store are proven on a Redis Cluster by test_redis.py,
+# test_service.py and test_redis_failover.py.
 from redis_server import (  # noqa: F401 - fixtures
     RedisServer,
+    all_keys,
     make_redis_server_fixture,
     redis_server_fixture,
     redis_url_fixture,
+    single_only,
 )
 
 from gcluster import Cluster, Intents, QueueError
@@ -225,6 +231,7 @@ def stop_all(children: list[Child]) -> None:
 # --- start-up -------------------------------------------------------------------------
 
 
+@single_only
 def test_three_processes_share_one_redis_queue_and_start_near_the_minimum(
     make_sim: MakeSim, spawn: Callable[..., Child]
 ) -> None:
@@ -274,6 +281,7 @@ def stored_sequences(redis_url: str, shard_ids: list[int]) -> dict[int, int]:
         store.close()
 
 
+@single_only
 def test_a_killed_process_resumes_its_shards_from_redis_and_loses_no_event(
     make_sim: MakeSim, spawn: Callable[..., Child], redis_url: str
 ) -> None:
@@ -374,6 +382,7 @@ def test_a_killed_process_resumes_its_shards_from_redis_and_loses_no_event(
     stop_all([children[0], second, children[2]])
 
 
+@single_only
 def test_a_process_killed_before_its_handler_reached_a_ready_loses_no_event(
     make_sim: MakeSim, spawn: Callable[..., Child], redis_url: str
 ) -> None:
@@ -513,6 +522,7 @@ def test_redis_stopping_holds_back_a_new_identify_until_it_is_back(
 # --- the example ----------------------------------------------------------------------
 
 
+@single_only
 def test_the_multiprocess_example_runs_processes_that_share_redis(redis_url: str) -> None:
     command = [
         sys.executable,
@@ -552,8 +562,4 @@ def test_the_multiprocess_example_runs_processes_that_share_redis(redis_url: str
     # Each stopped by itself once the events were in (2 shards x 5 events).
     assert out.count("stopped after 10 events") == 3, out
     # Nothing of the run is left in Redis.
-    client = redis.Redis.from_url(redis_url)
-    try:
-        assert client.keys("*") == []
-    finally:
-        client.close()
+    assert all_keys(redis_url) == []

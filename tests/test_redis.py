@@ -15,9 +15,12 @@ import pytest
 import redis
 from redis.crc import key_slot
 from redis_server import (  # noqa: F401 - fixtures
+    RedisClusterNodes,
     RedisServer,
+    all_keys,
     free_port,
     make_redis_server_fixture,
+    raw_client,
     redis_server_fixture,
     redis_url_fixture,
 )
@@ -27,6 +30,7 @@ from gcluster.http import SessionStartLimit
 from gcluster.protocol import ResumeSession
 from gcluster.queue import SESSION_START_DAY, ConfigurableQueue
 from gcluster.redis import RedisQueue, RedisSessionStore, SessionStoreError
+from gcluster.redis._client import make_client
 from gcluster.sessions import SessionStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,8 +47,8 @@ def limit(
     )
 
 
-def raw(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url)
+def raw(url: str) -> redis.Redis | redis.RedisCluster:
+    return raw_client(url)
 
 
 def assert_spaced(grants: list[tuple[int, float]], concurrency: int, interval: float) -> None:
@@ -53,6 +57,30 @@ def assert_spaced(grants: list[tuple[int, float]], concurrency: int, interval: f
         times = sorted(t for shard, t in grants if shard % concurrency == bucket)
         gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
         assert gaps and min(gaps) >= interval, (bucket, gaps)
+
+
+# --- which Redis --------------------------------------------------------------------
+
+
+def test_the_kind_of_redis_is_found_out_at_first_use(
+    redis_server: RedisServer | RedisClusterNodes, redis_url: str
+) -> None:
+    target = make_client(redis_url, None, connect_timeout=1.0, timeout=2.0)
+    try:
+        assert target.client is None  # nothing asked at construction
+        client = target.get()
+        assert isinstance(client, redis.RedisCluster) is isinstance(redis_server, RedisClusterNodes)
+        assert target.get() is client  # asked once
+    finally:
+        target.close()
+
+
+@pytest.mark.parametrize("redis_server", ["cluster"], indirect=True)
+def test_a_cluster_url_naming_another_database_is_refused_clearly(redis_url: str) -> None:
+    store = RedisSessionStore(redis_url.rsplit("/", 1)[0] + "/1")
+    with pytest.raises(ValueError, match="only database 0"):
+        store.load([0])
+    store.close()
 
 
 # --- RedisQueue: spacing --------------------------------------------------------
@@ -66,6 +94,8 @@ def test_greenlets_of_one_bucket_are_spaced_and_buckets_run_in_parallel(redis_ur
         queue.request(shard, 6)
         grants.append((shard, time.monotonic()))
 
+    # Connected (and, on a Redis Cluster, its slots mapped) before the clock starts.
+    queue.check_budget(0)
     started = time.monotonic()
     with gevent.Timeout(10):
         gevent.joinall([gevent.spawn(identify, shard) for shard in range(6)], raise_error=True)
@@ -157,10 +187,10 @@ def test_a_killed_waiter_leaves_its_slot_empty_and_the_next_shard_goes(redis_url
 
 def test_keys_are_namespaced_and_share_one_cluster_slot(redis_url: str) -> None:
     queue = RedisQueue(
-        redis_url, namespace="bot-a", session_start_limit=limit(10, concurrency=4), interval=0
+        redis_url, namespace="bot-a", session_start_limit=limit(10, concurrency=4), interval=5
     )
     queue.request(7, 8)
-    keys = sorted(key.decode() for key in raw(redis_url).keys("*"))
+    keys = all_keys(redis_url)
     assert keys == ["{bot-a}:bucket:3", "{bot-a}:budget", "{bot-a}:concurrency"]
     assert len({key_slot(key.encode()) for key in keys}) == 1
     with pytest.raises(ValueError):

@@ -14,7 +14,15 @@ import gevent
 import gevent.event
 import pytest
 import redis
-from redis.exceptions import RedisClusterException, SlotNotCoveredError
+from redis.exceptions import (
+    ClusterDownError,
+    MovedError,
+    NoScriptError,
+    ReadOnlyError,
+    RedisClusterException,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 from redis_server import free_port
 
 from gcluster import Event, EventType
@@ -34,9 +42,10 @@ from gcluster.redis import (
     ShardLease,
     StreamSink,
     StreamWorker,
+    default_stream,
     encode_event,
 )
-from gcluster.redis._calls import call
+from gcluster.redis._calls import call, unreachable
 from gcluster.redis._client import safe_url
 
 pytestmark = pytest.mark.extras
@@ -84,6 +93,40 @@ def test_an_error_reply_becomes_a_redis_call_error_with_the_reply() -> None:
         call(raise_, raised)
     assert caught.value.__cause__ is raised
     assert caught.value.reply == "NOGROUP No such key 't:events' or consumer group 'g'"
+
+
+@pytest.mark.parametrize(
+    ("raised", "reaching"),
+    [
+        (redis.ConnectionError("Error 111 connecting"), True),
+        (RedisClusterException("Redis Cluster cannot be connected"), True),
+        (MovedError("3999 127.0.0.1:7002"), True),
+        (ClusterDownError("The cluster is down"), True),
+        (TryAgainError("Multiple keys request during rehashing of slot"), True),
+        (ReadOnlyError("You can't write against a read only replica."), True),
+        (redis.ResponseError("WRONGTYPE Operation against a key holding the wrong kind"), False),
+        (NoScriptError("No matching script"), False),
+    ],
+    ids=lambda value: type(value).__name__ if isinstance(value, Exception) else str(value),
+)
+def test_failures_to_reach_redis_are_told_from_refusals(raised: Exception, reaching: bool) -> None:
+    # A failure to reach Redis (a failover included) is probed until the slot
+    # is served again; a refusal is retried on the backoff alone.
+    with pytest.raises(RedisCallError) as caught:
+        call(raise_, raised)
+    assert unreachable(caught.value) is reaching
+
+
+def test_the_default_stream_carries_the_namespace_hash_tag() -> None:
+    assert default_stream("bot") == "{bot}:events"
+    assert StreamSink(FiniteCluster(0), client=FakeClient([]), namespace="bot").stream == (  # type: ignore[arg-type]
+        "{bot}:events"
+    )
+    assert StreamWorker(None, "g", client=FakeClient([]), namespace="bot").keys == [  # type: ignore[arg-type]
+        "{bot}:events"
+    ]
+    with pytest.raises(ConfigError, match="braces"):
+        default_stream("a{b")
 
 
 def test_what_is_not_a_redis_failure_passes_through() -> None:
@@ -141,6 +184,10 @@ class FakeClient:
     def pipeline(self, transaction: bool = False) -> FakePipeline:
         return FakePipeline(self)
 
+    def exists(self, key: str) -> int:
+        # The sink's probe while it waits to retry: the node answers.
+        return 0
+
 
 class FiniteCluster:
     """A cluster stand-in whose event stream ends after `count` events."""
@@ -196,6 +243,10 @@ class ScriptedWorkerClient:
 
     def xadd(self, *args: Any, **kwargs: Any) -> Any:
         raise SlotNotCoveredError("slot 7 is not covered")
+
+    def exists(self, key: str) -> int:
+        # The worker's probe while it waits to retry: the node answers.
+        return 0
 
     def close(self) -> None:
         pass

@@ -21,7 +21,13 @@ import gevent.event
 import pytest
 import redis
 from gevent import subprocess
-from redis_server import redis_server_fixture, redis_url_fixture  # noqa: F401 - fixtures
+from redis_server import (  # noqa: F401 - fixtures
+    RedisClusterNodes,
+    RedisServer,
+    raw_client,
+    redis_server_fixture,
+    redis_url_fixture,
+)
 
 from gcluster import ResumeSession, UpdatePresence
 from gcluster.__main__ import UsageError, parse_scheme
@@ -33,7 +39,7 @@ pytestmark = pytest.mark.extras
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 20.0
 NAMESPACE = "svc"
-STREAM = "svc:events"
+STREAM = "{svc}:events"  # the namespace's default stream
 
 
 class Service:
@@ -97,6 +103,13 @@ class Service:
         self._reader.kill()
 
 
+def any_node(redis_server: RedisServer | RedisClusterNodes, redis_url: str, namespace: str) -> str:
+    """The URL to give the service: on a Redis Cluster, a replica not serving the namespace."""
+    if isinstance(redis_server, RedisClusterNodes):
+        return redis_server.other_url(f"{{{namespace}}}")
+    return redis_url
+
+
 @pytest.fixture
 def services() -> Iterator[list[Service]]:
     started: list[Service] = []
@@ -106,12 +119,11 @@ def services() -> Iterator[list[Service]]:
 
 
 def test_sigterm_saves_resumable_sessions_and_exits_0(
-    redis_url: str, services: list[Service]
+    redis_server: RedisServer | RedisClusterNodes, redis_url: str, services: list[Service]
 ) -> None:
     service = Service(
-        "--sink", redis_url,
+        "--sink", any_node(redis_server, redis_url, NAMESPACE),
         "--namespace", NAMESPACE,
-        "--stream", STREAM,
         "--scheme", "process:1/2",
         "--shards", "4",
         "--simulate",
@@ -119,9 +131,10 @@ def test_sigterm_saves_resumable_sessions_and_exits_0(
         "--intents", "GUILDS,GUILD_MESSAGES,GUILD_MESSAGE_TYPING,GUILD_PRESENCES",
     )  # fmt: skip
     services.append(service)
-    client = redis.Redis.from_url(redis_url)
+    client = raw_client(redis_url)
     try:
         service.wait_for_line("service: shards 2-3 ready")
+        service.wait_for_line(f"events to stream {STREAM!r}")
 
         # Events of this process's shards (2 and 3) reach the stream.
         def numbered() -> set[tuple[int, int | None]]:
@@ -164,13 +177,15 @@ def stream_numbers(client: redis.Redis, stream: str) -> Counter[tuple[int, int |
 
 
 def test_a_standby_takes_over_a_killed_service_and_resumes_its_sessions(
-    redis_url: str, make_sim: Callable[..., GatewaySimulator], services: list[Service]
+    redis_server: RedisServer | RedisClusterNodes,
+    redis_url: str,
+    make_sim: Callable[..., GatewaySimulator],
+    services: list[Service],
 ) -> None:
     sim = make_sim(shards=2, max_concurrency=2)
     args = (
-        "--sink", redis_url,
+        "--sink", any_node(redis_server, redis_url, "ha"),
         "--namespace", "ha",
-        "--stream", "ha:events",
         "--scheme", "process:0/1",
         "--shards", "2",
         "--lease", "--lease-ttl", "1.5",
@@ -178,7 +193,7 @@ def test_a_standby_takes_over_a_killed_service_and_resumes_its_sessions(
         "--events", "MESSAGE_CREATE,MESSAGE_UPDATE,MESSAGE_DELETE,TYPING_START,PRESENCE_UPDATE",
         "--intents", "GUILDS,GUILD_MESSAGES,GUILD_MESSAGE_TYPING,GUILD_PRESENCES",
     )  # fmt: skip
-    client = redis.Redis.from_url(redis_url)
+    client = raw_client(redis_url)
     active = Service(*args, token=sim.token)
     services.append(active)
     active.wait_for_line("service: shards 0-1 ready")
@@ -189,7 +204,7 @@ def test_a_standby_takes_over_a_killed_service_and_resumes_its_sessions(
         for shard_id in range(2):
             sim.send_events(shard_id, 20)
         wanted = {(s, n) for s in range(2) for n in range(1, 21)}
-        active.wait_until(lambda: set(stream_numbers(client, "ha:events")) >= wanted)
+        active.wait_until(lambda: set(stream_numbers(client, "{ha}:events")) >= wanted)
 
         def saved(shard_id: int) -> int:
             raw = client.get(f"{{ha}}:session:{shard_id}")
@@ -204,7 +219,7 @@ def test_a_standby_takes_over_a_killed_service_and_resumes_its_sessions(
         standby.wait_for_line("taken by")
         standby.wait_for_line("service: shards 0-1 ready")
         wanted = {(s, n) for s in range(2) for n in range(1, 41)}
-        standby.wait_until(lambda: set(stream_numbers(client, "ha:events")) >= wanted)
+        standby.wait_until(lambda: set(stream_numbers(client, "{ha}:events")) >= wanted)
 
         # The standby resumed both sessions where the dead one left them: no IDENTIFY.
         assert len(sim.records.identifies) == 2
@@ -217,7 +232,7 @@ def test_a_standby_takes_over_a_killed_service_and_resumes_its_sessions(
 
 
 def test_a_lease_taken_over_by_another_holder_is_given_up(redis_url: str) -> None:
-    client = redis.Redis.from_url(redis_url)
+    client = raw_client(redis_url)
     lost = gevent.event.Event()
     mine = ShardLease(redis_url, name="process:0/1", namespace="t", ttl=0.6, owner="me")
     mine.on_lost = lost.set

@@ -28,8 +28,10 @@ from redis.crc import key_slot
 from redis_server import (  # noqa: F401 - fixtures
     RedisServer,
     make_redis_server_fixture,
+    raw_client,
     redis_server_fixture,
     redis_url_fixture,
+    single_only,
 )
 
 from gcluster import (
@@ -47,10 +49,12 @@ from gcluster import (
 from gcluster.backoff import Backoff
 from gcluster.errors import InvalidCommand
 from gcluster.redis import (
+    DEFAULT_STREAM,
     RedisSessionStore,
     StreamSink,
     StreamWorker,
     decode_event,
+    default_stream,
     encode_event,
     event_stream_key,
     inbox_key,
@@ -66,7 +70,7 @@ DISPATCHES = EventTypeFlags.ALL & ~(
     EventTypeFlags.SHARD_LIFECYCLE | EventTypeFlags.GATEWAY_LIFECYCLE
 )
 NAMESPACE = "t"
-STREAM = "t:events"
+STREAM = "{t}:events"  # the default stream of the namespace
 
 
 # --- helpers ----------------------------------------------------------------------
@@ -131,8 +135,9 @@ def gateways() -> Iterator[Callable[..., Gateway]]:
     def make(sim: GatewaySimulator, scheme: ShardScheme, url: str, **sink_options: Any) -> Gateway:
         cluster = start_cluster(sim, scheme)
         sink_options.setdefault("namespace", NAMESPACE)
-        sink_options.setdefault("stream", STREAM)
-        gateway = Gateway(cluster, StreamSink(cluster, url, **sink_options))
+        sink = StreamSink(cluster, url, **sink_options)
+        assert sink.stream == STREAM == default_stream(NAMESPACE)
+        gateway = Gateway(cluster, sink)
         started.append(gateway)
         return gateway
 
@@ -184,15 +189,16 @@ import sys, time
 if sys.argv[3] == "patched":
     from gevent import monkey
     monkey.patch_all()
-import redis
 from gcluster import EventType, RequestGuildMembers, UpdatePresence
+from gcluster.redis._client import make_client
 from gcluster.redis import StreamWorker
 from gcluster.testing import event_number
 
 url, name, mode = sys.argv[1], sys.argv[2], sys.argv[3]
-worker = StreamWorker(url, "handlers", name, stream="t:events", namespace="t",
+worker = StreamWorker(url, "handlers", name, namespace="t",
                       batch=20, block=0.2, claim_idle=1.5)
-log = redis.Redis.from_url(url)
+# A Redis Cluster's or a server's client, whichever the URL names.
+log = make_client(url, None, connect_timeout=2, timeout=5).get()
 log.rpush("ready", name)
 for shard_id, event in worker.events():
     number = event_number(event.data) if isinstance(event.data, dict) else None
@@ -236,7 +242,7 @@ def test_workers_share_every_event_once_take_over_from_a_killed_one_and_send_com
     redis_url: str,
 ) -> None:
     sim = make_sim(shards=4, max_concurrency=4)
-    client = redis.Redis.from_url(redis_url)
+    client = raw_client(redis_url)
     # Two gateway processes' worth: each runs half of the 4 shards.
     first = gateways(sim, ShardScheme.process(0, 2, 4), redis_url)
     second = gateways(sim, ShardScheme.process(1, 2, 4), redis_url)
@@ -522,11 +528,13 @@ class SubclassedClient(redis.Redis):
 
 
 def test_the_hand_packed_pipeline_stores_what_redis_py_would(
-    make_sim: Callable[..., GatewaySimulator], redis_url: str
+    make_sim: Callable[..., GatewaySimulator], make_redis_server: Callable[[], RedisServer]
 ) -> None:
+    # Only a single server's client is packed by hand.
+    redis_url = make_redis_server().url
     sim = make_sim(shards=1)
     cluster = start_cluster(sim, ShardScheme.range(range(1), 1), event_types=DISPATCHES)
-    plain = redis.Redis.from_url(redis_url)
+    plain = raw_client(redis_url)
     generic = SubclassedClient.from_url(redis_url)
     sinks = [
         StreamSink(cluster, client=client, stream=stream, commands=False, maxlen=5)
@@ -536,7 +544,7 @@ def test_the_hand_packed_pipeline_stores_what_redis_py_would(
         sim.send_events(0, 20)
         received = [item for _, item in zip(range(21), cluster.events(), strict=False)]
         for sink in sinks:
-            sink._send(received)  # noqa: SLF001 - both paths, same events
+            sink._send(sink._client, received)  # noqa: SLF001 - both paths, same events
         packed, pipelined = (plain.xrange(key) for key in ("packed", "pipelined"))
         assert [fields for _, fields in packed] == [fields for _, fields in pipelined]
         assert [decode_event(fields) for _, fields in packed] == received[-len(packed) :]
@@ -552,7 +560,7 @@ def test_a_key_of_the_wrong_type_is_reported_and_retried_until_fixed(
     redis_url: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    client = redis.Redis.from_url(redis_url)
+    client = raw_client(redis_url)
     client.set(STREAM, "not a stream")
     sim = make_sim(shards=1)
     cluster = start_cluster(sim, ShardScheme.range(range(1), 1), event_types=DISPATCHES)
@@ -574,6 +582,25 @@ def test_a_key_of_the_wrong_type_is_reported_and_retried_until_fixed(
         cluster.down()
         sink.close()
         client.close()
+
+
+def test_events_left_in_the_old_default_stream_are_pointed_out(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = raw_client(redis_url)
+    old = Event(EventType.MESSAGE_CREATE, "MESSAGE_CREATE", 0, 1, {"n": 1})
+    new = Event(EventType.MESSAGE_CREATE, "MESSAGE_CREATE", 0, 2, {"n": 2})
+    client.xadd(DEFAULT_STREAM, encode_event(0, old))  # published by gcluster 0.1
+    client.xadd(STREAM, encode_event(0, new))  # and by 0.2
+    worker = StreamWorker(redis_url, "g", "w", namespace=NAMESPACE, block=0.2)
+    try:
+        assert worker.stream == STREAM
+        # The new default stream is read; the log says where the old events wait.
+        assert collect(worker.events(), lambda got: len(got) == 1) == [(0, new)]
+    finally:
+        worker.close()
+        client.close()
+    assert "'gcluster:events' holds 1 events" in caplog.text
 
 
 # --- one stream per event name -------------------------------------------------------------
@@ -603,11 +630,11 @@ def test_workers_read_only_the_event_streams_they_ask_for(
             EventType.TYPING_START: 4,
         }
         assert worker.keys == [
-            "{t:events}:MESSAGE_CREATE",
-            "{t:events}:TYPING_START",
+            "{t}:events:MESSAGE_CREATE",
+            "{t}:events:TYPING_START",
         ]
-        client = redis.Redis.from_url(redis_url)
-        assert client.xlen("{t:events}:MESSAGE_UPDATE") == 4
+        client = raw_client(redis_url)
+        assert client.xlen("{t}:events:MESSAGE_UPDATE") == 4
         assert not client.exists(STREAM)
         client.close()
     finally:
@@ -653,7 +680,7 @@ def test_commands_are_checked_by_the_worker_and_stale_ones_dropped_by_the_gatewa
 ) -> None:
     sim = make_sim(shards=2, max_concurrency=2)
     gateway = gateways(sim, ShardScheme.range(range(2), 2), redis_url)
-    client = redis.Redis.from_url(redis_url)
+    client = raw_client(redis_url)
     worker = StreamWorker(redis_url, "cmd", "sender", namespace=NAMESPACE, stream=STREAM)
     try:
         assert sim.wait_until(lambda: client.exists(shard_count_key(NAMESPACE)), TIMEOUT)
@@ -699,6 +726,8 @@ def test_commands_are_checked_by_the_worker_and_stale_ones_dropped_by_the_gatewa
 # --- the example ------------------------------------------------------------------------------
 
 
+# The example's service on a Redis Cluster is what test_service.py proves.
+@single_only
 def test_the_workers_example_runs_a_service_and_two_workers(redis_url: str) -> None:
     path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     result = subprocess.run(

@@ -36,6 +36,7 @@ from gcluster.redis.streams import (
     StreamError,
     StreamSink,
     decode_event,
+    default_stream,
     encode_event,
     event_stream_key,
 )
@@ -56,6 +57,7 @@ __all__ = [
     "StreamWorker",
     "WorkerStats",
     "decode_event",
+    "default_stream",
     "encode_event",
     "event_stream_key",
     "handoff_key",

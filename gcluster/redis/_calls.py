@@ -15,18 +15,29 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any, Final, TypeVar
 
-from redis.exceptions import RedisClusterException, RedisError, ResponseError
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    ReadOnlyError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
 
 from gcluster._blocking import call_blocking
 from gcluster.errors import RedisCallError
 
-__all__ = ["call", "stream_reply"]
+__all__ = ["call", "stream_reply", "unreachable"]
 
 T = TypeVar("T")
 
 # What a redis-py call raises when Redis cannot be reached or refuses the
 # command; RedisClusterException (SlotNotCoveredError among them) is not a RedisError.
 _FAILURES: Final = (RedisError, RedisClusterException, OSError)
+# Error replies of a Redis Cluster between two masters of a slot (a failover,
+# a slot moving), or of a demoted master: they pass without anyone's help.
+_TOPOLOGY_ERRORS: Final = (AskError, TryAgainError, ClusterDownError, ReadOnlyError)
 
 
 def _translate(err: Exception) -> RedisCallError:
@@ -53,3 +64,12 @@ def stream_reply(reply: Any) -> Iterable[tuple[Any, Any]]:
     if isinstance(reply, dict):
         return reply.items()
     return [(item[0], item[1]) for item in reply]
+
+
+def unreachable(err: RedisCallError) -> bool:
+    """Whether a failure is one of reaching Redis, rather than Redis refusing the command.
+
+    No answer at all (the server or the slot's master is down), or a Redis
+    Cluster between masters (CLUSTERDOWN, TRYAGAIN, MOVED, ASK, READONLY).
+    """
+    return err.reply is None or isinstance(err.__cause__, _TOPOLOGY_ERRORS)

@@ -70,7 +70,7 @@ from gcluster.errors import (
     ShardNonexistent,
 )
 from gcluster.redis._calls import call, stream_reply
-from gcluster.redis._client import Client, hash_tag, make_client, safe_url
+from gcluster.redis._client import Client, RedisTarget, hash_tag, make_client
 
 __all__ = [
     "CLAIM_INTERVAL",
@@ -151,7 +151,8 @@ class CommandInbox:
 
     Args:
         cluster: the `Cluster`, already up (its total is known).
-        url: e.g. "redis://localhost:6379/0" (or pass `client`).
+        url: e.g. "redis://localhost:6379/0": a single server, or any node of a
+            Redis Cluster (found out at first use). Or pass `client`.
         namespace: key prefix and Redis Cluster hash tag of the bot.
         consumer: this process's name in the consumer group; default
             `host-pid`. Two processes must not share one.
@@ -180,7 +181,7 @@ class CommandInbox:
         ttl: float | None = 60.0,
         block: float = 0.5,
         claim_interval: float = CLAIM_INTERVAL,
-        client: Client | None = None,
+        client: Client | RedisTarget | None = None,
         connect_timeout: float = 2.0,
         timeout: float = 5.0,
     ) -> None:
@@ -197,9 +198,8 @@ class CommandInbox:
         self.ttl = ttl
         self.block = block
         self.claim_interval = claim_interval
-        self._url = url
         self._owns_client = client is None
-        self._client = make_client(url, client, connect_timeout=connect_timeout, timeout=timeout)
+        self._redis = make_client(url, client, connect_timeout=connect_timeout, timeout=timeout)
         # The inboxes read now, each with its shard.
         self._keys: dict[bytes, int] = {}
         self._key_cache: dict[int, bytes] = {}
@@ -224,9 +224,14 @@ class CommandInbox:
         self._left = 0
         self._last_error: str | None = None
 
+    @property
+    def _client(self) -> Client:
+        # The first use asks the node whether it is part of a Redis Cluster.
+        return self._redis.get()
+
     def __repr__(self) -> str:
         return (
-            f"<CommandInbox {safe_url(self._url, self._client)} namespace={self.namespace!r} "
+            f"<CommandInbox {self._redis.describe()} namespace={self.namespace!r} "
             f"shards={self.shard_ids()}>"
         )
 
@@ -311,7 +316,7 @@ class CommandInbox:
     def close(self) -> None:
         """Close the connections of a client this inbox made (not of one it was given)."""
         if self._owns_client:
-            self._client.close()
+            self._redis.close()
 
     # --- reading -----------------------------------------------------------------
 
@@ -521,11 +526,14 @@ class CommandInbox:
             self._failing_since = time.monotonic()
             log.warning(
                 "command inbox: Redis at %s failed: %s; retrying (the shards are not affected)",
-                safe_url(self._url, self._client),
+                self._redis.describe(),
                 self._last_error,
             )
         backoff = backoff.increment()
-        self._wake.wait(backoff.delay(random.random))
+        # Woken by stop(), or early once the inboxes' slot is served again.
+        self._redis.sleep_until_served(
+            shard_count_key(self.namespace), backoff.delay(random.random), err, self._wake
+        )
         return backoff
 
     # --- sending -------------------------------------------------------------------

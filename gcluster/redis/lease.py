@@ -38,13 +38,18 @@ from gevent.event import Event as Flag
 
 from gcluster.errors import ConfigError, RedisCallError
 from gcluster.redis._calls import call
-from gcluster.redis._client import Client, hash_tag, make_client, safe_url
+from gcluster.redis._client import Client, hash_tag, make_client
 from gcluster.redis.inbox import default_consumer
 
 __all__ = ["ShardLease", "handoff_key", "lease_key"]
 
 log = logging.getLogger(__name__)
 
+# Take the lease if nobody holds it (a script so that, on a Redis Cluster,
+# RedisTarget.run_script returns only once a replica holds it too).
+_ACQUIRE: Final = """
+return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) and 1 or 0
+"""
 # Renew the lease only if it is still ours: PEXPIRE after a GET in one step.
 _RENEW: Final = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -85,7 +90,8 @@ class ShardLease:
     """The right to run one slice of shards, held in Redis while this process lives.
 
     Args:
-        url: e.g. "redis://localhost:6379/0" (or pass `client`).
+        url: e.g. "redis://localhost:6379/0": a single server, or any node of a
+            Redis Cluster (found out at first use). Or pass `client`.
         name: names the slice, e.g. "process:0/4"; processes that may run
             the same shards use the same name.
         namespace: the bot's key prefix and hash tag.
@@ -127,19 +133,23 @@ class ShardLease:
         self.owner = owner or default_consumer()
         self.ttl = ttl
         self.on_lost = on_lost
-        self._url = url
         self._owns_client = client is None
         timeout = min(timeout, ttl / 3)
-        self._client = make_client(url, client, connect_timeout=connect_timeout, timeout=timeout)
+        self._redis = make_client(url, client, connect_timeout=connect_timeout, timeout=timeout)
         # Between tries a standby blocks on the handoff list: never past the
-        # poll interval, and well within the socket timeout (a given client's own).
-        socket_timeout = _socket_timeout(self._client) or timeout
+        # poll interval, and well within the socket timeout (a given client's own;
+        # a client made from the URL is known only at first use and has `timeout`).
+        given = self._redis.client
+        socket_timeout = (_socket_timeout(given) if given is not None else None) or timeout
         self._wait = min(ttl / 4, min(timeout, socket_timeout) * _BLOCK_SHARE)
-        self._renew_script = self._client.register_script(_RENEW)
-        self._release_script = self._client.register_script(_RELEASE)
         self._held = False
         self._renewer: gevent.Greenlet | None = None
         self._released = Flag()
+
+    @property
+    def _client(self) -> Client:
+        # The first use asks the node whether it is part of a Redis Cluster.
+        return self._redis.get()
 
     def __repr__(self) -> str:
         state = "held" if self._held else "not held"
@@ -172,12 +182,12 @@ class ShardLease:
         announced = None
         while True:
             try:
-                taken = call(
-                    self._client.set, self.key, self.owner, nx=True, px=int(self.ttl * 1000)
+                taken = self._redis.run_script(
+                    _ACQUIRE, [self.key], [self.owner, int(self.ttl * 1000)]
                 )
                 holder = None if taken else self.holder()
             except RedisCallError as err:
-                where = safe_url(self._url, self._client)
+                where = self._redis.describe()
                 taken, holder = False, f"unknown (Redis at {where} failed: {err})"
             if taken:
                 self._held = True
@@ -226,7 +236,7 @@ class ShardLease:
             renewer.kill()
         try:
             call(
-                self._release_script,
+                self._redis.script(_RELEASE),
                 keys=[self.key, self.handoff_key],
                 args=[self.owner, int(self.ttl * 1000)],
             )
@@ -238,26 +248,38 @@ class ShardLease:
         """Release, and close the connections of a client this lease made."""
         self.release()
         if self._owns_client:
-            self._client.close()
+            self._redis.close()
 
     def _renew_loop(self, renewed_at: float) -> None:
         interval = self.ttl / 3
-        while not self._released.wait(interval):
+        give_up = self.ttl * _GIVE_UP
+        wait = interval
+        while True:
+            # Given up on time whatever the calls do: the key may expire `ttl`
+            # after the last renewal (e.g. on a replica promoted during an
+            # outage), and a standby take it, so the holder must stop before.
+            left = renewed_at + give_up - time.monotonic()
+            if left <= 0:
+                self._lost(f"not renewed for {time.monotonic() - renewed_at:.1f} s")
+                return
+            if self._released.wait(min(wait, left)):
+                return
+            if time.monotonic() - renewed_at >= give_up:
+                continue  # too late to count on a renewal: give up above
             started = time.monotonic()
             try:
-                ours = call(
-                    self._renew_script, keys=[self.key], args=[self.owner, int(self.ttl * 1000)]
+                ours = self._redis.run_script(
+                    _RENEW, [self.key], [self.owner, int(self.ttl * 1000)]
                 )
             except RedisCallError as err:
-                if time.monotonic() - renewed_at < self.ttl * _GIVE_UP:
-                    log.warning("lease %s: could not renew, will retry: %s", self.key, err)
-                    continue
-                self._lost(f"not renewed for {time.monotonic() - renewed_at:.1f} s: {err}")
-                return
+                log.warning("lease %s: could not renew, will retry: %s", self.key, err)
+                wait = interval / 4  # sooner than usual: the time left is short
+                continue
             if not ours:
                 self._lost("it expired and was taken, or deleted")
                 return
             renewed_at = started
+            wait = interval
 
     def _lost(self, why: str) -> None:
         self._held = False

@@ -31,8 +31,7 @@ import gevent
 from gcluster.errors import ConfigError, QueueError, RedisCallError, SessionStartLimitExhausted
 from gcluster.http import SessionStartLimit
 from gcluster.queue import DEFAULT_SPARE, IDENTIFY_INTERVAL, SESSION_START_DAY
-from gcluster.redis._calls import call
-from gcluster.redis._client import Client, hash_tag, make_client, safe_url
+from gcluster.redis._client import Client, hash_tag, make_client
 
 __all__ = ["RedisQueue", "SLOT_SCRIPT"]
 
@@ -141,7 +140,8 @@ class RedisQueue:
     two IDENTIFYs of a bucket are never closer than `interval`.
 
     Args:
-        url: e.g. "redis://localhost:6379/0" (or pass `client`).
+        url: e.g. "redis://localhost:6379/0": a single server, or any node of a
+            Redis Cluster (found out at first use). Or pass `client`.
         namespace: key prefix of this bot; also the Redis Cluster hash tag.
         max_concurrency: the bot's identify buckets; default from `configure`.
         session_start_limit: the budget as GET /gateway/bot gave it just now.
@@ -184,10 +184,8 @@ class RedisQueue:
         self.margin = margin
         self.wait_for_reset = wait_for_reset
         self.spare = spare
-        self._url = url
         self._owns_client = client is None
-        self._client = make_client(url, client, connect_timeout=connect_timeout, timeout=timeout)
-        self._script = self._client.register_script(SLOT_SCRIPT)
+        self._redis = make_client(url, client, connect_timeout=connect_timeout, timeout=timeout)
         self._sleep = sleep
         self._budget_key = f"{tag}:budget"
         self._concurrency_key = f"{tag}:concurrency"
@@ -278,7 +276,7 @@ class RedisQueue:
     def close(self) -> None:
         """Close the connections of a client this queue made (not of one it was given)."""
         if self._owns_client:
-            self._client.close()
+            self._redis.close()
 
     def _set_limit(self, limit: SessionStartLimit) -> None:
         self._limit = limit
@@ -314,9 +312,10 @@ class RedisQueue:
             reset_ms,
             int(SESSION_START_DAY * 1000),
         ]
-        where = safe_url(self._url, self._client)
+        where = self._redis.describe()
         try:
-            reply = call(self._script, keys, args)
+            # Replicated before it is acted on: a failover must not forget a slot.
+            reply = self._redis.run_script(SLOT_SCRIPT, keys, args)
         except RedisCallError as err:
             raise QueueError(
                 f"identify queue: Redis at {where} failed for shard {shard_id}: {err}"
@@ -347,6 +346,6 @@ class RedisQueue:
 
     def __repr__(self) -> str:
         return (
-            f"RedisQueue({safe_url(self._url, self._client)!r}, namespace={self.namespace!r}, "
+            f"RedisQueue({self._redis.describe()!r}, namespace={self.namespace!r}, "
             f"max_concurrency={self._max_concurrency})"
         )

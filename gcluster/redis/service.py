@@ -135,7 +135,7 @@ def serve(
             shard_ranges(ids),
             cluster.total,
             "per-event streams" if args.per_event_streams else "stream",
-            args.stream,
+            sink.stream,
             where,
             f"{hash_tag(namespace)}:commands:<shard>",
         )
@@ -206,11 +206,11 @@ def _publish(sink: StreamSink) -> GClusterError | None:
 
 def _check_redis(url: str) -> None:
     """Fail at once, with one clear line, when the service's Redis does not answer."""
-    client = make_client(url, None, connect_timeout=2.0, timeout=5.0)
+    target = make_client(url, None, connect_timeout=2.0, timeout=5.0)
     try:
-        call(client.ping)
+        call(target.get().ping)
     finally:
-        client.close()
+        target.close()
 
 
 def _announce_ready(cluster: Cluster, ids: list[int], simulate: Any, events: int) -> None:

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from gcluster.errors import RedisCallError, SessionStoreError
 from gcluster.protocol import ResumeSession
 from gcluster.redis._calls import call
-from gcluster.redis._client import Client, hash_tag, make_client, safe_url
+from gcluster.redis._client import Client, hash_tag, make_client
 
 __all__ = ["RedisSessionStore", "SessionStoreError"]
 
@@ -27,7 +27,8 @@ class RedisSessionStore:
     """Keeps one `ResumeSession` per shard in Redis (a `gcluster.sessions.SessionStore`).
 
     Args:
-        url: e.g. "redis://localhost:6379/0" (or pass `client`).
+        url: e.g. "redis://localhost:6379/0": a single server, or any node of a
+            Redis Cluster (found out at first use). Or pass `client`.
         namespace: key prefix of this bot; also the Redis Cluster hash tag.
         client: a ready redis-py client (Redis or RedisCluster) instead of `url`.
         connect_timeout, timeout: seconds to connect to Redis and to wait for a reply.
@@ -47,9 +48,13 @@ class RedisSessionStore:
     ) -> None:
         self.namespace = namespace
         self._prefix = f"{hash_tag(namespace)}:session:"
-        self._url = url
         self._owns_client = client is None
-        self._client = make_client(url, client, connect_timeout=connect_timeout, timeout=timeout)
+        self._redis = make_client(url, client, connect_timeout=connect_timeout, timeout=timeout)
+
+    @property
+    def _client(self) -> Client:
+        # The first use asks the node whether it is part of a Redis Cluster.
+        return self._redis.get()
 
     def key(self, shard_id: int) -> str:
         """The key holding a shard's session."""
@@ -99,14 +104,11 @@ class RedisSessionStore:
     def close(self) -> None:
         """Close the connections of a client this store made (not of one it was given)."""
         if self._owns_client:
-            self._client.close()
+            self._redis.close()
 
     def _error(self, action: str, err: RedisCallError) -> SessionStoreError:
-        where = safe_url(self._url, self._client)
+        where = self._redis.describe()
         return SessionStoreError(f"session store: could not {action} at Redis {where}: {err}")
 
     def __repr__(self) -> str:
-        return (
-            f"RedisSessionStore({safe_url(self._url, self._client)!r}, "
-            f"namespace={self.namespace!r})"
-        )
+        return f"RedisSessionStore({self._redis.describe()!r}, namespace={self.namespace!r})"

@@ -44,6 +44,7 @@ import gevent
 import redis
 import ujson
 from gevent.event import Event as Flag
+from redis.cluster import RedisCluster
 from redis.exceptions import ResponseError
 from redis.typing import EncodableT, FieldT
 
@@ -59,7 +60,7 @@ from gcluster.errors import (
 )
 from gcluster.events import Event, EventType
 from gcluster.redis._calls import call
-from gcluster.redis._client import Client, hash_tag, make_client, safe_url
+from gcluster.redis._client import Client, RedisTarget, hash_tag, make_client
 from gcluster.redis.inbox import CommandInbox
 
 __all__ = [
@@ -68,17 +69,30 @@ __all__ = [
     "StreamError",
     "StreamSink",
     "decode_event",
+    "default_stream",
     "encode_event",
     "event_stream_key",
 ]
 
 log = logging.getLogger(__name__)
 
-#: The stream every event goes to unless told otherwise.
+#: The default stream of gcluster before 0.2 (outside every namespace's hash
+#: tag). Pass it as ``stream=`` to keep a deployment on it; the default is now
+#: `default_stream(namespace)`.
 DEFAULT_STREAM: Final = "gcluster:events"
 
 # While the buffer stays full, repeat the warning at most this often.
 _WARN_EVERY: Final = 10.0
+# How long a batch waits for a replica of a cluster's master to confirm it
+# (on a healthy link it takes well under a millisecond) ...
+_WAIT_MS: Final = 500
+# ... and how long the sink stops waiting after a replica failed to: a dead
+# replica must not slow every batch down until the cluster forgets it.
+_REPLICATION_PAUSE: Final = 10.0
+_WAIT_COMMAND: Final = b"*3\r\n$4\r\nWAIT\r\n$1\r\n1\r\n$%d\r\n%d\r\n" % (
+    len(str(_WAIT_MS)),
+    _WAIT_MS,
+)
 
 # Every kind by the name its events carry; dispatch names this version does not
 # know decode as UNKNOWN, as they do in a shard.
@@ -94,6 +108,45 @@ class EventSource(Protocol):
 
 
 # --- the envelope ---------------------------------------------------------------
+
+
+def default_stream(namespace: str) -> str:
+    """The stream events go to unless told otherwise: ``{namespace}:events``.
+
+    It shares the namespace's Redis Cluster hash tag with every other key of
+    the bot, so the sink's events, the command inboxes and the session store
+    all live on one node of a cluster.
+
+    Raises:
+        ConfigError: the namespace is empty or holds braces.
+    """
+    return f"{hash_tag(namespace)}:events"
+
+
+def warn_of_old_stream(target: RedisTarget, stream: str, namespace: str, who: str) -> None:
+    """Log when the stream of gcluster < 0.2 still holds events and the default is in use.
+
+    Best effort: a Redis failure here only skips the check (the calls that
+    matter report it).
+    """
+    if stream != default_stream(namespace):
+        return
+    try:
+        length = call(target.get().xlen, DEFAULT_STREAM)
+    except RedisCallError:
+        return
+    if length:
+        log.warning(
+            "%s: %r holds %d events: the default stream of gcluster < 0.2. Events now go "
+            "to %r; run a worker with stream=%r until it is empty, then delete it "
+            "(or keep sink and workers on it with --stream %s)",
+            who,
+            DEFAULT_STREAM,
+            length,
+            stream,
+            DEFAULT_STREAM,
+            DEFAULT_STREAM,
+        )
 
 
 def event_stream_key(stream: str, name: str) -> str:
@@ -159,6 +212,8 @@ class SinkStats(JsonReady):
         outages: how many times Redis went from answering to failing.
         outage_seconds: total time spent failing, the current outage included.
         last_error: the latest failure, or None.
+        unreplicated: events a Redis Cluster master took that no replica
+            confirmed within 0.5 s (a failover at that moment would lose them).
     """
 
     read: int
@@ -171,6 +226,7 @@ class SinkStats(JsonReady):
     outages: int
     outage_seconds: float
     last_error: str | None
+    unreplicated: int = 0
 
 
 class _StopReading(BaseException):
@@ -186,8 +242,10 @@ class StreamSink:
     Args:
         cluster: the `Cluster` whose `events()` to publish (the sink is then
             its only reader).
-        url: e.g. "redis://localhost:6379/0" (or pass `client`).
-        stream: the stream every event goes to.
+        url: e.g. "redis://localhost:6379/0", a single server or any node of
+            a Redis Cluster (or pass `client`).
+        stream: the stream every event goes to; default
+            `default_stream(namespace)`, ``{namespace}:events``.
         per_event_streams: one stream per event name instead, named by
             `event_stream_key(stream, name)`; workers then pick their names.
         maxlen: trim each stream to about this many entries (`MAXLEN ~`);
@@ -216,7 +274,7 @@ class StreamSink:
         cluster: Any,
         url: str | None = None,
         *,
-        stream: str = DEFAULT_STREAM,
+        stream: str | None = None,
         per_event_streams: bool = False,
         maxlen: int | None = 1_000_000,
         batch: int = 500,
@@ -234,6 +292,8 @@ class StreamSink:
             raise ConfigError(f"buffer ({buffer}) must hold at least one batch ({batch})")
         if maxlen is not None and maxlen < 1:
             raise ConfigError(f"maxlen must be at least 1 (or None), not {maxlen}")
+        if stream is None:
+            stream = default_stream(namespace)  # checks the namespace
         if not stream:
             raise ConfigError("stream must be a non-empty key")
         hash_tag(namespace)  # checks it
@@ -244,21 +304,22 @@ class StreamSink:
         self.batch = batch
         self.buffer = buffer
         self.namespace = namespace
-        self._url = url
         self._owns_client = client is None
-        self._client = make_client(url, client, connect_timeout=connect_timeout, timeout=timeout)
+        self._redis = make_client(url, client, connect_timeout=connect_timeout, timeout=timeout)
         self._retry = retry if retry is not None else Backoff(base=0.1, cap=5.0)
-        # A plain client's pipeline is packed by hand: redis-py's generic
+        # A batch is packed by hand and sent on one connection to the server
+        # (or to the master serving the stream's slot): redis-py's generic
         # packing costs more than the rest of publishing an event together.
-        client_ = self._client
-        self._packer = _XaddPacker(client_, maxlen) if type(client_) is redis.Redis else None
+        self._packer = _XaddPacker(maxlen)
+        self._replication_wait_after = 0.0  # monotonic time before which WAIT is skipped
+        self._unreplicated = 0
         self._keys: dict[str, str] = {}
         # A Cluster's sessions must not be saved past events Redis has not
         # taken: the sink finishes events itself, once published.
         self._finish: Callable[[int], None] | None = getattr(cluster, "finish", None)
         self._inbox: CommandInbox | None = None
         if commands:
-            self._inbox = CommandInbox(cluster, client=self._client, namespace=namespace)
+            self._inbox = CommandInbox(cluster, client=self._redis, namespace=namespace)
         self._pending: deque[tuple[int, Event]] = deque()
         self._has_events = Flag()  # something to publish, or reading ended
         self._room = Flag()  # the buffer has room: reading may go on
@@ -283,10 +344,15 @@ class StreamSink:
         self._outage_since: float | None = None
         self._last_error: str | None = None
 
+    @property
+    def _client(self) -> Client:
+        # The first use asks the node whether it is part of a Redis Cluster.
+        return self._redis.get()
+
     def __repr__(self) -> str:
         target = "per-event streams" if self.per_event_streams else "stream"
         return (
-            f"<StreamSink {safe_url(self._url, self._client)} {target} {self.stream!r} "
+            f"<StreamSink {self._redis.describe()} {target} {self.stream!r} "
             f"buffered={len(self._pending)}>"
         )
 
@@ -379,7 +445,7 @@ class StreamSink:
             "sink: %d events read from the cluster could not be published to Redis at %s "
             "within %s s; they are dropped",
             lost,
-            safe_url(self._url, self._client),
+            self._redis.describe(),
             timeout,
         )
         publisher = self._publisher
@@ -392,7 +458,7 @@ class StreamSink:
     def close(self) -> None:
         """Close the connections of a client this sink made (not of one it was given)."""
         if self._owns_client:
-            self._client.close()
+            self._redis.close()
 
     def stats(self) -> SinkStats:
         """The counters now."""
@@ -410,6 +476,7 @@ class StreamSink:
             outages=self._outages,
             outage_seconds=outage,
             last_error=self._last_error,
+            unreplicated=self._unreplicated,
         )
 
     # --- reading -----------------------------------------------------------------
@@ -483,6 +550,7 @@ class StreamSink:
     # --- publishing ----------------------------------------------------------------
 
     def _publish_loop(self) -> None:
+        warn_of_old_stream(self._redis, self.stream, self.namespace, "sink")
         pending = self._pending
         backoff = self._retry.reset()
         low_water = self.buffer - self.batch
@@ -496,12 +564,11 @@ class StreamSink:
                 continue
             items = list(islice(pending, self.batch))
             try:
-                call(self._send, items)
+                call(self._send, self._redis.get(), items)
             except RedisCallError as err:
                 self._failed(err)
                 backoff = backoff.increment()
-                if self._retry_now.wait(backoff.delay(random.random)):
-                    self._retry_now.clear()
+                self._wait_to_retry(backoff.delay(random.random), err)
                 continue
             if self._outage_since is not None:
                 self._recovered()
@@ -515,18 +582,66 @@ class StreamSink:
             if not self._room.is_set() and len(pending) <= low_water:
                 self._room.set()
 
-    def _send(self, items: list[tuple[int, Event]]) -> None:
-        """Run in the thread pool: encode a batch and send it as one pipeline."""
-        packer = self._packer
-        if packer is not None:
-            packer.send([(self.key(e.name), shard_id, e) for shard_id, e in items])
+    def _wait_to_retry(self, delay: float, err: RedisCallError) -> None:
+        """Sleep out `delay` before the next attempt; less on `stop()` or once Redis answers.
+
+        See `RedisTarget.sleep_until_served`: the buffered events go as soon
+        as a replica is promoted or Redis is back, not after the rest of a
+        long backoff.
+        """
+        if self._redis.sleep_until_served(self.key(""), delay, err, self._retry_now):
+            self._retry_now.clear()
+
+    def _send(self, client: Client, items: list[tuple[int, Event]]) -> None:
+        """Run in the thread pool: encode a batch and send it as one pipeline.
+
+        On a Redis Cluster the batch goes to the master serving the stream's
+        slot (every stream of a sink shares one hash tag), followed by ``WAIT
+        1`` when the slot has a replica: the events leave the buffer (and
+        the shards' sessions move past them) only once a replica holds them,
+        so a master that dies right after taking a batch does not take the
+        batch with it. A MOVED or a dead master fails the batch; the probe in
+        `_wait_to_retry`, through the cluster client, refreshes its map of
+        the slots and the next attempt goes to the new master.
+        """
+        batch = [(self.key(e.name), shard_id, e) for shard_id, e in items]
+        if isinstance(client, RedisCluster):
+            slot_key = batch[0][0]
+            node = client.get_node_from_key(slot_key)  # type: ignore[no-untyped-call]
+            wait = self._replicas_to_wait_for(client, slot_key)
+            acked = self._packer.send(client.get_redis_connection(node), batch, wait)
+            if wait and acked is not None and acked < 1:
+                self._not_replicated(len(items))
             return
-        pipe = self._client.pipeline(transaction=False)
+        if type(client) is redis.Redis:
+            self._packer.send(client, batch, False)
+            return
+        pipe = client.pipeline(transaction=False)
         key = self.key
         maxlen = self.maxlen
         for shard_id, event in items:
             pipe.xadd(key(event.name), encode_event(shard_id, event), maxlen=maxlen)
         pipe.execute()
+
+    def _replicas_to_wait_for(self, client: RedisCluster, key: str) -> bool:
+        """Whether to WAIT for a replica: the slot has one, and the last WAIT did not time out."""
+        if time.monotonic() < self._replication_wait_after:
+            return False
+        replica = client.get_node_from_key(key, replica=True)  # type: ignore[no-untyped-call]
+        return replica is not None
+
+    def _not_replicated(self, count: int) -> None:
+        """A replica did not confirm a batch in time: count it, and stop waiting for a while."""
+        self._unreplicated += count
+        self._replication_wait_after = time.monotonic() + _REPLICATION_PAUSE
+        log.warning(
+            "sink: no replica of the stream's master confirmed %d events within %d ms: "
+            "taken as published (a failover now would lose them); not waiting for "
+            "replicas for %.0f s",
+            count,
+            _WAIT_MS,
+            _REPLICATION_PAUSE,
+        )
 
     def _failed(self, err: RedisCallError) -> None:
         self._failures += 1
@@ -536,7 +651,7 @@ class StreamSink:
             self._outages += 1
             log.warning(
                 "sink: Redis at %s failed: %s; buffering events (up to %d) and retrying",
-                safe_url(self._url, self._client),
+                self._redis.describe(),
                 self._last_error,
                 self.buffer,
             )
@@ -550,7 +665,7 @@ class StreamSink:
         self._outage_since = None
         log.info(
             "sink: Redis at %s answers again after %.1f s; publishing %d buffered events",
-            safe_url(self._url, self._client),
+            self._redis.describe(),
             lasted,
             len(self._pending),
         )
@@ -565,12 +680,11 @@ class _XaddPacker:
 
     What `client.pipeline()` + `xadd()` would send, byte for byte, without
     redis-py's per-argument encoding; replies are read with redis-py's own
-    parser. Only for a plain `redis.Redis` client (a cluster client routes
-    each key to its node).
+    parser. Sent with a plain `redis.Redis` client: the server's, or that of
+    the cluster node serving the batch's slot.
     """
 
-    def __init__(self, client: redis.Redis, maxlen: int | None) -> None:
-        self._client = client
+    def __init__(self, maxlen: int | None) -> None:
         self._trim = [b"MAXLEN", b"~", b"%d" % maxlen] if maxlen is not None else []
         self._heads: dict[str, bytes] = {}
         self._shards: dict[int, bytes] = {}
@@ -607,23 +721,34 @@ class _XaddPacker:
             )
         )
 
-    def send(self, batch: list[tuple[str, int, Event]]) -> None:
-        """XADD every event; raise the first error Redis answered with, if any.
+    def send(
+        self, client: redis.Redis, batch: list[tuple[str, int, Event]], wait: bool
+    ) -> int | None:
+        """XADD every event (then ``WAIT 1`` if `wait`); raise the first error Redis answered with.
 
         Runs inside `call`, which turns what it raises into `RedisCallError`;
         an error reply is only held here until every reply has been read.
+
+        Returns:
+            How many replicas confirmed the batch (WAIT's reply), or None without `wait`.
         """
-        payload = b"".join([self.pack(key, shard_id, event) for key, shard_id, event in batch])
-        pool = self._client.connection_pool
+        parts = [self.pack(key, shard_id, event) for key, shard_id, event in batch]
+        if wait:
+            # On the same connection: WAIT counts this connection's writes.
+            parts.append(_WAIT_COMMAND)
+        pool = client.connection_pool
         conn = _connection(pool)
         error: ResponseError | None = None
+        acked: int | None = None
         try:
-            conn.send_packed_command([payload])
+            conn.send_packed_command([b"".join(parts)])
             for _ in batch:
                 try:
                     conn.read_response()
                 except ResponseError as err:
                     error = error or err
+            if wait:
+                acked = int(conn.read_response())
         except BaseException:
             # Replies may be left unread: this connection cannot be reused.
             conn.disconnect()
@@ -632,6 +757,7 @@ class _XaddPacker:
             pool.release(conn)
         if error is not None:
             raise error
+        return acked
 
 
 def _connection(pool: Any) -> Any:

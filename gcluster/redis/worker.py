@@ -32,17 +32,21 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Final
 
-import gevent
-
 from gcluster._json import JsonReady
 from gcluster.backoff import Backoff
 from gcluster.commands import Command, encode, shard_for_guild
 from gcluster.errors import ConfigError, RedisCallError
 from gcluster.events import Event, EventType, EventTypeFlags
 from gcluster.redis._calls import call, stream_reply
-from gcluster.redis._client import Client, hash_tag, make_client, safe_url
+from gcluster.redis._client import Client, hash_tag, make_client
 from gcluster.redis.inbox import INBOX_MAXLEN, default_consumer, inbox_key, shard_count_key
-from gcluster.redis.streams import DEFAULT_STREAM, StreamError, decode_event, event_stream_key
+from gcluster.redis.streams import (
+    StreamError,
+    decode_event,
+    default_stream,
+    event_stream_key,
+    warn_of_old_stream,
+)
 
 __all__ = ["StreamWorker", "WorkerStats"]
 
@@ -79,15 +83,18 @@ class StreamWorker:
     """One consumer of a group reading the events a `StreamSink` publishes.
 
     Args:
-        url: e.g. "redis://localhost:6379/0"; None with `client`.
+        url: e.g. "redis://localhost:6379/0": a single server, or any node of a
+            Redis Cluster (found out at first use); None with `client`.
         group: the consumer group: workers sharing it share the events.
         consumer: this worker's name in the group; default `host-pid`. A
             worker restarted with the same name takes back its pending events at once.
-        stream: the sink's `stream`.
+        stream: the sink's `stream`; default `default_stream(namespace)`,
+            ``{namespace}:events``, the sink's default.
         event_types: for a sink with ``per_event_streams=True``: the event
             types (`EventTypeFlags`, or `EventType`\\ s or names) whose streams to
             read. None reads the one stream.
-        namespace: the bot's namespace (the sink's), for commands.
+        namespace: the bot's namespace (the sink's): the default stream's
+            and the command inboxes' key prefix and hash tag.
         batch: events read per XREADGROUP.
         block: seconds one read waits for events; `stop()` takes effect within it.
         claim_idle: seconds an event may stay unacknowledged before another
@@ -115,7 +122,7 @@ class StreamWorker:
         group: str,
         consumer: str | None = None,
         *,
-        stream: str = DEFAULT_STREAM,
+        stream: str | None = None,
         event_types: EventTypeFlags | Iterable[EventType | str] | None = None,
         namespace: str = "gcluster",
         batch: int = 100,
@@ -139,6 +146,8 @@ class StreamWorker:
         if total is not None and total < 1:
             raise ConfigError(f"total must be at least 1, not {total}")
         hash_tag(namespace)  # checks it
+        if stream is None:
+            stream = default_stream(namespace)
         self.group = group
         self.consumer = consumer or default_consumer()
         self.stream = stream
@@ -152,9 +161,8 @@ class StreamWorker:
         self._total = total
         self._total_given = total is not None
         self._total_at = 0.0
-        self._url = url
         self._owns_client = client is None
-        self._client = make_client(url, client, connect_timeout=connect_timeout, timeout=timeout)
+        self._redis = make_client(url, client, connect_timeout=connect_timeout, timeout=timeout)
         self._stopped = False
         self._unacked: list[tuple[str, Any]] = []
         self._received = 0
@@ -166,9 +174,14 @@ class StreamWorker:
         self._failures = 0
         self._failing_since: float | None = None
 
+    @property
+    def _client(self) -> Client:
+        # The first use asks the node whether it is part of a Redis Cluster.
+        return self._redis.get()
+
     def __repr__(self) -> str:
         return (
-            f"<StreamWorker {safe_url(self._url, self._client)} group={self.group!r} "
+            f"<StreamWorker {self._redis.describe()} group={self.group!r} "
             f"consumer={self.consumer!r} streams={self.keys}>"
         )
 
@@ -271,7 +284,7 @@ class StreamWorker:
         """Stop, and close the connections of a client this worker made."""
         self._stopped = True
         if self._owns_client:
-            self._client.close()
+            self._redis.close()
 
     def stats(self) -> WorkerStats:
         """The counters now."""
@@ -336,7 +349,7 @@ class StreamWorker:
         except RedisCallError as err:
             raise StreamError(
                 f"stream worker: could not send a command to shard {target}'s inbox "
-                f"at Redis {safe_url(self._url, self._client)}: {err}"
+                f"at Redis {self._redis.describe()}: {err}"
             ) from err
         self._commands += 1
         return _text(message_id)
@@ -371,8 +384,9 @@ class StreamWorker:
         except RedisCallError as err:
             raise StreamError(
                 f"stream worker: could not create group {self.group!r} at Redis "
-                f"{safe_url(self._url, self._client)}: {err}"
+                f"{self._redis.describe()}: {err}"
             ) from err
+        warn_of_old_stream(self._redis, self.stream, self.namespace, "stream worker")
 
     def _safe_setup(self, backoff: Backoff) -> None:
         try:
@@ -483,12 +497,12 @@ class StreamWorker:
             key, ids = next(iter(by_key.items()))
             call(self._client.xack, key, self.group, *ids)
         else:
-            call(self._xack_many, by_key)
+            call(self._xack_many, self._client, by_key)
         self._acked += len(self._unacked)
         self._unacked.clear()
 
-    def _xack_many(self, by_key: dict[str, list[Any]]) -> None:
-        pipe = self._client.pipeline(transaction=False)
+    def _xack_many(self, client: Client, by_key: dict[str, list[Any]]) -> None:
+        pipe = client.pipeline(transaction=False)
         for key, ids in by_key.items():
             pipe.xack(key, self.group, *ids)
         pipe.execute()
@@ -499,11 +513,12 @@ class StreamWorker:
             self._failing_since = time.monotonic()
             log.warning(
                 "stream worker: Redis at %s failed: %s; retrying",
-                safe_url(self._url, self._client),
+                self._redis.describe(),
                 err,
             )
         backoff = backoff.increment()
-        gevent.sleep(backoff.delay(random.random))
+        # Early once the stream's slot is served again (a promoted replica).
+        self._redis.sleep_until_served(self.keys[0], backoff.delay(random.random), err)
         return backoff
 
 
