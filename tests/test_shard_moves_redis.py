@@ -17,9 +17,13 @@ from typing import Any
 
 import gevent
 import pytest
-import redis
 from conftest import TIMEOUT
-from redis_server import redis_server_fixture, redis_url_fixture  # noqa: F401
+from redis_server import (  # noqa: F401
+    raw_client,
+    redis_server_fixture,
+    redis_url_fixture,
+    single_only,
+)
 from test_shard_moves import MakeSim, clusters, move_through_a_store  # noqa: F401
 
 from gcluster import Cluster, LocalQueue, UpdatePresence
@@ -90,8 +94,7 @@ def test_commands_follow_a_shard_to_the_process_that_runs_it_each_sent_once(
     clusters: Callable[..., Cluster],  # noqa: F811
 ) -> None:
     sim = make_sim(shards=3, max_concurrency=3)
-    client = redis.Redis.from_url(redis_url)
-    client.delete(*[inbox_key(NAMESPACE, shard_id) for shard_id in range(3)])
+    client = raw_client(redis_url)
     queue = LocalQueue()
     old = clusters(sim, [0, 1], 3, queue=queue)
     new = clusters(sim, [2], 3, queue=queue)
@@ -180,9 +183,8 @@ def test_a_command_for_a_shard_that_runs_nowhere_waits_for_it_until_its_ttl(
     clusters: Callable[..., Cluster],  # noqa: F811
 ) -> None:
     sim = make_sim(shards=2, max_concurrency=2)
-    client = redis.Redis.from_url(redis_url)
+    client = raw_client(redis_url)
     shard_1 = inbox_key(NAMESPACE, 1)
-    client.delete(inbox_key(NAMESPACE, 0), shard_1)
     cluster = clusters(sim, [0, 1], 2)
     cluster.up(timeout=TIMEOUT)
     ttl = 1.0
@@ -212,15 +214,15 @@ def test_a_command_for_a_shard_that_runs_nowhere_waits_for_it_until_its_ttl(
     client.close()
 
 
+@single_only  # a MULTI of XADD and XREADGROUP stands for the other process
 def test_a_command_another_process_read_and_left_is_taken_over_within_the_claim_interval(
     redis_url: str,
     make_sim: MakeSim,
     clusters: Callable[..., Cluster],  # noqa: F811
 ) -> None:
     sim = make_sim(shards=1, max_concurrency=1)
-    client = redis.Redis.from_url(redis_url)
+    client = raw_client(redis_url)
     shard_0 = inbox_key(NAMESPACE, 0)
-    client.delete(shard_0)
     cluster = clusters(sim, [0], 1)
     cluster.up(timeout=TIMEOUT)
     with serving(cluster, redis_url, "process-b", claim_interval=0.3) as inbox:
