@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import logging
 import math
 import os
 import platform
@@ -25,7 +26,7 @@ import sys
 import time
 import zlib
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, NoReturn, TextIO, TypeVar
 from urllib.parse import urlsplit
@@ -42,6 +43,7 @@ from gcluster.cluster import Cluster
 from gcluster.errors import GClusterError
 from gcluster.events import Event, EventType, EventTypeFlags
 from gcluster.intents import Intents
+from gcluster.logstats import LOG_FORMATS, Reporter, configure_logging
 from gcluster.proxy import parse_proxy
 from gcluster.queue import DEFAULT_SPARE
 from gcluster.scheme import ShardScheme
@@ -63,6 +65,8 @@ _PROGRESS_EVERY: Final = 5.0
 _LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
 
 _N = TypeVar("_N", int, float)
+
+log = logging.getLogger("gcluster.cli")
 
 
 class UsageError(ValueError):
@@ -452,6 +456,8 @@ def run(args: argparse.Namespace) -> int:
     if args.sink and args.limit is not None:
         raise UsageError("--limit counts the events printed, and with --sink none are")
     scheme = parse_scheme(args.scheme, args.shards)
+    # stderr: in printing mode stdout carries the events.
+    configure_logging(args.log_level, args.log_format)
     token = ""
     if not args.simulate:
         token = _token_from_environment()
@@ -516,8 +522,10 @@ def _print_stream(
     gevent.signal_handler(signal.SIGTERM, stop.set)
     status = ExitStatus.OK
     cluster = None
+    reporter = None
     try:
         cluster = Cluster(token, args.intents, **options)
+        reporter = Reporter(cluster, args.stats_interval).start()
         cluster.up()
         if sim is not None and args.simulate_events:
             for shard in cluster.shards():
@@ -529,16 +537,25 @@ def _print_stream(
         if error is not None:
             raise error
     except GClusterError as err:
-        print(f"error: {err}", file=sys.stderr)
+        if args.log_format == "json":
+            log.error("error: %s", err)
+        else:
+            print(f"error: {err}", file=sys.stderr)
         status = exit_status(err)
     finally:
         out.close()
+        if reporter is not None:
+            reporter.stop()
         if cluster is not None:
             shards = render_shards(cluster.shards())
             cluster.down()
-            # stdout carries the JSON lines; the operator's summary goes to stderr.
+            # stdout carries the JSON lines; the operator's summary goes to stderr,
+            # through the log when that is JSON lines, so a shipper reads every line.
             for line in shards:
-                print(line, file=sys.stderr)
+                if args.log_format == "json":
+                    log.info("%s", line, extra={"step": "summary"})
+                else:
+                    print(line, file=sys.stderr)
         if sim is not None:
             sim.stop()
     return status
@@ -886,19 +903,156 @@ def parser() -> argparse.ArgumentParser:
         default=15.0,
         help="seconds a dead holder's lease lasts before a standby takes over (default 15)",
     )
-    service.add_argument(
+    logs = r.add_argument_group("logs (on stderr)")
+    logs.add_argument(
         "--log-level",
         type=str.lower,
         choices=_LOG_LEVELS,
         default="info",
-        help="the service log's level (default info)",
+        help="the log's level (default info)",
     )
+    logs.add_argument(
+        "--log-format",
+        type=str.lower,
+        choices=LOG_FORMATS,
+        default="text",
+        help="text lines, or one JSON object per line for log shippers (default text)",
+    )
+    logs.add_argument(
+        "--stats-interval",
+        type=non_negative_float,
+        default=60.0,
+        help="seconds between stats lines (events/s, stages, backlog, reconnects); "
+        "0: none (default 60)",
+    )
+    mention_environment(r)
     r.set_defaults(func=run, parser=r)
     return top
 
 
+# --- options from the environment -----------------------------------------------------
+
+ENV_PREFIX: Final = "GCLUSTER_"
+_TRUE: Final = ("1", "true", "yes", "on")
+_FALSE: Final = ("0", "false", "no", "off")
+
+
+def env_name(action: argparse.Action) -> str:
+    """The variable an option is read from: ``--log-level`` is GCLUSTER_LOG_LEVEL."""
+    longest = max(action.option_strings, key=len)
+    return ENV_PREFIX + longest.lstrip("-").upper().replace("-", "_")
+
+
+def _from_environment(command: argparse.ArgumentParser) -> list[argparse.Action]:
+    """The options of `command` that the environment may give (all but --help)."""
+    return [
+        action
+        for action in command._actions
+        if action.option_strings
+        and action.dest not in ("help", argparse.SUPPRESS)
+        and action.nargs != argparse.PARSER
+    ]
+
+
+def mention_environment(command: argparse.ArgumentParser) -> None:
+    """Name each option's variable in its ``--help`` text."""
+    for action in _from_environment(command):
+        if action.help is not None and action.help is not argparse.SUPPRESS:
+            action.help += f" [env {env_name(action)}]"
+    if command.description:
+        command.description += (
+            f" Every option may be given in the environment as {ENV_PREFIX}<OPTION> "
+            f"({ENV_PREFIX}SINK, {ENV_PREFIX}LOG_LEVEL, ...); the flag wins."
+        )
+
+
+def env_value(action: argparse.Action, text: str) -> Any:
+    """An option's value from its variable's text, checked as the flag's would be.
+
+    Raises:
+        argparse.ArgumentTypeError: what the flag would be refused with.
+    """
+    if action.nargs == 0:  # a switch such as --lease
+        word = text.strip().lower()
+        if word in _TRUE or word in _FALSE:
+            return action.const if word in _TRUE else action.default
+        raise argparse.ArgumentTypeError(f"must be 1, 0, true or false, not {text!r}")
+    convert: Callable[[str], Any] = action.type if callable(action.type) else str
+    try:
+        value = convert(text)
+    except (ValueError, TypeError) as err:  # ArgumentTypeError is neither
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: {err}") from None
+    if action.choices is not None and value not in action.choices:
+        choices = ", ".join(map(str, action.choices))
+        raise argparse.ArgumentTypeError(f"must be one of {choices}, not {text!r}")
+    return value
+
+
+def apply_environment(
+    command: argparse.ArgumentParser,
+    given: set[str],
+    environ: Mapping[str, str] = os.environ,
+) -> None:
+    """Make the options' variables `command`'s defaults: a flag given on the command line wins.
+
+    An empty variable counts as unset. A bad value exits with status 2 and
+    the variable's name, as a bad flag would.
+
+    Args:
+        given: the dests of the options given on the command line.
+    """
+    chosen: dict[argparse.Action, str] = {}
+    original = {action: action.default for action in _from_environment(command)}
+    for action in _from_environment(command):
+        name = env_name(action)
+        text = environ.get(name, "")
+        if not text or action.dest in given:
+            continue
+        try:
+            value = env_value(action, text)
+        except argparse.ArgumentTypeError as err:
+            command.error(f"{name}: {err}")
+        if action.nargs == 0 and value == original[action]:
+            continue  # a switch turned off: as if unset
+        command.set_defaults(**{action.dest: value})
+        chosen[action] = name
+    # Options that exclude each other: a flag beats the variable of another;
+    # two variables are refused as two flags would be.
+    for group in command._mutually_exclusive_groups:
+        members = group._group_actions
+        if any(action.dest in given for action in members):
+            for action in members:
+                if action in chosen:
+                    command.set_defaults(**{action.dest: original[action]})
+            continue
+        names = [chosen[action] for action in members if action in chosen]
+        if len(names) > 1:
+            command.error(f"{' and '.join(names)} exclude each other: set one")
+
+
+def _given(top: argparse.ArgumentParser, argv: Sequence[str] | None) -> tuple[str, set[str]]:
+    """The command and the dests of the options given on the command line (flags only)."""
+    for sub in _subcommands(top).values():
+        for action in sub._actions:
+            action.default = argparse.SUPPRESS
+    namespace = top.parse_args(argv)
+    command = namespace.command
+    return command, set(vars(namespace)) - {"command", "func", "parser"}
+
+
+def _subcommands(top: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in top._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    top = parser()
+    name, given = _given(parser(), argv)
+    if name == "run":
+        apply_environment(_subcommands(top)["run"], given)
+    args = top.parse_args(argv)
     try:
         status: int = args.func(args)
     except UsageError as err:

@@ -29,8 +29,9 @@ exit status:
      SIGINT or SIGTERM, or the reader of stdout went away (| head)
   1  an error: the gateway, the simulator or Redis failed or was
      unreachable, the shards did not start, events read but not published
-     (--sink), a lost --lease, a missing extra
-  2  usage: an unknown option or a bad value; DISCORD_TOKEN not set or blank
+     or sessions not saved (--sink), a lost --lease, a missing extra
+  2  usage: an unknown option or a bad value (of a flag or a GCLUSTER_*
+     variable); DISCORD_TOKEN not set or blank
   3  the gateway refused the bot for good: a fatal close code such as 4004
      (token), 4013 (invalid intents) or 4014 (disallowed intents), or a token
      refused by GET /gateway/bot

@@ -89,6 +89,13 @@ _TIME_SLICE = 0.001
 _SHORT_SESSION = 1.0
 
 
+def session_hint(session_id: str | None) -> str:
+    """A session id shortened for logs: enough to tell sessions apart, not to RESUME one."""
+    if not session_id:
+        return "none"
+    return session_id[: min(6, len(session_id) // 2)] + "…"
+
+
 @dataclass(frozen=True, slots=True)
 class Information(JsonReady):
     """A snapshot of one shard, as `Cluster.info()` returns it.
@@ -237,6 +244,8 @@ class Shard:
         self._client_close: tuple[int, str, str] | None = None
         self._reconnect_delay = 0.0
         self._connected_at: float | None = None  # READY/RESUMED on this connection
+        # The session RESUME was sent for on this connection (tells RESUMED from READY).
+        self._resuming: ResumeSession | None = None
         # Why the last attempt or connection failed, for errors like up()'s timeout.
         self.last_failure: str | None = None
         self._stop = Flag()  # down() was called or the shard failed
@@ -471,12 +480,19 @@ class Shard:
                     )
                 except ConnectionFailed as err:
                     self.last_failure = str(err)  # redacted by the transport
-                    log.warning("shard %d: connect failed: %s", self.id, err)
                     if via_resume_url:
                         self._abandon_resume_url()
                     self._handle(self._protocol.closed(None, "connect failed"))
                     backoff = backoff.increment()
-                    self._pause(backoff.delay(self._rng))
+                    delay = backoff.delay(self._rng)
+                    log.warning(
+                        "shard %d: connect failed: %s; retrying in %.1f s",
+                        self.id,
+                        err,
+                        delay,
+                        extra={"shard": self.id, "step": "connect_failed", "retry_in": delay},
+                    )
+                    self._pause(delay)
                     continue
                 if self._stop.is_set():
                     conn.close(CloseCode.NORMAL, "shard stopped")
@@ -487,6 +503,7 @@ class Shard:
                 self._client_close = None
                 self._reconnect_delay = 0.0
                 self._connected_at = None
+                self._resuming = None
                 failure_before = self.last_failure
                 self._spawn_helper(self._await_hello, conn)
                 try:
@@ -518,16 +535,11 @@ class Shard:
                     )
                     if via_resume_url and cause == "no_hello":
                         self._abandon_resume_url()
-                log.info(
-                    "shard %d: connection closed code=%s by=%s cause=%s reason=%s",
-                    self.id,
-                    code,
-                    "client" if by_client else "gateway",
-                    cause,
-                    reason,
-                )
                 self._handle(self._protocol.closed(code, reason, by_client=by_client))
+                closed = (code, "client" if by_client else "gateway", cause, reason)
                 if self._protocol.stage is Stage.FATALLY_CLOSED or self._stop.is_set():
+                    fatal = self._protocol.stage is Stage.FATALLY_CLOSED
+                    self._log_disconnected(*closed, "stopped for good" if fatal else "stopped")
                     break
                 kind = "resume" if self._protocol.session is not None else "identify"
                 self.stats.reconnects[(kind, cause)] += 1
@@ -536,6 +548,7 @@ class Shard:
                 else:
                     backoff = backoff.increment()  # a failed attempt
                 delay = max(self._reconnect_delay, backoff.delay(self._rng))
+                self._log_disconnected(*closed, f"will {kind} in {delay:.1f} s")
                 self._handle(self._protocol.reconnecting())
                 self._pause(delay)
         finally:
@@ -652,6 +665,70 @@ class Shard:
                 "shard %d: the resume URL failed; resuming on the main gateway instead", self.id
             )
 
+    # --- lifecycle log lines -----------------------------------------------------
+    # One INFO line per step of a session, with the facts as `extra` fields
+    # for structured logs (never the token, never the whole session id).
+
+    def _log_resuming(self) -> None:
+        session = self._resuming
+        log.info(
+            "shard %d: resuming session %s at sequence %s",
+            self.id,
+            session_hint(session.session_id if session else None),
+            session.sequence if session else None,
+            extra={
+                "shard": self.id,
+                "step": "resuming",
+                "session": session_hint(session.session_id if session else None),
+                "sequence": session.sequence if session else None,
+            },
+        )
+
+    def _log_connected(self) -> None:
+        session = session_hint(self._protocol.session_id)
+        if self._resuming is not None:
+            log.info(
+                "shard %d: resumed session %s (replayed from sequence %d)",
+                self.id,
+                session,
+                self._resuming.sequence,
+                extra={
+                    "shard": self.id,
+                    "step": "resumed",
+                    "session": session,
+                    "sequence": self._resuming.sequence,
+                },
+            )
+        else:
+            log.info(
+                "shard %d: ready: session %s",
+                self.id,
+                session,
+                extra={"shard": self.id, "step": "ready", "session": session},
+            )
+
+    def _log_disconnected(
+        self, code: int | None, by: str, cause: str, reason: str, then: str
+    ) -> None:
+        # The reason is the peer's text: repr keeps a hostile one on one line.
+        log.info(
+            "shard %d: disconnected code=%s by=%s cause=%s reason=%r; %s",
+            self.id,
+            code,
+            by,
+            cause,
+            reason,
+            then,
+            extra={
+                "shard": self.id,
+                "step": "disconnected",
+                "code": code,
+                "by": by,
+                "cause": cause,
+                "then": then,
+            },
+        )
+
     # --- carrying out the protocol's actions ---------------------------------
 
     def _handle(self, actions: list[Action]) -> None:
@@ -669,6 +746,8 @@ class Shard:
                     self._ratelimiter.heartbeat()
                 elif action.op == Opcode.RESUME:
                     self.stats.resumes += 1
+                    self._resuming = self._protocol.session
+                    self._log_resuming()
                 self._send_protocol(action.payload)
             elif isinstance(action, Heartbeat):
                 if self._ratelimiter is not None:
@@ -680,18 +759,34 @@ class Shard:
                 # A protocol error's reason quotes what the gateway sent, which
                 # may echo the token: it goes to the log, not back on the wire.
                 reason = self._token.redact(action.reason)
+                fields = {"shard": self.id, "step": "reconnect", "cause": action.cause}
                 if action.cause == "protocol_error":
-                    log.warning("shard %d: %s; reconnecting", self.id, reason)
+                    log.warning("shard %d: %s; reconnecting", self.id, reason, extra=fields)
                     self.last_failure = reason
                     reason = "protocol error"
+                elif action.cause == "invalid_session":
+                    fields["step"] = "invalidated"
+                    fields["resumable"] = action.resume
+                    log.info(
+                        "shard %d: session invalidated (op 9, %s); reconnecting to %s",
+                        self.id,
+                        "resumable" if action.resume else "not resumable",
+                        "resume" if action.resume else "identify again",
+                        extra=fields,
+                    )
                 else:
-                    log.info("shard %d: reconnecting (%s)", self.id, reason)
+                    log.info("shard %d: reconnecting (%s)", self.id, reason, extra=fields)
                 self._reconnect_delay = action.delay
                 self._close_connection(action.code, reason, action.cause)
             elif isinstance(action, Skip):
                 self._skip(action)
             elif isinstance(action, Fail):
-                log.error("shard %d: fatally closed: %s", self.id, action.error)
+                log.error(
+                    "shard %d: fatally closed: %s",
+                    self.id,
+                    action.error,
+                    extra={"shard": self.id, "step": "fatally_closed"},
+                )
                 self.last_failure = str(action.error)
                 self._stop.set()
                 self._started.set()
@@ -714,6 +809,7 @@ class Shard:
             if self._connected_at is None:
                 self._connected_at = time.monotonic()
                 self.last_failure = None
+                self._log_connected()
 
     def _offer(self, offer: Offer) -> None:
         """A chunk or RATE_LIMITED dispatch: to the member request it answers, else as usual."""
@@ -809,7 +905,12 @@ class Shard:
         except QueueError as err:
             # Fail closed: no IDENTIFY without a permit. The reconnect (with
             # backoff) asks the queue again.
-            log.error("shard %d: identify queue refused: %s", self.id, err)
+            log.error(
+                "shard %d: identify queue refused: %s; retrying",
+                self.id,
+                err,
+                extra={"shard": self.id, "step": "queue_refused"},
+            )
             self._close_connection(CloseCode.RESUMABLE, "identify queue refused", "queue_error")
             return
         waited = time.monotonic() - started
@@ -819,6 +920,12 @@ class Shard:
         conn = self._conn
         if conn is not None and not conn.closed and self._protocol.stage is Stage.IDENTIFYING:
             self.stats.identifies += 1
+            log.info(
+                "shard %d: identifying (waited %.1f s for the identify queue)",
+                self.id,
+                waited,
+                extra={"shard": self.id, "step": "identifying", "waited": round(waited, 3)},
+            )
             self._handle(self._protocol.identify())
 
     def _spawn_helper(self, func: Callable[..., None], *args: Any) -> None:

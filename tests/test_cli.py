@@ -34,24 +34,36 @@ ROOT = Path(__file__).resolve().parent.parent
 PROMPTLY = 20.0
 
 
-def environment(token: str | None = None, path: str | None = None) -> dict[str, str]:
+def environment(
+    token: str | None = None, path: str | None = None, extra: dict[str, str] | None = None
+) -> dict[str, str]:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [path, str(ROOT)])))
     env.pop("DISCORD_TOKEN", None)
+    for name in [name for name in env if name.startswith("GCLUSTER_")]:
+        del env[name]
     if token is not None:
         env["DISCORD_TOKEN"] = token
+    env.update(extra or {})
     return env
 
 
 def gcluster_cli(
-    *args: str, token: str | None = None, path: str | None = None, timeout: float = 120
+    *args: str,
+    token: str | None = None,
+    path: str | None = None,
+    timeout: float = 120,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run `python -m gcluster ARGS` to its end; DISCORD_TOKEN only when `token` is given."""
+    """Run `python -m gcluster ARGS` to its end; DISCORD_TOKEN only when `token` is given.
+
+    `env`: GCLUSTER_* variables (none are passed on from the test's own environment).
+    """
     return subprocess.run(
         [sys.executable, "-m", "gcluster", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=environment(token, path),
+        env=environment(token, path, env),
         cwd=ROOT,
     )
 
@@ -356,3 +368,86 @@ def test_a_piped_demo_prints_progress_lines_not_the_table() -> None:
     assert progress[0].endswith("; shards: 4 connected")
     assert all(len(line) <= 100 for line in lines)
     assert any(line.startswith("summary: ") for line in lines)
+
+
+# --- options from the environment ---------------------------------------------------
+
+
+def shards_printed(stdout: str) -> set[int]:
+    return {json.loads(line)["shard"] for line in stdout.splitlines()}
+
+
+def test_run_options_come_from_the_environment_and_a_flag_wins() -> None:
+    env = {"GCLUSTER_SHARDS": "3", "GCLUSTER_SIMULATE": "true", "GCLUSTER_SIMULATE_EVENTS": "1"}
+    from_env = gcluster_cli("run", "--events", "MESSAGE_CREATE", "--limit", "3", env=env)
+    assert from_env.returncode == 0, from_env.stderr
+    assert shards_printed(from_env.stdout) == {0, 1, 2}
+
+    flag = gcluster_cli(
+        "run", "--events", "MESSAGE_CREATE", "--limit", "2", "--shards", "2", env=env
+    )
+    assert flag.returncode == 0, flag.stderr
+    assert shards_printed(flag.stdout) == {0, 1}
+
+
+def test_a_bad_variable_is_ignored_when_its_flag_is_given() -> None:
+    result = gcluster_cli(
+        "run", "--simulate", "--shards", "1", "--limit", "1", env={"GCLUSTER_SHARDS": "x"}
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_switch_turned_off_in_the_environment_is_off() -> None:
+    result = gcluster_cli("run", "--shards", "1", "--limit", "1", env={"GCLUSTER_SIMULATE": "0"})
+    assert result.returncode == 2
+    assert "DISCORD_TOKEN is not set (or use --simulate)" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("env", "complaint"),
+    [
+        ({"GCLUSTER_SHARDS": "x"}, "GCLUSTER_SHARDS: must be a positive integer, not 'x'"),
+        ({"GCLUSTER_SHARDS": "0"}, "GCLUSTER_SHARDS: must be a positive integer, not '0'"),
+        ({"GCLUSTER_LEASE": "maybe"}, "GCLUSTER_LEASE: must be 1, 0, true or false, not 'maybe'"),
+        ({"GCLUSTER_LOG_LEVEL": "loud"}, "GCLUSTER_LOG_LEVEL: must be one of debug, info"),
+        ({"GCLUSTER_LOG_FORMAT": "xml"}, "GCLUSTER_LOG_FORMAT: must be one of text, json"),
+        ({"GCLUSTER_INTENTS": "NOPE"}, "GCLUSTER_INTENTS: unknown intent 'NOPE'"),
+        ({"GCLUSTER_STATS_INTERVAL": "-1"}, "GCLUSTER_STATS_INTERVAL: must be a number, 0 or"),
+        (
+            {"GCLUSTER_PROXY": "http://proxy:3128", "GCLUSTER_NO_PROXY": "1"},
+            "GCLUSTER_PROXY and GCLUSTER_NO_PROXY exclude each other",
+        ),
+    ],
+)
+def test_a_bad_variable_gets_one_line_naming_it_and_status_2(
+    env: dict[str, str], complaint: str
+) -> None:
+    result = gcluster_cli("run", "--simulate", env=env)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("python -m gcluster run: error: ")
+    assert complaint in line
+
+
+def test_run_help_names_each_options_variable() -> None:
+    result = gcluster_cli("run", "--help")
+    text = " ".join(result.stdout.split())  # help wraps lines
+    run = next(a for a in parser()._actions if a.dest == "command").choices["run"]
+    for action in run._actions:
+        if action.option_strings and action.dest != "help":
+            name = "GCLUSTER_" + action.option_strings[-1].lstrip("-").upper().replace("-", "_")
+            assert f"[env {name}]" in text, name
+
+
+def test_json_log_lines_for_a_log_shipper() -> None:
+    result = gcluster_cli(
+        "run", "--simulate", "--shards", "2", "--limit", "2", env={"GCLUSTER_LOG_FORMAT": "json"}
+    )
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stderr.splitlines()]  # every line is JSON
+    ready = [line for line in lines if line.get("step") == "ready"]
+    assert sorted(line["shard"] for line in ready) == [0, 1]
+    assert all({"ts", "level", "logger", "message"} <= line.keys() for line in lines)
+    # The end-of-run shard table comes as log lines too.
+    assert any(line.get("step") == "summary" for line in lines)

@@ -24,6 +24,7 @@ from gevent import subprocess
 from redis_server import (  # noqa: F401 - fixtures
     RedisClusterNodes,
     RedisServer,
+    make_redis_server_fixture,
     raw_client,
     redis_server_fixture,
     redis_url_fixture,
@@ -31,7 +32,9 @@ from redis_server import (  # noqa: F401 - fixtures
 
 from gcluster import ResumeSession, UpdatePresence
 from gcluster.__main__ import UsageError, parse_scheme
+from gcluster.errors import SessionStoreError
 from gcluster.redis import ShardLease, StreamWorker, decode_event, inbox_key
+from gcluster.redis.service import _report_sessions, _SaveRecord
 from gcluster.testing import GatewaySimulator, event_number
 
 pytestmark = pytest.mark.extras
@@ -45,17 +48,20 @@ STREAM = "{svc}:events"  # the namespace's default stream
 class Service:
     """The service subprocess, with its log (stderr) collected line by line."""
 
-    def __init__(self, *args: str, token: str | None = None) -> None:
+    def __init__(
+        self, *args: str, token: str | None = None, env: dict[str, str] | None = None
+    ) -> None:
         path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-        env = dict(os.environ, PYTHONPATH=path)
-        env.pop("DISCORD_TOKEN", None)
+        environ = dict(os.environ, PYTHONPATH=path)
+        environ.pop("DISCORD_TOKEN", None)
         if token is not None:
-            env["DISCORD_TOKEN"] = token
+            environ["DISCORD_TOKEN"] = token
+        environ.update(env or {})
         self.process = subprocess.Popen(
             [sys.executable, "-m", "gcluster", "run", *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            env=env,
+            env=environ,
             cwd=ROOT,
         )
         self.lines: list[str] = []
@@ -129,6 +135,7 @@ def test_sigterm_saves_resumable_sessions_and_exits_0(
         "--simulate",
         "--simulate-events", "25",
         "--intents", "GUILDS,GUILD_MESSAGES,GUILD_MESSAGE_TYPING,GUILD_PRESENCES",
+        "--log-level", "debug",  # a line per command sent is a DEBUG line
     )  # fmt: skip
     services.append(service)
     client = raw_client(redis_url)
@@ -315,3 +322,95 @@ def test_scheme_option(text: str | None, total: int, ids: tuple[int, ...]) -> No
 def test_bad_scheme_options_say_what_is_wrong(text: str, total: int | None, message: str) -> None:
     with pytest.raises(UsageError, match=message):
         parse_scheme(text, total)
+
+
+PASSWORD = "s3cret-pw"
+
+
+def test_a_sink_password_from_the_environment_is_in_no_log_line_and_not_in_argv(
+    make_redis_server: Callable[[], RedisServer], services: list[Service]
+) -> None:
+    server = make_redis_server()
+    admin = server.client()
+    admin.config_set("requirepass", PASSWORD)
+    url = f"redis://:{PASSWORD}@127.0.0.1:{server.port}/0"
+    service = Service(
+        env={
+            "GCLUSTER_SINK": url,
+            "GCLUSTER_NAMESPACE": "pw",
+            "GCLUSTER_STREAM": "pw:events",
+            "GCLUSTER_SHARDS": "2",
+            "GCLUSTER_SIMULATE": "1",
+            "GCLUSTER_LOG_FORMAT": "json",
+            "GCLUSTER_STATS_INTERVAL": "0.2",
+        }
+    )
+    services.append(service)
+    authed = redis.Redis.from_url(url)
+    try:
+        service.wait_for_line('"step":"stats"')
+        with open(f"/proc/{service.process.pid}/cmdline", "rb") as cmdline:
+            assert PASSWORD.encode() not in cmdline.read()
+        assert authed.xlen("pw:events") > 0  # it did reach Redis with the password
+        assert service.stop() == 0, service.log
+    finally:
+        authed.config_set("requirepass", "")
+        authed.close()
+        admin.close()
+    lines = [json.loads(line) for line in service.lines]  # every line is JSON
+    assert PASSWORD not in service.log
+    assert any(f"redis://:***@127.0.0.1:{server.port}/0" in line["message"] for line in lines)
+    assert sorted(line["shard"] for line in lines if line.get("step") == "ready") == [0, 1]
+    assert any(
+        line["message"] == "2/2 shards ready"
+        or line["message"].startswith("2/2 shards ready after")
+        for line in lines
+    )
+
+
+class FailingStore:
+    """A session store whose saves of some shards fail, as Redis refusing them would."""
+
+    def __init__(self, failing: set[int]) -> None:
+        self.failing = failing
+        self.saved: dict[int, ResumeSession | None] = {}
+
+    def load(self, shard_ids: object) -> dict[int, ResumeSession]:
+        return {5: ResumeSession("loaded-session", 9)}
+
+    def save(self, shard_id: int, session: ResumeSession | None) -> None:
+        if shard_id in self.failing:
+            raise SessionStoreError("session store: could not save at Redis redis://x: OOM")
+        self.saved[shard_id] = session
+
+    def close(self) -> None:
+        pass
+
+
+def test_the_shutdown_line_says_which_sessions_redis_took(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level("INFO", logger="gcluster.service")
+    inner = FailingStore(failing={2, 3})
+    store = _SaveRecord(inner)  # type: ignore[arg-type]
+    store.load([5])  # a session resumed and left unchanged is in Redis already
+    session = ResumeSession("abc", 10)
+    for shard_id in (0, 1, 2, 3):
+        try:
+            store.save(shard_id, session)
+        except SessionStoreError:
+            pass
+    inner.failing.discard(3)
+    store.save(3, session)  # saved on a later try
+    inner.failing.add(1)
+    with pytest.raises(SessionStoreError):
+        store.save(1, session)  # saved once, then its newer session was not
+
+    sessions = {shard_id: session for shard_id in (0, 1, 2, 3, 4, 5)}
+    assert _report_sessions(store, sessions, "{ns}") is False
+    saved, unsaved = (r.getMessage() for r in caplog.records)
+    assert saved.startswith("service: sessions of shards 0, 3, 5 saved for resuming")
+    assert unsaved.startswith("service: sessions of shards 1-2, 4 not saved (session store:")
+    assert "OOM" in unsaved
+    caplog.clear()
+    assert _report_sessions(store, {0: session}, "{ns}") is True

@@ -629,7 +629,8 @@ class CommandInbox:
                 self._drop(shard_id, op, sender, err)
                 return True
             self._sent += 1
-            log.info("shard %d: sent command op %s from %s", shard_id, op, sender)
+            # One per command: at DEBUG, or a busy bot's log would be nothing else.
+            log.debug("shard %d: sent command op %s from %s", shard_id, op, sender)
             return True
 
     def _drop(self, shard_id: int, op: Any, sender: str, err: Exception) -> None:

@@ -10,7 +10,10 @@ The log goes to stderr, one line per thing that happened, with the shard id
 first where there is one; it never contains the token. SIGTERM (or SIGINT)
 stops reading events, publishes what was read, closes the shards with
 `down_resumable()` so their sessions are saved for the next process, and
-exits 0 (1 if events read could not be published). A gateway that closes the
+exits 0 (1 if events read could not be published or sessions could not be
+saved: the log says which, and what the next process will do about it). The
+start-up progress and a stats line every `--stats-interval` seconds come from
+`gcluster.logstats`. A gateway that closes the
 shards for good (a refused token, disallowed intents: `GatewayClosedError`)
 makes it exit 3, the command line's status for that.
 
@@ -27,7 +30,7 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
-import sys
+from collections.abc import Iterable
 from typing import Any, Final
 
 import gevent
@@ -36,7 +39,8 @@ import gevent.event
 from gcluster._exit import ExitStatus, exit_status
 from gcluster.cluster import Cluster
 from gcluster.errors import ConfigError, GClusterError, RedisCallError
-from gcluster.protocol import Stage
+from gcluster.logstats import TEXT_FORMAT, Reporter
+from gcluster.protocol import ResumeSession, Stage
 from gcluster.redis._calls import call
 from gcluster.redis._client import hash_tag, make_client, safe_url
 from gcluster.redis.inbox import shard_ranges
@@ -50,7 +54,7 @@ __all__ = ["LOG_FORMAT", "serve"]
 
 log = logging.getLogger("gcluster.service")
 
-LOG_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LOG_FORMAT: Final = TEXT_FORMAT
 
 
 def serve(
@@ -69,7 +73,7 @@ def serve(
         token, intents, scheme, options: the cluster's.
         simulate: a started `GatewaySimulator` to feed events to, or None.
     """
-    logging.basicConfig(stream=sys.stderr, level=args.log_level.upper(), format=LOG_FORMAT)
+    # The log is configured by the command line (--log-level, --log-format).
     url = args.sink
     namespace = args.namespace
     where = safe_url(url)
@@ -81,7 +85,7 @@ def serve(
             simulate.stop()
         return 1
     queue = RedisQueue(url, namespace=namespace)
-    store = RedisSessionStore(url, namespace=namespace)
+    store = _SaveRecord(RedisSessionStore(url, namespace=namespace))
     cluster = Cluster(
         token, intents, shard_scheme=scheme, queue=queue, session_store=store, **options
     )
@@ -102,6 +106,7 @@ def serve(
 
     gevent.signal_handler(signal.SIGTERM, on_signal, "SIGTERM")
     gevent.signal_handler(signal.SIGINT, on_signal, "SIGINT")
+    reporter = Reporter(cluster, args.stats_interval, extra=lambda: _sink_line(sink))
     lease = None
     if args.lease:
         lease = ShardLease(
@@ -120,13 +125,14 @@ def serve(
                 acquiring.kill()
                 log.info("service: %s while waiting for the lease: stopped", received[0])
                 return 0
+        reporter.start()
         starting = gevent.spawn(_start, cluster)
         gevent.wait([starting, stop], count=1)
         if not starting.ready():
             log.info("service: %s during start: stopping", received[0])
             starting.kill()
-            cluster.down_resumable()
-            return 0
+            saved = _report_sessions(store, cluster.down_resumable(), hash_tag(namespace))
+            return 0 if saved else 1
         if starting.value is not None:
             raise starting.value
         ids = [shard.id for shard in cluster.shards()]
@@ -149,34 +155,43 @@ def serve(
             cluster.down()
             return exit_status(error) if error is not None else ExitStatus.ERROR
         log.info("service: %s received: stopping", received[0])
+        reporter.stop()
         flushed = sink.stop(timeout=args.drain_timeout)
         stats = sink.stats()
         log.info(
-            "service: published %d events (%d batches, %d failed)",
+            "service: published %d of the %d events read (%d batches, %d failed attempts)",
             stats.published,
+            stats.read,
             stats.batches,
             stats.failures,
         )
         sessions = cluster.down_resumable()
-        log.info(
-            "service: sessions of shards %s saved for resuming (%s:session:<shard>)",
-            shard_ranges(sorted(sessions)) or "none",
-            hash_tag(namespace),
-        )
+        saved = _report_sessions(store, sessions, hash_tag(namespace))
         if lease is not None:
             # The shards are closed and their sessions saved: a standby may
             # resume them now. Released before the sink's command inbox has
             # wound down (up to its read's block time), which a deploy's
             # handoff would otherwise wait out.
             lease.release()
+        unpublished = stats.read - stats.published
+        if unpublished:
+            log.error(
+                "service: %d events read were not published: %s",
+                unpublished,
+                "the saved sessions resume before them, so the next process publishes them"
+                if saved
+                else "sessions that were not saved cannot bring them back; "
+                "a session saved earlier resumes before them, else they are lost",
+            )
         publishing.join(timeout=5)
         log.info("service: stopped")
-        return 0 if flushed and received[0] != "lease lost" else 1
+        return 0 if flushed and saved and received[0] != "lease lost" else 1
     except GClusterError as err:
         log.error("service: %s", err)
         cluster.down_resumable()
         return exit_status(err)
     finally:
+        reporter.stop()
         if lease is not None:
             lease.close()
         sink.close()
@@ -184,6 +199,79 @@ def serve(
         store.close()
         if simulate is not None:
             simulate.stop()
+
+
+class _SaveRecord:
+    """The session store, remembering how each shard's last save went.
+
+    What the shutdown line says comes from here: a shard's session is
+    "saved" only when Redis took it, not when the cluster tried.
+    """
+
+    def __init__(self, store: RedisSessionStore) -> None:
+        self.store = store
+        self.saved: set[int] = set()  # the last save of these shards succeeded
+        self.failed: dict[int, str] = {}  # and of these failed: why
+
+    def load(self, shard_ids: Iterable[int]) -> dict[int, ResumeSession]:
+        sessions = self.store.load(shard_ids)
+        # Redis holds these already: a session resumed and left unchanged is saved.
+        self.saved.update(sessions)
+        return sessions
+
+    def save(self, shard_id: int, session: ResumeSession | None) -> None:
+        try:
+            self.store.save(shard_id, session)
+        except GClusterError as err:
+            self.saved.discard(shard_id)
+            self.failed[shard_id] = str(err)
+            raise
+        self.failed.pop(shard_id, None)
+        if session is None:
+            self.saved.discard(shard_id)
+        else:
+            self.saved.add(shard_id)
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __repr__(self) -> str:
+        return repr(self.store)
+
+
+def _report_sessions(store: _SaveRecord, sessions: dict[int, ResumeSession], where: str) -> bool:
+    """Log which shards' sessions Redis holds for the next process; False when some are not."""
+    saved = sorted(shard_id for shard_id in sessions if shard_id in store.saved)
+    unsaved = sorted(shard_id for shard_id in sessions if shard_id not in store.saved)
+    if saved:
+        log.info(
+            "service: sessions of shards %s saved for resuming (%s:session:<shard>)",
+            shard_ranges(saved),
+            where,
+        )
+    if unsaved:
+        why = next((store.failed[s] for s in unsaved if s in store.failed), "never saved")
+        log.error(
+            "service: sessions of shards %s not saved (%s); the next process resumes "
+            "the session saved for them before, if any (replaying the events since), "
+            "or identifies",
+            shard_ranges(unsaved),
+            why,
+        )
+    if not sessions:
+        log.info("service: no shard had a session to save")
+    return not unsaved
+
+
+def _sink_line(sink: StreamSink) -> str:
+    """The sink's part of a stats line."""
+    stats = sink.stats()
+    text = f"published {stats.published}, buffered {stats.buffered}"
+    if stats.paused:
+        text += ", paused (buffer full)"
+    if stats.last_error is not None and stats.buffered:
+        text += f", Redis failing: {stats.last_error}"
+    return text
 
 
 def _start(cluster: Cluster) -> GClusterError | None:

@@ -339,6 +339,9 @@ class StreamSink:
         self._batches = 0
         self._failures = 0
         self._pauses = 0
+        # When the last "no longer reading" warning was logged: a buffer that
+        # fills again at once pauses many times a second, and says so once.
+        self._pause_warned_at = float("-inf")
         self._outages = 0
         self._outage_total = 0.0
         self._outage_since: float | None = None
@@ -441,12 +444,18 @@ class StreamSink:
         if self._published_all.wait(timeout):
             return True
         lost = len(self._pending)
+        config = getattr(self.cluster, "config", None)
+        resumed = self._finish is not None and getattr(config, "session_store", None) is not None
         log.error(
-            "sink: %d events read from the cluster could not be published to Redis at %s "
-            "within %s s; they are dropped",
+            "sink: %d events read from the cluster were not published to Redis at %s "
+            "within %s s; %s",
             lost,
             self._redis.describe(),
             timeout,
+            # Sessions are saved only up to the events Redis took (see the module's notes).
+            "the sessions saved for resuming stop before them: resuming delivers them again"
+            if resumed
+            else "without a session store they are lost",
         )
         publisher = self._publisher
         if publisher is not None:
@@ -518,11 +527,12 @@ class StreamSink:
         self._pauses += 1
         room = self._room
         room.clear()
-        warned = 0.0
+        warned = False
         while not room.is_set() and not self._stopping:
             now = time.monotonic()
-            if now - warned >= _WARN_EVERY:
-                warned = now
+            if now - self._pause_warned_at >= _WARN_EVERY:
+                self._pause_warned_at = now
+                warned = True
                 log.warning(
                     "sink: %d events wait to be published (the buffer's bound); no longer "
                     "reading events: %d wait in the cluster's queue, and the shards keep "
@@ -532,7 +542,7 @@ class StreamSink:
                     self._last_error or "none (Redis is slower than the shards)",
                 )
             room.wait(_WARN_EVERY)
-        if room.is_set() and not self._stopping:
+        if warned and room.is_set() and not self._stopping:
             log.info(
                 "sink: reading events again (%d buffered, %d in the cluster's queue)",
                 len(self._pending),
