@@ -256,7 +256,9 @@ class StreamSink:
         namespace: key prefix (and Redis Cluster hash tag) of the bot's other
             keys: the command inbox and the shard count workers route by.
         commands: also serve the command inbox (`CommandInbox`): commands
-            workers send to this process's shards are sent through them.
+            workers send to this process's shards are sent through them,
+            following the shards the cluster gains and loses (`add_shard`,
+            `remove_shard`).
         client: a ready redis-py client instead of `url`.
         connect_timeout, timeout: seconds to connect to Redis and to wait for a reply.
         retry: the backoff between failed pipelines (default 0.1 s doubling to 5 s).
@@ -386,7 +388,7 @@ class StreamSink:
         """
         if self._running:
             raise InvalidState("this sink is already running")
-        if self._inbox is not None and not self.cluster.shards():
+        if self._inbox is not None and getattr(self.cluster, "total", None) is None:
             raise ClusterNotUp("bring the cluster up first: the command inbox serves its shards")
         self._running = True
         inbox = None
