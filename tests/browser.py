@@ -8,8 +8,11 @@ for the browser's answers.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -39,9 +42,14 @@ class Browser:
     """One headless Chromium process and one page of it."""
 
     def __init__(self, width: int = 1280, height: int = 800) -> None:
-        self._dir = tempfile.TemporaryDirectory(prefix="gcluster-chromium-")
+        # Chromium's helper processes may still be writing to the profile
+        # when the browser itself has exited: the profile is removed after
+        # the whole process group is gone, and a straggler's file is no error.
+        self._dir = tempfile.TemporaryDirectory(
+            prefix="gcluster-chromium-", ignore_cleanup_errors=True
+        )
         profile = Path(self._dir.name)
-        self._process = subprocess.Popen(
+        self._process = subprocess.Popen(  # its own group: close() ends every helper
             [
                 _binary(),
                 "--headless=new",
@@ -60,6 +68,7 @@ class Browser:
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
         self._next_id = 0
         self._ws: Any = None
@@ -172,6 +181,8 @@ class Browser:
             except subprocess.TimeoutExpired:
                 self._process.kill()
                 self._process.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self._process.pid, signal.SIGKILL)  # helpers left behind
         self._dir.cleanup()
 
 
