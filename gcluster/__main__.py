@@ -505,6 +505,31 @@ def run(args: argparse.Namespace) -> int:
     return _print_stream(args, token, options, sim)
 
 
+def status(args: argparse.Namespace) -> int:
+    if not args.sink:
+        raise UsageError("--sink REDIS_URL is needed: the Redis the gateway processes use")
+    try:
+        from gcluster.redis import inspect
+        from gcluster.redis._client import safe_url
+    except ImportError as err:
+        print(
+            f"error: status needs the redis extra: pip install 'gcluster[redis]' ({err})",
+            file=sys.stderr,
+        )
+        return ExitStatus.ERROR
+    from gcluster.errors import ConfigError, RedisCallError
+
+    try:
+        report = inspect.gather(args.sink, args.namespace, args.stream)
+    except ConfigError as err:
+        raise UsageError(str(err)) from err
+    except RedisCallError as err:
+        print(f"error: Redis at {safe_url(args.sink)} failed: {err}", file=sys.stderr)
+        return ExitStatus.ERROR
+    print(inspect.dumps(report) if args.json else "\n".join(inspect.render(report)))
+    return ExitStatus.OK if report["total"] is not None else ExitStatus.ERROR
+
+
 def _status_listener(args: argparse.Namespace) -> Any:
     """The socket of ``--metrics-port`` (None without it); one that cannot be bound is refused."""
     if args.metrics_port is None:
@@ -914,15 +939,26 @@ def parser() -> argparse.ArgumentParser:
     )
     service.add_argument(
         "--lease",
-        action="store_true",
-        help="hold the shards through a lease in Redis: a second process with the same "
-        "--scheme waits as a standby and takes over (resuming) when this one dies",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="hold the shards through a lease in Redis (the default): a second process "
+        "with the same --scheme waits as a standby and takes over (resuming) when this one "
+        "dies, one whose --scheme overlaps or whose --shards differs is refused; "
+        "--no-lease runs without one (then nothing keeps two processes off one shard)",
     )
     service.add_argument(
         "--lease-ttl",
         type=positive_float,
         default=15.0,
         help="seconds a dead holder's lease lasts before a standby takes over (default 15)",
+    )
+    service.add_argument(
+        "--session-ttl",
+        type=non_negative_float,
+        default=300.0,
+        help="seconds a stored session is kept once no process runs its shard (Discord "
+        "forgets it after some minutes, and a RESUME then only fails); 0: for ever "
+        "(default 300)",
     )
     service.add_argument(
         "--metrics-port",
@@ -960,6 +996,32 @@ def parser() -> argparse.ArgumentParser:
     )
     mention_environment(r)
     r.set_defaults(func=run, parser=r)
+
+    st = commands.add_parser(
+        "status",
+        help="print a service-mode bot's state from Redis: shards, lease holders, consumer groups",
+        description="Print, from Redis alone, what the gateway processes of a bot run with "
+        "--sink left there: each shard's holder, stage, sequence, latency and last session "
+        "save; the live lease holders; the event stream's consumer groups with their "
+        "pending entries and lag. Exits 1 when Redis does not answer or no gateway process "
+        "has run on the namespace.",
+        epilog=EPILOG,
+        formatter_class=_Formatter,
+    )
+    st.add_argument(
+        "--sink",
+        metavar="REDIS_URL",
+        required=False,
+        default=None,
+        help="the Redis the gateway processes run with (their --sink); needs gcluster[redis]",
+    )
+    st.add_argument("--namespace", default="gcluster", help="the bot's --namespace")
+    st.add_argument(
+        "--stream", default=None, help="the event stream's key (default {NAMESPACE}:events)"
+    )
+    st.add_argument("--json", action="store_true", help="print one JSON document instead")
+    mention_environment(st)
+    st.set_defaults(func=status, parser=st)
     return top
 
 
@@ -972,7 +1034,10 @@ _FALSE: Final = ("0", "false", "no", "off")
 
 def env_name(action: argparse.Action) -> str:
     """The variable an option is read from: ``--log-level`` is GCLUSTER_LOG_LEVEL."""
-    longest = max(action.option_strings, key=len)
+    if isinstance(action, argparse.BooleanOptionalAction):
+        longest = action.option_strings[0]  # --lease, not --no-lease
+    else:
+        longest = max(action.option_strings, key=len)
     return ENV_PREFIX + longest.lstrip("-").upper().replace("-", "_")
 
 
@@ -1005,8 +1070,10 @@ def env_value(action: argparse.Action, text: str) -> Any:
     Raises:
         argparse.ArgumentTypeError: what the flag would be refused with.
     """
-    if action.nargs == 0:  # a switch such as --lease
+    if action.nargs == 0:  # a switch such as --simulate, or --lease/--no-lease
         word = text.strip().lower()
+        if isinstance(action, argparse.BooleanOptionalAction) and (word in _TRUE or word in _FALSE):
+            return word in _TRUE
         if word in _TRUE or word in _FALSE:
             return action.const if word in _TRUE else action.default
         raise argparse.ArgumentTypeError(f"must be 1, 0, true or false, not {text!r}")
@@ -1083,8 +1150,8 @@ def _subcommands(top: argparse.ArgumentParser) -> dict[str, argparse.ArgumentPar
 def main(argv: Sequence[str] | None = None) -> int:
     top = parser()
     name, given = _given(parser(), argv)
-    if name == "run":
-        apply_environment(_subcommands(top)["run"], given)
+    if name in ("run", "status"):
+        apply_environment(_subcommands(top)[name], given)
     args = top.parse_args(argv)
     try:
         status: int = args.func(args)

@@ -29,7 +29,8 @@ exit status:
      SIGINT or SIGTERM, or the reader of stdout went away (| head)
   1  an error: the gateway, the simulator or Redis failed or was
      unreachable, the shards did not start, events read but not published
-     or sessions not saved (--sink), a lost --lease, a missing extra
+     or sessions not saved (--sink), a lease lost or refused (an
+     overlapping --scheme, another --shards), a missing extra
   2  usage: an unknown option or a bad value (of a flag or a GCLUSTER_*
      variable); DISCORD_TOKEN not set or blank
   3  the gateway refused the bot for good: a fatal close code such as 4004

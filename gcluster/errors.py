@@ -29,6 +29,8 @@ in the one module that calls them and re-raised from here with the cause kept.
     ├── SessionStoreError                 a session store could not load or save
     ├── StreamError                       Redis could not take or give stream entries
     ├── RedisCallError                    a Redis call failed; reply: its error reply or None
+    ├── LeaseConflict                     a ShardLease that waiting cannot bring: another
+    │                                     shard count, or shards another slice holds
     ├── MembersRequestError               request_members() got no whole answer; .guild_id, .nonce
     │   ├── MembersRateLimited            RATE_LIMITED, or refused unsent; .retry_after
     │   ├── MembersTimeout (also TimeoutError)  not every chunk came in time; .received, .expected
@@ -77,6 +79,7 @@ __all__ = [
     "HubThreadStopped",
     "RedisCallError",
     "SessionStartLimitExhausted",
+    "LeaseConflict",
     "SessionStoreError",
     "StreamError",
     "ThreadedClusterTimeout",
@@ -374,6 +377,15 @@ class HubThreadStopped(GClusterError, RuntimeError):
 
 class StreamError(GClusterError):
     """Redis could not take or give stream entries (events or commands)."""
+
+
+class LeaseConflict(GClusterError):
+    """A `ShardLease` refused at once, because waiting would never bring it.
+
+    Either a live process of the namespace runs another shard count (the
+    bot's processes must agree on it), or another slice's process holds some
+    of these shards (two overlapping `--scheme` values).
+    """
 
 
 class RedisCallError(GClusterError):

@@ -8,6 +8,14 @@ the same slice waits for the key to expire (its holder died or lost Redis),
 takes it, and starts the shards, which RESUME from the session store where the
 old holder stopped.
 
+Two guards come with the lease, checked in the same atomic script that takes
+it. Each shard of the slice gets a holder key, `{namespace}:holder:<shard>`:
+a process whose slice overlaps a held one (two `--scheme` values sharing a shard)
+is refused at once with `LeaseConflict`, rather than waiting as a standby for
+a lease nobody would release. And a lease given the bot's shard count
+registers its holder in `{namespace}:live`: a process stating another count
+is refused while any holder is live, before it spends a session start.
+
 The holder renews every `ttl / 3` seconds, and gives the slice up (the
 `on_lost` callback) when a renewal finds the key gone or someone else's, or
 when it could not renew for `ttl * 0.8` seconds (it cannot know whether the
@@ -30,44 +38,109 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 import gevent
 from gevent.event import Event as Flag
 
-from gcluster.errors import ConfigError, RedisCallError
+from gcluster.errors import ConfigError, LeaseConflict, RedisCallError
 from gcluster.redis._calls import call
 from gcluster.redis._client import Client, hash_tag, make_client
-from gcluster.redis.inbox import default_consumer
+from gcluster.redis.inbox import default_consumer, shard_count_key
 
-__all__ = ["ShardLease", "handoff_key", "lease_key"]
+__all__ = ["ShardLease", "handoff_key", "holder_key", "lease_key", "live_key"]
 
 log = logging.getLogger(__name__)
 
-# Take the lease if nobody holds it (a script so that, on a Redis Cluster,
-# RedisTarget.run_script returns only once a replica holds it too).
-_ACQUIRE: Final = """
-return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) and 1 or 0
+# Every script takes the same keys: the slice's lease, the handoff list, the
+# namespace's live set, its shard count, then one holder key per shard. They
+# share the namespace's hash tag, so on a Redis Cluster they are in one slot
+# and each script is one atomic step.
+#
+# The live set (`{namespace}:live`) scores each holder that states the bot's
+# shard count by the Redis time its lease runs out: a holder counts as live
+# until then. A process whose count disagrees with a live holder's is refused
+# before it starts any shard; once every holder is gone, the count may change
+# (a planned reshard).
+_NOW: Final = """
+local owner, ttl, total = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local clock = redis.call('TIME')
+local now = clock[1] * 1000 + math.floor(clock[2] / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
 """
-# Renew the lease only if it is still ours: PEXPIRE after a GET in one step.
-_RENEW: Final = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+# Refused for good: a live holder states another shard count.
+_CHECK_TOTAL: Final = """
+if total ~= '' then
+  local known = redis.call('GET', KEYS[4])
+  if known and known ~= total then
+    local others = redis.call('ZCARD', KEYS[3])
+    if redis.call('ZSCORE', KEYS[3], owner) then others = others - 1 end
+    if others > 0 then
+      local live = redis.call('ZRANGE', KEYS[3], 0, 0)
+      return {'total', known, live[1]}
+    end
+  end
 end
-return 0
+"""
+# Refused for good: a holder of another slice holds one of these shards.
+_CHECK_SHARDS: Final = """
+for i = 5, #KEYS do
+  local other = redis.call('GET', KEYS[i])
+  if other and other ~= owner then return {'shard', tostring(i - 5), other} end
+end
+"""
+# Whether the lease could be taken now, taking nothing.
+_CHECK: Final = _NOW + _CHECK_TOTAL + _CHECK_SHARDS + "return {'free'}"
+# Take the lease, unless refused or held by another process of the slice.
+_ACQUIRE: Final = (
+    _NOW
+    + _CHECK_TOTAL
+    + """
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= owner then return {'held', holder} end
+"""
+    + _CHECK_SHARDS
+    + """
+redis.call('SET', KEYS[1], owner, 'PX', ttl)
+for i = 5, #KEYS do redis.call('SET', KEYS[i], owner, 'PX', ttl) end
+if total ~= '' then
+  redis.call('SET', KEYS[4], total)
+  redis.call('ZADD', KEYS[3], now + ttl, owner)
+  if redis.call('PTTL', KEYS[3]) < ttl then redis.call('PEXPIRE', KEYS[3], ttl) end
+end
+return {'taken'}
+"""
+)
+# Renew the lease only if it is still ours (a GET and the PEXPIREs in one step).
+_RENEW: Final = """
+local owner, ttl = ARGV[1], tonumber(ARGV[2])
+if redis.call('GET', KEYS[1]) ~= owner then return 0 end
+redis.call('PEXPIRE', KEYS[1], ttl)
+for i = 5, #KEYS do
+  if redis.call('GET', KEYS[i]) == owner then redis.call('PEXPIRE', KEYS[i], ttl) end
+end
+if redis.call('ZSCORE', KEYS[3], owner) then
+  local clock = redis.call('TIME')
+  redis.call('ZADD', KEYS[3], clock[1] * 1000 + math.floor(clock[2] / 1000) + ttl, owner)
+  if redis.call('PTTL', KEYS[3]) < ttl then redis.call('PEXPIRE', KEYS[3], ttl) end
+end
+return 1
 """
 # Release it only if it is still ours, and tell a waiting standby (one entry:
 # a standby never needs more than one wake-up, and an old one must not pile up).
 _RELEASE: Final = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('DEL', KEYS[1])
-  redis.call('DEL', KEYS[2])
-  redis.call('RPUSH', KEYS[2], ARGV[1])
-  redis.call('PEXPIRE', KEYS[2], ARGV[2])
-  return 1
+local owner, ttl = ARGV[1], tonumber(ARGV[2])
+if redis.call('GET', KEYS[1]) ~= owner then return 0 end
+redis.call('DEL', KEYS[1])
+for i = 5, #KEYS do
+  if redis.call('GET', KEYS[i]) == owner then redis.call('DEL', KEYS[i]) end
 end
-return 0
+redis.call('ZREM', KEYS[3], owner)
+redis.call('DEL', KEYS[2])
+redis.call('RPUSH', KEYS[2], owner)
+redis.call('PEXPIRE', KEYS[2], ttl)
+return 1
 """
 # The share of the ttl after the last renewal at which a holder gives up.
 _GIVE_UP: Final = 0.8
@@ -84,6 +157,16 @@ def lease_key(namespace: str, name: str) -> str:
 def handoff_key(namespace: str, name: str) -> str:
     """`{namespace}:handoff:<name>`: the list a released lease's standby is woken through."""
     return f"{hash_tag(namespace)}:handoff:{name}"
+
+
+def holder_key(namespace: str, shard_id: int) -> str:
+    """`{namespace}:holder:<shard>`: the name of the process whose lease covers the shard."""
+    return f"{hash_tag(namespace)}:holder:{shard_id}"
+
+
+def live_key(namespace: str) -> str:
+    """`{namespace}:live`: the lease holders that state the shard count, scored by expiry (ms)."""
+    return f"{hash_tag(namespace)}:live"
 
 
 class ShardLease:
@@ -103,6 +186,12 @@ class ShardLease:
         timeout: seconds to wait for a reply (at most `ttl / 3`); a standby's
             wait on the handoff list lasts at most half of it, or of a given
             client's socket timeout when that is shorter.
+        shards: the shard ids of the slice. Each gets a holder key
+            (`holder_key`) while the lease is held, so two slices that share a
+            shard cannot both be held, and `python -m gcluster status` can
+            name each shard's process.
+        total: the bot's shard count, when the slice states one: the lease is
+            refused while a live holder of the namespace states another.
 
     Raises:
         ConfigError: a ttl under 0.5 s, no name, a bad namespace or URL, or
@@ -123,13 +212,30 @@ class ShardLease:
         client: Client | None = None,
         connect_timeout: float = 2.0,
         timeout: float = 5.0,
+        shards: Iterable[int] = (),
+        total: int | None = None,
     ) -> None:
         if ttl < 0.5:
             raise ConfigError(f"ttl must be at least 0.5 s, not {ttl}")
         if not name:
             raise ConfigError("name must name the shards, e.g. 'process:0/4'")
+        if total is not None and (
+            isinstance(total, bool) or not isinstance(total, int) or total < 1
+        ):
+            raise ConfigError(f"total must be a shard count (an int >= 1), not {total!r}")
         self.key = lease_key(namespace, name)
         self.handoff_key = handoff_key(namespace, name)
+        self.shards = list(dict.fromkeys(shards))
+        self.total = total
+        self.namespace = namespace
+        self._keys = [
+            self.key,
+            self.handoff_key,
+            live_key(namespace),
+            shard_count_key(namespace),
+            *(holder_key(namespace, shard_id) for shard_id in self.shards),
+        ]
+        self._args = [int(ttl * 1000)]
         self.owner = owner or default_consumer()
         self.ttl = ttl
         self.on_lost = on_lost
@@ -177,15 +283,20 @@ class ShardLease:
 
         Returns:
             True once held; False if `timeout` seconds passed first.
+
+        Raises:
+            LeaseConflict: at once, when waiting cannot help: a live holder of
+                the namespace states another shard count than `total`, or a
+                holder of another slice holds one of `shards`.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         announced = None
         while True:
             try:
-                taken = self._redis.run_script(
-                    _ACQUIRE, [self.key], [self.owner, int(self.ttl * 1000)]
+                reply = self._redis.run_script(
+                    _ACQUIRE, self._keys, [self.owner, *self._args, self.total or ""]
                 )
-                holder = None if taken else self.holder()
+                taken, holder = self._answer(reply)
             except RedisCallError as err:
                 where = self._redis.describe()
                 taken, holder = False, f"unknown (Redis at {where} failed: {err})"
@@ -205,6 +316,53 @@ class ShardLease:
                     return False
                 wait = min(wait, left)
             self._wait_for_handoff(wait)
+
+    def check(self) -> None:
+        """Take nothing; raise what `acquire` would be refused for at once.
+
+        For a process that runs the slice without holding the lease (the
+        service's ``--no-lease``): it still must not run shards a holder runs,
+        nor state another shard count than the live holders.
+
+        Raises:
+            LeaseConflict: see `acquire`.
+            RedisCallError: Redis could not answer.
+        """
+        reply = call(
+            self._redis.script(_CHECK),
+            keys=self._keys,
+            args=[self.owner, *self._args, self.total or ""],
+        )
+        if [_text(part) for part in reply or ()][:1] != ["free"]:
+            self._answer(reply)
+
+    def _answer(self, reply: Any) -> tuple[bool, str | None]:
+        """(taken, holder) from the acquire script's reply.
+
+        Raises:
+            LeaseConflict: the script refused for good (another shard count,
+                or a shard another slice holds).
+        """
+        words = [_text(part) for part in reply] if isinstance(reply, list) else []
+        if words[:1] == ["taken"]:
+            return True, None
+        if words[:1] == ["held"] and len(words) == 2:
+            return False, words[1]
+        if words[:1] == ["total"] and len(words) == 3:
+            raise LeaseConflict(
+                f"namespace {self.namespace!r} runs {words[1]} shards (stated by the live "
+                f"process {words[2]}), not {self.total}: every process of a bot must run the "
+                f"same --shards; to change it, stop them all (the count is kept while any "
+                f"holds its lease, up to {self.ttl:g} s after it died)"
+            )
+        if words[:1] == ["shard"] and len(words) == 3 and words[1].isdigit():
+            shard_id = self.shards[int(words[1])]
+            raise LeaseConflict(
+                f"shard {shard_id} is held by {words[2]}, whose lease covers another slice: "
+                "the processes' --scheme values overlap; give each process a slice of its own "
+                "(e.g. process:I/N with the same N)"
+            )
+        raise RedisCallError(f"the lease script answered {reply!r}")
 
     def _wait_for_handoff(self, wait: float) -> None:
         """Up to `wait` seconds, or until a holder's `release()` pushes to the handoff list."""
@@ -235,11 +393,7 @@ class ShardLease:
         if renewer is not None and renewer is not gevent.getcurrent():
             renewer.kill()
         try:
-            call(
-                self._redis.script(_RELEASE),
-                keys=[self.key, self.handoff_key],
-                args=[self.owner, int(self.ttl * 1000)],
-            )
+            call(self._redis.script(_RELEASE), keys=self._keys, args=[self.owner, *self._args])
             log.info("lease %s: released by %s", self.key, self.owner)
         except RedisCallError as err:
             log.warning("lease %s: could not release (it expires by itself): %s", self.key, err)
@@ -268,9 +422,7 @@ class ShardLease:
                 continue  # too late to count on a renewal: give up above
             started = time.monotonic()
             try:
-                ours = self._redis.run_script(
-                    _RENEW, [self.key], [self.owner, int(self.ttl * 1000)]
-                )
+                ours = self._redis.run_script(_RENEW, self._keys, [self.owner, *self._args])
             except RedisCallError as err:
                 log.warning("lease %s: could not renew, will retry: %s", self.key, err)
                 wait = interval / 4  # sooner than usual: the time left is short

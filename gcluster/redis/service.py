@@ -31,23 +31,27 @@ import argparse
 import logging
 import signal
 import socket
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 import gevent
 import gevent.event
 
 from gcluster._exit import ExitStatus, exit_status
+from gcluster._token import Token
 from gcluster.cluster import Cluster
-from gcluster.errors import ConfigError, GClusterError, RedisCallError
+from gcluster.errors import ConfigError, GClusterError, LeaseConflict, RedisCallError
+from gcluster.http import DEFAULT_API_BASE, get_gateway_bot
 from gcluster.logstats import TEXT_FORMAT, Reporter
 from gcluster.protocol import ResumeSession, Stage
 from gcluster.redis._calls import call
 from gcluster.redis._client import hash_tag, make_client, safe_url
-from gcluster.redis.inbox import shard_ranges
+from gcluster.redis.inbox import default_consumer, shard_ranges
 from gcluster.redis.lease import ShardLease
 from gcluster.redis.queue import RedisQueue
 from gcluster.redis.sessions import RedisSessionStore
+from gcluster.redis.shardstate import StateBoard, state_record
 from gcluster.redis.streams import StreamSink
 from gcluster.scheme import ShardScheme
 
@@ -56,6 +60,8 @@ __all__ = ["LOG_FORMAT", "serve"]
 log = logging.getLogger("gcluster.service")
 
 LOG_FORMAT: Final = TEXT_FORMAT
+# Seconds between two writes of the shards' state (`gcluster.redis.shardstate`).
+STATE_INTERVAL: Final = 2.0
 
 
 def serve(
@@ -88,8 +94,24 @@ def serve(
         if simulate is not None:
             simulate.stop()
         return 1
+    try:
+        ids, scheme = _resolve(scheme, token, options)
+    except GClusterError as err:
+        log.error("service: %s", err)
+        if simulate is not None:
+            simulate.stop()
+        return exit_status(err)
+    owner = default_consumer()
+    if not args.lease:
+        try:
+            _check_unleased(url, namespace, ids, scheme.total)
+        except (LeaseConflict, RedisCallError) as err:
+            log.error("service: refusing to start: %s", err)
+            if simulate is not None:
+                simulate.stop()
+            return ExitStatus.ERROR
     queue = RedisQueue(url, namespace=namespace)
-    store = _SaveRecord(RedisSessionStore(url, namespace=namespace))
+    store = _SaveRecord(RedisSessionStore(url, namespace=namespace, ttl=args.session_ttl or None))
     cluster = Cluster(
         token, intents, shard_scheme=scheme, queue=queue, session_store=store, **options
     )
@@ -117,21 +139,30 @@ def serve(
             url,
             name=args.scheme or "all",
             namespace=namespace,
+            owner=owner,
             ttl=args.lease_ttl,
             on_lost=lambda: on_signal("lease lost"),
+            shards=ids,
+            total=scheme.total,
         )
+    board = StateBoard(url, namespace=namespace, life=STATE_INTERVAL * 5)
+    keeper: gevent.Greenlet | None = None
     web = _serve_status(status_listener, cluster, sink, lease, url, args.stream)
     try:
         if lease is not None:
             log.info("service: waiting for the lease on shards %s (%s)", args.scheme, lease.key)
-            acquiring = gevent.spawn(lease.acquire)
+            acquiring = gevent.spawn(_caught, lease.acquire)
             gevent.wait([acquiring, stop], count=1)
+            if isinstance(acquiring.value, LeaseConflict):
+                log.error("service: refusing to start: %s", acquiring.value)
+                return ExitStatus.ERROR
             if not lease.held:
                 acquiring.kill()
                 log.info("service: %s while waiting for the lease: stopped", received[0])
                 return 0
         reporter.start()
-        starting = gevent.spawn(_start, cluster)
+        keeper = gevent.spawn(_keep_state, cluster, board, store, owner)
+        starting = gevent.spawn(_caught, cluster.up)
         gevent.wait([starting, stop], count=1)
         if not starting.ready():
             log.info("service: %s during start: stopping", received[0])
@@ -151,7 +182,7 @@ def serve(
             f"{hash_tag(namespace)}:commands:<shard>",
         )
         gevent.spawn(_announce_ready, cluster, ids, simulate, args.simulate_events)
-        publishing = gevent.spawn(_publish, sink)
+        publishing = gevent.spawn(_caught, sink.run)
         gevent.wait([publishing, stop], count=1)
         if publishing.ready():
             # The event stream ended by itself: every shard was fatally closed.
@@ -197,12 +228,15 @@ def serve(
         return exit_status(err)
     finally:
         reporter.stop()
+        if keeper is not None:
+            keeper.kill()
         if web is not None:
             web.stop()
             web.monitor.source.close()
         if lease is not None:
             lease.close()
         sink.close()
+        board.close()
         queue.close()
         store.close()
         if simulate is not None:
@@ -220,6 +254,7 @@ class _SaveRecord:
         self.store = store
         self.saved: set[int] = set()  # the last save of these shards succeeded
         self.failed: dict[int, str] = {}  # and of these failed: why
+        self.saved_at: dict[int, float] = {}  # when the last save of each succeeded
 
     def load(self, shard_ids: Iterable[int]) -> dict[int, ResumeSession]:
         sessions = self.store.load(shard_ids)
@@ -235,6 +270,7 @@ class _SaveRecord:
             self.failed[shard_id] = str(err)
             raise
         self.failed.pop(shard_id, None)
+        self.saved_at[shard_id] = time.time()
         if session is None:
             self.saved.discard(shard_id)
         else:
@@ -308,22 +344,75 @@ def _serve_status(
     return server
 
 
-def _start(cluster: Cluster) -> GClusterError | None:
-    """`cluster.up()` in a greenlet of its own: its error is returned, not printed by gevent."""
+def _caught(func: Callable[[], object]) -> GClusterError | None:
+    """`func()` in a greenlet of its own: its error is returned, not printed by gevent."""
     try:
-        cluster.up()
+        func()
     except GClusterError as err:
         return err
     return None
 
 
-def _publish(sink: StreamSink) -> GClusterError | None:
-    """`sink.run()`, returning the error that ended it: a greenlet that raised would print it."""
+def _resolve(
+    scheme: ShardScheme, token: str, options: dict[str, Any]
+) -> tuple[list[int], ShardScheme]:
+    """The slice's shard ids, and its scheme with the total known.
+
+    The lease and the namespace's checks need the shard count before any
+    shard starts; with ``--scheme auto`` that is Discord's recommendation,
+    asked here (the cluster asks again for the gateway's URL and limits).
+
+    Raises:
+        GClusterError: GET /gateway/bot failed (AuthenticationFailed: the token).
+    """
+    if scheme.is_auto:
+        gateway = get_gateway_bot(
+            options.get("api_base", DEFAULT_API_BASE), Token(token), proxy=options.get("proxy")
+        )
+        scheme = ShardScheme.range(range(gateway.shards), gateway.shards)
+    ids, _ = scheme.resolve(0)
+    return list(ids), scheme
+
+
+def _check_unleased(url: str, namespace: str, ids: list[int], total: int | None) -> None:
+    """With ``--no-lease``: refuse shards a lease holder runs, or a count a live holder disputes.
+
+    Nothing keeps a second unleased process off these shards; this only keeps
+    one off the shards of processes that do hold leases.
+
+    Raises:
+        LeaseConflict: what the lease would have been refused for.
+        RedisCallError: Redis could not answer.
+    """
+    probe = ShardLease(url, name="check", namespace=namespace, shards=ids, total=total)
     try:
-        sink.run()
-    except GClusterError as err:
-        return err
-    return None
+        probe.check()
+    finally:
+        probe.close()
+
+
+def _keep_state(cluster: Cluster, board: StateBoard, store: _SaveRecord, owner: str) -> None:
+    """Every `STATE_INTERVAL` seconds: the shards' records for the status command, and
+    their sessions' expiry pushed back (a session outlives its process by --session-ttl)."""
+    failing = False
+    while True:
+        now = time.time()
+        records = {
+            shard_id: state_record(info, owner, store.saved_at.get(shard_id), now)
+            for shard_id, info in cluster.info().items()
+        }
+        try:
+            board.write(records)
+            store.store.refresh(records)
+        except GClusterError as err:
+            if not failing:
+                log.warning("service: could not record the shards' state in Redis: %s", err)
+            failing = True
+        else:
+            if failing:
+                log.info("service: recording the shards' state in Redis again")
+            failing = False
+        gevent.sleep(STATE_INTERVAL)
 
 
 def _check_redis(url: str) -> None:
