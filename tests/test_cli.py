@@ -7,6 +7,7 @@ the test waits for the command to finish.
 
 from __future__ import annotations
 
+import argparse
 import importlib.metadata
 import json
 import os
@@ -25,7 +26,7 @@ from gevent import subprocess
 
 import gcluster
 from gcluster import Intents
-from gcluster.__main__ import parser, version_text
+from gcluster.__main__ import _given, _subcommands, apply_environment, parser, version_text
 from gcluster.backends import ZSTD_MODULES, zstd_backend
 from gcluster.testing import GatewaySimulator
 
@@ -471,8 +472,43 @@ def test_run_help_names_each_options_variable() -> None:
     run = next(a for a in parser()._actions if a.dest == "command").choices["run"]
     for action in run._actions:
         if action.option_strings and action.dest != "help":
-            name = "GCLUSTER_" + action.option_strings[-1].lstrip("-").upper().replace("-", "_")
+            # The first spelling: --lease of --lease/--no-lease.
+            name = "GCLUSTER_" + action.option_strings[0].lstrip("-").upper().replace("-", "_")
             assert f"[env {name}]" in text, name
+
+
+def parsed(argv: list[str], environ: dict[str, str]) -> argparse.Namespace:
+    """What `main` would run `argv` with, given these variables."""
+    top = parser()
+    name, given = _given(parser(), argv)
+    apply_environment(_subcommands(top)[name], given, environ)
+    return top.parse_args(argv)
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ", "lease"),
+    [
+        ([], {}, True),  # the lease is the default
+        (["--no-lease"], {}, False),
+        ([], {"GCLUSTER_LEASE": "0"}, False),
+        ([], {"GCLUSTER_LEASE": "false"}, False),
+        (["--lease"], {"GCLUSTER_LEASE": "0"}, True),  # the flag wins
+        (["--no-lease"], {"GCLUSTER_LEASE": "1"}, False),
+    ],
+)
+def test_the_lease_is_on_unless_turned_off(
+    argv: list[str], environ: dict[str, str], lease: bool
+) -> None:
+    args = parsed(["run", "--simulate", "--sink", "redis://x", *argv], environ)
+    assert args.lease is lease
+
+
+def test_session_ttl_and_status_options_come_from_the_environment() -> None:
+    run = parsed(["run", "--simulate"], {"GCLUSTER_SESSION_TTL": "60"})
+    assert run.session_ttl == 60.0
+    assert parsed(["run", "--simulate"], {}).session_ttl == 300.0
+    status = parsed(["status"], {"GCLUSTER_SINK": "redis://h:1/0", "GCLUSTER_NAMESPACE": "b"})
+    assert (status.sink, status.namespace, status.stream) == ("redis://h:1/0", "b", None)
 
 
 def test_json_log_lines_for_a_log_shipper() -> None:

@@ -43,7 +43,8 @@ def wait_for(predicate: Callable[[], Any], service: Service) -> Any:
 
 
 def test_service_serves_probes_metrics_lease_and_consumer_lag(
-    redis_url: str, services: list[Service]  # noqa: F811 - the fixture
+    redis_url: str,
+    services: list[Service],  # noqa: F811 - the fixture
 ) -> None:
     client = raw_client(redis_url)
     # A worker group made before the service publishes: every event is lag.
@@ -99,7 +100,8 @@ def test_service_serves_probes_metrics_lease_and_consumer_lag(
 
 
 def test_a_standby_is_alive_and_not_ready_and_names_the_holder(
-    redis_url: str, services: list[Service]  # noqa: F811 - the fixture
+    redis_url: str,
+    services: list[Service],  # noqa: F811 - the fixture
 ) -> None:
     options = (
         "--sink", redis_url, "--namespace", "hs", "--stream", "hs:events",
@@ -133,7 +135,8 @@ def test_a_standby_is_alive_and_not_ready_and_names_the_holder(
 
 
 def test_a_taken_metrics_port_is_a_usage_error_before_anything_starts(
-    redis_url: str, services: list[Service]  # noqa: F811 - the fixture
+    redis_url: str,
+    services: list[Service],  # noqa: F811 - the fixture
 ) -> None:
     from gcluster.web import listen
 

@@ -42,7 +42,8 @@ def colour(page: Browser, shard_id: int) -> str:
 
 
 def test_page_shows_every_shard_and_a_disconnected_one_changes_colour(
-    make_sim: MakeSim, browser: Browser  # noqa: F811 - the fixture
+    make_sim: MakeSim,
+    browser: Browser,  # noqa: F811 - the fixture
 ) -> None:
     sim = make_sim(shards=4, max_concurrency=4, heartbeat_interval=0.2)
     cluster = Cluster(sim.token, STREAM_INTENTS, api_base=sim.api_base, proxy=False)
@@ -127,7 +128,8 @@ def synthetic() -> Iterator[str]:
 
 
 def test_a_thousand_shards_fit_on_a_1280x800_screen(
-    synthetic: str, browser: Browser  # noqa: F811 - the fixture
+    synthetic: str,
+    browser: Browser,  # noqa: F811 - the fixture
 ) -> None:
     browser.open(synthetic + "/status")
     browser.wait_for(f"{CELLS}.length === 1000")

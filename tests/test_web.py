@@ -115,7 +115,7 @@ def test_page_is_self_contained_and_locked_down(
     page = get(server.url + "/status")
     assert page.status_code == 200
     assert page.headers["Content-Type"].startswith("text/html")
-    assert "fetch(\"/status.json\"" in page.text
+    assert 'fetch("/status.json"' in page.text
     # Nothing loaded from elsewhere: no src= or href= at all, and the CSP forbids it.
     assert "src=" not in page.text and "href=" not in page.text
     csp = page.headers["Content-Security-Policy"]

@@ -25,9 +25,9 @@ try:
 except ImportError as err:  # pragma: no cover - depends on the installation
     raise ImportError("gcluster.redis needs redis-py: pip install 'gcluster[redis]'") from err
 
-from gcluster.errors import RedisCallError
+from gcluster.errors import LeaseConflict, RedisCallError
 from gcluster.redis.inbox import CommandInbox, InboxStats, inbox_key, shard_count_key
-from gcluster.redis.lease import ShardLease, handoff_key, lease_key
+from gcluster.redis.lease import ShardLease, handoff_key, holder_key, lease_key, live_key
 from gcluster.redis.queue import RedisQueue
 from gcluster.redis.sessions import RedisSessionStore, SessionStoreError
 from gcluster.redis.streams import (
@@ -46,6 +46,7 @@ __all__ = [
     "DEFAULT_STREAM",
     "CommandInbox",
     "InboxStats",
+    "LeaseConflict",
     "RedisCallError",
     "RedisQueue",
     "RedisSessionStore",
@@ -61,7 +62,9 @@ __all__ = [
     "encode_event",
     "event_stream_key",
     "handoff_key",
+    "holder_key",
     "inbox_key",
     "lease_key",
+    "live_key",
     "shard_count_key",
 ]
