@@ -441,3 +441,54 @@ def test_status_command_shows_a_running_service_and_sessions_expire_after_it(
         assert client.zrange(live_key("gd"), 0, -1) == []  # released: the count is free
     finally:
         client.close()
+
+
+@single_only
+def test_a_stored_session_the_gateway_forgot_is_dropped_with_one_line(
+    redis_url: str, make_sim: Callable[..., GatewaySimulator], services: list[Service]
+) -> None:
+    # What a long-stopped bot leaves: a session Discord no longer knows, on a
+    # resume URL nobody answers any more.
+    sim = make_sim(shards=1)
+    store = RedisSessionStore(redis_url, namespace="gd")
+    dead = ResumeSession("forgotten", 500, "ws://127.0.0.1:1", shard_id=0, total=1)
+    store.save(0, dead)
+    service = Service(*base_args(redis_url, sim, 1, "process:0/1"), token=sim.token)
+    services.append(service)
+    try:
+        service.wait_for_line("service: shards 0 ready")
+        # It went back to the main gateway, was refused, and identified once.
+        assert [r.ok for r in sim.records.resumes] == [False]
+        assert len(sim.records.identifies) == 1
+        invalidated = [line for line in service.lines if "session invalidated" in line]
+        assert len(invalidated) == 1, service.log
+        assert "shard 0: session invalidated (op 9, not resumable)" in invalidated[0]
+        # The forgotten session is gone from the store: the new one replaced it.
+        service.wait_until(lambda: store.load([0]).get(0, dead).session_id != "forgotten")
+        assert service.stop() == 0, service.log
+    finally:
+        store.close()
+
+
+@single_only
+def test_with_scheme_auto_the_lease_covers_discords_recommended_count(
+    redis_url: str, make_sim: Callable[..., GatewaySimulator], services: list[Service]
+) -> None:
+    sim = make_sim(shards=3)
+    args = ("--sink", redis_url, "--namespace", "gd", "--api-base", sim.api_base)
+    service = Service(*args, token=sim.token)
+    services.append(service)
+    service.wait_for_line("service: shards 0-2 ready")
+    client = raw_client(redis_url)
+    try:
+        holders = client.mget([holder_key("gd", i) for i in range(3)])
+        assert len(set(holders)) == 1 and holders[0] is not None
+        assert client.get("{gd}:shards") == b"3"
+        assert service.stop() == 0, service.log
+        # A token the gateway's REST API refuses: exit 3 before any lease or shard.
+        refused = Service(*args, token="not-the-token")
+        services.append(refused)
+        assert refused.process.wait(timeout=TIMEOUT) == 3
+        assert client.zrange(live_key("gd"), 0, -1) == []
+    finally:
+        client.close()
