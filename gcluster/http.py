@@ -10,15 +10,22 @@ so the two never disagree (``proxy=False`` means no proxy here too). An
 https:// API is reached through the proxy's CONNECT tunnel; a plain http://
 one would be forwarded with the token in its headers, in clear, to the proxy,
 so that is refused.
+
+The gateway's answer is a few hundred bytes, and a server that sends more,
+or sends it slowly, is not Discord's: the whole call (connect, headers, body)
+has one deadline, `timeout`, and the body is read raw (never decompressed)
+up to `MAX_BODY` bytes.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
+import gevent
 import requests
 
 from gcluster._blocking import call_blocking
@@ -33,6 +40,43 @@ log = logging.getLogger(__name__)
 
 DEFAULT_API_BASE = "https://discord.com/api/v10"
 _TUNNEL_REFUSED: Final = re.compile(r"Tunnel connection failed: (\d{3})\b")
+# Discord's answer is under 300 bytes; a body past this is refused unread.
+MAX_BODY: Final = 64 * 1024
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    """What `_fetch` read: the status, the headers and the body, whole and bounded."""
+
+    status_code: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def _fetch(url: str, **options: Any) -> _Answer:
+    """GET `url` with requests' `options`, reading at most `MAX_BODY` bytes of the body.
+
+    The body is taken as sent: asked for uncompressed (Accept-Encoding:
+    identity), a compressed one fails as JSON rather than being inflated.
+
+    Raises:
+        requests.RequestException: the request failed.
+        _BodyTooLarge: the body is longer than `MAX_BODY`.
+    """
+    with requests.get(url, stream=True, **options) as response:
+        body = bytearray()
+        for chunk in response.raw.stream(16 * 1024, decode_content=False):
+            body += chunk
+            if len(body) > MAX_BODY:
+                raise _BodyTooLarge
+        return _Answer(response.status_code, dict(response.headers), bytes(body))
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +119,11 @@ def get_gateway_bot(
             a proxy's refusal included, or a proxy chosen for an http:// API.
     """
     url = api_base.rstrip("/") + "/gateway/bot"
-    headers = {"Authorization": token.authorization, "User-Agent": "DiscordBot (gcluster)"}
+    headers = {
+        "Authorization": token.authorization,
+        "User-Agent": "DiscordBot (gcluster)",
+        "Accept-Encoding": "identity",
+    }
     try:
         chosen = resolve_proxy(proxy, url)
     except ValueError as err:  # a bad proxy in the environment; never the credentials
@@ -93,14 +141,24 @@ def get_gateway_bot(
     try:
         # Not redirected: requests would carry the Authorization header along
         # to wherever a Location pointed on the same host, plaintext included.
-        response = call_blocking(
-            requests.get,
-            url,
-            headers=headers,
-            timeout=timeout,
-            allow_redirects=False,
-            proxies=_proxies(chosen),
-        )
+        # One deadline for the whole call: requests' timeout bounds each socket
+        # operation only, so a server dripping a byte at a time would never end it.
+        response: _Answer | None = None
+        with gevent.Timeout(timeout, False):
+            response = call_blocking(
+                _fetch,
+                url,
+                headers=headers,
+                timeout=timeout,
+                allow_redirects=False,
+                proxies=_proxies(chosen),
+            )
+        if response is None:
+            raise _start_error(f"GET {where} gave no whole answer within {timeout:g} s", token)
+    except _BodyTooLarge:
+        raise _start_error(
+            f"GET {where} answered with a body over {MAX_BODY} bytes", token
+        ) from None
     except requests.RequestException as err:
         if chosen is None:
             raise _start_error(f"GET {where} failed: {err}", token) from err
