@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import gevent
 from gevent.event import Event as Flag
+from gevent.lock import Semaphore
 
 from gcluster._token import Token
 from gcluster.commands import Command, RequestGuildMembers, Snowflake, shard_for_guild
@@ -152,6 +153,9 @@ class Cluster(ClusterLifecycle):
         self._gateway: GatewayBot | None = None
         self._started = False
         self._stopped = False
+        # Held while up() creates the shards: that waits on REST and the
+        # session store, and a second up() meanwhile must not create them too.
+        self._creating = Semaphore()
         # What the application has finished with; only kept with a session store.
         self._consumed: ConsumedSessions | None = None
         self._sessions_ended = False  # down() ended them: nothing more is saved
@@ -197,7 +201,8 @@ class Cluster(ClusterLifecycle):
         5 s per bucket), or RESUMEs a session it was given.
 
         Calling it again on a cluster that is up starts nothing new; with
-        `block` it waits again.
+        `block` it waits again. A call made while another greenlet's `up()` is
+        still making the shards waits for it, then does the same.
 
         Args:
             block: wait until every shard has received READY or RESUMED, or
@@ -228,12 +233,19 @@ class Cluster(ClusterLifecycle):
                 "this cluster was shut down; build a new one",
                 kind=ClusterStartErrorType.SHARD_START,
             )
-        if not self._started:
-            self._create_shards()
-            self._started = True
-            for shard in self._shards.values():
-                shard.start()
-            self._housekeeper = gevent.spawn(self._housekeeping)
+        with self._creating:
+            if not self._started:
+                self._create_shards()
+                if self._stopped:  # down() came while the shards were being made
+                    self._shards.clear()  # never started: nothing to close
+                    raise ClusterStartError(
+                        "the cluster was shut down while up() was starting it",
+                        kind=ClusterStartErrorType.SHARD_START,
+                    )
+                self._started = True
+                for shard in self._shards.values():
+                    shard.start()
+                self._housekeeper = gevent.spawn(self._housekeeping)
         if block:
             self._wait_for_sessions(timeout)
 

@@ -470,3 +470,28 @@ def test_up_returns_at_ready_even_when_ready_and_lifecycle_events_are_filtered_o
         assert [r.shard_id for r in sim.records.identifies] == [0]
     finally:
         cluster.down()
+
+
+def test_two_greenlets_calling_up_at_once_start_each_shard_once(sim: GatewaySimulator) -> None:
+    cluster = make_cluster(sim)
+    try:
+        # Both calls wait on GET /gateway/bot (in the thread pool) at the same time.
+        calls = [gevent.spawn(cluster.up, timeout=TIMEOUT) for _ in range(2)]
+        gevent.joinall(calls, timeout=TIMEOUT, raise_error=True)
+        assert all(call.successful() for call in calls)
+        assert sorted(shard.id for shard in cluster.shards()) == list(range(SHARDS))
+        assert sorted(r.shard_id for r in sim.records.identifies) == list(range(SHARDS))
+        assert [sim.live_connections(i) for i in range(SHARDS)] == [1] * SHARDS
+    finally:
+        cluster.down()
+
+
+def test_down_while_up_is_making_the_shards_starts_none(sim: GatewaySimulator) -> None:
+    cluster = make_cluster(sim)
+    starting = gevent.spawn(cluster.up, timeout=TIMEOUT)
+    gevent.sleep(0)  # up() is now waiting on GET /gateway/bot
+    cluster.down()
+    with pytest.raises(ClusterStartError, match="shut down while up\\(\\) was starting it"):
+        starting.get(timeout=TIMEOUT)
+    assert cluster.shards() == []
+    assert sim.records.identifies == []
