@@ -236,12 +236,6 @@ class Cluster(ClusterLifecycle):
         with self._creating:
             if not self._started:
                 self._create_shards()
-                if self._stopped:  # down() came while the shards were being made
-                    self._shards.clear()  # never started: nothing to close
-                    raise ClusterStartError(
-                        "the cluster was shut down while up() was starting it",
-                        kind=ClusterStartErrorType.SHARD_START,
-                    )
                 self._started = True
                 for shard in self._shards.values():
                     shard.start()
@@ -834,6 +828,11 @@ class Cluster(ClusterLifecycle):
         if isinstance(queue, ConfigurableQueue):
             # Fail before any IDENTIFY rather than spend the day's last session starts.
             queue.check_budget(sum(1 for shard_id in ids if shard_id not in sessions))
+        if self._stopped:  # down() came while this waited on REST or the store
+            raise ClusterStartError(
+                "the cluster was shut down while up() was starting it",
+                kind=ClusterStartErrorType.SHARD_START,
+            )
         self._total = total
         self._gateway_url = gateway_url
         for shard_id in ids:

@@ -492,3 +492,28 @@ def test_with_scheme_auto_the_lease_covers_discords_recommended_count(
         assert client.zrange(live_key("gd"), 0, -1) == []
     finally:
         client.close()
+
+
+@single_only
+def test_no_lease_still_refuses_shards_another_process_is_running(
+    redis_url: str, make_sim: Callable[..., GatewaySimulator], services: list[Service]
+) -> None:
+    sim = make_sim(shards=2)
+    args = (*base_args(redis_url, sim, 2, "process:0/1"), "--no-lease")
+    first = Service(*args, token=sim.token)
+    services.append(first)
+    first.wait_for_line("service: shards 0-1 ready")
+    client = raw_client(redis_url)
+    try:
+        # Unleased: no holder keys, but the state records name it.
+        assert client.get(holder_key("gd", 0)) is None
+        first.wait_until(lambda: client.exists(state_key("gd", 0), state_key("gd", 1)) == 2)
+    finally:
+        client.close()
+    second = Service(*args, token=sim.token)
+    services.append(second)
+    assert second.process.wait(timeout=TIMEOUT) == 1
+    second._reader.join(timeout=5)
+    assert "service: refusing to start: shards 0-1 are run by" in second.log
+    assert len(sim.records.identifies) == 2  # the first process's only
+    assert first.stop() == 0, first.log

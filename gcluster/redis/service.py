@@ -62,6 +62,8 @@ log = logging.getLogger("gcluster.service")
 LOG_FORMAT: Final = TEXT_FORMAT
 # Seconds between two writes of the shards' state (`gcluster.redis.shardstate`).
 STATE_INTERVAL: Final = 2.0
+# Seconds a state record outlives the process's last write.
+STATE_LIFE: Final = STATE_INTERVAL * 5
 
 
 def serve(
@@ -104,7 +106,7 @@ def serve(
     owner = default_consumer()
     if not args.lease:
         try:
-            _check_unleased(url, namespace, ids, scheme.total)
+            _check_unleased(url, namespace, ids, scheme.total, owner)
         except (LeaseConflict, RedisCallError) as err:
             log.error("service: refusing to start: %s", err)
             if simulate is not None:
@@ -145,7 +147,7 @@ def serve(
             shards=ids,
             total=scheme.total,
         )
-    board = StateBoard(url, namespace=namespace, life=STATE_INTERVAL * 5)
+    board = StateBoard(url, namespace=namespace, life=STATE_LIFE)
     keeper: gevent.Greenlet | None = None
     web = _serve_status(status_listener, cluster, sink, lease, url, args.stream)
     try:
@@ -374,21 +376,38 @@ def _resolve(
     return list(ids), scheme
 
 
-def _check_unleased(url: str, namespace: str, ids: list[int], total: int | None) -> None:
-    """With ``--no-lease``: refuse shards a lease holder runs, or a count a live holder disputes.
+def _check_unleased(
+    url: str, namespace: str, ids: list[int], total: int | None, owner: str
+) -> None:
+    """With ``--no-lease``: refuse shards another process runs, or a count live holders dispute.
 
-    Nothing keeps a second unleased process off these shards; this only keeps
-    one off the shards of processes that do hold leases.
+    Without a lease nothing keeps a second process off these shards once both
+    run; this keeps one from starting on shards a lease holder runs, or that
+    another process wrote a state record for in the last `STATE_LIFE` seconds.
 
     Raises:
-        LeaseConflict: what the lease would have been refused for.
+        LeaseConflict: why it must not start.
         RedisCallError: Redis could not answer.
     """
     probe = ShardLease(url, name="check", namespace=namespace, shards=ids, total=total)
+    board = StateBoard(url, namespace=namespace, life=STATE_LIFE)
     try:
         probe.check()
+        running = {
+            shard_id: record["holder"]
+            for shard_id, record in board.read(ids).items()
+            if record["holder"] not in (None, owner)
+        }
     finally:
         probe.close()
+        board.close()
+    if running:
+        holder = next(iter(running.values()))
+        raise LeaseConflict(
+            f"shards {shard_ranges(sorted(running))} are run by {holder} (its state records "
+            f"are fresh): two processes on one shard take each other's sessions. Stop it "
+            f"first; its records expire {STATE_LIFE:g} s after it stops"
+        )
 
 
 def _keep_state(cluster: Cluster, board: StateBoard, store: _SaveRecord, owner: str) -> None:

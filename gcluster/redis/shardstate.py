@@ -94,6 +94,14 @@ class StateBoard:
         values = [json.dumps(record, separators=(",", ":")) for record in records.values()]
         call(self._redis.script(_WRITE), keys=keys, args=[int(self.life * 1000), *values])
 
+    def read(self, shard_ids: Iterable[int]) -> dict[int, dict[str, Any]]:
+        """`read_states` of those shards.
+
+        Raises:
+            RedisCallError: Redis could not answer.
+        """
+        return read_states(self._redis, self.namespace, shard_ids)
+
     def close(self) -> None:
         """Close the connections to Redis."""
         self._redis.close()
