@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -58,6 +59,14 @@ def make_sim() -> Iterator[Callable[..., GatewaySimulator]]:
     yield make
     for sim in started:
         sim.stop()
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = TIMEOUT) -> None:
+    """Wait cooperatively until `predicate()` holds; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"condition not met within {timeout} s"
+        gevent.sleep(0.01)
 
 
 def collect(

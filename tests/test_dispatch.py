@@ -10,7 +10,7 @@ from contextlib import contextmanager
 
 import gevent
 import pytest
-from conftest import TIMEOUT
+from conftest import TIMEOUT, wait_for
 from gevent.event import Event as Flag
 from gevent.queue import Queue
 
@@ -36,13 +36,6 @@ def cluster(sim: GatewaySimulator) -> Iterator[Cluster]:
     assert cluster.wait_until_ready(TIMEOUT)
     yield cluster
     cluster.down()
-
-
-def wait_for(condition: Callable[[], object], timeout: float = TIMEOUT) -> None:
-    """Wait cooperatively until `condition()` holds; fail the test after `timeout`."""
-    with gevent.Timeout(timeout, AssertionError(f"condition not met within {timeout} s")):
-        while not condition():
-            gevent.sleep(0.005)
 
 
 class FakeSource:

@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
+import conftest
 import gevent
 import pytest
 import redis
 from redis_server import raw_client, redis_server_fixture, redis_url_fixture  # noqa: F401
 from test_service import Service
+from test_service import services as services  # noqa: F401 - the fixture
 
 from gcluster.redis import ShardLease, decode_event, handoff_key, lease_key
 from gcluster.testing import GatewaySimulator, event_number
@@ -51,10 +53,7 @@ def blocked_on(client: redis.Redis | redis.RedisCluster, key: str) -> bool:
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        gevent.sleep(0.01)
+    conftest.wait_for(predicate, timeout)  # with this module's longer TIMEOUT
 
 
 def test_keys_share_the_namespace_hash_tag() -> None:
@@ -135,14 +134,6 @@ def test_releasing_a_lease_taken_by_another_wakes_nobody(redis_url: str) -> None
 
 
 # --- the service: a deploy's SIGTERM, again and again ----------------------------------
-
-
-@pytest.fixture
-def services() -> Iterator[list[Service]]:
-    started: list[Service] = []
-    yield started
-    for service in started:
-        service.kill()
 
 
 def stream_entries(client: redis.Redis, stream: str) -> list[tuple[int, int, int | None]]:

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 from collections.abc import Callable
 
-import gevent
 import pytest
-from conftest import TIMEOUT
+from conftest import TIMEOUT, wait_for
 
 from gcluster import Cluster, Intents, Shard, ShardScheme
 from gcluster.logstats import Reporter
@@ -26,13 +24,6 @@ MakeSim = Callable[..., GatewaySimulator]
 
 def steps(caplog: pytest.LogCaptureFixture, step: str) -> list[logging.LogRecord]:
     return [r for r in caplog.records if getattr(r, "step", None) == step]
-
-
-def wait_for(predicate: Callable[[], object], timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        gevent.sleep(0.02)
 
 
 def test_each_step_of_a_shards_sessions_is_one_line_with_its_facts(

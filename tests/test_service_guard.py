@@ -11,11 +11,10 @@ import json
 import os
 import subprocess as std_subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 
-import gevent
 import pytest
+from conftest import wait_for
 from hypothesis import given
 from hypothesis import strategies as st
 from redis_server import (  # noqa: F401 - fixtures
@@ -27,6 +26,7 @@ from redis_server import (  # noqa: F401 - fixtures
     single_only,
 )
 from test_service import ROOT, Service
+from test_service import services as services  # noqa: F401 - the fixture
 
 from gcluster import ResumeSession
 from gcluster.__main__ import main
@@ -49,26 +49,11 @@ def lease(
 
 
 @pytest.fixture
-def services() -> Iterator[list[Service]]:
-    started: list[Service] = []
-    yield started
-    for service in started:
-        service.kill()
-
-
-@pytest.fixture
 def leases() -> Iterator[list[ShardLease]]:
     made: list[ShardLease] = []
     yield made
     for item in made:
         item.close()
-
-
-def wait_until(predicate: Callable[[], object], timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        gevent.sleep(0.02)
 
 
 # --- the lease's guards, in this process --------------------------------------------
@@ -166,8 +151,8 @@ def test_renewal_keeps_the_holder_keys_alive(redis_url: str, leases: list[ShardL
         key = holder_key("g", 0)
         # Renewed every ttl/3 (0.3 s): the key's time left falls, then is pushed back.
         for _ in range(3):
-            wait_until(lambda: 0 < client.pttl(key) < 700)
-            wait_until(lambda: client.pttl(key) > 800)
+            wait_for(lambda: 0 < client.pttl(key) < 700)
+            wait_for(lambda: client.pttl(key) > 800)
         assert client.get(key) == b"h"
     finally:
         client.close()

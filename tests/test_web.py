@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import gevent
 import pytest
 import requests
-from conftest import TIMEOUT
+from conftest import TIMEOUT, wait_for
 from gevent import socket as gsocket
 
 from gcluster import Cluster, web
@@ -49,13 +48,6 @@ def running(make_sim: MakeSim) -> Iterator[tuple[GatewaySimulator, Cluster, web.
     yield sim, cluster, server
     server.stop()
     cluster.down()
-
-
-def wait_for(predicate: Callable[[], object], timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        gevent.sleep(0.05)
 
 
 def test_readyz_is_503_naming_shards_until_every_one_is_connected(
