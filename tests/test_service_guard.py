@@ -502,3 +502,17 @@ def test_no_lease_still_refuses_shards_another_process_is_running(
     assert "service: refusing to start: shards 0-1 are run by" in second.log
     assert len(sim.records.identifies) == 2  # the first process's only
     assert first.stop() == 0, first.log
+
+
+def test_status_names_a_shard_count_key_that_holds_no_count(redis_url: str) -> None:
+    client = raw_client(redis_url)
+    try:
+        client.set("{odd}:shards", "99999999999")
+        report = gather(redis_url, "odd")
+    finally:
+        client.close()
+    assert report["total"] is None
+    assert render(report) == [
+        f"namespace 'odd' at {report['redis']}: {{odd}}:shards holds '99999999999', "
+        "not a shard count"
+    ]

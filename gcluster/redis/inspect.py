@@ -47,13 +47,16 @@ def _gather(redis: RedisTarget, url: str, namespace: str, stream: str) -> dict[s
     client = redis.get()
     seconds, micros = call(client.time)
     now = int(seconds) + int(micros) / 1e6
+    raw_total = call(client.get, shard_count_key(namespace))
     report: dict[str, Any] = {
         "redis": safe_url(url),
         "namespace": namespace,
         "now": now,
-        "total": _count(call(client.get, shard_count_key(namespace))),
+        "total": _count(raw_total),
         "stream": stream,
     }
+    if raw_total is not None and report["total"] is None:
+        report["bad_total"] = _text(raw_total)
     total = report["total"]
     ids = list(range(total)) if total is not None else []
     states = read_states(redis, namespace, ids)
@@ -101,6 +104,9 @@ def render(report: dict[str, Any]) -> list[str]:
     now = report["now"]
     total = report["total"]
     where = f"namespace {report['namespace']!r} at {report['redis']}"
+    if total is None and "bad_total" in report:
+        key = shard_count_key(report["namespace"])
+        return [f"{where}: {key} holds {report['bad_total']!r}, not a shard count"]
     if total is None:
         return [
             f"{where}: no gateway process has run here "
