@@ -777,6 +777,19 @@ class _Formatter(argparse.HelpFormatter):
         return super()._fill_text(text, width, indent)
 
 
+class _Switch(argparse.BooleanOptionalAction):
+    """``--x``/``--no-x``, whose help text is used as written.
+
+    Python 3.10 appends " (default: %(default)s)" to it, which the
+    environment's pass (`_given`, defaults suppressed) cannot format.
+    """
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        text = kwargs.pop("help", None)
+        super().__init__(option_strings, dest, **kwargs)
+        self.help = text
+
+
 def parser() -> argparse.ArgumentParser:
     top = _Parser(
         prog="python -m gcluster",
@@ -939,7 +952,7 @@ def parser() -> argparse.ArgumentParser:
     )
     service.add_argument(
         "--lease",
-        action=argparse.BooleanOptionalAction,
+        action=_Switch,
         default=True,
         help="hold the shards through a lease in Redis (the default): a second process "
         "with the same --scheme waits as a standby and takes over (resuming) when this one "
