@@ -387,7 +387,7 @@ class StreamWorker:
         """
         self._stopped = True
 
-    def stop_on_signals(self, *signals: signal.Signals | int) -> None:
+    def stop_on_signals(self, *signals: int) -> None:
         """Call `stop()` when one of `signals` arrives, e.g. SIGTERM and SIGINT.
 
         Installs plain `signal.signal` handlers, which Python runs in the
