@@ -66,11 +66,14 @@ def handle(shard_id: int, event: Event, worker: StreamWorker, name: str) -> None
 
 
 def work(url: str, name: str) -> int:
-    """One worker: handle the group's events until SIGTERM or Ctrl-C."""
+    """One worker: handle the group's events until SIGTERM or Ctrl-C, then stop cleanly."""
     from gcluster.redis import StreamWorker
 
     worker = StreamWorker(url, GROUP, name)
-    signal.signal(signal.SIGTERM, lambda *_: worker.stop())
+    # SIGTERM (a deploy, systemd) or Ctrl-C: handle the events already read,
+    # acknowledge them and end, leaving nothing for another worker to claim.
+    # A second Ctrl-C interrupts a handler that hangs.
+    worker.stop_on_signals(signal.SIGTERM, signal.SIGINT)
     print(f"[{name}] reading {worker.stream!r} as {name!r} in group {GROUP!r}", flush=True)
     try:
         # In one process this line would be: for shard_id, event in cluster.events():
