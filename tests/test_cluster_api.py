@@ -225,6 +225,7 @@ def test_redis_stats_to_dict_are_json_ready() -> None:
         "undecodable": 0,
         "commands": 1,
         "failures": 0,
+        "removed_consumers": 0,
     }
     inbox = InboxStats(received=2, sent=1, expired=1, failed=0, last_error=None, left=1)
     assert round_trip(inbox.to_dict()) == {
