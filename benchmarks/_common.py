@@ -16,9 +16,12 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
+
+import gevent
+import gevent.subprocess
 
 BENCHMARKS = Path(__file__).resolve().parent
 ROOT = BENCHMARKS.parent
@@ -43,6 +46,13 @@ if not FAST:
 
 from gcluster import Cluster, Intents, ShardScheme  # noqa: E402
 from gcluster.testing import STREAM_INTENTS, SimulatorProcess  # noqa: E402
+
+# What a service-mode benchmark's `python -m gcluster run` delivers and identifies with:
+# every kind `GatewaySimulator.send_events` numbers, so each sent event is published.
+SERVICE_EVENTS = "MESSAGE_CREATE,MESSAGE_UPDATE,MESSAGE_DELETE,TYPING_START,PRESENCE_UPDATE"
+SERVICE_INTENTS = "GUILDS,GUILD_MESSAGES,GUILD_MESSAGE_TYPING,GUILD_PRESENCES"
+#: Seconds `wait` and `Child.wait_for` wait by default.
+TIMEOUT = 60.0
 
 # GUILD_MESSAGE_TYPING brings the TYPING_START that ends a filtered run (_stream.blast_run).
 # Every kind the simulator's streams send (it withholds what a session's intents
@@ -96,6 +106,89 @@ def make_cluster(
     return cluster
 
 
+class Child:
+    """A child process of a benchmark; its stderr lines are kept for when it fails.
+
+    Args:
+        argv: the command, e.g. ``[sys.executable, "-m", "gcluster", "run", ...]``.
+        env: variables added to this process's environment; the checkout is
+            put on ``PYTHONPATH`` so ``gcluster`` imports uninstalled.
+
+    .. important:: Start it from the gevent hub that waits on it.
+    """
+
+    def __init__(self, argv: Sequence[str], env: dict[str, str] | None = None) -> None:
+        environ = dict(os.environ, **(env or {}))
+        environ["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [str(ROOT), environ.get("PYTHONPATH")])
+        )
+        self.argv = list(argv)
+        self.process = gevent.subprocess.Popen(
+            self.argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=environ, cwd=ROOT
+        )
+        self.pid: int = self.process.pid
+        self.lines: list[str] = []
+        self._reader = gevent.spawn(self._read)
+
+    def _read(self) -> None:
+        assert self.process.stderr is not None
+        for raw in self.process.stderr:
+            self.lines.append(raw.decode(errors="replace").rstrip())
+
+    def wait_for(self, text: str, timeout: float = TIMEOUT) -> None:
+        """Wait until a line of its log holds ``text``.
+
+        Raises:
+            RuntimeError: not within ``timeout`` seconds (the log's tail attached).
+        """
+        wait(lambda: any(text in line for line in self.lines), f"{text!r}", self, timeout)
+
+    def exited(self, timeout: float | None = None) -> int | None:
+        """Its exit status once it exited (waiting up to ``timeout`` s), else None."""
+        try:
+            code = self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+        self._reader.join(timeout=5)  # the log's last lines
+        return code
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def tail(self, count: int = 30) -> str:
+        return "\n".join(self.lines[-count:])
+
+
+class Service(Child):
+    """One `python -m gcluster run` process (``args`` after ``run``), with the bot token."""
+
+    def __init__(self, args: Sequence[str], token: str) -> None:
+        super().__init__(
+            [sys.executable, "-m", "gcluster", "run", *args], env={"DISCORD_TOKEN": token}
+        )
+
+
+def wait(
+    predicate: Callable[[], object],
+    what: str,
+    child: Child | None = None,
+    timeout: float = TIMEOUT,
+) -> None:
+    """Wait cooperatively (polling every 10 ms) until ``predicate()`` is true.
+
+    Raises:
+        RuntimeError: not within ``timeout`` seconds; with ``child``, its log's tail.
+    """
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            log = child.tail() if child is not None else ""
+            raise RuntimeError(f"no {what} within {timeout} s\n{log}")
+        gevent.sleep(0.01)
+
+
 def cpu_seconds() -> float:
     """This process's CPU time (user + system)."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -109,6 +202,38 @@ def rss_kb() -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def flat_verdict(
+    samples: Sequence[tuple[float, float]], warm_up: float, growth: float = 1.05
+) -> dict[str, Any]:
+    """Whether a memory figure is flat after ``warm_up`` s: the last third's peak vs the first's.
+
+    Args:
+        samples: (seconds since the start, value) pairs, in order.
+        growth: the largest ratio of the two peaks that still counts as flat.
+    """
+    after = [(t, value) for t, value in samples if t >= warm_up]
+    third = len(after) // 3
+    if third < 2:
+        return {"flat": None, "why": f"{len(after)} samples after the warm-up: too few to tell"}
+    first = max(value for _, value in after[:third])
+    last = max(value for _, value in after[-third:])
+    # Least squares over every sample after the warm-up, for the JSON.
+    mean_t = sum(t for t, _ in after) / len(after)
+    mean_value = sum(value for _, value in after) / len(after)
+    spread = sum((t - mean_t) ** 2 for t, _ in after)
+    slope = (
+        sum((t - mean_t) * (value - mean_value) for t, value in after) / spread if spread else 0.0
+    )
+    return {
+        "flat": last <= first * growth,
+        "first_third_max": first,
+        "last_third_max": last,
+        "growth": last / first if first else float("inf"),
+        "slope_per_minute": slope * 60,
+        "samples_per_third": third,
+    }
 
 
 def compression_name(value: bool | str | None) -> str:
@@ -148,7 +273,6 @@ def environment() -> dict[str, Any]:
         )
     except OSError:
         revision, dirty = "", False
-    import gevent
     import ujson
 
     from gcluster import backends

@@ -33,64 +33,26 @@ import os
 import random
 import signal
 import statistics
-import subprocess
 import sys
 import time
-from collections.abc import Callable
-from typing import Any
 
 import gevent
-import gevent.subprocess
 import redis
-from _common import ROOT, percentile, table, write_results
-from _redis import start_redis
+from _common import (
+    SERVICE_EVENTS,
+    SERVICE_INTENTS,
+    TIMEOUT,
+    Service,
+    percentile,
+    table,
+    wait,
+    write_results,
+)
+from _redis import StreamEntry, start_redis, stream_entries
 
-from gcluster.redis import decode_event
-from gcluster.testing import GatewaySimulator, event_number
+from gcluster.testing import GatewaySimulator
 
 SLICE = "process:0/1"
-EVENTS = "MESSAGE_CREATE,MESSAGE_UPDATE,MESSAGE_DELETE,TYPING_START,PRESENCE_UPDATE"
-INTENTS = "GUILDS,GUILD_MESSAGES,GUILD_MESSAGE_TYPING,GUILD_PRESENCES"
-TIMEOUT = 60.0
-
-
-class Service:
-    """One `python -m gcluster run` process; its log is kept for when it fails."""
-
-    def __init__(self, args: list[str], token: str) -> None:
-        env = dict(os.environ, DISCORD_TOKEN=token)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-        self.process = gevent.subprocess.Popen(
-            [sys.executable, "-m", "gcluster", "run", *args],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            env=env,
-            cwd=ROOT,
-        )
-        self.lines: list[str] = []
-        self._reader = gevent.spawn(self._read)
-
-    def _read(self) -> None:
-        assert self.process.stderr is not None
-        for raw in self.process.stderr:
-            self.lines.append(raw.decode(errors="replace").rstrip())
-
-    def wait_for(self, text: str) -> None:
-        wait(lambda: any(text in line for line in self.lines), f"{text!r}", self)
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-
-
-def wait(predicate: Callable[[], object], what: str, service: Service | None = None) -> None:
-    deadline = time.monotonic() + TIMEOUT
-    while not predicate():
-        if time.monotonic() > deadline:
-            log = "\n".join(service.lines[-30:]) if service else ""
-            raise RuntimeError(f"no {what} within {TIMEOUT} s\n{log}")
-        gevent.sleep(0.01)
 
 
 def feed(sim: GatewaySimulator, shards: int, rate: float, sent: list[int]) -> None:
@@ -102,24 +64,6 @@ def feed(sim: GatewaySimulator, shards: int, rate: float, sent: list[int]) -> No
             sim.send_events(shard_id, count)
             sent[shard_id] += count
         gevent.sleep(interval)
-
-
-def entries(client: redis.Redis, stream: str) -> list[tuple[int, int, int | None]]:
-    """(entry ms, shard, event number) of the whole stream, in order."""
-    found = []
-    last = "-"
-    while True:
-        batch = client.xrange(stream, min=last, count=10_000)
-        if last != "-":
-            batch = batch[1:]
-        if not batch:
-            return found
-        for entry_id, fields in batch:
-            shard_id, event = decode_event(fields)
-            data: Any = event.data
-            number = event_number(data) if isinstance(data, dict) else None
-            found.append((int(entry_id.split(b"-")[0]), shard_id, number))
-        last = batch[-1][0].decode()
 
 
 def main() -> int:
@@ -143,7 +87,7 @@ def main() -> int:
         "--sink", url, "--namespace", namespace, "--stream", stream,
         "--scheme", SLICE, "--shards", str(options.shards),
         "--lease", "--lease-ttl", str(options.lease_ttl),
-        "--api-base", sim.api_base, "--events", EVENTS, "--intents", INTENTS,
+        "--api-base", sim.api_base, "--events", SERVICE_EVENTS, "--intents", SERVICE_INTENTS,
     ]  # fmt: skip
     client = redis.Redis.from_url(url)
     clock = time.time() - time.monotonic()  # the simulator's records -> wall clock
@@ -167,9 +111,9 @@ def main() -> int:
             connections = len(sim.records.connections)
             signalled = time.time()
             holder.process.send_signal(signal.SIGTERM)
-            code = holder.process.wait(timeout=TIMEOUT)
+            code = holder.exited(timeout=TIMEOUT)
             if code != 0:
-                raise RuntimeError(f"the holder exited {code}:\n" + "\n".join(holder.lines[-30:]))
+                raise RuntimeError(f"the holder exited {code}:\n{holder.tail()}")
             wait(lambda: len(sim.records.resumes) >= resumes + options.shards, "RESUMEs", standby)  # noqa: B023
             handoffs.append(
                 {
@@ -186,13 +130,13 @@ def main() -> int:
         wanted = list(sent)
 
         def complete() -> bool:
-            found[:] = entries(client, stream)
+            found[:] = stream_entries(client, stream)
             return all(
-                {n for _, s, n in found if s == shard} >= set(range(1, wanted[shard] + 1))
+                {e.number for e in found if e.shard_id == shard} >= set(range(1, wanted[shard] + 1))
                 for shard in range(options.shards)
             )
 
-        found: list[tuple[int, int, int | None]] = []
+        found: list[StreamEntry] = []
         wait(complete, "every event in the stream")
     finally:
         if options.logs:
@@ -209,8 +153,8 @@ def main() -> int:
     rows = []
     for handoff in handoffs:
         at_ms = handoff["resumed"] * 1000
-        last_old = max(ms for ms, _, _ in found if ms < at_ms) / 1000
-        first_new = min(ms for ms, _, _ in found if ms >= at_ms) / 1000
+        last_old = max(e.ms for e in found if e.ms < at_ms) / 1000
+        first_new = min(e.ms for e in found if e.ms >= at_ms) / 1000
         rows.append(
             {
                 "gap_ms": (first_new - last_old) * 1000,
@@ -222,7 +166,7 @@ def main() -> int:
             }
         )
     lost = sum(
-        len(set(range(1, wanted[shard] + 1)) - {n for _, s, n in found if s == shard})
+        len(set(range(1, wanted[shard] + 1)) - {e.number for e in found if e.shard_id == shard})
         for shard in range(options.shards)
     )
     identifies = len(sim.records.identifies)

@@ -38,6 +38,7 @@ from typing import Any
 import gevent
 from _common import (
     cpu_seconds,
+    flat_verdict,
     make_cluster,
     percentile,
     pin_client,
@@ -254,29 +255,6 @@ def progress(tallies: list[ShardTally], started: float, stop: Flag) -> None:
         )
 
 
-def rss_verdict(samples: list[tuple[float, int, int]], warm_up: float) -> dict[str, Any]:
-    """Whether RSS is flat after ``warm_up`` s: the last third's peak against the first's."""
-    after = [(t, kb) for t, kb, _ in samples if t >= warm_up]
-    third = len(after) // 3
-    if third < 2:
-        return {"flat": None, "why": f"{len(after)} samples after the warm-up: too few to tell"}
-    first = max(kb for _, kb in after[:third])
-    last = max(kb for _, kb in after[-third:])
-    # Least squares over every sample after the warm-up, for the JSON.
-    mean_t = sum(t for t, _ in after) / len(after)
-    mean_kb = sum(kb for _, kb in after) / len(after)
-    spread = sum((t - mean_t) ** 2 for t, _ in after)
-    slope = sum((t - mean_t) * (kb - mean_kb) for t, kb in after) / spread if spread else 0.0
-    return {
-        "flat": last <= first * TARGET_RSS_GROWTH,
-        "first_third_max_kb": first,
-        "last_third_max_kb": last,
-        "growth": last / first,
-        "slope_kb_per_minute": slope * 60,
-        "samples_per_third": third,
-    }
-
-
 def delays(values: Sequence[float]) -> dict[str, Any]:
     return {
         "count": len(values),
@@ -423,7 +401,7 @@ def summarize(
         for t in shards
     ]
     longest = max((o["seconds"] for o in outages), default=0.0)
-    rss = rss_verdict(samples, args.warm_up)
+    rss = flat_verdict([(t, kb) for t, kb, _ in samples], args.warm_up, TARGET_RSS_GROWTH)
     lost_or_worse = events["lost"] + events["duplicated"] + events["out_of_order"]
     targets: dict[str, Any] = {
         "events_lost_duplicated_or_out_of_order": {
@@ -533,9 +511,9 @@ def print_report(report: dict[str, Any]) -> None:
     else:
         rss_line = (
             f"{'flat' if rss['flat'] else 'GROWING'}: last third's peak "
-            f"{rss['last_third_max_kb'] / 1024:.1f} MiB vs first third's "
-            f"{rss['first_third_max_kb'] / 1024:.1f} MiB after {report['settings']['warm_up']:g} "
-            f"s of warm-up (x{rss['growth']:.3f}, {rss['slope_kb_per_minute']:+.0f} KB/min)"
+            f"{rss['last_third_max'] / 1024:.1f} MiB vs first third's "
+            f"{rss['first_third_max'] / 1024:.1f} MiB after {report['settings']['warm_up']:g} "
+            f"s of warm-up (x{rss['growth']:.3f}, {rss['slope_per_minute']:+.0f} KB/min)"
         )
     rows = [
         ("events sent / received", f"{events['sent']:,} / {events['received']:,}"),
